@@ -1,0 +1,166 @@
+//! The admin REST API under `/api/v1`: routing, shared state, JSON errors.
+mod accounts;
+mod auth;
+mod keys;
+mod logs;
+mod users;
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::json;
+
+use crate::crypto::{JwtKeys, Sealer};
+use crate::publisher::Publisher;
+use crate::store::{Store, StoreError};
+
+pub use auth::AuthUser;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub sealer: Sealer,
+    pub jwt: JwtKeys,
+    pub publisher: Publisher,
+}
+
+const OPENAPI: &str = include_str!("api/openapi.json");
+
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/auth/login", post(auth::login))
+        .route("/me", get(auth::me))
+        .route("/users", get(users::list).post(users::create))
+        .route("/users/{id}", get(users::get_one).patch(users::update).delete(users::remove))
+        .route("/api-keys", get(keys::list).post(keys::create))
+        .route("/api-keys/{id}", get(keys::get_one).patch(keys::update).delete(keys::remove))
+        .route("/accounts", get(accounts::list).post(accounts::create))
+        .route("/accounts/{id}", get(accounts::get_one).patch(accounts::update).delete(accounts::remove))
+        .route("/request-logs", get(logs::list))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found);
+    Router::new()
+        .nest("/api/v1", v1)
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .with_state(state)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route")
+}
+
+/// An admin-API failure, rendered as `{"error":{"code","message"}}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(error = %detail, "admin API internal error");
+        }
+        (status, Json(json!({ "error": { "code": code, "message": self.to_string() } }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ApiError::NotFound("not found"),
+            StoreError::Conflict(m) => ApiError::Conflict(m),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// JSON body extractor whose rejections use the API's error shape.
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for JsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+/// Path id extractor with the API's error shape.
+pub struct PathId(pub i64);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<i64>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(id)) => Ok(PathId(id)),
+            Err(_) => Err(ApiError::BadRequest("id must be an integer".into())),
+        }
+    }
+}
+
+/// Validates an optional list of model names.
+fn check_models(models: &[String]) -> ApiResult<()> {
+    if models.iter().any(|m| m.trim().is_empty() || m.len() > 128) {
+        return Err(ApiError::BadRequest("allowed_models entries must be 1 to 128 characters".into()));
+    }
+    Ok(())
+}
+
+fn check_status(status: &str) -> ApiResult<()> {
+    match status {
+        "active" | "disabled" => Ok(()),
+        _ => Err(ApiError::BadRequest("status must be active or disabled".into())),
+    }
+}
+
+/// Deserializes a field that may be absent (None), null (Some(None)) or set.
+fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    serde::Deserialize::deserialize(d).map(Some)
+}

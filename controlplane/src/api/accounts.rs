@@ -1,0 +1,216 @@
+//! `/accounts`: admin CRUD of upstream accounts; credentials are write-only.
+use std::collections::BTreeMap;
+
+use aiproxy_shared::domain::AccountKind;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiResult, ApiState, AuthUser, JsonBody, PathId, double_option};
+use crate::store::{Account, AccountPatch, NewAccount};
+
+type Credentials = BTreeMap<String, String>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    base_url: Option<String>,
+    proxy_url: Option<String>,
+    credentials: Credentials,
+    #[serde(default = "default_priority")]
+    priority: i32,
+    #[serde(default)]
+    max_concurrency: i32,
+    #[serde(default = "default_true")]
+    enabled: bool,
+}
+
+fn default_priority() -> i32 {
+    50
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAccount {
+    name: Option<String>,
+    enabled: Option<bool>,
+    status: Option<String>,
+    /// Merged into the stored credentials; a field set to "" is removed.
+    credentials: Option<Credentials>,
+    #[serde(default, deserialize_with = "double_option")]
+    base_url: Option<Option<String>>,
+    #[serde(default, deserialize_with = "double_option")]
+    proxy_url: Option<Option<String>>,
+    priority: Option<i32>,
+    max_concurrency: Option<i32>,
+    #[serde(default, deserialize_with = "double_option")]
+    rate_limit_reset_at: Option<Option<DateTime<Utc>>>,
+    consecutive_error_count: Option<i32>,
+}
+
+fn check_url(field: &str, url: &Option<String>, schemes: &[&str]) -> ApiResult<()> {
+    if let Some(url) = url {
+        let ok = schemes.iter().any(|s| url.strip_prefix(s).and_then(|r| r.strip_prefix("://")).is_some_and(|h| !h.is_empty()));
+        if !ok || url.len() > 512 {
+            return Err(ApiError::BadRequest(format!("{field} must be a {} URL", schemes.join("/"))));
+        }
+    }
+    Ok(())
+}
+
+fn check_credentials(kind: AccountKind, creds: &Credentials) -> ApiResult<()> {
+    for field in kind.required_credentials() {
+        if creds.get(*field).is_none_or(|v| v.trim().is_empty()) {
+            return Err(ApiError::BadRequest(format!("credentials.{field} is required for {} accounts", kind.as_str())));
+        }
+    }
+    Ok(())
+}
+
+/// Shows which credential fields are set, never their values.
+fn mask(creds: &Credentials) -> Value {
+    let masked: BTreeMap<&str, String> = creds
+        .iter()
+        .map(|(k, v)| {
+            let shown = if v.len() >= 20 { format!("••••{}", &v[v.len() - 4..]) } else { "••••".into() };
+            (k.as_str(), shown)
+        })
+        .collect();
+    json!(masked)
+}
+
+fn open(state: &ApiState, account: &Account) -> ApiResult<Credentials> {
+    let plain = state.sealer.open(&account.credentials_sealed).map_err(|e| ApiError::Internal(e.to_string()))?;
+    serde_json::from_slice(&plain).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn view(state: &ApiState, account: &Account) -> ApiResult<Value> {
+    let mut body = serde_json::to_value(account).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["credentials"] = match open(state, account) {
+        Ok(creds) => mask(&creds),
+        Err(_) => json!({ "error": "unreadable with the current secret key" }),
+    };
+    Ok(body)
+}
+
+fn seal(state: &ApiState, creds: &Credentials) -> String {
+    state.sealer.seal(&serde_json::to_vec(creds).expect("map serializes"))
+}
+
+pub async fn list(State(state): State<ApiState>, auth: AuthUser) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let accounts = state.store.list_accounts().await?;
+    let items = accounts.iter().map(|a| view(&state, a)).collect::<ApiResult<Vec<_>>>()?;
+    Ok(Json(json!({ "total": items.len(), "items": items })))
+}
+
+pub async fn get_one(State(state): State<ApiState>, auth: AuthUser, PathId(id): PathId) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    Ok(Json(view(&state, &state.store.get_account(id).await?)?))
+}
+
+pub async fn create(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    JsonBody(req): JsonBody<CreateAccount>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    auth.require_admin()?;
+    let kind = AccountKind::parse(&req.kind).ok_or_else(|| {
+        let kinds: Vec<_> = AccountKind::ALL.iter().map(|k| k.as_str()).collect();
+        ApiError::BadRequest(format!("type must be one of {}", kinds.join(", ")))
+    })?;
+    if req.name.trim().is_empty() || req.name.len() > 128 {
+        return Err(ApiError::BadRequest("name must be 1 to 128 characters".into()));
+    }
+    check_url("base_url", &req.base_url, &["http", "https"])?;
+    check_url("proxy_url", &req.proxy_url, &["http", "https", "socks5", "socks5h"])?;
+    check_credentials(kind, &req.credentials)?;
+    let account = state
+        .store
+        .create_account(&NewAccount {
+            name: req.name.trim().to_string(),
+            kind: kind.as_str().to_string(),
+            credentials_sealed: seal(&state, &req.credentials),
+            base_url: req.base_url.map(|u| u.trim_end_matches('/').to_string()),
+            proxy_url: req.proxy_url,
+            priority: req.priority,
+            max_concurrency: req.max_concurrency.max(0),
+            enabled: req.enabled,
+        })
+        .await?;
+    tracing::info!(account_id = account.id, kind = kind.as_str(), "account created");
+    state.publisher.notify();
+    Ok((StatusCode::CREATED, Json(view(&state, &account)?)))
+}
+
+pub async fn update(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    PathId(id): PathId,
+    JsonBody(req): JsonBody<UpdateAccount>,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let current = state.store.get_account(id).await?;
+    if let Some(Some(url)) = &req.base_url {
+        check_url("base_url", &Some(url.clone()), &["http", "https"])?;
+    }
+    if let Some(Some(url)) = &req.proxy_url {
+        check_url("proxy_url", &Some(url.clone()), &["http", "https", "socks5", "socks5h"])?;
+    }
+    if let Some(status) = &req.status {
+        if !matches!(status.as_str(), "valid" | "invalid" | "banned") {
+            return Err(ApiError::BadRequest("status must be valid, invalid or banned".into()));
+        }
+    }
+    let credentials_sealed = match &req.credentials {
+        Some(update) => {
+            let kind = AccountKind::parse(&current.kind)
+                .ok_or_else(|| ApiError::Internal(format!("stored account type {} is unknown", current.kind)))?;
+            let mut merged = open(&state, &current).unwrap_or_default();
+            for (k, v) in update {
+                if v.is_empty() {
+                    merged.remove(k);
+                } else {
+                    merged.insert(k.clone(), v.clone());
+                }
+            }
+            check_credentials(kind, &merged)?;
+            Some(seal(&state, &merged))
+        }
+        None => None,
+    };
+    let re_enabled = req.enabled == Some(true);
+    let patch = AccountPatch {
+        name: req.name.map(|n| n.trim().to_string()),
+        enabled: req.enabled,
+        status: req.status,
+        credentials_sealed,
+        base_url: req.base_url.map(|u| u.map(|u| u.trim_end_matches('/').to_string())),
+        proxy_url: req.proxy_url,
+        priority: req.priority,
+        max_concurrency: req.max_concurrency.map(|c| c.max(0)),
+        rate_limit_reset_at: req.rate_limit_reset_at,
+        consecutive_error_count: req.consecutive_error_count.map(|c| c.max(0)),
+        disabled_reason: re_enabled.then_some(None),
+    };
+    let account = state.store.update_account(id, &patch).await?;
+    state.publisher.notify();
+    Ok(Json(view(&state, &account)?))
+}
+
+pub async fn remove(State(state): State<ApiState>, auth: AuthUser, PathId(id): PathId) -> ApiResult<StatusCode> {
+    auth.require_admin()?;
+    state.store.delete_account(id).await?;
+    state.publisher.notify();
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,108 @@
+//! Login, the current user, and the JWT bearer extractor with roles.
+use axum::Json;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiResult, ApiState, JsonBody};
+use crate::crypto::verify_password;
+use crate::store::User;
+
+/// The authenticated caller of an admin-API route.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub user: User,
+}
+
+impl AuthUser {
+    pub fn is_admin(&self) -> bool {
+        self.user.role == "admin"
+    }
+
+    pub fn require_admin(&self) -> ApiResult<()> {
+        if self.is_admin() { Ok(()) } else { Err(ApiError::Forbidden("admin role required")) }
+    }
+
+    /// Admins may act on anyone; users only on themselves.
+    pub fn require_self_or_admin(&self, user_id: i64) -> ApiResult<()> {
+        if self.is_admin() || self.user.id == user_id {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("not allowed for this user"))
+        }
+    }
+}
+
+impl FromRequestParts<ApiState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthorized("missing bearer token"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or(ApiError::Unauthorized("invalid token"))?;
+        let claims = state.jwt.verify(token.trim()).map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::Unauthorized("token expired"),
+            _ => ApiError::Unauthorized("invalid token"),
+        })?;
+        let user = match state.store.get_user(claims.sub).await {
+            Ok(u) => u,
+            Err(crate::store::StoreError::NotFound) => return Err(ApiError::Unauthorized("invalid token")),
+            Err(e) => return Err(e.into()),
+        };
+        if user.status != "active" {
+            return Err(ApiError::Unauthorized("user is disabled"));
+        }
+        Ok(AuthUser { user })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    username: String,
+    password: String,
+}
+
+/// A real argon2id hash, verified when the user does not exist so that
+/// response time does not reveal which usernames exist.
+fn dummy_hash() -> String {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY
+        .get_or_init(|| crate::crypto::hash_password(&aiproxy_shared::keys::random_hex(16)).expect("argon2 works"))
+        .clone()
+}
+
+pub async fn login(State(state): State<ApiState>, JsonBody(req): JsonBody<LoginRequest>) -> ApiResult<Json<Value>> {
+    let user = state.store.find_user_by_name(&req.username).await?;
+    let hash = user.as_ref().map(|u| u.password_hash.clone());
+    let password = req.password;
+    let valid = tokio::task::spawn_blocking(move || verify_password(&password, &hash.unwrap_or_else(dummy_hash)))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let user = match user {
+        Some(u) if valid => u,
+        _ => return Err(ApiError::Unauthorized("invalid username or password")),
+    };
+    if user.status != "active" {
+        return Err(ApiError::Unauthorized("user is disabled"));
+    }
+    let (token, claims) = state.jwt.issue(user.id, &user.username, &user.role);
+    tracing::info!(user_id = user.id, "admin login");
+    Ok(Json(json!({
+        "token": token,
+        "token_type": "Bearer",
+        "expires_at": chrono::DateTime::from_timestamp(claims.exp, 0),
+        "user": user,
+    })))
+}
+
+pub async fn me(auth: AuthUser) -> Json<User> {
+    Json(auth.user)
+}

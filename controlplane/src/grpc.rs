@@ -1,0 +1,192 @@
+//! The node-facing gRPC service: snapshot watch, ACKs and usage ingestion.
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aiproxy_proto::v1 as pb;
+use aiproxy_proto::v1::node_service_server::{NodeService, NodeServiceServer};
+use aiproxy_shared::keys::constant_time_eq;
+use futures_util::Stream;
+use rust_decimal::Decimal;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::publisher::Publisher;
+use crate::store::{Store, UsageRow};
+
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Largest usage batch accepted in one call.
+const MAX_BATCH: usize = 5_000;
+
+/// What the control plane last heard from a node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub applied_version: u64,
+    pub last_error: String,
+    pub last_seen: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Clone)]
+pub struct NodeApi {
+    store: Store,
+    publisher: Publisher,
+    nodes: Arc<Mutex<HashMap<String, NodeStatus>>>,
+}
+
+impl NodeApi {
+    pub fn new(store: Store, publisher: Publisher) -> Self {
+        Self { store, publisher, nodes: Arc::default() }
+    }
+
+    pub fn nodes(&self) -> Vec<NodeStatus> {
+        let mut v: Vec<_> = self.nodes.lock().expect("nodes lock").values().cloned().collect();
+        v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        v
+    }
+
+    /// The tonic service, with every call checked against the node token.
+    pub fn into_server(
+        self,
+        node_token: String,
+    ) -> tonic::service::interceptor::InterceptedService<NodeServiceServer<NodeApi>, impl tonic::service::Interceptor + Clone> {
+        let expected = format!("Bearer {node_token}");
+        let server = NodeServiceServer::new(self)
+            .max_decoding_message_size(256 * 1024 * 1024)
+            .max_encoding_message_size(256 * 1024 * 1024);
+        tonic::service::interceptor::InterceptedService::new(server, move |req: Request<()>| {
+                let ok = req
+                    .metadata()
+                    .get("authorization")
+                    .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()));
+                if ok { Ok(req) } else { Err(Status::unauthenticated("invalid node token")) }
+        })
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeService for NodeApi {
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let req = request.into_inner();
+        tracing::info!(node_id = %req.node_id, last_version = req.last_version, "node watching");
+        let mut rx = self.publisher.subscribe();
+        let (tx, out) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut sent = req.last_version;
+            let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+            heartbeat.tick().await;
+            loop {
+                let latest = rx.borrow_and_update().clone();
+                if let Some(snapshot) = latest {
+                    if snapshot.version != sent {
+                        sent = snapshot.version;
+                        let event = pb::WatchEvent { event: Some(pb::watch_event::Event::Snapshot((*snapshot).clone())) };
+                        if tx.send(Ok(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = heartbeat.tick() => {
+                        let beat = pb::Heartbeat { version: sent, server_time_ms: chrono::Utc::now().timestamp_millis() };
+                        if tx.send(Ok(pb::WatchEvent { event: Some(pb::watch_event::Event::Heartbeat(beat)) })).await.is_err() {
+                            return;
+                        }
+                    }
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+
+    async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+        let ack = request.into_inner();
+        if ack.applied {
+            tracing::debug!(node_id = %ack.node_id, version = ack.version, "node applied snapshot");
+        } else {
+            tracing::warn!(node_id = %ack.node_id, version = ack.version, error = %ack.error, "node rejected snapshot");
+        }
+        let mut nodes = self.nodes.lock().expect("nodes lock");
+        let entry = nodes.entry(ack.node_id.clone()).or_insert_with(|| NodeStatus {
+            node_id: ack.node_id.clone(),
+            applied_version: 0,
+            last_error: String::new(),
+            last_seen: chrono::Utc::now(),
+        });
+        entry.last_seen = chrono::Utc::now();
+        if ack.applied {
+            entry.applied_version = ack.version;
+            entry.last_error.clear();
+        } else {
+            entry.last_error = ack.error;
+        }
+        Ok(Response::new(pb::AckResponse {}))
+    }
+
+    async fn report_usage(&self, request: Request<pb::UsageBatch>) -> Result<Response<pb::UsageAck>, Status> {
+        let batch = request.into_inner();
+        if batch.records.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!("batch larger than {MAX_BATCH} records")));
+        }
+        let rows = batch
+            .records
+            .into_iter()
+            .map(|r| usage_row(&batch.node_id, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outcome = self.store.ingest_usage(&rows).await.map_err(|e| {
+            tracing::error!(error = %e, node_id = %batch.node_id, "usage ingestion failed");
+            Status::unavailable("usage ingestion failed; retry")
+        })?;
+        tracing::debug!(node_id = %batch.node_id, inserted = outcome.inserted, duplicates = outcome.duplicates, "usage ingested");
+        Ok(Response::new(pb::UsageAck { inserted: outcome.inserted, duplicates: outcome.duplicates }))
+    }
+}
+
+fn decimal(field: &str, value: &str) -> Result<Decimal, Status> {
+    if value.is_empty() {
+        return Ok(Decimal::ZERO);
+    }
+    value.parse().map_err(|_| Status::invalid_argument(format!("{field} is not a decimal")))
+}
+
+fn usage_row(node_id: &str, r: pb::UsageRecord) -> Result<UsageRow, Status> {
+    if r.request_id.is_empty() || r.request_id.len() > 36 {
+        return Err(Status::invalid_argument("request_id must be 1 to 36 characters"));
+    }
+    let created_at = chrono::DateTime::from_timestamp_millis(r.created_at_ms)
+        .ok_or_else(|| Status::invalid_argument("created_at_ms out of range"))?;
+    let tokens = |v: u64| i64::try_from(v).map_err(|_| Status::invalid_argument("token count out of range"));
+    Ok(UsageRow {
+        upstream_cost: decimal("upstream_cost", &r.upstream_cost)?,
+        cost: decimal("cost", &r.cost)?,
+        input_tokens: tokens(r.input_tokens)?,
+        output_tokens: tokens(r.output_tokens)?,
+        cache_creation_tokens: tokens(r.cache_creation_tokens)?,
+        cache_creation_1h_tokens: tokens(r.cache_creation_1h_tokens)?,
+        cache_read_tokens: tokens(r.cache_read_tokens)?,
+        request_id: r.request_id,
+        user_id: r.user_id,
+        api_key_id: r.api_key_id,
+        account_id: (r.account_id != 0).then_some(r.account_id),
+        node_id: node_id.to_string(),
+        model: r.model,
+        platform: r.platform,
+        endpoint: r.endpoint,
+        status_code: r.status_code as i32,
+        price_version: r.price_version as i64,
+        duration_ms: r.duration_ms.min(i32::MAX as u32) as i32,
+        ttfb_ms: r.ttfb_ms.min(i32::MAX as u32) as i32,
+        stream: r.stream,
+        session_hash: r.session_hash,
+        error_class: r.error_class,
+        usage_source: r.usage_source,
+        created_at,
+    })
+}

@@ -1,0 +1,148 @@
+//! aiproxy control plane: owns the database, the admin API, the snapshot
+//! publisher and usage ingestion, and serves data-plane nodes over gRPC.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod crypto;
+pub mod grpc;
+pub mod publisher;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use aiproxy_proto::v1 as pb;
+use aiproxy_shared::config::Secret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::crypto::{JwtKeys, Sealer, hash_password};
+use crate::publisher::Publisher;
+use crate::store::{NewUser, Store, StoreError};
+
+/// What the control plane needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub database_url: String,
+    pub secret_key: Secret,
+    pub node_token: Secret,
+    pub admin_password: Option<Secret>,
+    pub jwt_expire_hours: u64,
+    pub admin_listen: SocketAddr,
+    pub grpc_listen: SocketAddr,
+    pub relay: pb::RelaySettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot create the admin user: {0}")]
+    Bootstrap(String),
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    pub admin_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub store: Store,
+}
+
+/// Connects and migrates the database only (`aiproxy migrate`).
+pub async fn migrate(database_url: &str) -> Result<Store, StartError> {
+    let store = Store::connect(database_url).await?;
+    store.migrate().await?;
+    store.seed_prices_if_empty().await?;
+    Ok(store)
+}
+
+/// Starts the admin API, the gRPC service and the publisher; they stop when
+/// `cancel` fires, and `tracker` waits for them to drain.
+pub async fn start(
+    settings: Settings,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<ControlPlane, StartError> {
+    let store = migrate(&settings.database_url).await?;
+    bootstrap_admin(&store, settings.admin_password.as_ref()).await?;
+
+    let sealer = Sealer::new(settings.secret_key.expose());
+    let jwt = JwtKeys::new(settings.secret_key.expose(), settings.jwt_expire_hours);
+    let publisher = Publisher::new(store.clone(), sealer.clone(), settings.relay);
+    publisher.refresh().await?;
+    tracker.spawn(publisher.clone().run(cancel.clone()));
+
+    let admin = TcpListener::bind(settings.admin_listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: settings.admin_listen, source })?;
+    let grpc = TcpListener::bind(settings.grpc_listen)
+        .await
+        .map_err(|source| StartError::Bind { addr: settings.grpc_listen, source })?;
+    let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: settings.admin_listen, source })?;
+    let grpc_addr = grpc.local_addr().map_err(|source| StartError::Bind { addr: settings.grpc_listen, source })?;
+
+    let app = api::router(api::ApiState { store: store.clone(), sealer, jwt, publisher: publisher.clone() });
+    let admin_cancel = cancel.clone();
+    tracker.spawn(async move {
+        let served = axum::serve(admin, app).with_graceful_shutdown(admin_cancel.cancelled_owned()).await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin API server failed");
+        }
+    });
+
+    let node_api = grpc::NodeApi::new(store.clone(), publisher);
+    let service = node_api.into_server(settings.node_token.expose().to_string());
+    let grpc_cancel = cancel.clone();
+    tracker.spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        let served = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, grpc_cancel.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+
+    Ok(ControlPlane { admin_addr, grpc_addr, store })
+}
+
+/// Creates the `admin` user on first start. The password comes from
+/// configuration or is generated and printed once.
+async fn bootstrap_admin(store: &Store, password: Option<&Secret>) -> Result<(), StartError> {
+    if store.count_users().await? > 0 {
+        return Ok(());
+    }
+    let (password, generated) = match password {
+        Some(p) => (p.expose().to_string(), false),
+        None => (aiproxy_shared::keys::random_hex(12), true),
+    };
+    let hash = hash_password(&password).map_err(|e| StartError::Bootstrap(e.to_string()))?;
+    let created = store
+        .create_user(&NewUser {
+            username: "admin".into(),
+            password_hash: hash,
+            role: "admin".into(),
+            price_rate: rust_decimal::Decimal::ONE,
+            email: None,
+            max_concurrency: 0,
+        })
+        .await;
+    match created {
+        Ok(_) => {}
+        // Another replica created it first.
+        Err(StoreError::Conflict(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    if generated {
+        println!("aiproxy: created user \"admin\" with password {password} (shown once; set AIPROXY_ADMIN_PASSWORD to choose it)");
+    } else {
+        println!("aiproxy: created user \"admin\" with the password from AIPROXY_ADMIN_PASSWORD");
+    }
+    Ok(())
+}

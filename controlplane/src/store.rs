@@ -1,0 +1,66 @@
+//! Persistence on MySQL or SQLite: one API, one place per backend for dialect differences.
+mod accounts;
+mod api_keys;
+mod db;
+mod prices;
+mod usage;
+mod users;
+
+pub use accounts::{Account, AccountPatch, NewAccount};
+pub use api_keys::{ApiKey, ApiKeyPatch, NewApiKey};
+pub use db::{Backend, Store};
+pub use prices::PriceRow;
+pub use usage::{DailyUsage, IngestOutcome, RequestLog, RequestLogFilter, UsageRow};
+pub use users::{NewUser, User, UserPatch};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Maps unique-key violations to `Conflict`.
+    pub(crate) fn from_write(err: sqlx::Error, what: &str) -> StoreError {
+        if let sqlx::Error::Database(db) = &err {
+            if db.is_unique_violation() {
+                return StoreError::Conflict(format!("{what} already exists"));
+            }
+        }
+        StoreError::Database(err)
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[cfg(test)]
+mod tests;
+
+/// Bumps the snapshot version; run in the same transaction as the change.
+pub(crate) const BUMP_VERSION: &str = "UPDATE snapshot_version SET version = version + 1 WHERE id = 1";
+
+/// Id of the row an INSERT created, on either backend.
+pub(crate) trait LastId {
+    fn last_id(&self) -> i64;
+}
+
+impl LastId for sqlx::mysql::MySqlQueryResult {
+    fn last_id(&self) -> i64 {
+        self.last_insert_id() as i64
+    }
+}
+
+impl LastId for sqlx::sqlite::SqliteQueryResult {
+    fn last_id(&self) -> i64 {
+        self.last_insert_rowid()
+    }
+}

@@ -1,0 +1,180 @@
+//! `accounts`: upstream accounts with sealed credentials and scheduling state.
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use super::db::{Usd, impl_from_row, with_pool};
+use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Account {
+    pub id: i64,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub enabled: bool,
+    pub status: String,
+    /// Encrypted credential JSON; never leaves the control plane as is.
+    #[serde(skip)]
+    pub credentials_sealed: String,
+    pub base_url: Option<String>,
+    pub proxy_url: Option<String>,
+    pub priority: i32,
+    pub max_concurrency: i32,
+    pub rate_limit_reset_at: Option<DateTime<Utc>>,
+    pub total_cost: Decimal,
+    pub current_load: i32,
+    pub daily_requests: i64,
+    pub consecutive_error_count: i32,
+    pub disabled_reason: Option<String>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl_from_row!(Account, |r| {
+    Ok(Account {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        kind: r.try_get("type")?,
+        enabled: r.try_get("enabled")?,
+        status: r.try_get("status")?,
+        credentials_sealed: r.try_get("credentials")?,
+        base_url: r.try_get("base_url")?,
+        proxy_url: r.try_get("proxy_url")?,
+        priority: r.try_get("priority")?,
+        max_concurrency: r.try_get("max_concurrency")?,
+        rate_limit_reset_at: r.try_get("rate_limit_reset_at")?,
+        total_cost: r.try_get::<Usd, _>("total_cost")?.0,
+        current_load: r.try_get("current_load")?,
+        daily_requests: r.try_get("daily_requests")?,
+        consecutive_error_count: r.try_get("consecutive_error_count")?,
+        disabled_reason: r.try_get("disabled_reason")?,
+        last_used_at: r.try_get("last_used_at")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+});
+
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub name: String,
+    pub kind: String,
+    pub credentials_sealed: String,
+    pub base_url: Option<String>,
+    pub proxy_url: Option<String>,
+    pub priority: i32,
+    pub max_concurrency: i32,
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AccountPatch {
+    pub name: Option<String>,
+    pub enabled: Option<bool>,
+    pub status: Option<String>,
+    pub credentials_sealed: Option<String>,
+    pub base_url: Option<Option<String>>,
+    pub proxy_url: Option<Option<String>>,
+    pub priority: Option<i32>,
+    pub max_concurrency: Option<i32>,
+    pub rate_limit_reset_at: Option<Option<DateTime<Utc>>>,
+    pub consecutive_error_count: Option<i32>,
+    pub disabled_reason: Option<Option<String>>,
+}
+
+macro_rules! select_accounts {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, name, type, enabled, status, credentials, base_url, proxy_url, priority, max_concurrency, \
+             rate_limit_reset_at, total_cost, current_load, daily_requests, consecutive_error_count, disabled_reason, \
+             last_used_at, created_at, updated_at FROM accounts",
+            $tail
+        )
+    };
+}
+
+impl Store {
+    pub async fn create_account(&self, new: &NewAccount) -> StoreResult<Account> {
+        let now = Utc::now();
+        let id = with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query(
+                "INSERT INTO accounts (name, type, enabled, status, credentials, base_url, proxy_url, priority, max_concurrency, \
+                 created_at, updated_at) VALUES (?, ?, ?, 'valid', ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&new.name)
+            .bind(&new.kind)
+            .bind(new.enabled)
+            .bind(&new.credentials_sealed)
+            .bind(&new.base_url)
+            .bind(&new.proxy_url)
+            .bind(new.priority)
+            .bind(new.max_concurrency)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_write(e, "account"))?;
+            sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            tx.commit().await?;
+            done.last_id()
+        });
+        self.get_account(id).await
+    }
+
+    pub async fn get_account(&self, id: i64) -> StoreResult<Account> {
+        with_pool!(self, p => sqlx::query_as::<_, Account>(select_accounts!(" WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(p)
+            .await?
+            .ok_or(StoreError::NotFound))
+    }
+
+    pub async fn list_accounts(&self) -> StoreResult<Vec<Account>> {
+        with_pool!(self, p => Ok(sqlx::query_as::<_, Account>(select_accounts!(" ORDER BY id")).fetch_all(p).await?))
+    }
+
+    pub async fn update_account(&self, id: i64, patch: &AccountPatch) -> StoreResult<Account> {
+        let cur = self.get_account(id).await?;
+        let now = Utc::now();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "UPDATE accounts SET name = ?, enabled = ?, status = ?, credentials = ?, base_url = ?, proxy_url = ?, priority = ?, \
+                 max_concurrency = ?, rate_limit_reset_at = ?, consecutive_error_count = ?, disabled_reason = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(patch.name.as_ref().unwrap_or(&cur.name))
+            .bind(patch.enabled.unwrap_or(cur.enabled))
+            .bind(patch.status.as_ref().unwrap_or(&cur.status))
+            .bind(patch.credentials_sealed.as_ref().unwrap_or(&cur.credentials_sealed))
+            .bind(patch.base_url.clone().unwrap_or(cur.base_url.clone()))
+            .bind(patch.proxy_url.clone().unwrap_or(cur.proxy_url.clone()))
+            .bind(patch.priority.unwrap_or(cur.priority))
+            .bind(patch.max_concurrency.unwrap_or(cur.max_concurrency))
+            .bind(patch.rate_limit_reset_at.unwrap_or(cur.rate_limit_reset_at))
+            .bind(patch.consecutive_error_count.unwrap_or(cur.consecutive_error_count))
+            .bind(patch.disabled_reason.clone().unwrap_or(cur.disabled_reason.clone()))
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        self.get_account(id).await
+    }
+
+    pub async fn delete_account(&self, id: i64) -> StoreResult<()> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query("DELETE FROM accounts WHERE id = ?").bind(id).execute(&mut *tx).await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,185 @@
+//! `api_keys`: the keys users call the relay with, stored only as sha256 hashes.
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use super::db::{Usd, impl_from_row, models_from_column, models_to_column, with_pool};
+use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKey {
+    pub id: i64,
+    pub user_id: i64,
+    pub name: String,
+    #[serde(skip)]
+    pub key_hash: String,
+    pub key_prefix: String,
+    pub billing_type: String,
+    pub status: String,
+    pub request_count: i64,
+    pub cost_used: Decimal,
+    pub cost_limit: Option<Decimal>,
+    pub rate_limit: i32,
+    pub allowed_models: Vec<String>,
+    pub max_concurrency: i32,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl_from_row!(ApiKey, |r| {
+    Ok(ApiKey {
+        id: r.try_get("id")?,
+        user_id: r.try_get("user_id")?,
+        name: r.try_get("name")?,
+        key_hash: r.try_get("key_hash")?,
+        key_prefix: r.try_get("key_prefix")?,
+        billing_type: r.try_get("billing_type")?,
+        status: r.try_get("status")?,
+        request_count: r.try_get("request_count")?,
+        cost_used: r.try_get::<Usd, _>("cost_used")?.0,
+        cost_limit: r.try_get::<Option<Usd>, _>("cost_limit")?.map(|u| u.0),
+        rate_limit: r.try_get("rate_limit")?,
+        allowed_models: models_from_column(r.try_get("allowed_models")?),
+        max_concurrency: r.try_get("max_concurrency")?,
+        expires_at: r.try_get("expires_at")?,
+        last_used_at: r.try_get("last_used_at")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+});
+
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub user_id: i64,
+    pub name: String,
+    pub key_hash: String,
+    pub key_prefix: String,
+    pub billing_type: String,
+    pub cost_limit: Option<Decimal>,
+    pub rate_limit: i32,
+    pub allowed_models: Vec<String>,
+    pub max_concurrency: i32,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeyPatch {
+    pub name: Option<String>,
+    pub status: Option<String>,
+    pub billing_type: Option<String>,
+    pub cost_limit: Option<Option<Decimal>>,
+    pub rate_limit: Option<i32>,
+    pub allowed_models: Option<Vec<String>>,
+    pub max_concurrency: Option<i32>,
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+macro_rules! select_keys {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, user_id, name, key_hash, key_prefix, billing_type, status, request_count, cost_used, cost_limit, \
+             rate_limit, allowed_models, max_concurrency, expires_at, last_used_at, created_at, updated_at FROM api_keys",
+            $tail
+        )
+    };
+}
+
+impl Store {
+    pub async fn create_api_key(&self, new: &NewApiKey) -> StoreResult<ApiKey> {
+        let now = Utc::now();
+        let id = with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let user: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE id = ?")
+                .bind(new.user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if user.is_none() {
+                return Err(StoreError::Conflict(format!("user {} does not exist", new.user_id)));
+            }
+            let done = sqlx::query(
+                "INSERT INTO api_keys (user_id, name, key_hash, key_prefix, billing_type, status, cost_limit, rate_limit, \
+                 allowed_models, max_concurrency, expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(new.user_id)
+            .bind(&new.name)
+            .bind(&new.key_hash)
+            .bind(&new.key_prefix)
+            .bind(&new.billing_type)
+            .bind(new.cost_limit.map(Usd))
+            .bind(new.rate_limit)
+            .bind(models_to_column(&new.allowed_models))
+            .bind(new.max_concurrency)
+            .bind(new.expires_at)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_write(e, "api key"))?;
+            sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            tx.commit().await?;
+            done.last_id()
+        });
+        self.get_api_key(id).await
+    }
+
+    pub async fn get_api_key(&self, id: i64) -> StoreResult<ApiKey> {
+        with_pool!(self, p => sqlx::query_as::<_, ApiKey>(select_keys!(" WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(p)
+            .await?
+            .ok_or(StoreError::NotFound))
+    }
+
+    /// All keys, or one user's.
+    pub async fn list_api_keys(&self, user_id: Option<i64>) -> StoreResult<Vec<ApiKey>> {
+        with_pool!(self, p => Ok(match user_id {
+            Some(uid) => sqlx::query_as::<_, ApiKey>(select_keys!(" WHERE user_id = ? ORDER BY id"))
+                .bind(uid)
+                .fetch_all(p)
+                .await?,
+            None => sqlx::query_as::<_, ApiKey>(select_keys!(" ORDER BY id")).fetch_all(p).await?,
+        }))
+    }
+
+    pub async fn update_api_key(&self, id: i64, patch: &ApiKeyPatch) -> StoreResult<ApiKey> {
+        let cur = self.get_api_key(id).await?;
+        let now = Utc::now();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "UPDATE api_keys SET name = ?, status = ?, billing_type = ?, cost_limit = ?, rate_limit = ?, allowed_models = ?, \
+                 max_concurrency = ?, expires_at = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(patch.name.as_ref().unwrap_or(&cur.name))
+            .bind(patch.status.as_ref().unwrap_or(&cur.status))
+            .bind(patch.billing_type.as_ref().unwrap_or(&cur.billing_type))
+            .bind(patch.cost_limit.unwrap_or(cur.cost_limit).map(Usd))
+            .bind(patch.rate_limit.unwrap_or(cur.rate_limit))
+            .bind(models_to_column(patch.allowed_models.as_ref().unwrap_or(&cur.allowed_models)))
+            .bind(patch.max_concurrency.unwrap_or(cur.max_concurrency))
+            .bind(patch.expires_at.unwrap_or(cur.expires_at))
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        self.get_api_key(id).await
+    }
+
+    pub async fn delete_api_key(&self, id: i64) -> StoreResult<()> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query("DELETE FROM api_keys WHERE id = ?").bind(id).execute(&mut *tx).await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,234 @@
+//! Connection pools, migrations, the USD column type and the backend dispatch macro.
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use rust_decimal::Decimal;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Decode, Encode, Type};
+
+use super::StoreResult;
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    MySql,
+    Sqlite,
+}
+
+#[derive(Clone)]
+pub(crate) enum Pool {
+    MySql(MySqlPool),
+    Sqlite(SqlitePool),
+}
+
+/// The control plane's database.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) pool: Pool,
+}
+
+/// Runs `$body` with `$p` bound to the concrete pool; the body is compiled
+/// once per backend, so queries shared by both are written once.
+macro_rules! with_pool {
+    ($store:expr, $p:ident => $body:expr) => {
+        match &$store.pool {
+            $crate::store::db::Pool::MySql($p) => $body,
+            $crate::store::db::Pool::Sqlite($p) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// SQL that differs between the backends.
+pub(crate) struct Dialect {
+    pub mysql: &'static str,
+    pub sqlite: &'static str,
+}
+
+impl Dialect {
+    pub(crate) fn pick(&self, store: &Store) -> &'static str {
+        match store.pool {
+            Pool::MySql(_) => self.mysql,
+            Pool::Sqlite(_) => self.sqlite,
+        }
+    }
+}
+
+/// Implements `FromRow` for both backends from one body.
+macro_rules! impl_from_row {
+    ($ty:ty, |$row:ident| $body:block) => {
+        impl<'r> sqlx::FromRow<'r, sqlx::mysql::MySqlRow> for $ty {
+            fn from_row($row: &'r sqlx::mysql::MySqlRow) -> sqlx::Result<Self> {
+                #[allow(unused_imports)]
+                use sqlx::Row as _;
+                $body
+            }
+        }
+        impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for $ty {
+            fn from_row($row: &'r sqlx::sqlite::SqliteRow) -> sqlx::Result<Self> {
+                #[allow(unused_imports)]
+                use sqlx::Row as _;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use impl_from_row;
+
+impl Store {
+    /// Connects to `url` (`mysql://…` or `sqlite://…`), creating a SQLite file if needed.
+    pub async fn connect(url: &str) -> StoreResult<Store> {
+        let pool = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(false);
+            Pool::Sqlite(SqlitePoolOptions::new().max_connections(8).connect_with(options).await?)
+        } else {
+            let url = url.replacen("mariadb://", "mysql://", 1);
+            let options = MySqlConnectOptions::from_str(&url)?.charset("utf8mb4").timezone(Some("+00:00".into()));
+            Pool::MySql(
+                MySqlPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await?,
+            )
+        };
+        Ok(Store { pool })
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.pool {
+            Pool::MySql(_) => Backend::MySql,
+            Pool::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Applies pending forward-only migrations (locked on MySQL, so replicas can race).
+    pub async fn migrate(&self) -> StoreResult<()> {
+        match &self.pool {
+            Pool::MySql(p) => Migrator::new(Embedded(MYSQL_MIGRATIONS)).await?.run(p).await?,
+            Pool::Sqlite(p) => Migrator::new(Embedded(SQLITE_MIGRATIONS)).await?.run(p).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        with_pool!(self, p => p.close().await)
+    }
+}
+
+type EmbeddedMigration = (i64, &'static str, &'static str);
+
+const MYSQL_MIGRATIONS: &[EmbeddedMigration] =
+    &[(1, "init", include_str!("../../../migrations/mysql/0001_init.sql"))];
+const SQLITE_MIGRATIONS: &[EmbeddedMigration] =
+    &[(1, "init", include_str!("../../../migrations/sqlite/0001_init.sql"))];
+
+/// Migrations compiled into the binary, so it needs no files at run time.
+#[derive(Debug)]
+struct Embedded(&'static [EmbeddedMigration]);
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .map(|(version, name, sql)| {
+                    Migration::new(*version, Cow::Borrowed(*name), MigrationType::Simple, Cow::Borrowed(*sql), false)
+                })
+                .collect())
+        })
+    }
+}
+
+/// A USD amount (or rate) as stored: DECIMAL(20,10) on MySQL, INTEGER units
+/// of 1e-10 on SQLite, so sums and increments are exact on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Usd(pub Decimal);
+
+const SQLITE_SCALE: u32 = 10;
+
+impl Usd {
+    fn to_units(self) -> Result<i64, BoxDynError> {
+        let mut d = self.0;
+        d.rescale(SQLITE_SCALE);
+        i64::try_from(d.mantissa()).map_err(|_| "amount out of range".into())
+    }
+}
+
+impl Type<MySql> for Usd {
+    fn type_info() -> sqlx::mysql::MySqlTypeInfo {
+        <Decimal as Type<MySql>>::type_info()
+    }
+    fn compatible(ty: &sqlx::mysql::MySqlTypeInfo) -> bool {
+        <Decimal as Type<MySql>>::compatible(ty)
+    }
+}
+
+impl<'q> Encode<'q, MySql> for Usd {
+    fn encode_by_ref(&self, buf: &mut Vec<u8>) -> Result<IsNull, BoxDynError> {
+        <Decimal as Encode<MySql>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl<'r> Decode<'r, MySql> for Usd {
+    fn decode(value: sqlx::mysql::MySqlValueRef<'r>) -> Result<Self, BoxDynError> {
+        Ok(Usd(<Decimal as Decode<MySql>>::decode(value)?.normalize()))
+    }
+}
+
+impl Type<Sqlite> for Usd {
+    fn type_info() -> sqlx::sqlite::SqliteTypeInfo {
+        <i64 as Type<Sqlite>>::type_info()
+    }
+    fn compatible(ty: &sqlx::sqlite::SqliteTypeInfo) -> bool {
+        <i64 as Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'q> Encode<'q, Sqlite> for Usd {
+    fn encode_by_ref(
+        &self,
+        buf: &mut Vec<sqlx::sqlite::SqliteArgumentValue<'q>>,
+    ) -> Result<IsNull, BoxDynError> {
+        let units = self.to_units()?;
+        <i64 as Encode<Sqlite>>::encode_by_ref(&units, buf)
+    }
+}
+
+impl<'r> Decode<'r, Sqlite> for Usd {
+    fn decode(value: sqlx::sqlite::SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        let units = <i64 as Decode<Sqlite>>::decode(value)?;
+        Ok(Usd(Decimal::new(units, SQLITE_SCALE).normalize()))
+    }
+}
+
+/// JSON array column of model names (`allowed_models`); NULL means all.
+pub(crate) fn models_to_column(models: &[String]) -> Option<String> {
+    (!models.is_empty()).then(|| serde_json::to_string(models).expect("strings serialize"))
+}
+
+pub(crate) fn models_from_column(column: Option<String>) -> Vec<String> {
+    column.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default()
+}
+
+impl Store {
+    /// Current version of the data the snapshot carries.
+    pub async fn snapshot_version(&self) -> StoreResult<u64> {
+        let v: i64 = with_pool!(self, p => sqlx::query_scalar("SELECT version FROM snapshot_version WHERE id = 1")
+            .fetch_one(p)
+            .await?);
+        Ok(v as u64)
+    }
+}

@@ -1,0 +1,342 @@
+//! Usage ingestion (idempotent, one transaction per batch) and request-log queries.
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use sqlx::QueryBuilder;
+
+use super::db::{Dialect, Usd, impl_from_row, with_pool};
+use super::{Store, StoreResult};
+
+/// One relayed request, as the data plane reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRow {
+    pub request_id: String,
+    pub user_id: i64,
+    pub api_key_id: i64,
+    pub account_id: Option<i64>,
+    pub node_id: String,
+    pub model: String,
+    pub platform: String,
+    pub endpoint: String,
+    pub status_code: i32,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_creation_tokens: i64,
+    pub cache_creation_1h_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub upstream_cost: Decimal,
+    pub cost: Decimal,
+    pub price_version: i64,
+    pub duration_ms: i32,
+    pub ttfb_ms: i32,
+    pub stream: bool,
+    pub session_hash: String,
+    pub error_class: String,
+    pub usage_source: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl UsageRow {
+    fn total_tokens(&self) -> i64 {
+        self.input_tokens + self.output_tokens + self.cache_creation_tokens + self.cache_read_tokens
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct IngestOutcome {
+    pub inserted: u32,
+    pub duplicates: u32,
+}
+
+/// A row of `request_logs` as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestLog {
+    pub id: i64,
+    pub request_id: String,
+    pub user_id: i64,
+    pub api_key_id: i64,
+    pub account_id: Option<i64>,
+    pub node_id: String,
+    pub model: String,
+    pub platform: String,
+    pub endpoint: String,
+    pub status_code: i32,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_creation_tokens: i64,
+    pub cache_creation_1h_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub total_tokens: i64,
+    pub upstream_cost: Decimal,
+    pub cost: Decimal,
+    pub price_version: i64,
+    pub duration_ms: i32,
+    pub ttfb_ms: i32,
+    pub stream: bool,
+    pub error_class: String,
+    pub usage_source: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl_from_row!(RequestLog, |r| {
+    Ok(RequestLog {
+        id: r.try_get("id")?,
+        request_id: r.try_get("request_id")?,
+        user_id: r.try_get("user_id")?,
+        api_key_id: r.try_get("api_key_id")?,
+        account_id: r.try_get("account_id")?,
+        node_id: r.try_get("node_id")?,
+        model: r.try_get("model")?,
+        platform: r.try_get("platform")?,
+        endpoint: r.try_get("endpoint")?,
+        status_code: r.try_get("status_code")?,
+        input_tokens: r.try_get("input_tokens")?,
+        output_tokens: r.try_get("output_tokens")?,
+        cache_creation_tokens: r.try_get("cache_creation_tokens")?,
+        cache_creation_1h_tokens: r.try_get("cache_creation_1h_tokens")?,
+        cache_read_tokens: r.try_get("cache_read_tokens")?,
+        total_tokens: r.try_get("total_tokens")?,
+        upstream_cost: r.try_get::<Usd, _>("upstream_cost")?.0,
+        cost: r.try_get::<Usd, _>("cost")?.0,
+        price_version: r.try_get("price_version")?,
+        duration_ms: r.try_get("duration_ms")?,
+        ttfb_ms: r.try_get("ttfb_ms")?,
+        stream: r.try_get("stream")?,
+        error_class: r.try_get("error_class")?,
+        usage_source: r.try_get("usage_source")?,
+        created_at: r.try_get("created_at")?,
+    })
+});
+
+/// Filters of `GET /request-logs`; every field is optional.
+#[derive(Debug, Clone, Default)]
+pub struct RequestLogFilter {
+    pub user_id: Option<i64>,
+    pub api_key_id: Option<i64>,
+    pub account_id: Option<i64>,
+    pub model: Option<String>,
+    pub status_code: Option<i32>,
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// 1-based page.
+    pub page: u32,
+    pub page_size: u32,
+}
+
+const UPSERT_DAILY: Dialect = Dialect {
+    mysql: "INSERT INTO daily_usages (user_id, date, model, request_count, input_tokens, output_tokens, cache_creation_tokens, \
+            cache_read_tokens, total_tokens, upstream_cost, total_cost) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?) \
+            ON DUPLICATE KEY UPDATE request_count = request_count + 1, input_tokens = input_tokens + VALUES(input_tokens), \
+            output_tokens = output_tokens + VALUES(output_tokens), cache_creation_tokens = cache_creation_tokens + VALUES(cache_creation_tokens), \
+            cache_read_tokens = cache_read_tokens + VALUES(cache_read_tokens), total_tokens = total_tokens + VALUES(total_tokens), \
+            upstream_cost = upstream_cost + VALUES(upstream_cost), total_cost = total_cost + VALUES(total_cost)",
+    sqlite: "INSERT INTO daily_usages (user_id, date, model, request_count, input_tokens, output_tokens, cache_creation_tokens, \
+             cache_read_tokens, total_tokens, upstream_cost, total_cost) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT(user_id, date, model) DO UPDATE SET request_count = request_count + 1, \
+             input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
+             cache_creation_tokens = cache_creation_tokens + excluded.cache_creation_tokens, \
+             cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens, total_tokens = total_tokens + excluded.total_tokens, \
+             upstream_cost = upstream_cost + excluded.upstream_cost, total_cost = total_cost + excluded.total_cost",
+};
+
+macro_rules! insert_log_sql {
+    () => {
+        " (request_id, user_id, api_key_id, account_id, node_id, model, platform, endpoint, status_code, input_tokens, \
+         output_tokens, cache_creation_tokens, cache_creation_1h_tokens, cache_read_tokens, total_tokens, upstream_cost, cost, \
+         price_version, duration_ms, ttfb_ms, stream, session_hash, error_class, usage_source, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    };
+}
+
+const INSERT_LOG: Dialect = Dialect {
+    mysql: concat!("INSERT IGNORE INTO request_logs", insert_log_sql!()),
+    sqlite: concat!("INSERT INTO request_logs", insert_log_sql!(), " ON CONFLICT(request_id) DO NOTHING"),
+};
+
+impl Store {
+    /// Writes a batch of usage rows in one transaction. A row whose
+    /// `request_id` is already stored is skipped entirely, so a replayed
+    /// batch never bills twice.
+    pub async fn ingest_usage(&self, rows: &[UsageRow]) -> StoreResult<IngestOutcome> {
+        let mut outcome = IngestOutcome::default();
+        let insert = INSERT_LOG.pick(self);
+        let upsert_daily = UPSERT_DAILY.pick(self);
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for row in rows {
+                let done = sqlx::query(insert)
+                    .bind(&row.request_id)
+                    .bind(row.user_id)
+                    .bind(row.api_key_id)
+                    .bind(row.account_id)
+                    .bind(&row.node_id)
+                    .bind(&row.model)
+                    .bind(&row.platform)
+                    .bind(&row.endpoint)
+                    .bind(row.status_code)
+                    .bind(row.input_tokens)
+                    .bind(row.output_tokens)
+                    .bind(row.cache_creation_tokens)
+                    .bind(row.cache_creation_1h_tokens)
+                    .bind(row.cache_read_tokens)
+                    .bind(row.total_tokens())
+                    .bind(Usd(row.upstream_cost))
+                    .bind(Usd(row.cost))
+                    .bind(row.price_version)
+                    .bind(row.duration_ms)
+                    .bind(row.ttfb_ms)
+                    .bind(row.stream)
+                    .bind(&row.session_hash)
+                    .bind(&row.error_class)
+                    .bind(&row.usage_source)
+                    .bind(row.created_at)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    outcome.duplicates += 1;
+                    continue;
+                }
+                outcome.inserted += 1;
+                let day = row.created_at.date_naive();
+                sqlx::query(upsert_daily)
+                    .bind(row.user_id)
+                    .bind(day)
+                    .bind(&row.model)
+                    .bind(row.input_tokens)
+                    .bind(row.output_tokens)
+                    .bind(row.cache_creation_tokens)
+                    .bind(row.cache_read_tokens)
+                    .bind(row.total_tokens())
+                    .bind(Usd(row.upstream_cost))
+                    .bind(Usd(row.cost))
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE api_keys SET request_count = request_count + 1, cost_used = cost_used + ?, last_used_at = ? WHERE id = ?",
+                )
+                .bind(Usd(row.cost))
+                .bind(row.created_at)
+                .bind(row.api_key_id)
+                .execute(&mut *tx)
+                .await?;
+                if let Some(account_id) = row.account_id {
+                    sqlx::query(
+                        "UPDATE accounts SET total_cost = total_cost + ?, \
+                         daily_requests = CASE WHEN daily_requests_date = ? THEN daily_requests + 1 ELSE 1 END, \
+                         daily_requests_date = ?, last_used_at = ? WHERE id = ?",
+                    )
+                    .bind(Usd(row.upstream_cost))
+                    .bind(day)
+                    .bind(day)
+                    .bind(row.created_at)
+                    .bind(account_id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+        });
+        Ok(outcome)
+    }
+
+    /// One page of request logs, newest first, and the total matching.
+    pub async fn list_request_logs(&self, f: &RequestLogFilter) -> StoreResult<(Vec<RequestLog>, i64)> {
+        let page_size = f.page_size.clamp(1, 500);
+        let offset = i64::from(f.page.max(1) - 1) * i64::from(page_size);
+        with_pool!(self, p => {
+            let mut count = QueryBuilder::new("SELECT COUNT(*) FROM request_logs WHERE 1 = 1");
+            push_filters(&mut count, f);
+            let total: i64 = count.build_query_scalar().fetch_one(p).await?;
+            let mut select = QueryBuilder::new(
+                "SELECT id, request_id, user_id, api_key_id, account_id, node_id, model, platform, endpoint, status_code, \
+                 input_tokens, output_tokens, cache_creation_tokens, cache_creation_1h_tokens, cache_read_tokens, total_tokens, \
+                 upstream_cost, cost, price_version, duration_ms, ttfb_ms, stream, error_class, usage_source, created_at \
+                 FROM request_logs WHERE 1 = 1",
+            );
+            push_filters(&mut select, f);
+            select.push(" ORDER BY created_at DESC, id DESC LIMIT ");
+            select.push_bind(i64::from(page_size));
+            select.push(" OFFSET ");
+            select.push_bind(offset);
+            let items = select.build_query_as::<RequestLog>().fetch_all(p).await?;
+            Ok((items, total))
+        })
+    }
+}
+
+/// Appends the filter's conditions; only static SQL and bound values.
+fn push_filters<'a, DB>(q: &mut QueryBuilder<'a, DB>, f: &'a RequestLogFilter)
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    i32: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    DateTime<Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    if let Some(v) = f.user_id {
+        q.push(" AND user_id = ").push_bind(v);
+    }
+    if let Some(v) = f.api_key_id {
+        q.push(" AND api_key_id = ").push_bind(v);
+    }
+    if let Some(v) = f.account_id {
+        q.push(" AND account_id = ").push_bind(v);
+    }
+    if let Some(v) = &f.model {
+        q.push(" AND model = ").push_bind(v.as_str());
+    }
+    if let Some(v) = f.status_code {
+        q.push(" AND status_code = ").push_bind(v);
+    }
+    if let Some(v) = f.from {
+        q.push(" AND created_at >= ").push_bind(v);
+    }
+    if let Some(v) = f.to {
+        q.push(" AND created_at < ").push_bind(v);
+    }
+}
+
+/// A row of `daily_usages`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DailyUsage {
+    pub user_id: i64,
+    pub date: chrono::NaiveDate,
+    pub model: String,
+    pub request_count: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cache_creation_tokens: i64,
+    pub cache_read_tokens: i64,
+    pub total_tokens: i64,
+    pub upstream_cost: Decimal,
+    pub total_cost: Decimal,
+}
+
+impl_from_row!(DailyUsage, |r| {
+    Ok(DailyUsage {
+        user_id: r.try_get("user_id")?,
+        date: r.try_get("date")?,
+        model: r.try_get("model")?,
+        request_count: r.try_get("request_count")?,
+        input_tokens: r.try_get("input_tokens")?,
+        output_tokens: r.try_get("output_tokens")?,
+        cache_creation_tokens: r.try_get("cache_creation_tokens")?,
+        cache_read_tokens: r.try_get("cache_read_tokens")?,
+        total_tokens: r.try_get("total_tokens")?,
+        upstream_cost: r.try_get::<Usd, _>("upstream_cost")?.0,
+        total_cost: r.try_get::<Usd, _>("total_cost")?.0,
+    })
+});
+
+impl Store {
+    /// A user's daily usage rows, newest day first.
+    pub async fn daily_usage_for_user(&self, user_id: i64) -> StoreResult<Vec<DailyUsage>> {
+        with_pool!(self, p => Ok(sqlx::query_as::<_, DailyUsage>(
+            "SELECT user_id, date, model, request_count, input_tokens, output_tokens, cache_creation_tokens, cache_read_tokens, \
+             total_tokens, upstream_cost, total_cost FROM daily_usages WHERE user_id = ? ORDER BY date DESC, model",
+        )
+        .bind(user_id)
+        .fetch_all(p)
+        .await?))
+    }
+}

@@ -1,0 +1,160 @@
+//! `users`: operators and their customers, with roles and price rates.
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use super::db::{Usd, impl_from_row, with_pool};
+use super::{LastId, Store, StoreError, StoreResult, BUMP_VERSION};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub id: i64,
+    pub username: String,
+    #[serde(skip)]
+    pub password_hash: String,
+    pub role: String,
+    pub status: String,
+    pub price_rate: Decimal,
+    pub email: Option<String>,
+    pub max_concurrency: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl_from_row!(User, |r| {
+    Ok(User {
+        id: r.try_get("id")?,
+        username: r.try_get("username")?,
+        password_hash: r.try_get("password_hash")?,
+        role: r.try_get("role")?,
+        status: r.try_get("status")?,
+        price_rate: r.try_get::<Usd, _>("price_rate")?.0,
+        email: r.try_get("email")?,
+        max_concurrency: r.try_get("max_concurrency")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+});
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: String,
+    pub password_hash: String,
+    pub role: String,
+    pub price_rate: Decimal,
+    pub email: Option<String>,
+    pub max_concurrency: i32,
+}
+
+/// Fields an update may change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    pub password_hash: Option<String>,
+    pub role: Option<String>,
+    pub status: Option<String>,
+    pub price_rate: Option<Decimal>,
+    pub email: Option<Option<String>>,
+    pub max_concurrency: Option<i32>,
+}
+
+macro_rules! select_users {
+    ($tail:literal) => {
+        concat!(
+            "SELECT id, username, password_hash, role, status, price_rate, email, max_concurrency, created_at, updated_at FROM users",
+            $tail
+        )
+    };
+}
+
+impl Store {
+    pub async fn count_users(&self) -> StoreResult<i64> {
+        with_pool!(self, p => Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(p).await?))
+    }
+
+    pub async fn create_user(&self, new: &NewUser) -> StoreResult<User> {
+        let now = Utc::now();
+        let id = with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query(
+                "INSERT INTO users (username, password_hash, role, status, price_rate, email, max_concurrency, created_at, updated_at) \
+                 VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?)",
+            )
+            .bind(&new.username)
+            .bind(&new.password_hash)
+            .bind(&new.role)
+            .bind(Usd(new.price_rate))
+            .bind(&new.email)
+            .bind(new.max_concurrency)
+            .bind(now)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::from_write(e, "user"))?;
+            sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            tx.commit().await?;
+            done.last_id()
+        });
+        self.get_user(id).await
+    }
+
+    pub async fn get_user(&self, id: i64) -> StoreResult<User> {
+        with_pool!(self, p => sqlx::query_as::<_, User>(select_users!(" WHERE id = ?"))
+            .bind(id)
+            .fetch_optional(p)
+            .await?
+            .ok_or(StoreError::NotFound))
+    }
+
+    pub async fn find_user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
+        with_pool!(self, p => Ok(sqlx::query_as::<_, User>(select_users!(" WHERE username = ?"))
+            .bind(username)
+            .fetch_optional(p)
+            .await?))
+    }
+
+    pub async fn list_users(&self) -> StoreResult<Vec<User>> {
+        with_pool!(self, p => Ok(sqlx::query_as::<_, User>(select_users!(" ORDER BY id"))
+            .fetch_all(p)
+            .await?))
+    }
+
+    pub async fn update_user(&self, id: i64, patch: &UserPatch) -> StoreResult<User> {
+        let current = self.get_user(id).await?;
+        let now = Utc::now();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "UPDATE users SET password_hash = ?, role = ?, status = ?, price_rate = ?, email = ?, max_concurrency = ?, updated_at = ? WHERE id = ?",
+            )
+            .bind(patch.password_hash.as_ref().unwrap_or(&current.password_hash))
+            .bind(patch.role.as_ref().unwrap_or(&current.role))
+            .bind(patch.status.as_ref().unwrap_or(&current.status))
+            .bind(Usd(patch.price_rate.unwrap_or(current.price_rate)))
+            .bind(patch.email.clone().unwrap_or(current.email.clone()))
+            .bind(patch.max_concurrency.unwrap_or(current.max_concurrency))
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        self.get_user(id).await
+    }
+
+    /// Deletes a user and their keys and packages; their request logs stay.
+    pub async fn delete_user(&self, id: i64) -> StoreResult<()> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query("DELETE FROM users WHERE id = ?").bind(id).execute(&mut *tx).await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            sqlx::query("DELETE FROM api_keys WHERE user_id = ?").bind(id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM user_packages WHERE user_id = ?").bind(id).execute(&mut *tx).await?;
+            sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}

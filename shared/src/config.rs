@@ -1,0 +1,370 @@
+//! Configuration: defaults, then an optional TOML file, then `AIPROXY_*` env vars.
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Exit code for bad configuration (EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for {name}: {message}")]
+    Env { name: &'static str, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A secret string whose Debug output never shows it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            proxy: ([0, 0, 0, 0], 8080).into(),
+            admin: ([0, 0, 0, 0], 8090).into(),
+            grpc: ([127, 0, 0, 1], 9090).into(),
+        }
+    }
+}
+
+/// Relay settings (the seed's `proxy.*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySettings {
+    /// Whole-request upstream timeout, seconds (the seed's `proxy.timeout`).
+    pub timeout: u64,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self { timeout: 600, max_body_bytes: 32 * 1024 * 1024 }
+    }
+}
+
+/// TTLs of cross-node state, seconds (the seed's cache settings).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    pub session_ttl: u64,
+    pub concurrency_ttl: u64,
+    pub unavailable_ttl: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self { session_ttl: 3600, concurrency_ttl: 600, unavailable_ttl: 300 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtSettings {
+    pub expire_hours: u64,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        Self { expire_hours: 24 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `mysql://…`; unset means SQLite in `data_dir`.
+    pub database_url: Option<Secret>,
+    /// Unset means the in-memory state store.
+    pub redis_url: Option<Secret>,
+    /// Encrypts credentials at rest and signs JWTs.
+    pub secret_key: Option<Secret>,
+    /// Shared secret between the planes.
+    pub node_token: Option<Secret>,
+    /// Password of the `admin` user created on first start.
+    pub admin_password: Option<Secret>,
+    /// gRPC address of the control plane, for a data plane.
+    pub controlplane_url: Option<String>,
+    /// Name of this data-plane node; defaults to host name and pid.
+    pub node_id: Option<String>,
+    pub log_format: LogFormat,
+    pub listen: Listen,
+    pub proxy: ProxySettings,
+    pub cache: CacheSettings,
+    pub jwt: JwtSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            redis_url: None,
+            secret_key: None,
+            node_token: None,
+            admin_password: None,
+            controlplane_url: None,
+            node_id: None,
+            log_format: LogFormat::Text,
+            listen: Listen::default(),
+            proxy: ProxySettings::default(),
+            cache: CacheSettings::default(),
+            jwt: JwtSettings::default(),
+        }
+    }
+}
+
+/// Shortest accepted `secret_key`, in bytes.
+pub const MIN_SECRET_KEY_LEN: usize = 32;
+
+impl Config {
+    /// Defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::load`], with the environment supplied by `env`.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |name: &str| env(name).filter(|v| !v.is_empty());
+        if let Some(v) = get("AIPROXY_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        let secret = |name: &str| get(name).map(Secret::new);
+        if let Some(v) = secret("AIPROXY_DATABASE_URL") {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = secret("AIPROXY_REDIS_URL") {
+            self.redis_url = Some(v);
+        }
+        if let Some(v) = secret("AIPROXY_SECRET_KEY") {
+            self.secret_key = Some(v);
+        }
+        if let Some(v) = secret("AIPROXY_NODE_TOKEN") {
+            self.node_token = Some(v);
+        }
+        if let Some(v) = secret("AIPROXY_ADMIN_PASSWORD") {
+            self.admin_password = Some(v);
+        }
+        if let Some(v) = get("AIPROXY_CONTROLPLANE_URL") {
+            self.controlplane_url = Some(v);
+        }
+        if let Some(v) = get("AIPROXY_NODE_ID") {
+            self.node_id = Some(v);
+        }
+        if let Some(v) = get("AIPROXY_LOG_FORMAT") {
+            self.log_format = match v.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => return Err(env_error("AIPROXY_LOG_FORMAT", "expected text or json")),
+            };
+        }
+        parse_env(&get, "AIPROXY_PROXY_LISTEN", &mut self.listen.proxy)?;
+        parse_env(&get, "AIPROXY_ADMIN_LISTEN", &mut self.listen.admin)?;
+        parse_env(&get, "AIPROXY_GRPC_LISTEN", &mut self.listen.grpc)?;
+        parse_env(&get, "AIPROXY_PROXY_TIMEOUT", &mut self.proxy.timeout)?;
+        parse_env(&get, "AIPROXY_MAX_BODY_BYTES", &mut self.proxy.max_body_bytes)?;
+        parse_env(&get, "AIPROXY_SESSION_TTL", &mut self.cache.session_ttl)?;
+        parse_env(&get, "AIPROXY_CONCURRENCY_TTL", &mut self.cache.concurrency_ttl)?;
+        parse_env(&get, "AIPROXY_UNAVAILABLE_TTL", &mut self.cache.unavailable_ttl)?;
+        parse_env(&get, "AIPROXY_JWT_EXPIRE_HOURS", &mut self.jwt.expire_hours)?;
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.database_url {
+            let url = url.expose();
+            if !url.starts_with("sqlite:") && !url.starts_with("mysql://") && !url.starts_with("mariadb://") {
+                return Err(ConfigError::Invalid(
+                    "AIPROXY_DATABASE_URL must start with sqlite:// or mysql://".into(),
+                ));
+            }
+        }
+        if let Some(key) = &self.secret_key {
+            if key.expose().len() < MIN_SECRET_KEY_LEN {
+                return Err(ConfigError::Invalid(format!(
+                    "AIPROXY_SECRET_KEY must be at least {MIN_SECRET_KEY_LEN} characters"
+                )));
+            }
+        }
+        if let Some(token) = &self.node_token {
+            if token.expose().len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "AIPROXY_NODE_TOKEN must be at least 16 characters".into(),
+                ));
+            }
+        }
+        for (name, value) in [
+            ("proxy.timeout", self.proxy.timeout),
+            ("cache.session_ttl", self.cache.session_ttl),
+            ("cache.concurrency_ttl", self.cache.concurrency_ttl),
+            ("cache.unavailable_ttl", self.cache.unavailable_ttl),
+            ("jwt.expire_hours", self.jwt.expire_hours),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to SQLite in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.expose().to_string(),
+            None => format!("sqlite://{}", self.data_dir.join("aiproxy.db").display()),
+        }
+    }
+
+    pub fn proxy_timeout(&self) -> Duration {
+        Duration::from_secs(self.proxy.timeout)
+    }
+
+    /// A required secret, with the error a split deployment shows when it is missing.
+    pub fn require<'a>(
+        value: &'a Option<Secret>,
+        env_name: &str,
+        role: &str,
+    ) -> Result<&'a Secret, ConfigError> {
+        value.as_ref().ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "{env_name} is not set: `aiproxy {role}` needs it (the all-in-one generates one, a split deployment must share it between the planes)"
+            ))
+        })
+    }
+}
+
+fn env_error(name: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Env { name, message: message.into() }
+}
+
+fn parse_env<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &'static str,
+    target: &mut T,
+) -> Result<(), ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    if let Some(v) = get(name) {
+        *target = v.trim().parse().map_err(|e: T::Err| env_error(name, e.to_string()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn load(file: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("aiproxy-config-{}", crate::keys::random_hex(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        let env: HashMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let result = Config::load_from(file.map(|_| path.as_path()), |k| env.get(k).cloned());
+        std::fs::remove_dir_all(&dir).ok();
+        result
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(c.listen.proxy.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.listen.admin.to_string(), "0.0.0.0:8090");
+        assert_eq!(c.listen.grpc.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.database_url(), "sqlite://./data/aiproxy.db");
+        assert!(c.redis_url.is_none());
+    }
+
+    #[test]
+    fn env_overrides_file_overrides_defaults() {
+        let file = "data_dir = \"/srv/aiproxy\"\n[proxy]\ntimeout = 30\n[jwt]\nexpire_hours = 8\n";
+        let c = load(Some(file), &[("AIPROXY_PROXY_TIMEOUT", "45"), ("AIPROXY_PROXY_LISTEN", "127.0.0.1:1234")])
+            .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/aiproxy"));
+        assert_eq!(c.proxy.timeout, 45);
+        assert_eq!(c.jwt.expire_hours, 8);
+        assert_eq!(c.listen.proxy.to_string(), "127.0.0.1:1234");
+    }
+
+    #[test]
+    fn unknown_file_keys_and_bad_values_are_rejected() {
+        assert!(matches!(load(Some("nonsense = 1\n"), &[]), Err(ConfigError::Parse { .. })));
+        let err = load(None, &[("AIPROXY_SESSION_TTL", "soon")]).unwrap_err();
+        assert!(err.to_string().contains("AIPROXY_SESSION_TTL"));
+        assert!(load(None, &[("AIPROXY_SECRET_KEY", "short")]).is_err());
+        assert!(load(None, &[("AIPROXY_DATABASE_URL", "postgres://x")]).is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = load(None, &[("AIPROXY_SECRET_KEY", "0123456789abcdef0123456789abcdef-very-secret")]).unwrap();
+        assert!(!format!("{c:?}").contains("very-secret"));
+    }
+}

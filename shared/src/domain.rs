@@ -1,0 +1,139 @@
+//! Vocabulary of the relay: platforms, account kinds and their credentials.
+use serde::{Deserialize, Serialize};
+
+/// The API family a client speaks and an upstream serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Anthropic,
+    OpenAi,
+    Gemini,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Anthropic => "anthropic",
+            Platform::OpenAi => "openai",
+            Platform::Gemini => "gemini",
+        }
+    }
+}
+
+/// The kind of an upstream account, as stored in `accounts.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AccountKind {
+    #[serde(rename = "claude-api")]
+    ClaudeApi,
+    #[serde(rename = "claude-oauth")]
+    ClaudeOauth,
+    #[serde(rename = "claude-session-key")]
+    ClaudeSessionKey,
+    #[serde(rename = "openai")]
+    OpenAi,
+    #[serde(rename = "openai-responses")]
+    OpenAiResponses,
+    #[serde(rename = "gemini-api")]
+    GeminiApi,
+    #[serde(rename = "gemini-oauth")]
+    GeminiOauth,
+}
+
+impl AccountKind {
+    pub const ALL: [AccountKind; 7] = [
+        AccountKind::ClaudeApi,
+        AccountKind::ClaudeOauth,
+        AccountKind::ClaudeSessionKey,
+        AccountKind::OpenAi,
+        AccountKind::OpenAiResponses,
+        AccountKind::GeminiApi,
+        AccountKind::GeminiOauth,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountKind::ClaudeApi => "claude-api",
+            AccountKind::ClaudeOauth => "claude-oauth",
+            AccountKind::ClaudeSessionKey => "claude-session-key",
+            AccountKind::OpenAi => "openai",
+            AccountKind::OpenAiResponses => "openai-responses",
+            AccountKind::GeminiApi => "gemini-api",
+            AccountKind::GeminiOauth => "gemini-oauth",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AccountKind> {
+        AccountKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub fn platform(self) -> Platform {
+        match self {
+            AccountKind::ClaudeApi | AccountKind::ClaudeOauth | AccountKind::ClaudeSessionKey => {
+                Platform::Anthropic
+            }
+            AccountKind::OpenAi | AccountKind::OpenAiResponses => Platform::OpenAi,
+            AccountKind::GeminiApi | AccountKind::GeminiOauth => Platform::Gemini,
+        }
+    }
+
+    /// Upstream base URL used when an account sets none.
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            AccountKind::ClaudeApi | AccountKind::ClaudeOauth | AccountKind::ClaudeSessionKey => {
+                "https://api.anthropic.com"
+            }
+            AccountKind::OpenAi => "https://api.openai.com",
+            AccountKind::OpenAiResponses => "https://chatgpt.com/backend-api/codex",
+            AccountKind::GeminiApi => "https://generativelanguage.googleapis.com",
+            AccountKind::GeminiOauth => "https://cloudcode-pa.googleapis.com",
+        }
+    }
+
+    /// Credential fields an account of this kind must carry.
+    pub fn required_credentials(self) -> &'static [&'static str] {
+        match self {
+            AccountKind::ClaudeApi | AccountKind::OpenAi | AccountKind::GeminiApi => &["api_key"],
+            AccountKind::ClaudeOauth | AccountKind::OpenAiResponses | AccountKind::GeminiOauth => {
+                &["access_token"]
+            }
+            AccountKind::ClaudeSessionKey => &["session_key"],
+        }
+    }
+}
+
+/// Whether the usage in a record came from the upstream or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UsageSource {
+    /// The upstream reported the counts.
+    Reported,
+    /// Counts were estimated locally.
+    Estimated,
+    /// No counts are known (e.g. the stream was cut before usage arrived).
+    Missing,
+}
+
+impl UsageSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageSource::Reported => "reported",
+            UsageSource::Estimated => "estimated",
+            UsageSource::Missing => "missing",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_through_their_names() {
+        for kind in AccountKind::ALL {
+            assert_eq!(AccountKind::parse(kind.as_str()), Some(kind));
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+        }
+        assert_eq!(AccountKind::parse("claude"), None);
+    }
+}

@@ -1,0 +1,174 @@
+//! Cost maths: token usage × per-million prices, in exact decimals.
+use std::collections::HashMap;
+
+use rust_decimal::{Decimal, RoundingStrategy};
+use serde::{Deserialize, Serialize};
+
+/// Decimal places kept for every stored USD amount.
+pub const MONEY_SCALE: u32 = 10;
+
+/// Prices of one model in USD per million tokens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ModelPrice {
+    pub input: Decimal,
+    pub output: Decimal,
+    pub cache_write_5m: Decimal,
+    pub cache_write_1h: Decimal,
+    pub cache_read: Decimal,
+    /// Version of the price row, recorded with every request billed by it.
+    pub version: u64,
+}
+
+/// Token counts of one request, in the Anthropic convention: `input`
+/// excludes cache tokens, `cache_creation` includes the 1-hour part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub input: u64,
+    pub output: u64,
+    pub cache_creation: u64,
+    pub cache_creation_1h: u64,
+    pub cache_read: u64,
+}
+
+impl TokenUsage {
+    pub fn total(&self) -> u64 {
+        self.input + self.output + self.cache_creation + self.cache_read
+    }
+}
+
+/// Rounds an amount to the stored precision.
+pub fn round_money(amount: Decimal) -> Decimal {
+    amount.round_dp_with_strategy(MONEY_SCALE, RoundingStrategy::MidpointNearestEven)
+}
+
+impl ModelPrice {
+    /// Upstream cost of `usage` at these prices.
+    pub fn cost(&self, usage: &TokenUsage) -> Decimal {
+        let per_million = Decimal::from(1_000_000u32);
+        let write_1h = usage.cache_creation_1h.min(usage.cache_creation);
+        let write_5m = usage.cache_creation - write_1h;
+        let sum = Decimal::from(usage.input) * self.input
+            + Decimal::from(usage.output) * self.output
+            + Decimal::from(write_5m) * self.cache_write_5m
+            + Decimal::from(write_1h) * self.cache_write_1h
+            + Decimal::from(usage.cache_read) * self.cache_read;
+        round_money(sum / per_million)
+    }
+}
+
+/// Prices by model name, with fallbacks for dated and suffixed names.
+#[derive(Debug, Clone, Default)]
+pub struct PriceTable {
+    prices: HashMap<String, ModelPrice>,
+}
+
+impl PriceTable {
+    pub fn new(prices: HashMap<String, ModelPrice>) -> Self {
+        Self { prices }
+    }
+
+    pub fn len(&self) -> usize {
+        self.prices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.prices.is_empty()
+    }
+
+    /// Exact name first, then the name without a date or `-latest` suffix,
+    /// so `claude-sonnet-4-5-20250929` finds `claude-sonnet-4-5`. Never a
+    /// shorter family name: `claude-opus-4-7` must not bill as `claude-opus-4`.
+    pub fn lookup(&self, model: &str) -> Option<&ModelPrice> {
+        self.prices
+            .get(model)
+            .or_else(|| self.prices.get(strip_version_suffix(model)?))
+    }
+}
+
+/// `name-20250929`, `name-2024-08-06`, `name@20250514`, `name-latest` → `name`.
+fn strip_version_suffix(model: &str) -> Option<&str> {
+    if let Some((base, _)) = model.split_once('@') {
+        return Some(base);
+    }
+    if let Some(base) = model.strip_suffix("-latest") {
+        return Some(base);
+    }
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    let (base, last) = model.rsplit_once('-')?;
+    if digits(last, 8) {
+        return Some(base);
+    }
+    let (base, month) = base.rsplit_once('-')?;
+    let (base, year) = base.rsplit_once('-')?;
+    (digits(last, 2) && digits(month, 2) && digits(year, 4)).then_some(base)
+}
+
+/// The user's cost: upstream cost × the user's price rate.
+pub fn user_cost(upstream: Decimal, price_rate: Decimal) -> Decimal {
+    round_money(upstream * price_rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    fn d(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    fn sonnet() -> ModelPrice {
+        ModelPrice {
+            input: d("3"),
+            output: d("15"),
+            cache_write_5m: d("3.75"),
+            cache_write_1h: d("6"),
+            cache_read: d("0.30"),
+            version: 1,
+        }
+    }
+
+    #[test]
+    fn cost_of_each_token_class_by_hand() {
+        let usage = TokenUsage {
+            input: 1_000,
+            output: 2_000,
+            cache_creation: 3_000,
+            cache_creation_1h: 1_000,
+            cache_read: 10_000,
+        };
+        // 1000*3 + 2000*15 + 2000*3.75 + 1000*6 + 10000*0.3 = 49500 per million
+        assert_eq!(sonnet().cost(&usage), d("0.0495"));
+    }
+
+    #[test]
+    fn tiny_costs_stay_exact() {
+        let usage = TokenUsage { input: 1, ..Default::default() };
+        let price = ModelPrice { input: d("0.03"), ..Default::default() };
+        assert_eq!(price.cost(&usage), d("0.00000003"));
+        // Sums of many tiny costs do not drift.
+        let total: Decimal = (0..1_000_000).map(|_| price.cost(&usage)).sum();
+        assert_eq!(total, d("0.03"));
+    }
+
+    #[test]
+    fn user_cost_applies_rate() {
+        assert_eq!(user_cost(d("0.0495"), d("1.5")), d("0.07425"));
+    }
+
+    #[test]
+    fn lookup_strips_date_suffixes() {
+        let mut map = HashMap::new();
+        map.insert("claude-sonnet-4-5".to_string(), sonnet());
+        let table = PriceTable::new(map);
+        assert!(table.lookup("claude-sonnet-4-5").is_some());
+        assert!(table.lookup("claude-sonnet-4-5-20250929").is_some());
+        assert!(table.lookup("claude-sonnet-4-5@20250929").is_some());
+        assert!(table.lookup("claude-sonnet-4-5-latest").is_some());
+        assert!(table.lookup("claude-sonnet-4").is_none());
+        assert!(table.lookup("claude-sonnet-4-5-9").is_none());
+        assert_eq!(strip_version_suffix("gpt-4o-2024-08-06"), Some("gpt-4o"));
+        assert!(table.lookup("gpt-4o").is_none());
+    }
+}
