@@ -1,1 +1,274 @@
-fn main() {}
+//! The `aiproxy` binary: all-in-one by default, or one plane of a split deployment.
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use aiproxy_shared::config::{Config, ConfigError, EXIT_CONFIG, Secret};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+#[derive(Parser)]
+#[command(
+    name = "aiproxy",
+    version,
+    about = "Relay for AI APIs: share a pool of upstream accounts among your users"
+)]
+struct Cli {
+    /// TOML configuration file; AIPROXY_* environment variables override it.
+    #[arg(long, global = true, env = "AIPROXY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Control plane only: database, admin API, gRPC for data planes.
+    Controlplane,
+    /// Data plane only: the relay, fed by a control plane.
+    Dataplane,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    aiproxy_shared::telemetry::init(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => all_in_one(config).await,
+            Some(Command::Controlplane) => controlplane(config).await,
+            Some(Command::Dataplane) => dataplane(config).await,
+            Some(Command::Migrate) => migrate(config).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => config_error(e),
+        Err(Failure::Run(e)) => {
+            eprintln!("aiproxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Config(ConfigError),
+    Run(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::Run(e.into())
+    }
+}
+
+fn config_error(e: ConfigError) -> ExitCode {
+    eprintln!("aiproxy: configuration error: {e}");
+    ExitCode::from(EXIT_CONFIG as u8)
+}
+
+fn controlplane_settings(
+    config: &Config,
+    secret_key: Secret,
+    node_token: Secret,
+) -> aiproxy_controlplane::Settings {
+    aiproxy_controlplane::Settings {
+        database_url: config.database_url(),
+        secret_key,
+        node_token,
+        admin_password: config.admin_password.clone(),
+        jwt_expire_hours: config.jwt.expire_hours,
+        admin_listen: config.listen.admin,
+        grpc_listen: config.listen.grpc,
+        relay: aiproxy_proto::v1::RelaySettings {
+            request_timeout_ms: config.proxy.timeout * 1000,
+        },
+    }
+}
+
+fn dataplane_settings(
+    config: &Config,
+    controlplane_url: String,
+    node_token: Secret,
+) -> aiproxy_dataplane::Settings {
+    aiproxy_dataplane::Settings {
+        controlplane_url,
+        node_token,
+        node_id: config.node_id.clone().unwrap_or_else(default_node_id),
+        proxy_listen: config.listen.proxy,
+        spool_dir: config.data_dir.join("spool"),
+        proxy_timeout: config.proxy_timeout(),
+        max_body_bytes: config.proxy.max_body_bytes,
+    }
+}
+
+async fn all_in_one(config: Config) -> Result<(), Failure> {
+    ensure_dir(&config.data_dir)?;
+    let secret_key = match &config.secret_key {
+        Some(k) => k.clone(),
+        None => load_or_create_secret(&config.data_dir.join("secret.key"))?,
+    };
+    // Both planes live in this process, so a fresh token per start is enough.
+    let node_token = config
+        .node_token
+        .clone()
+        .unwrap_or_else(|| Secret::new(aiproxy_shared::keys::random_hex(32)));
+
+    let cp_cancel = CancellationToken::new();
+    let cp_tasks = TaskTracker::new();
+    let cp = aiproxy_controlplane::start(
+        controlplane_settings(&config, secret_key, node_token.clone()),
+        cp_cancel.clone(),
+        &cp_tasks,
+    )
+    .await?;
+    announce("admin", cp.admin_addr);
+    announce("grpc", cp.grpc_addr);
+
+    let dp_cancel = CancellationToken::new();
+    let dp_tasks = TaskTracker::new();
+    let url = format!("http://{}", loopback_if_unspecified(cp.grpc_addr));
+    let dp = aiproxy_dataplane::start(
+        dataplane_settings(&config, url, node_token),
+        dp_cancel.clone(),
+        &dp_tasks,
+    )
+    .await?;
+    announce("proxy", dp.proxy_addr);
+
+    aiproxy_shared::shutdown::signal().await;
+    tracing::info!("shutting down: draining the data plane, then the control plane");
+    dp_cancel.cancel();
+    dp_tasks.close();
+    dp_tasks.wait().await;
+    cp_cancel.cancel();
+    cp_tasks.close();
+    cp_tasks.wait().await;
+    cp.store.close().await;
+    Ok(())
+}
+
+async fn controlplane(config: Config) -> Result<(), Failure> {
+    let secret_key = Config::require(&config.secret_key, "AIPROXY_SECRET_KEY", "controlplane")
+        .map_err(Failure::Config)?
+        .clone();
+    let node_token = Config::require(&config.node_token, "AIPROXY_NODE_TOKEN", "controlplane")
+        .map_err(Failure::Config)?
+        .clone();
+    if config.database_url.is_none() {
+        ensure_dir(&config.data_dir)?;
+    }
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let cp = aiproxy_controlplane::start(
+        controlplane_settings(&config, secret_key, node_token),
+        cancel.clone(),
+        &tasks,
+    )
+    .await?;
+    announce("admin", cp.admin_addr);
+    announce("grpc", cp.grpc_addr);
+    aiproxy_shared::shutdown::signal().await;
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    cp.store.close().await;
+    Ok(())
+}
+
+async fn dataplane(config: Config) -> Result<(), Failure> {
+    let node_token = Config::require(&config.node_token, "AIPROXY_NODE_TOKEN", "dataplane")
+        .map_err(Failure::Config)?
+        .clone();
+    let url = config.controlplane_url.clone().ok_or_else(|| {
+        Failure::Config(ConfigError::Invalid(
+            "AIPROXY_CONTROLPLANE_URL is not set: `aiproxy dataplane` needs the control plane's gRPC address (e.g. http://10.0.0.5:9090)".into(),
+        ))
+    })?;
+    ensure_dir(&config.data_dir)?;
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let dp = aiproxy_dataplane::start(
+        dataplane_settings(&config, url, node_token),
+        cancel.clone(),
+        &tasks,
+    )
+    .await?;
+    announce("proxy", dp.proxy_addr);
+    aiproxy_shared::shutdown::signal().await;
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    Ok(())
+}
+
+async fn migrate(config: Config) -> Result<(), Failure> {
+    if config.database_url.is_none() {
+        ensure_dir(&config.data_dir)?;
+    }
+    let store = aiproxy_controlplane::migrate(&config.database_url()).await?;
+    store.close().await;
+    println!("aiproxy: migrations applied");
+    Ok(())
+}
+
+/// One stdout line per listener, which scripts and tests read.
+fn announce(what: &str, addr: SocketAddr) {
+    println!("aiproxy: {what} listening on {addr}");
+}
+
+fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+    } else {
+        addr
+    }
+}
+
+fn default_node_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))
+}
+
+/// The all-in-one's secret key: read from the data dir, or created there with mode 0600.
+fn load_or_create_secret(path: &Path) -> anyhow::Result<Secret> {
+    match std::fs::read_to_string(path) {
+        Ok(s) if s.trim().len() >= aiproxy_shared::config::MIN_SECRET_KEY_LEN => {
+            return Ok(Secret::new(s.trim()));
+        }
+        Ok(_) => anyhow::bail!("{} is too short to be a secret key", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    }
+    let key = aiproxy_shared::keys::random_hex(32);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut file, key.as_bytes())?;
+    file.sync_all()?;
+    tracing::info!(path = %path.display(), "generated a new secret key; back it up, credentials cannot be read without it");
+    Ok(Secret::new(key))
+}

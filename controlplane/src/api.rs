@@ -6,10 +6,10 @@ mod logs;
 mod users;
 
 use axum::Json;
+use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
 use serde_json::json;
 
 use crate::crypto::{JwtKeys, Sealer};
@@ -34,11 +34,24 @@ pub fn router(state: ApiState) -> Router {
         .route("/auth/login", post(auth::login))
         .route("/me", get(auth::me))
         .route("/users", get(users::list).post(users::create))
-        .route("/users/{id}", get(users::get_one).patch(users::update).delete(users::remove))
+        .route(
+            "/users/{id}",
+            get(users::get_one)
+                .patch(users::update)
+                .delete(users::remove),
+        )
         .route("/api-keys", get(keys::list).post(keys::create))
-        .route("/api-keys/{id}", get(keys::get_one).patch(keys::update).delete(keys::remove))
+        .route(
+            "/api-keys/{id}",
+            get(keys::get_one).patch(keys::update).delete(keys::remove),
+        )
         .route("/accounts", get(accounts::list).post(accounts::create))
-        .route("/accounts/{id}", get(accounts::get_one).patch(accounts::update).delete(accounts::remove))
+        .route(
+            "/accounts/{id}",
+            get(accounts::get_one)
+                .patch(accounts::update)
+                .delete(accounts::remove),
+        )
         .route("/request-logs", get(logs::list))
         .route("/openapi.json", get(openapi))
         .fallback(not_found);
@@ -50,7 +63,10 @@ pub fn router(state: ApiState) -> Router {
 }
 
 async fn openapi() -> impl IntoResponse {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI)
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
 }
 
 async fn not_found() -> ApiError {
@@ -93,7 +109,11 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(error = %detail, "admin API internal error");
         }
-        (status, Json(json!({ "error": { "code": code, "message": self.to_string() } }))).into_response()
+        (
+            status,
+            Json(json!({ "error": { "code": code, "message": self.to_string() } })),
+        )
+            .into_response()
     }
 }
 
@@ -133,7 +153,10 @@ pub struct PathId(pub i64);
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<i64>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(id)) => Ok(PathId(id)),
             Err(_) => Err(ApiError::BadRequest("id must be an integer".into())),
@@ -144,7 +167,9 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
 /// Validates an optional list of model names.
 fn check_models(models: &[String]) -> ApiResult<()> {
     if models.iter().any(|m| m.trim().is_empty() || m.len() > 128) {
-        return Err(ApiError::BadRequest("allowed_models entries must be 1 to 128 characters".into()));
+        return Err(ApiError::BadRequest(
+            "allowed_models entries must be 1 to 128 characters".into(),
+        ));
     }
     Ok(())
 }
@@ -152,7 +177,9 @@ fn check_models(models: &[String]) -> ApiResult<()> {
 fn check_status(status: &str) -> ApiResult<()> {
     match status {
         "active" | "disabled" => Ok(()),
-        _ => Err(ApiError::BadRequest("status must be active or disabled".into())),
+        _ => Err(ApiError::BadRequest(
+            "status must be active or disabled".into(),
+        )),
     }
 }
 

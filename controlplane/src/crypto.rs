@@ -1,8 +1,8 @@
 //! Secrets at rest and in flight: credential sealing, password hashing, JWTs.
 use aes_gcm::aead::{Aead, KeyInit, OsRng};
 use aes_gcm::{AeadCore, Aes256Gcm, Key, Nonce};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -38,26 +38,35 @@ pub struct Sealer {
 impl Sealer {
     pub fn new(secret: &str) -> Self {
         let key = derive(secret, "credentials");
-        Self { cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)) }
+        Self {
+            cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key)),
+        }
     }
 
     /// `v1:` + hex(nonce ‖ ciphertext ‖ tag).
     pub fn seal(&self, plaintext: &[u8]) -> String {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let ciphertext = self.cipher.encrypt(&nonce, plaintext).expect("AES-GCM encryption cannot fail");
+        let ciphertext = self
+            .cipher
+            .encrypt(&nonce, plaintext)
+            .expect("AES-GCM encryption cannot fail");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ciphertext);
         format!("{SEAL_PREFIX}{}", hex::encode(out))
     }
 
     pub fn open(&self, sealed: &str) -> Result<Vec<u8>, CryptoError> {
-        let raw = sealed.strip_prefix(SEAL_PREFIX).ok_or(CryptoError::Malformed)?;
+        let raw = sealed
+            .strip_prefix(SEAL_PREFIX)
+            .ok_or(CryptoError::Malformed)?;
         let bytes = hex::decode(raw).map_err(|_| CryptoError::Malformed)?;
         if bytes.len() < 12 + 16 {
             return Err(CryptoError::Malformed);
         }
         let (nonce, ciphertext) = bytes.split_at(12);
-        self.cipher.decrypt(Nonce::from_slice(nonce), ciphertext).map_err(|_| CryptoError::Decrypt)
+        self.cipher
+            .decrypt(Nonce::from_slice(nonce), ciphertext)
+            .map_err(|_| CryptoError::Decrypt)
     }
 }
 
@@ -72,7 +81,11 @@ pub fn hash_password(password: &str) -> Result<String, CryptoError> {
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -97,7 +110,11 @@ pub struct JwtKeys {
 impl JwtKeys {
     pub fn new(secret: &str, expire_hours: u64) -> Self {
         let key = derive(secret, "jwt");
-        Self { encoding: EncodingKey::from_secret(&key), decoding: DecodingKey::from_secret(&key), expire_hours }
+        Self {
+            encoding: EncodingKey::from_secret(&key),
+            decoding: DecodingKey::from_secret(&key),
+            expire_hours,
+        }
     }
 
     pub fn issue(&self, user_id: i64, username: &str, role: &str) -> (String, Claims) {
@@ -109,7 +126,8 @@ impl JwtKeys {
             iat: now,
             exp: now + (self.expire_hours as i64) * 3600,
         };
-        let token = jsonwebtoken::encode(&Header::default(), &claims, &self.encoding).expect("HS256 signing cannot fail");
+        let token = jsonwebtoken::encode(&Header::default(), &claims, &self.encoding)
+            .expect("HS256 signing cannot fail");
         (token, claims)
     }
 
@@ -158,7 +176,13 @@ mod tests {
         assert_eq!(claims.role, "admin");
         let other = JwtKeys::new("another-secret-another-secret-xx", 1);
         assert!(other.verify(&token).is_err());
-        let expired = Claims { sub: 1, username: "a".into(), role: "admin".into(), iat: 0, exp: 1 };
+        let expired = Claims {
+            sub: 1,
+            username: "a".into(),
+            role: "admin".into(),
+            iat: 0,
+            exp: 1,
+        };
         let token = jsonwebtoken::encode(&Header::default(), &expired, &keys.encoding).unwrap();
         assert!(keys.verify(&token).is_err());
     }

@@ -37,11 +37,21 @@ pub struct NodeApi {
 
 impl NodeApi {
     pub fn new(store: Store, publisher: Publisher) -> Self {
-        Self { store, publisher, nodes: Arc::default() }
+        Self {
+            store,
+            publisher,
+            nodes: Arc::default(),
+        }
     }
 
     pub fn nodes(&self) -> Vec<NodeStatus> {
-        let mut v: Vec<_> = self.nodes.lock().expect("nodes lock").values().cloned().collect();
+        let mut v: Vec<_> = self
+            .nodes
+            .lock()
+            .expect("nodes lock")
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
         v
     }
@@ -50,17 +60,24 @@ impl NodeApi {
     pub fn into_server(
         self,
         node_token: String,
-    ) -> tonic::service::interceptor::InterceptedService<NodeServiceServer<NodeApi>, impl tonic::service::Interceptor + Clone> {
+    ) -> tonic::service::interceptor::InterceptedService<
+        NodeServiceServer<NodeApi>,
+        impl tonic::service::Interceptor + Clone,
+    > {
         let expected = format!("Bearer {node_token}");
         let server = NodeServiceServer::new(self)
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024);
         tonic::service::interceptor::InterceptedService::new(server, move |req: Request<()>| {
-                let ok = req
-                    .metadata()
-                    .get("authorization")
-                    .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()));
-                if ok { Ok(req) } else { Err(Status::unauthenticated("invalid node token")) }
+            let ok = req
+                .metadata()
+                .get("authorization")
+                .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()));
+            if ok {
+                Ok(req)
+            } else {
+                Err(Status::unauthenticated("invalid node token"))
+            }
         })
     }
 }
@@ -71,7 +88,10 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + S
 impl NodeService for NodeApi {
     type WatchStream = WatchStream;
 
-    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
         let req = request.into_inner();
         tracing::info!(node_id = %req.node_id, last_version = req.last_version, "node watching");
         let mut rx = self.publisher.subscribe();
@@ -85,7 +105,9 @@ impl NodeService for NodeApi {
                 if let Some(snapshot) = latest {
                     if snapshot.version != sent {
                         sent = snapshot.version;
-                        let event = pb::WatchEvent { event: Some(pb::watch_event::Event::Snapshot((*snapshot).clone())) };
+                        let event = pb::WatchEvent {
+                            event: Some(pb::watch_event::Event::Snapshot((*snapshot).clone())),
+                        };
                         if tx.send(Ok(event)).await.is_err() {
                             return;
                         }
@@ -106,7 +128,10 @@ impl NodeService for NodeApi {
         Ok(Response::new(Box::pin(ReceiverStream::new(out))))
     }
 
-    async fn ack(&self, request: Request<pb::AckRequest>) -> Result<Response<pb::AckResponse>, Status> {
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
         let ack = request.into_inner();
         if ack.applied {
             tracing::debug!(node_id = %ack.node_id, version = ack.version, "node applied snapshot");
@@ -114,12 +139,14 @@ impl NodeService for NodeApi {
             tracing::warn!(node_id = %ack.node_id, version = ack.version, error = %ack.error, "node rejected snapshot");
         }
         let mut nodes = self.nodes.lock().expect("nodes lock");
-        let entry = nodes.entry(ack.node_id.clone()).or_insert_with(|| NodeStatus {
-            node_id: ack.node_id.clone(),
-            applied_version: 0,
-            last_error: String::new(),
-            last_seen: chrono::Utc::now(),
-        });
+        let entry = nodes
+            .entry(ack.node_id.clone())
+            .or_insert_with(|| NodeStatus {
+                node_id: ack.node_id.clone(),
+                applied_version: 0,
+                last_error: String::new(),
+                last_seen: chrono::Utc::now(),
+            });
         entry.last_seen = chrono::Utc::now();
         if ack.applied {
             entry.applied_version = ack.version;
@@ -130,10 +157,15 @@ impl NodeService for NodeApi {
         Ok(Response::new(pb::AckResponse {}))
     }
 
-    async fn report_usage(&self, request: Request<pb::UsageBatch>) -> Result<Response<pb::UsageAck>, Status> {
+    async fn report_usage(
+        &self,
+        request: Request<pb::UsageBatch>,
+    ) -> Result<Response<pb::UsageAck>, Status> {
         let batch = request.into_inner();
         if batch.records.len() > MAX_BATCH {
-            return Err(Status::invalid_argument(format!("batch larger than {MAX_BATCH} records")));
+            return Err(Status::invalid_argument(format!(
+                "batch larger than {MAX_BATCH} records"
+            )));
         }
         let rows = batch
             .records
@@ -145,7 +177,10 @@ impl NodeService for NodeApi {
             Status::unavailable("usage ingestion failed; retry")
         })?;
         tracing::debug!(node_id = %batch.node_id, inserted = outcome.inserted, duplicates = outcome.duplicates, "usage ingested");
-        Ok(Response::new(pb::UsageAck { inserted: outcome.inserted, duplicates: outcome.duplicates }))
+        Ok(Response::new(pb::UsageAck {
+            inserted: outcome.inserted,
+            duplicates: outcome.duplicates,
+        }))
     }
 }
 
@@ -153,16 +188,21 @@ fn decimal(field: &str, value: &str) -> Result<Decimal, Status> {
     if value.is_empty() {
         return Ok(Decimal::ZERO);
     }
-    value.parse().map_err(|_| Status::invalid_argument(format!("{field} is not a decimal")))
+    value
+        .parse()
+        .map_err(|_| Status::invalid_argument(format!("{field} is not a decimal")))
 }
 
 fn usage_row(node_id: &str, r: pb::UsageRecord) -> Result<UsageRow, Status> {
     if r.request_id.is_empty() || r.request_id.len() > 36 {
-        return Err(Status::invalid_argument("request_id must be 1 to 36 characters"));
+        return Err(Status::invalid_argument(
+            "request_id must be 1 to 36 characters",
+        ));
     }
     let created_at = chrono::DateTime::from_timestamp_millis(r.created_at_ms)
         .ok_or_else(|| Status::invalid_argument("created_at_ms out of range"))?;
-    let tokens = |v: u64| i64::try_from(v).map_err(|_| Status::invalid_argument("token count out of range"));
+    let tokens =
+        |v: u64| i64::try_from(v).map_err(|_| Status::invalid_argument("token count out of range"));
     Ok(UsageRow {
         upstream_cost: decimal("upstream_cost", &r.upstream_cost)?,
         cost: decimal("cost", &r.cost)?,

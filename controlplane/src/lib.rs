@@ -39,7 +39,10 @@ pub enum StartError {
     #[error("database: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot create the admin user: {0}")]
     Bootstrap(String),
 }
@@ -77,17 +80,36 @@ pub async fn start(
 
     let admin = TcpListener::bind(settings.admin_listen)
         .await
-        .map_err(|source| StartError::Bind { addr: settings.admin_listen, source })?;
+        .map_err(|source| StartError::Bind {
+            addr: settings.admin_listen,
+            source,
+        })?;
     let grpc = TcpListener::bind(settings.grpc_listen)
         .await
-        .map_err(|source| StartError::Bind { addr: settings.grpc_listen, source })?;
-    let admin_addr = admin.local_addr().map_err(|source| StartError::Bind { addr: settings.admin_listen, source })?;
-    let grpc_addr = grpc.local_addr().map_err(|source| StartError::Bind { addr: settings.grpc_listen, source })?;
+        .map_err(|source| StartError::Bind {
+            addr: settings.grpc_listen,
+            source,
+        })?;
+    let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
+        addr: settings.admin_listen,
+        source,
+    })?;
+    let grpc_addr = grpc.local_addr().map_err(|source| StartError::Bind {
+        addr: settings.grpc_listen,
+        source,
+    })?;
 
-    let app = api::router(api::ApiState { store: store.clone(), sealer, jwt, publisher: publisher.clone() });
+    let app = api::router(api::ApiState {
+        store: store.clone(),
+        sealer,
+        jwt,
+        publisher: publisher.clone(),
+    });
     let admin_cancel = cancel.clone();
     tracker.spawn(async move {
-        let served = axum::serve(admin, app).with_graceful_shutdown(admin_cancel.cancelled_owned()).await;
+        let served = axum::serve(admin, app)
+            .with_graceful_shutdown(admin_cancel.cancelled_owned())
+            .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "admin API server failed");
         }
@@ -109,7 +131,11 @@ pub async fn start(
         }
     });
 
-    Ok(ControlPlane { admin_addr, grpc_addr, store })
+    Ok(ControlPlane {
+        admin_addr,
+        grpc_addr,
+        store,
+    })
 }
 
 /// Creates the `admin` user on first start. The password comes from
@@ -140,7 +166,9 @@ async fn bootstrap_admin(store: &Store, password: Option<&Secret>) -> Result<(),
         Err(e) => return Err(e.into()),
     }
     if generated {
-        println!("aiproxy: created user \"admin\" with password {password} (shown once; set AIPROXY_ADMIN_PASSWORD to choose it)");
+        println!(
+            "aiproxy: created user \"admin\" with password {password} (shown once; set AIPROXY_ADMIN_PASSWORD to choose it)"
+        );
     } else {
         println!("aiproxy: created user \"admin\" with the password from AIPROXY_ADMIN_PASSWORD");
     }

@@ -31,7 +31,15 @@ struct Inner {
 impl Publisher {
     pub fn new(store: Store, sealer: Sealer, relay: pb::RelaySettings) -> Self {
         let (latest, _) = watch::channel(None);
-        Self { inner: Arc::new(Inner { store, sealer, relay, latest, changed: Notify::new() }) }
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                sealer,
+                relay,
+                latest,
+                changed: Notify::new(),
+            }),
+        }
     }
 
     /// Asks for a rebuild now instead of at the next poll.
@@ -122,7 +130,11 @@ impl Publisher {
             .collect();
         let users = users
             .into_iter()
-            .map(|u| pb::User { id: u.id, active: u.status == "active", price_rate: u.price_rate.to_string() })
+            .map(|u| pb::User {
+                id: u.id,
+                active: u.status == "active",
+                price_rate: u.price_rate.to_string(),
+            })
             .collect();
         let prices = prices
             .into_iter()

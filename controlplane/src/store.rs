@@ -46,7 +46,8 @@ pub type StoreResult<T> = Result<T, StoreError>;
 mod tests;
 
 /// Bumps the snapshot version; run in the same transaction as the change.
-pub(crate) const BUMP_VERSION: &str = "UPDATE snapshot_version SET version = version + 1 WHERE id = 1";
+pub(crate) const BUMP_VERSION: &str =
+    "UPDATE snapshot_version SET version = version + 1 WHERE id = 1";
 
 /// Id of the row an INSERT created, on either backend.
 pub(crate) trait LastId {

@@ -1,1 +1,119 @@
+//! aiproxy data plane: a stateless relay node fed by the control plane's
+//! snapshot, reporting usage back to it.
+#![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod body;
+pub mod control;
+pub mod errors;
+pub mod meter;
+pub mod relay;
+pub mod scheduler;
+pub mod server;
+pub mod snapshot;
+pub mod tap;
+pub mod upstream;
+pub mod usage;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aiproxy_shared::config::Secret;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::relay::Relay;
+use crate::snapshot::SnapshotHolder;
+use crate::usage::{Spool, UsageSink};
+
+/// What a data plane needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub controlplane_url: String,
+    pub node_token: Secret,
+    pub node_id: String,
+    pub proxy_listen: SocketAddr,
+    /// Where the usage spool lives.
+    pub spool_dir: PathBuf,
+    pub proxy_timeout: Duration,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("control plane link: {0}")]
+    Control(#[from] control::ControlError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("usage spool: {0}")]
+    Spool(std::io::Error),
+}
+
+pub struct DataPlane {
+    pub proxy_addr: SocketAddr,
+    pub snapshot: Arc<SnapshotHolder>,
+}
+
+/// Starts the snapshot feed, the usage reporter and the proxy server.
+/// On `cancel` the server drains first, then the reporter flushes.
+pub async fn start(
+    settings: Settings,
+    cancel: CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<DataPlane, StartError> {
+    let client = control::client(&settings.controlplane_url, settings.node_token.expose())?;
+    let spool = Spool::new(&settings.spool_dir, &settings.node_id).map_err(StartError::Spool)?;
+    let listener = tokio::net::TcpListener::bind(settings.proxy_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: settings.proxy_listen,
+            source,
+        })?;
+    let proxy_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: settings.proxy_listen,
+        source,
+    })?;
+
+    let snapshot = Arc::new(SnapshotHolder::default());
+    tracker.spawn(control::run_feed(
+        client.clone(),
+        settings.node_id.clone(),
+        snapshot.clone(),
+        cancel.clone(),
+    ));
+
+    let (sink, records) = UsageSink::channel();
+    let reporter_stop = CancellationToken::new();
+    let reporter = tokio::spawn(usage::run_reporter(
+        records,
+        client,
+        settings.node_id.clone(),
+        spool,
+        reporter_stop.clone(),
+    ));
+
+    let relay = Arc::new(Relay {
+        snapshot: snapshot.clone(),
+        scheduler: Default::default(),
+        client: upstream::client(Duration::from_secs(10)),
+        sink,
+        timeout: settings.proxy_timeout,
+        max_body_bytes: settings.max_body_bytes,
+        max_attempts: 3,
+    });
+    tracker.spawn(async move {
+        server::serve(listener, relay, cancel).await;
+        // Every response has ended or been dropped, so every record is queued.
+        reporter_stop.cancel();
+        let _ = reporter.await;
+    });
+    Ok(DataPlane {
+        proxy_addr,
+        snapshot,
+    })
+}

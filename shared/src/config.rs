@@ -12,7 +12,10 @@ pub const EXIT_CONFIG: i32 = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value for {name}: {message}")]
@@ -79,7 +82,10 @@ pub struct ProxySettings {
 
 impl Default for ProxySettings {
     fn default() -> Self {
-        Self { timeout: 600, max_body_bytes: 32 * 1024 * 1024 }
+        Self {
+            timeout: 600,
+            max_body_bytes: 32 * 1024 * 1024,
+        }
     }
 }
 
@@ -94,7 +100,11 @@ pub struct CacheSettings {
 
 impl Default for CacheSettings {
     fn default() -> Self {
-        Self { session_ttl: 3600, concurrency_ttl: 600, unavailable_ttl: 300 }
+        Self {
+            session_ttl: 3600,
+            concurrency_ttl: 600,
+            unavailable_ttl: 300,
+        }
     }
 }
 
@@ -171,8 +181,10 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut config = match file {
             Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
                 toml::from_str(&text).map_err(|e| ConfigError::Parse {
                     path: path.to_owned(),
                     message: e.to_string(),
@@ -223,10 +235,22 @@ impl Config {
         parse_env(&get, "AIPROXY_ADMIN_LISTEN", &mut self.listen.admin)?;
         parse_env(&get, "AIPROXY_GRPC_LISTEN", &mut self.listen.grpc)?;
         parse_env(&get, "AIPROXY_PROXY_TIMEOUT", &mut self.proxy.timeout)?;
-        parse_env(&get, "AIPROXY_MAX_BODY_BYTES", &mut self.proxy.max_body_bytes)?;
+        parse_env(
+            &get,
+            "AIPROXY_MAX_BODY_BYTES",
+            &mut self.proxy.max_body_bytes,
+        )?;
         parse_env(&get, "AIPROXY_SESSION_TTL", &mut self.cache.session_ttl)?;
-        parse_env(&get, "AIPROXY_CONCURRENCY_TTL", &mut self.cache.concurrency_ttl)?;
-        parse_env(&get, "AIPROXY_UNAVAILABLE_TTL", &mut self.cache.unavailable_ttl)?;
+        parse_env(
+            &get,
+            "AIPROXY_CONCURRENCY_TTL",
+            &mut self.cache.concurrency_ttl,
+        )?;
+        parse_env(
+            &get,
+            "AIPROXY_UNAVAILABLE_TTL",
+            &mut self.cache.unavailable_ttl,
+        )?;
         parse_env(&get, "AIPROXY_JWT_EXPIRE_HOURS", &mut self.jwt.expire_hours)?;
         Ok(())
     }
@@ -234,7 +258,10 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(url) = &self.database_url {
             let url = url.expose();
-            if !url.starts_with("sqlite:") && !url.starts_with("mysql://") && !url.starts_with("mariadb://") {
+            if !url.starts_with("sqlite:")
+                && !url.starts_with("mysql://")
+                && !url.starts_with("mariadb://")
+            {
                 return Err(ConfigError::Invalid(
                     "AIPROXY_DATABASE_URL must start with sqlite:// or mysql://".into(),
                 ));
@@ -262,7 +289,9 @@ impl Config {
             ("jwt.expire_hours", self.jwt.expire_hours),
         ] {
             if value == 0 {
-                return Err(ConfigError::Invalid(format!("{name} must be greater than 0")));
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be greater than 0"
+                )));
             }
         }
         Ok(())
@@ -295,7 +324,10 @@ impl Config {
 }
 
 fn env_error(name: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Env { name, message: message.into() }
+    ConfigError::Env {
+        name,
+        message: message.into(),
+    }
 }
 
 fn parse_env<T: std::str::FromStr>(
@@ -307,7 +339,10 @@ where
     T::Err: fmt::Display,
 {
     if let Some(v) = get(name) {
-        *target = v.trim().parse().map_err(|e: T::Err| env_error(name, e.to_string()))?;
+        *target = v
+            .trim()
+            .parse()
+            .map_err(|e: T::Err| env_error(name, e.to_string()))?;
     }
     Ok(())
 }
@@ -319,14 +354,17 @@ mod tests {
     use super::*;
 
     fn load(file: Option<&str>, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let dir = std::env::temp_dir().join(format!("aiproxy-config-{}", crate::keys::random_hex(6)));
+        let dir =
+            std::env::temp_dir().join(format!("aiproxy-config-{}", crate::keys::random_hex(6)));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("config.toml");
         if let Some(text) = file {
             std::fs::write(&path, text).unwrap();
         }
-        let env: HashMap<String, String> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         let result = Config::load_from(file.map(|_| path.as_path()), |k| env.get(k).cloned());
         std::fs::remove_dir_all(&dir).ok();
         result
@@ -345,8 +383,14 @@ mod tests {
     #[test]
     fn env_overrides_file_overrides_defaults() {
         let file = "data_dir = \"/srv/aiproxy\"\n[proxy]\ntimeout = 30\n[jwt]\nexpire_hours = 8\n";
-        let c = load(Some(file), &[("AIPROXY_PROXY_TIMEOUT", "45"), ("AIPROXY_PROXY_LISTEN", "127.0.0.1:1234")])
-            .unwrap();
+        let c = load(
+            Some(file),
+            &[
+                ("AIPROXY_PROXY_TIMEOUT", "45"),
+                ("AIPROXY_PROXY_LISTEN", "127.0.0.1:1234"),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/srv/aiproxy"));
         assert_eq!(c.proxy.timeout, 45);
         assert_eq!(c.jwt.expire_hours, 8);
@@ -355,7 +399,10 @@ mod tests {
 
     #[test]
     fn unknown_file_keys_and_bad_values_are_rejected() {
-        assert!(matches!(load(Some("nonsense = 1\n"), &[]), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            load(Some("nonsense = 1\n"), &[]),
+            Err(ConfigError::Parse { .. })
+        ));
         let err = load(None, &[("AIPROXY_SESSION_TTL", "soon")]).unwrap_err();
         assert!(err.to_string().contains("AIPROXY_SESSION_TTL"));
         assert!(load(None, &[("AIPROXY_SECRET_KEY", "short")]).is_err());
@@ -364,7 +411,14 @@ mod tests {
 
     #[test]
     fn secrets_never_print() {
-        let c = load(None, &[("AIPROXY_SECRET_KEY", "0123456789abcdef0123456789abcdef-very-secret")]).unwrap();
+        let c = load(
+            None,
+            &[(
+                "AIPROXY_SECRET_KEY",
+                "0123456789abcdef0123456789abcdef-very-secret",
+            )],
+        )
+        .unwrap();
         assert!(!format!("{c:?}").contains("very-secret"));
     }
 }

@@ -144,8 +144,14 @@ mod tests {
 
     #[test]
     fn tiny_costs_stay_exact() {
-        let usage = TokenUsage { input: 1, ..Default::default() };
-        let price = ModelPrice { input: d("0.03"), ..Default::default() };
+        let usage = TokenUsage {
+            input: 1,
+            ..Default::default()
+        };
+        let price = ModelPrice {
+            input: d("0.03"),
+            ..Default::default()
+        };
         assert_eq!(price.cost(&usage), d("0.00000003"));
         // Sums of many tiny costs do not drift.
         let total: Decimal = (0..1_000_000).map(|_| price.cost(&usage)).sum();

@@ -1,1 +1,10 @@
+//! End-to-end suites: the real `aiproxy` binary against the mock upstream.
+mod embedded;
+mod split;
 
+use std::path::PathBuf;
+
+/// The binary cargo built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_aiproxy"))
+}

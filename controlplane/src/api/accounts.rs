@@ -60,9 +60,16 @@ pub struct UpdateAccount {
 
 fn check_url(field: &str, url: &Option<String>, schemes: &[&str]) -> ApiResult<()> {
     if let Some(url) = url {
-        let ok = schemes.iter().any(|s| url.strip_prefix(s).and_then(|r| r.strip_prefix("://")).is_some_and(|h| !h.is_empty()));
+        let ok = schemes.iter().any(|s| {
+            url.strip_prefix(s)
+                .and_then(|r| r.strip_prefix("://"))
+                .is_some_and(|h| !h.is_empty())
+        });
         if !ok || url.len() > 512 {
-            return Err(ApiError::BadRequest(format!("{field} must be a {} URL", schemes.join("/"))));
+            return Err(ApiError::BadRequest(format!(
+                "{field} must be a {} URL",
+                schemes.join("/")
+            )));
         }
     }
     Ok(())
@@ -71,7 +78,10 @@ fn check_url(field: &str, url: &Option<String>, schemes: &[&str]) -> ApiResult<(
 fn check_credentials(kind: AccountKind, creds: &Credentials) -> ApiResult<()> {
     for field in kind.required_credentials() {
         if creds.get(*field).is_none_or(|v| v.trim().is_empty()) {
-            return Err(ApiError::BadRequest(format!("credentials.{field} is required for {} accounts", kind.as_str())));
+            return Err(ApiError::BadRequest(format!(
+                "credentials.{field} is required for {} accounts",
+                kind.as_str()
+            )));
         }
     }
     Ok(())
@@ -82,7 +92,11 @@ fn mask(creds: &Credentials) -> Value {
     let masked: BTreeMap<&str, String> = creds
         .iter()
         .map(|(k, v)| {
-            let shown = if v.len() >= 20 { format!("••••{}", &v[v.len() - 4..]) } else { "••••".into() };
+            let shown = if v.len() >= 20 {
+                format!("••••{}", &v[v.len() - 4..])
+            } else {
+                "••••".into()
+            };
             (k.as_str(), shown)
         })
         .collect();
@@ -90,7 +104,10 @@ fn mask(creds: &Credentials) -> Value {
 }
 
 fn open(state: &ApiState, account: &Account) -> ApiResult<Credentials> {
-    let plain = state.sealer.open(&account.credentials_sealed).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let plain = state
+        .sealer
+        .open(&account.credentials_sealed)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     serde_json::from_slice(&plain).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
@@ -104,17 +121,26 @@ fn view(state: &ApiState, account: &Account) -> ApiResult<Value> {
 }
 
 fn seal(state: &ApiState, creds: &Credentials) -> String {
-    state.sealer.seal(&serde_json::to_vec(creds).expect("map serializes"))
+    state
+        .sealer
+        .seal(&serde_json::to_vec(creds).expect("map serializes"))
 }
 
 pub async fn list(State(state): State<ApiState>, auth: AuthUser) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
     let accounts = state.store.list_accounts().await?;
-    let items = accounts.iter().map(|a| view(&state, a)).collect::<ApiResult<Vec<_>>>()?;
+    let items = accounts
+        .iter()
+        .map(|a| view(&state, a))
+        .collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(json!({ "total": items.len(), "items": items })))
 }
 
-pub async fn get_one(State(state): State<ApiState>, auth: AuthUser, PathId(id): PathId) -> ApiResult<Json<Value>> {
+pub async fn get_one(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    PathId(id): PathId,
+) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
     Ok(Json(view(&state, &state.store.get_account(id).await?)?))
 }
@@ -130,10 +156,16 @@ pub async fn create(
         ApiError::BadRequest(format!("type must be one of {}", kinds.join(", ")))
     })?;
     if req.name.trim().is_empty() || req.name.len() > 128 {
-        return Err(ApiError::BadRequest("name must be 1 to 128 characters".into()));
+        return Err(ApiError::BadRequest(
+            "name must be 1 to 128 characters".into(),
+        ));
     }
     check_url("base_url", &req.base_url, &["http", "https"])?;
-    check_url("proxy_url", &req.proxy_url, &["http", "https", "socks5", "socks5h"])?;
+    check_url(
+        "proxy_url",
+        &req.proxy_url,
+        &["http", "https", "socks5", "socks5h"],
+    )?;
     check_credentials(kind, &req.credentials)?;
     let account = state
         .store
@@ -148,7 +180,11 @@ pub async fn create(
             enabled: req.enabled,
         })
         .await?;
-    tracing::info!(account_id = account.id, kind = kind.as_str(), "account created");
+    tracing::info!(
+        account_id = account.id,
+        kind = kind.as_str(),
+        "account created"
+    );
     state.publisher.notify();
     Ok((StatusCode::CREATED, Json(view(&state, &account)?)))
 }
@@ -165,17 +201,24 @@ pub async fn update(
         check_url("base_url", &Some(url.clone()), &["http", "https"])?;
     }
     if let Some(Some(url)) = &req.proxy_url {
-        check_url("proxy_url", &Some(url.clone()), &["http", "https", "socks5", "socks5h"])?;
+        check_url(
+            "proxy_url",
+            &Some(url.clone()),
+            &["http", "https", "socks5", "socks5h"],
+        )?;
     }
     if let Some(status) = &req.status {
         if !matches!(status.as_str(), "valid" | "invalid" | "banned") {
-            return Err(ApiError::BadRequest("status must be valid, invalid or banned".into()));
+            return Err(ApiError::BadRequest(
+                "status must be valid, invalid or banned".into(),
+            ));
         }
     }
     let credentials_sealed = match &req.credentials {
         Some(update) => {
-            let kind = AccountKind::parse(&current.kind)
-                .ok_or_else(|| ApiError::Internal(format!("stored account type {} is unknown", current.kind)))?;
+            let kind = AccountKind::parse(&current.kind).ok_or_else(|| {
+                ApiError::Internal(format!("stored account type {} is unknown", current.kind))
+            })?;
             let mut merged = open(&state, &current).unwrap_or_default();
             for (k, v) in update {
                 if v.is_empty() {
@@ -195,7 +238,9 @@ pub async fn update(
         enabled: req.enabled,
         status: req.status,
         credentials_sealed,
-        base_url: req.base_url.map(|u| u.map(|u| u.trim_end_matches('/').to_string())),
+        base_url: req
+            .base_url
+            .map(|u| u.map(|u| u.trim_end_matches('/').to_string())),
         proxy_url: req.proxy_url,
         priority: req.priority,
         max_concurrency: req.max_concurrency.map(|c| c.max(0)),
@@ -208,7 +253,11 @@ pub async fn update(
     Ok(Json(view(&state, &account)?))
 }
 
-pub async fn remove(State(state): State<ApiState>, auth: AuthUser, PathId(id): PathId) -> ApiResult<StatusCode> {
+pub async fn remove(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    PathId(id): PathId,
+) -> ApiResult<StatusCode> {
     auth.require_admin()?;
     state.store.delete_account(id).await?;
     state.publisher.notify();

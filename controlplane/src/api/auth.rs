@@ -21,7 +21,11 @@ impl AuthUser {
     }
 
     pub fn require_admin(&self) -> ApiResult<()> {
-        if self.is_admin() { Ok(()) } else { Err(ApiError::Forbidden("admin role required")) }
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("admin role required"))
+        }
     }
 
     /// Admins may act on anyone; users only on themselves.
@@ -37,7 +41,10 @@ impl AuthUser {
 impl FromRequestParts<ApiState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -48,12 +55,16 @@ impl FromRequestParts<ApiState> for AuthUser {
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or(ApiError::Unauthorized("invalid token"))?;
         let claims = state.jwt.verify(token.trim()).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => ApiError::Unauthorized("token expired"),
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                ApiError::Unauthorized("token expired")
+            }
             _ => ApiError::Unauthorized("invalid token"),
         })?;
         let user = match state.store.get_user(claims.sub).await {
             Ok(u) => u,
-            Err(crate::store::StoreError::NotFound) => return Err(ApiError::Unauthorized("invalid token")),
+            Err(crate::store::StoreError::NotFound) => {
+                return Err(ApiError::Unauthorized("invalid token"));
+            }
             Err(e) => return Err(e.into()),
         };
         if user.status != "active" {
@@ -75,17 +86,25 @@ pub struct LoginRequest {
 fn dummy_hash() -> String {
     static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DUMMY
-        .get_or_init(|| crate::crypto::hash_password(&aiproxy_shared::keys::random_hex(16)).expect("argon2 works"))
+        .get_or_init(|| {
+            crate::crypto::hash_password(&aiproxy_shared::keys::random_hex(16))
+                .expect("argon2 works")
+        })
         .clone()
 }
 
-pub async fn login(State(state): State<ApiState>, JsonBody(req): JsonBody<LoginRequest>) -> ApiResult<Json<Value>> {
+pub async fn login(
+    State(state): State<ApiState>,
+    JsonBody(req): JsonBody<LoginRequest>,
+) -> ApiResult<Json<Value>> {
     let user = state.store.find_user_by_name(&req.username).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let password = req.password;
-    let valid = tokio::task::spawn_blocking(move || verify_password(&password, &hash.unwrap_or_else(dummy_hash)))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let valid = tokio::task::spawn_blocking(move || {
+        verify_password(&password, &hash.unwrap_or_else(dummy_hash))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
     let user = match user {
         Some(u) if valid => u,
         _ => return Err(ApiError::Unauthorized("invalid username or password")),

@@ -10,7 +10,10 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, ApiState, AuthUser, JsonBody, PathId, check_models, check_status, double_option};
+use super::{
+    ApiError, ApiResult, ApiState, AuthUser, JsonBody, PathId, check_models, check_status,
+    double_option,
+};
 use crate::store::{ApiKey, ApiKeyPatch, NewApiKey};
 
 #[derive(Deserialize)]
@@ -57,21 +60,28 @@ pub struct ListQuery {
 fn check_billing(billing: &str) -> ApiResult<()> {
     match billing {
         "package" | "standalone" => Ok(()),
-        _ => Err(ApiError::BadRequest("billing_type must be package or standalone".into())),
+        _ => Err(ApiError::BadRequest(
+            "billing_type must be package or standalone".into(),
+        )),
     }
 }
 
 fn parse_limit(limit: &str) -> ApiResult<Decimal> {
-    let v = Decimal::from_str(limit.trim()).map_err(|_| ApiError::BadRequest("cost_limit must be a decimal".into()))?;
+    let v = Decimal::from_str(limit.trim())
+        .map_err(|_| ApiError::BadRequest("cost_limit must be a decimal".into()))?;
     if v.is_sign_negative() {
-        return Err(ApiError::BadRequest("cost_limit must not be negative".into()));
+        return Err(ApiError::BadRequest(
+            "cost_limit must not be negative".into(),
+        ));
     }
     Ok(v)
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
     if name.trim().is_empty() || name.len() > 128 {
-        return Err(ApiError::BadRequest("name must be 1 to 128 characters".into()));
+        return Err(ApiError::BadRequest(
+            "name must be 1 to 128 characters".into(),
+        ));
     }
     Ok(())
 }
@@ -85,14 +95,26 @@ async fn visible_key(state: &ApiState, auth: &AuthUser, id: i64) -> ApiResult<Ap
     Ok(key)
 }
 
-pub async fn list(State(state): State<ApiState>, auth: AuthUser, Query(q): Query<ListQuery>) -> ApiResult<Json<Value>> {
-    let user_id = if auth.is_admin() { q.user_id } else { Some(auth.user.id) };
+pub async fn list(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let user_id = if auth.is_admin() {
+        q.user_id
+    } else {
+        Some(auth.user.id)
+    };
     let items = state.store.list_api_keys(user_id).await?;
     let total = items.len();
     Ok(Json(json!({ "items": items, "total": total })))
 }
 
-pub async fn get_one(State(state): State<ApiState>, auth: AuthUser, PathId(id): PathId) -> ApiResult<Json<ApiKey>> {
+pub async fn get_one(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    PathId(id): PathId,
+) -> ApiResult<Json<ApiKey>> {
     Ok(Json(visible_key(&state, &auth, id).await?))
 }
 
@@ -107,7 +129,9 @@ pub async fn create(
     check_billing(&req.billing_type)?;
     check_models(&req.allowed_models)?;
     if req.rate_limit < 0 || req.max_concurrency < 0 {
-        return Err(ApiError::BadRequest("rate_limit and max_concurrency must not be negative".into()));
+        return Err(ApiError::BadRequest(
+            "rate_limit and max_concurrency must not be negative".into(),
+        ));
     }
     let plaintext = new_api_key();
     let key = state
@@ -164,7 +188,10 @@ pub async fn update(
         name: req.name.map(|n| n.trim().to_string()),
         status: req.status,
         billing_type: req.billing_type,
-        cost_limit: req.cost_limit.map(|c| c.as_deref().map(parse_limit).transpose()).transpose()?,
+        cost_limit: req
+            .cost_limit
+            .map(|c| c.as_deref().map(parse_limit).transpose())
+            .transpose()?,
         rate_limit: req.rate_limit.map(|r| r.max(0)),
         allowed_models: req.allowed_models,
         max_concurrency: req.max_concurrency.map(|c| c.max(0)),
@@ -175,7 +202,11 @@ pub async fn update(
     Ok(Json(key))
 }
 
-pub async fn remove(State(state): State<ApiState>, auth: AuthUser, PathId(id): PathId) -> ApiResult<StatusCode> {
+pub async fn remove(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    PathId(id): PathId,
+) -> ApiResult<StatusCode> {
     visible_key(&state, &auth, id).await?;
     state.store.delete_api_key(id).await?;
     state.publisher.notify();

@@ -21,9 +21,17 @@ pub struct LogQuery {
     page_size: Option<u32>,
 }
 
-pub async fn list(State(state): State<ApiState>, auth: AuthUser, Query(q): Query<LogQuery>) -> ApiResult<Json<Value>> {
+pub async fn list(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Json<Value>> {
     // Users see only their own requests, whatever they ask for.
-    let user_id = if auth.is_admin() { q.user_id } else { Some(auth.user.id) };
+    let user_id = if auth.is_admin() {
+        q.user_id
+    } else {
+        Some(auth.user.id)
+    };
     let filter = RequestLogFilter {
         user_id,
         api_key_id: q.api_key_id,
@@ -36,5 +44,7 @@ pub async fn list(State(state): State<ApiState>, auth: AuthUser, Query(q): Query
         page_size: q.page_size.unwrap_or(50).clamp(1, 500),
     };
     let (items, total) = state.store.list_request_logs(&filter).await?;
-    Ok(Json(json!({ "items": items, "total": total, "page": filter.page, "page_size": filter.page_size })))
+    Ok(Json(
+        json!({ "items": items, "total": total, "page": filter.page, "page_size": filter.page_size }),
+    ))
 }

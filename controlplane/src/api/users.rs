@@ -7,7 +7,9 @@ use axum::http::StatusCode;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use super::{ApiError, ApiResult, ApiState, AuthUser, JsonBody, PathId, check_status, double_option};
+use super::{
+    ApiError, ApiResult, ApiState, AuthUser, JsonBody, PathId, check_status, double_option,
+};
 use crate::crypto::hash_password;
 use crate::store::{NewUser, User, UserPatch};
 
@@ -50,16 +52,21 @@ fn check_role(role: &str) -> ApiResult<()> {
 }
 
 fn parse_rate(rate: &str) -> ApiResult<Decimal> {
-    let value = Decimal::from_str(rate.trim()).map_err(|_| ApiError::BadRequest("price_rate must be a decimal".into()))?;
+    let value = Decimal::from_str(rate.trim())
+        .map_err(|_| ApiError::BadRequest("price_rate must be a decimal".into()))?;
     if value.is_sign_negative() || value > Decimal::from(1000) {
-        return Err(ApiError::BadRequest("price_rate must be between 0 and 1000".into()));
+        return Err(ApiError::BadRequest(
+            "price_rate must be between 0 and 1000".into(),
+        ));
     }
     Ok(value)
 }
 
 fn check_password(password: &str) -> ApiResult<()> {
     if password.len() < 8 || password.len() > 256 {
-        return Err(ApiError::BadRequest("password must be 8 to 256 characters".into()));
+        return Err(ApiError::BadRequest(
+            "password must be 8 to 256 characters".into(),
+        ));
     }
     Ok(())
 }
@@ -71,14 +78,21 @@ async fn hash(password: String) -> ApiResult<String> {
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-pub async fn list(State(state): State<ApiState>, auth: AuthUser) -> ApiResult<Json<serde_json::Value>> {
+pub async fn list(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+) -> ApiResult<Json<serde_json::Value>> {
     auth.require_admin()?;
     let items = state.store.list_users().await?;
     let total = items.len();
     Ok(Json(serde_json::json!({ "items": items, "total": total })))
 }
 
-pub async fn get_one(State(state): State<ApiState>, auth: AuthUser, PathId(id): PathId) -> ApiResult<Json<User>> {
+pub async fn get_one(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    PathId(id): PathId,
+) -> ApiResult<Json<User>> {
     auth.require_self_or_admin(id)?;
     Ok(Json(state.store.get_user(id).await?))
 }
@@ -91,11 +105,18 @@ pub async fn create(
     auth.require_admin()?;
     let username = req.username.trim().to_string();
     if username.is_empty() || username.len() > 64 {
-        return Err(ApiError::BadRequest("username must be 1 to 64 characters".into()));
+        return Err(ApiError::BadRequest(
+            "username must be 1 to 64 characters".into(),
+        ));
     }
     check_role(&req.role)?;
     check_password(&req.password)?;
-    let price_rate = req.price_rate.as_deref().map(parse_rate).transpose()?.unwrap_or(Decimal::ONE);
+    let price_rate = req
+        .price_rate
+        .as_deref()
+        .map(parse_rate)
+        .transpose()?
+        .unwrap_or(Decimal::ONE);
     let user = state
         .store
         .create_user(&NewUser {
@@ -147,7 +168,11 @@ pub async fn update(
     Ok(Json(user))
 }
 
-pub async fn remove(State(state): State<ApiState>, auth: AuthUser, PathId(id): PathId) -> ApiResult<StatusCode> {
+pub async fn remove(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    PathId(id): PathId,
+) -> ApiResult<StatusCode> {
     auth.require_admin()?;
     if id == auth.user.id {
         return Err(ApiError::BadRequest("you cannot delete yourself".into()));

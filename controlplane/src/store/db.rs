@@ -9,7 +9,10 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
-use sqlx::sqlite::{Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    Sqlite, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
 use sqlx::{Decode, Encode, Type};
 
 use super::StoreResult;
@@ -91,10 +94,17 @@ impl Store {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(false);
-            Pool::Sqlite(SqlitePoolOptions::new().max_connections(8).connect_with(options).await?)
+            Pool::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(options)
+                    .await?,
+            )
         } else {
             let url = url.replacen("mariadb://", "mysql://", 1);
-            let options = MySqlConnectOptions::from_str(&url)?.charset("utf8mb4").timezone(Some("+00:00".into()));
+            let options = MySqlConnectOptions::from_str(&url)?
+                .charset("utf8mb4")
+                .timezone(Some("+00:00".into()));
             Pool::MySql(
                 MySqlPoolOptions::new()
                     .max_connections(16)
@@ -116,8 +126,18 @@ impl Store {
     /// Applies pending forward-only migrations (locked on MySQL, so replicas can race).
     pub async fn migrate(&self) -> StoreResult<()> {
         match &self.pool {
-            Pool::MySql(p) => Migrator::new(Embedded(MYSQL_MIGRATIONS)).await?.run(p).await?,
-            Pool::Sqlite(p) => Migrator::new(Embedded(SQLITE_MIGRATIONS)).await?.run(p).await?,
+            Pool::MySql(p) => {
+                Migrator::new(Embedded(MYSQL_MIGRATIONS))
+                    .await?
+                    .run(p)
+                    .await?
+            }
+            Pool::Sqlite(p) => {
+                Migrator::new(Embedded(SQLITE_MIGRATIONS))
+                    .await?
+                    .run(p)
+                    .await?
+            }
         }
         Ok(())
     }
@@ -129,10 +149,16 @@ impl Store {
 
 type EmbeddedMigration = (i64, &'static str, &'static str);
 
-const MYSQL_MIGRATIONS: &[EmbeddedMigration] =
-    &[(1, "init", include_str!("../../../migrations/mysql/0001_init.sql"))];
-const SQLITE_MIGRATIONS: &[EmbeddedMigration] =
-    &[(1, "init", include_str!("../../../migrations/sqlite/0001_init.sql"))];
+const MYSQL_MIGRATIONS: &[EmbeddedMigration] = &[(
+    1,
+    "init",
+    include_str!("../../../migrations/mysql/0001_init.sql"),
+)];
+const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[(
+    1,
+    "init",
+    include_str!("../../../migrations/sqlite/0001_init.sql"),
+)];
 
 /// Migrations compiled into the binary, so it needs no files at run time.
 #[derive(Debug)]
@@ -145,7 +171,13 @@ impl<'s> MigrationSource<'s> for Embedded {
                 .0
                 .iter()
                 .map(|(version, name, sql)| {
-                    Migration::new(*version, Cow::Borrowed(*name), MigrationType::Simple, Cow::Borrowed(*sql), false)
+                    Migration::new(
+                        *version,
+                        Cow::Borrowed(*name),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
                 })
                 .collect())
         })
@@ -220,7 +252,9 @@ pub(crate) fn models_to_column(models: &[String]) -> Option<String> {
 }
 
 pub(crate) fn models_from_column(column: Option<String>) -> Vec<String> {
-    column.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or_default()
+    column
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
 }
 
 impl Store {

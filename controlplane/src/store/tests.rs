@@ -16,7 +16,9 @@ impl TestDb {
     async fn drop_mysql(self) {
         self.store.close().await;
         if let Some((admin_url, name)) = self.mysql_admin {
-            let admin = Store::connect(&admin_url).await.expect("reconnect to MySQL");
+            let admin = Store::connect(&admin_url)
+                .await
+                .expect("reconnect to MySQL");
             if let db::Pool::MySql(p) = &admin.pool {
                 let drop = format!("DROP DATABASE IF EXISTS `{name}`");
                 sqlx::raw_sql(&drop).execute(p).await.ok();
@@ -30,12 +32,18 @@ async fn sqlite() -> TestDb {
     let url = format!("sqlite://{}", dir.path().join("t.db").display());
     let store = Store::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
-    TestDb { store, _dir: Some(dir), mysql_admin: None }
+    TestDb {
+        store,
+        _dir: Some(dir),
+        mysql_admin: None,
+    }
 }
 
 /// A fresh, migrated MySQL database, or None when the suite is not asked to run there.
 async fn mysql() -> Option<TestDb> {
-    let url = std::env::var("AIPROXY_TEST_MYSQL_URL").ok().filter(|s| !s.is_empty())?;
+    let url = std::env::var("AIPROXY_TEST_MYSQL_URL")
+        .ok()
+        .filter(|s| !s.is_empty())?;
     let admin = Store::connect(&url)
         .await
         .unwrap_or_else(|e| panic!("AIPROXY_TEST_MYSQL_URL is set but MySQL is unreachable: {e}"));
@@ -48,7 +56,11 @@ async fn mysql() -> Option<TestDb> {
     let base = url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&url);
     let store = Store::connect(&format!("{base}/{name}")).await.unwrap();
     store.migrate().await.unwrap();
-    Some(TestDb { store, _dir: None, mysql_admin: Some((url, name)) })
+    Some(TestDb {
+        store,
+        _dir: None,
+        mysql_admin: Some((url, name)),
+    })
 }
 
 /// Runs `$body` with `$store` on every configured backend.
@@ -153,7 +165,10 @@ fn usage_row(request_id: &str, user_id: i64, key_id: i64, account_id: i64) -> Us
 on_every_backend!(users_round_trip_and_conflict, |store| {
     let u = user(store, "alice").await;
     assert_eq!(u.price_rate, dec("1.5"));
-    assert_eq!(store.find_user_by_name("alice").await.unwrap().unwrap().id, u.id);
+    assert_eq!(
+        store.find_user_by_name("alice").await.unwrap().unwrap().id,
+        u.id
+    );
     let dup = store
         .create_user(&NewUser {
             username: "alice".into(),
@@ -166,13 +181,22 @@ on_every_backend!(users_round_trip_and_conflict, |store| {
         .await;
     assert!(matches!(dup, Err(StoreError::Conflict(_))), "{dup:?}");
     let patched = store
-        .update_user(u.id, &UserPatch { status: Some("disabled".into()), ..Default::default() })
+        .update_user(
+            u.id,
+            &UserPatch {
+                status: Some("disabled".into()),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(patched.status, "disabled");
     assert_eq!(patched.username, "alice");
     store.delete_user(u.id).await.unwrap();
-    assert!(matches!(store.get_user(u.id).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.get_user(u.id).await,
+        Err(StoreError::NotFound)
+    ));
 });
 
 on_every_backend!(api_keys_keep_fields_and_hash_is_unique, |store| {
@@ -200,14 +224,24 @@ on_every_backend!(api_keys_keep_fields_and_hash_is_unique, |store| {
     let patched = store
         .update_api_key(
             k.id,
-            &ApiKeyPatch { status: Some("disabled".into()), expires_at: Some(Some(expires)), ..Default::default() },
+            &ApiKeyPatch {
+                status: Some("disabled".into()),
+                expires_at: Some(Some(expires)),
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
     assert_eq!(patched.status, "disabled");
-    assert_eq!(patched.expires_at.unwrap().timestamp_millis(), expires.timestamp_millis());
+    assert_eq!(
+        patched.expires_at.unwrap().timestamp_millis(),
+        expires.timestamp_millis()
+    );
     assert_eq!(store.list_api_keys(Some(u.id)).await.unwrap().len(), 1);
-    assert_eq!(store.list_api_keys(Some(u.id + 1000)).await.unwrap().len(), 0);
+    assert_eq!(
+        store.list_api_keys(Some(u.id + 1000)).await.unwrap().len(),
+        0
+    );
 });
 
 on_every_backend!(every_change_bumps_the_snapshot_version, |store| {
@@ -217,7 +251,16 @@ on_every_backend!(every_change_bumps_the_snapshot_version, |store| {
     assert!(v1 > v0);
     key(store, u.id, &"cd".repeat(32)).await;
     let a = account(store).await;
-    store.update_account(a.id, &AccountPatch { enabled: Some(false), ..Default::default() }).await.unwrap();
+    store
+        .update_account(
+            a.id,
+            &AccountPatch {
+                enabled: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert!(store.snapshot_version().await.unwrap() >= v1 + 3);
 });
 
@@ -225,14 +268,28 @@ on_every_backend!(ingestion_is_idempotent_and_updates_totals, |store| {
     let u = user(store, "dave").await;
     let k = key(store, u.id, &"ef".repeat(32)).await;
     let a = account(store).await;
-    let rows: Vec<UsageRow> = (0..3).map(|i| usage_row(&format!("req-{i}"), u.id, k.id, a.id)).collect();
+    let rows: Vec<UsageRow> = (0..3)
+        .map(|i| usage_row(&format!("req-{i}"), u.id, k.id, a.id))
+        .collect();
     let first = store.ingest_usage(&rows).await.unwrap();
-    assert_eq!(first, IngestOutcome { inserted: 3, duplicates: 0 });
+    assert_eq!(
+        first,
+        IngestOutcome {
+            inserted: 3,
+            duplicates: 0
+        }
+    );
     // A replayed batch, partly new, bills only the new row.
     let mut replay = rows.clone();
     replay.push(usage_row("req-3", u.id, k.id, a.id));
     let second = store.ingest_usage(&replay).await.unwrap();
-    assert_eq!(second, IngestOutcome { inserted: 1, duplicates: 3 });
+    assert_eq!(
+        second,
+        IngestOutcome {
+            inserted: 1,
+            duplicates: 3
+        }
+    );
 
     let k = store.get_api_key(k.id).await.unwrap();
     assert_eq!(k.request_count, 4);
@@ -242,7 +299,12 @@ on_every_backend!(ingestion_is_idempotent_and_updates_totals, |store| {
     assert_eq!(a.daily_requests, 4);
 
     let (logs, total) = store
-        .list_request_logs(&RequestLogFilter { user_id: Some(u.id), page: 1, page_size: 2, ..Default::default() })
+        .list_request_logs(&RequestLogFilter {
+            user_id: Some(u.id),
+            page: 1,
+            page_size: 2,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(total, 4);
@@ -251,7 +313,12 @@ on_every_backend!(ingestion_is_idempotent_and_updates_totals, |store| {
     assert_eq!(logs[0].total_tokens, 1160);
     assert_eq!(logs[0].cost, dec("0.00000015"));
     let (none, total) = store
-        .list_request_logs(&RequestLogFilter { model: Some("gpt-4o".into()), page: 1, page_size: 10, ..Default::default() })
+        .list_request_logs(&RequestLogFilter {
+            model: Some("gpt-4o".into()),
+            page: 1,
+            page_size: 10,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert!(none.is_empty());
@@ -268,7 +335,10 @@ on_every_backend!(prices_seed_once, |store| {
     assert!(n > 10);
     assert_eq!(store.seed_prices_if_empty().await.unwrap(), 0);
     let prices = store.list_prices().await.unwrap();
-    let sonnet = prices.iter().find(|p| p.model == "claude-sonnet-4-5").unwrap();
+    let sonnet = prices
+        .iter()
+        .find(|p| p.model == "claude-sonnet-4-5")
+        .unwrap();
     assert_eq!(sonnet.cache_write_5m_price, dec("3.75"));
     assert_eq!(sonnet.cache_read_price, dec("0.3"));
 });

@@ -150,7 +150,11 @@ macro_rules! insert_log_sql {
 
 const INSERT_LOG: Dialect = Dialect {
     mysql: concat!("INSERT IGNORE INTO request_logs", insert_log_sql!()),
-    sqlite: concat!("INSERT INTO request_logs", insert_log_sql!(), " ON CONFLICT(request_id) DO NOTHING"),
+    sqlite: concat!(
+        "INSERT INTO request_logs",
+        insert_log_sql!(),
+        " ON CONFLICT(request_id) DO NOTHING"
+    ),
 };
 
 impl Store {
@@ -240,7 +244,10 @@ impl Store {
     }
 
     /// One page of request logs, newest first, and the total matching.
-    pub async fn list_request_logs(&self, f: &RequestLogFilter) -> StoreResult<(Vec<RequestLog>, i64)> {
+    pub async fn list_request_logs(
+        &self,
+        f: &RequestLogFilter,
+    ) -> StoreResult<(Vec<RequestLog>, i64)> {
         let page_size = f.page_size.clamp(1, 500);
         let offset = i64::from(f.page.max(1) - 1) * i64::from(page_size);
         with_pool!(self, p => {

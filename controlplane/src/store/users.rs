@@ -4,7 +4,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::db::{Usd, impl_from_row, with_pool};
-use super::{LastId, Store, StoreError, StoreResult, BUMP_VERSION};
+use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct User {

@@ -1,0 +1,183 @@
+//! Response bodies: a buffered body for local answers, and the tapped
+//! upstream body that forwards every chunk as it arrives.
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::meter::Meter;
+use crate::tap::{Decoder, UsageTap};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Any body the relay sends to a client.
+pub enum RelayBody {
+    Full(Option<Bytes>),
+    Tapped(Box<TapBody>),
+}
+
+impl RelayBody {
+    pub fn full(bytes: Bytes) -> Self {
+        RelayBody::Full(Some(bytes))
+    }
+    pub fn empty() -> Self {
+        RelayBody::Full(None)
+    }
+}
+
+impl Body for RelayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RelayBody::Full(bytes) => Poll::Ready(
+                bytes
+                    .take()
+                    .filter(|b| !b.is_empty())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
+            RelayBody::Tapped(tap) => Pin::new(tap.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RelayBody::Full(bytes) => bytes.as_ref().is_none_or(|b| b.is_empty()),
+            RelayBody::Tapped(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RelayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            RelayBody::Full(None) => SizeHint::with_exact(0),
+            RelayBody::Tapped(_) => SizeHint::default(),
+        }
+    }
+}
+
+/// The upstream body, decoded if compressed, watched for usage, and
+/// metered when it ends or when the client drops it.
+pub struct TapBody {
+    upstream: Incoming,
+    /// The first chunk, read before the response head was sent.
+    first: Option<Bytes>,
+    decoder: Option<Decoder>,
+    tap: UsageTap,
+    meter: Option<Meter>,
+    done: bool,
+}
+
+impl TapBody {
+    pub fn new(
+        upstream: Incoming,
+        first: Option<Bytes>,
+        decoder: Option<Decoder>,
+        tap: UsageTap,
+        meter: Meter,
+    ) -> Self {
+        Self {
+            upstream,
+            first,
+            decoder,
+            tap,
+            meter: Some(meter),
+            done: false,
+        }
+    }
+
+    fn decode(&mut self, raw: Bytes) -> Result<Bytes, BoxError> {
+        let bytes = match &mut self.decoder {
+            Some(d) => d.feed(&raw)?,
+            None => raw,
+        };
+        self.tap.feed(&bytes);
+        Ok(bytes)
+    }
+
+    fn end(&mut self, ended: bool) {
+        if let Some(meter) = self.meter.take() {
+            if ended {
+                self.tap.finish();
+            }
+            meter.finish(self.tap.observed(), ended);
+        }
+    }
+}
+
+impl Body for TapBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.as_mut().get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = this.first.take() {
+            let bytes = this.decode(first)?;
+            if !bytes.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(bytes))));
+            }
+        }
+        loop {
+            match ready!(Pin::new(&mut this.upstream).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(raw) => {
+                        let bytes = this.decode(raw)?;
+                        // A compressed chunk can decode to nothing yet.
+                        if !bytes.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                        }
+                    }
+                    Err(_trailers) => continue,
+                },
+                Some(Err(e)) => {
+                    this.done = true;
+                    if let Some(meter) = this.meter.as_mut() {
+                        meter.error_class = "upstream_stream_error".into();
+                    }
+                    this.end(false);
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => {
+                    this.done = true;
+                    let tail = match this.decoder.take() {
+                        Some(d) => d.finish()?,
+                        None => Bytes::new(),
+                    };
+                    if !tail.is_empty() {
+                        this.tap.feed(&tail);
+                    }
+                    this.end(true);
+                    return Poll::Ready(if tail.is_empty() {
+                        None
+                    } else {
+                        Some(Ok(Frame::data(tail)))
+                    });
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+impl Drop for TapBody {
+    /// The client went away (or the server is dropping the response):
+    /// record what was used so far; dropping `upstream` cancels the upstream request.
+    fn drop(&mut self) {
+        self.end(false);
+    }
+}

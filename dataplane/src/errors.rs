@@ -1,0 +1,163 @@
+//! Client-facing errors, rendered in the native shape of the API called.
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde_json::json;
+
+use crate::body::RelayBody;
+
+/// The API family whose error shape a caller expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorShape {
+    Anthropic,
+    OpenAi,
+    Google,
+}
+
+/// A relay error with the seed's messages.
+#[derive(Debug, Clone)]
+pub struct RelayError {
+    pub status: StatusCode,
+    pub message: String,
+    /// Short class recorded in usage logs (`auth`, `model_not_allowed`, …).
+    pub class: &'static str,
+}
+
+impl RelayError {
+    pub fn new(status: StatusCode, class: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            class,
+            message: message.into(),
+        }
+    }
+    pub fn invalid_key() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_api_key",
+            "invalid api key",
+        )
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub fn model_not_allowed() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "model_not_allowed",
+            "model not allowed",
+        )
+    }
+    pub fn no_account() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_account",
+            "account not available",
+        )
+    }
+    pub fn not_ready() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "relay is starting; no configuration yet",
+        )
+    }
+    pub fn upstream(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "upstream_error", message)
+    }
+    pub fn timeout() -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream_timeout",
+            "upstream timed out",
+        )
+    }
+
+    /// Anthropic's `error.type` for this status.
+    fn anthropic_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 | 413 | 404 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            429 => "rate_limit_error",
+            503 | 529 => "overloaded_error",
+            _ => "api_error",
+        }
+    }
+
+    fn openai_type(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 | 404 | 413 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            429 => "rate_limit_exceeded",
+            _ => "api_error",
+        }
+    }
+
+    fn google_status(&self) -> &'static str {
+        match self.status.as_u16() {
+            400 | 413 => "INVALID_ARGUMENT",
+            401 => "UNAUTHENTICATED",
+            403 => "PERMISSION_DENIED",
+            404 => "NOT_FOUND",
+            429 => "RESOURCE_EXHAUSTED",
+            503 => "UNAVAILABLE",
+            504 => "DEADLINE_EXCEEDED",
+            _ => "INTERNAL",
+        }
+    }
+
+    pub fn body(&self, shape: ErrorShape) -> serde_json::Value {
+        match shape {
+            ErrorShape::Anthropic => json!({
+                "type": "error",
+                "error": { "type": self.anthropic_type(), "message": self.message },
+            }),
+            ErrorShape::OpenAi => json!({
+                "error": { "message": self.message, "type": self.openai_type(), "param": null, "code": self.class },
+            }),
+            ErrorShape::Google => json!({
+                "error": { "code": self.status.as_u16(), "message": self.message, "status": self.google_status() },
+            }),
+        }
+    }
+
+    pub fn into_response(self, shape: ErrorShape, request_id: &HeaderValue) -> Response<RelayBody> {
+        let body = serde_json::to_vec(&self.body(shape)).expect("json serializes");
+        let mut resp = Response::new(RelayBody::full(Bytes::from(body)));
+        *resp.status_mut() = self.status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp.headers_mut()
+            .insert("x-request-id", request_id.clone());
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_match_each_api() {
+        let e = RelayError::invalid_key();
+        assert_eq!(
+            e.body(ErrorShape::Anthropic),
+            json!({"type":"error","error":{"type":"authentication_error","message":"invalid api key"}})
+        );
+        assert_eq!(
+            e.body(ErrorShape::OpenAi)["error"]["message"],
+            "invalid api key"
+        );
+        assert_eq!(
+            e.body(ErrorShape::Google)["error"]["status"],
+            "UNAUTHENTICATED"
+        );
+        assert_eq!(
+            RelayError::model_not_allowed().body(ErrorShape::Anthropic)["error"]["type"],
+            "permission_error"
+        );
+    }
+}

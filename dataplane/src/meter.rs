@@ -1,0 +1,126 @@
+//! Turns what a request used into one usage record, exactly once.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aiproxy_proto::v1 as pb;
+use aiproxy_shared::domain::{Platform, UsageSource};
+use aiproxy_shared::pricing::{TokenUsage, user_cost};
+use rust_decimal::Decimal;
+
+use crate::scheduler::Lease;
+use crate::snapshot::Snapshot;
+use crate::tap::Observed;
+use crate::usage::UsageSink;
+
+/// Everything known about a request before its response ends.
+pub struct Meter {
+    pub request_id: String,
+    pub key_id: i64,
+    pub user_id: i64,
+    pub account_id: i64,
+    pub requested_model: String,
+    pub platform: Platform,
+    pub endpoint: &'static str,
+    pub stream: bool,
+    pub status: u16,
+    pub started: Instant,
+    pub ttfb: Option<Duration>,
+    pub snapshot: Arc<Snapshot>,
+    pub price_rate: Decimal,
+    pub sink: UsageSink,
+    /// Held until the response ends, then released.
+    pub lease: Option<Lease>,
+    pub error_class: String,
+}
+
+impl Meter {
+    /// Emits the record. `ended` is false when the client went away first.
+    pub fn finish(mut self, observed: &Observed, ended: bool) {
+        drop(self.lease.take());
+        let source = if observed.usage_seen && (ended || observed.complete) {
+            UsageSource::Reported
+        } else {
+            UsageSource::Missing
+        };
+        let mut error_class = std::mem::take(&mut self.error_class);
+        if error_class.is_empty() {
+            if let Some(e) = &observed.error {
+                error_class = e.clone();
+            } else if !ended {
+                error_class = "client_disconnected".into();
+            }
+        }
+        let model = observed
+            .model
+            .clone()
+            .unwrap_or_else(|| self.requested_model.clone());
+        let usage = observed.usage;
+        let price = self
+            .snapshot
+            .prices
+            .lookup(&model)
+            .or_else(|| self.snapshot.prices.lookup(&self.requested_model));
+        let (upstream_cost, price_version) = match price {
+            Some(p) => (p.cost(&usage), p.version),
+            None => {
+                if usage.total() > 0 {
+                    tracing::warn!(model = %model, request_id = %self.request_id, "no price for model; billed at 0");
+                }
+                (Decimal::ZERO, 0)
+            }
+        };
+        let cost = user_cost(upstream_cost, self.price_rate);
+        let record = record(
+            &self,
+            &model,
+            &usage,
+            upstream_cost,
+            cost,
+            price_version,
+            source,
+            error_class,
+        );
+        self.sink.report(record);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record(
+    m: &Meter,
+    model: &str,
+    usage: &TokenUsage,
+    upstream_cost: Decimal,
+    cost: Decimal,
+    price_version: u64,
+    source: UsageSource,
+    error_class: String,
+) -> pb::UsageRecord {
+    pb::UsageRecord {
+        request_id: m.request_id.clone(),
+        user_id: m.user_id,
+        api_key_id: m.key_id,
+        account_id: m.account_id,
+        model: model.to_string(),
+        platform: m.platform.as_str().to_string(),
+        endpoint: m.endpoint.to_string(),
+        status_code: u32::from(m.status),
+        input_tokens: usage.input,
+        output_tokens: usage.output,
+        cache_creation_tokens: usage.cache_creation,
+        cache_read_tokens: usage.cache_read,
+        cache_creation_1h_tokens: usage.cache_creation_1h,
+        upstream_cost: upstream_cost.to_string(),
+        cost: cost.to_string(),
+        duration_ms: m.started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+        ttfb_ms: m
+            .ttfb
+            .map(|d| d.as_millis().min(u32::MAX as u128) as u32)
+            .unwrap_or(0),
+        stream: m.stream,
+        session_hash: String::new(),
+        error_class,
+        usage_source: source.as_str().to_string(),
+        created_at_ms: chrono::Utc::now().timestamp_millis(),
+        price_version,
+    }
+}

@@ -1,0 +1,101 @@
+//! The client-facing HTTP server: accept loop, routing, graceful drain.
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::RelayBody;
+use crate::errors::{ErrorShape, RelayError};
+use crate::relay::Relay;
+
+/// How long in-flight requests may take to finish after shutdown begins.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+pub async fn serve(listener: TcpListener, relay: Arc<Relay>, cancel: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let relay = relay.clone();
+        let service = service_fn(move |req| {
+            let relay = relay.clone();
+            async move { Ok::<_, Infallible>(route(&relay, req).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("proxy connections drained"),
+        _ = tokio::time::sleep(DRAIN_GRACE) => tracing::warn!("proxy drain grace period over; closing connections"),
+    }
+}
+
+async fn route(relay: &Relay, req: Request<Incoming>) -> Response<RelayBody> {
+    let request_id =
+        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()).expect("uuid is a header value");
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/v1/messages") => relay.messages(req, &request_id).await,
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/readyz") => match relay.snapshot.load() {
+            Some(s) => text(
+                StatusCode::OK,
+                &format!("ready: snapshot version {}", s.version),
+            ),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no snapshot yet",
+            ),
+        },
+        (_, path) => {
+            let shape = if path.starts_with("/v1beta") {
+                ErrorShape::Google
+            } else {
+                ErrorShape::Anthropic
+            };
+            RelayError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route for {} {}", req.method(), path),
+            )
+            .into_response(shape, &request_id)
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<RelayBody> {
+    let mut resp = Response::new(RelayBody::full(Bytes::copy_from_slice(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

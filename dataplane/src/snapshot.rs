@@ -1,0 +1,264 @@
+//! The applied snapshot: validated, indexed for lookups, swapped atomically.
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use aiproxy_proto::v1 as pb;
+use aiproxy_shared::domain::AccountKind;
+use aiproxy_shared::pricing::{ModelPrice, PriceTable};
+use arc_swap::ArcSwapOption;
+use http::HeaderValue;
+use rust_decimal::Decimal;
+
+/// An API key as the relay needs it.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub id: i64,
+    pub user_id: i64,
+    pub active: bool,
+    pub allowed_models: Vec<String>,
+    pub rate_limit: u32,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Debug)]
+pub struct UserEntry {
+    pub active: bool,
+    pub price_rate: Decimal,
+}
+
+/// An upstream account with its credentials ready to put on the wire.
+#[derive(Debug, Clone)]
+pub struct AccountEntry {
+    pub id: i64,
+    pub name: String,
+    pub kind: AccountKind,
+    /// Base URL without a trailing slash.
+    pub base_url: String,
+    pub api_key: Option<HeaderValue>,
+    pub priority: i32,
+    pub max_concurrency: u32,
+    pub schedulable: bool,
+    pub rate_limit_reset_at_ms: i64,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub keys: HashMap<[u8; 32], Arc<KeyEntry>>,
+    pub users: HashMap<i64, UserEntry>,
+    /// Ordered by priority (lower first), then id.
+    pub accounts: Vec<Arc<AccountEntry>>,
+    pub prices: PriceTable,
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("api key {0} has a malformed hash")]
+    KeyHash(i64),
+    #[error("user {0} has a malformed price rate")]
+    PriceRate(i64),
+    #[error("price of {0} is malformed")]
+    Price(String),
+    #[error("account {0} has a credential that is not a valid header value")]
+    Credential(i64),
+}
+
+fn decimal(s: &str) -> Option<Decimal> {
+    if s.is_empty() {
+        Some(Decimal::ZERO)
+    } else {
+        Decimal::from_str(s).ok()
+    }
+}
+
+impl TryFrom<pb::Snapshot> for Snapshot {
+    type Error = SnapshotError;
+
+    /// Validates everything first, so a bad snapshot is rejected whole.
+    fn try_from(s: pb::Snapshot) -> Result<Self, SnapshotError> {
+        let mut keys = HashMap::with_capacity(s.api_keys.len());
+        for k in s.api_keys {
+            let hash: [u8; 32] = k
+                .key_hash
+                .as_slice()
+                .try_into()
+                .map_err(|_| SnapshotError::KeyHash(k.id))?;
+            keys.insert(
+                hash,
+                Arc::new(KeyEntry {
+                    id: k.id,
+                    user_id: k.user_id,
+                    active: k.active,
+                    allowed_models: k.allowed_models,
+                    rate_limit: k.rate_limit,
+                    expires_at_ms: k.expires_at_ms,
+                }),
+            );
+        }
+        let mut users = HashMap::with_capacity(s.users.len());
+        for u in s.users {
+            let price_rate = decimal(&u.price_rate).ok_or(SnapshotError::PriceRate(u.id))?;
+            users.insert(
+                u.id,
+                UserEntry {
+                    active: u.active,
+                    price_rate,
+                },
+            );
+        }
+        let mut prices = HashMap::with_capacity(s.prices.len());
+        for p in s.prices {
+            let field = |v: &str| decimal(v).ok_or_else(|| SnapshotError::Price(p.model.clone()));
+            let price = ModelPrice {
+                input: field(&p.input)?,
+                output: field(&p.output)?,
+                cache_write_5m: field(&p.cache_write_5m)?,
+                cache_write_1h: field(&p.cache_write_1h)?,
+                cache_read: field(&p.cache_read)?,
+                version: p.version,
+            };
+            prices.insert(p.model, price);
+        }
+        let mut accounts = Vec::with_capacity(s.accounts.len());
+        for a in s.accounts {
+            // An account type this node does not know is skipped, not fatal,
+            // so a newer control plane can add types.
+            let Some(kind) = AccountKind::parse(&a.kind) else {
+                tracing::warn!(account_id = a.id, kind = %a.kind, "unknown account type skipped");
+                continue;
+            };
+            let api_key = match a.credentials.get("api_key") {
+                Some(v) => Some(
+                    HeaderValue::from_str(v.trim()).map_err(|_| SnapshotError::Credential(a.id))?,
+                ),
+                None => None,
+            };
+            let base_url = if a.base_url.is_empty() {
+                kind.default_base_url().to_string()
+            } else {
+                a.base_url
+            };
+            accounts.push(Arc::new(AccountEntry {
+                id: a.id,
+                name: a.name,
+                kind,
+                base_url: base_url.trim_end_matches('/').to_string(),
+                api_key,
+                priority: a.priority,
+                max_concurrency: a.max_concurrency.max(0) as u32,
+                schedulable: a.schedulable,
+                rate_limit_reset_at_ms: a.rate_limit_reset_at_ms,
+            }));
+        }
+        accounts.sort_by_key(|a| (a.priority, a.id));
+        Ok(Snapshot {
+            version: s.version,
+            keys,
+            users,
+            accounts,
+            prices: PriceTable::new(prices),
+            request_timeout_ms: s.settings.map(|r| r.request_timeout_ms).unwrap_or(0),
+        })
+    }
+}
+
+/// The node's current snapshot, read once per request.
+#[derive(Default)]
+pub struct SnapshotHolder {
+    current: ArcSwapOption<Snapshot>,
+}
+
+impl SnapshotHolder {
+    pub fn load(&self) -> Option<Arc<Snapshot>> {
+        self.current.load_full()
+    }
+
+    pub fn store(&self, snapshot: Snapshot) {
+        self.current.store(Some(Arc::new(snapshot)));
+    }
+
+    pub fn version(&self) -> u64 {
+        self.current.load().as_ref().map(|s| s.version).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> pb::Snapshot {
+        pb::Snapshot {
+            version: 3,
+            api_keys: vec![pb::ApiKey {
+                id: 1,
+                user_id: 2,
+                key_hash: vec![7; 32],
+                active: true,
+                ..Default::default()
+            }],
+            users: vec![pb::User {
+                id: 2,
+                active: true,
+                price_rate: "1.5".into(),
+            }],
+            accounts: vec![
+                pb::Account {
+                    id: 9,
+                    kind: "claude-api".into(),
+                    priority: 60,
+                    ..Default::default()
+                },
+                pb::Account {
+                    id: 8,
+                    kind: "claude-api".into(),
+                    priority: 10,
+                    base_url: "http://x/".into(),
+                    ..Default::default()
+                },
+                pb::Account {
+                    id: 7,
+                    kind: "future-kind".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn converts_and_orders_accounts() {
+        let s = Snapshot::try_from(snapshot()).unwrap();
+        assert_eq!(s.version, 3);
+        assert_eq!(
+            s.accounts.iter().map(|a| a.id).collect::<Vec<_>>(),
+            vec![8, 9]
+        );
+        assert_eq!(s.accounts[0].base_url, "http://x");
+        assert_eq!(s.accounts[1].base_url, "https://api.anthropic.com");
+        assert_eq!(s.users[&2].price_rate, Decimal::from_str("1.5").unwrap());
+        assert!(s.keys.contains_key(&[7; 32]));
+    }
+
+    #[test]
+    fn rejects_malformed_snapshots_whole() {
+        let mut bad = snapshot();
+        bad.api_keys[0].key_hash = vec![1, 2, 3];
+        assert!(matches!(
+            Snapshot::try_from(bad),
+            Err(SnapshotError::KeyHash(1))
+        ));
+        let mut bad = snapshot();
+        bad.users[0].price_rate = "lots".into();
+        assert!(Snapshot::try_from(bad).is_err());
+        let mut bad = snapshot();
+        bad.accounts[0]
+            .credentials
+            .insert("api_key".into(), "line\nbreak".into());
+        assert!(matches!(
+            Snapshot::try_from(bad),
+            Err(SnapshotError::Credential(9))
+        ));
+    }
+}

@@ -1,0 +1,504 @@
+//! The all-in-one on SQLite and the in-memory state store, as `cargo run` starts it.
+use std::time::{Duration, Instant};
+
+use aiproxy_tests::client::Http;
+use aiproxy_tests::harness::{ADMIN_PASSWORD, Admin, Process, wait_ready};
+use aiproxy_tests::mock::{MockUpstream, USAGE, sse_events};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+struct Embedded {
+    process: Process,
+    http: Http,
+    admin: Admin,
+    proxy: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Embedded {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
+        ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
+        ("AIPROXY_PROXY_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_GRPC_LISTEN", "127.0.0.1:0".to_string()),
+    ];
+    let process = Process::spawn(
+        &crate::bin(),
+        &[],
+        &env,
+        &["admin", "grpc", "proxy"],
+        dir.path().join("aiproxy.log"),
+    )
+    .await;
+    let http = Http::default();
+    let proxy = process.url("proxy");
+    wait_ready(&http, &format!("{proxy}/readyz"), Duration::from_secs(30)).await;
+    let admin = Admin::login(&http, &process.url("admin"), "admin", ADMIN_PASSWORD).await;
+    Embedded {
+        process,
+        http,
+        admin,
+        proxy,
+        _dir: dir,
+    }
+}
+
+/// A request as the official Python SDK sends it.
+fn sdk_headers(key: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-api-key", key.to_string()),
+        ("anthropic-version", "2023-06-01".to_string()),
+        ("user-agent", "Anthropic/Python 0.69.0".to_string()),
+        ("x-stainless-lang", "python".to_string()),
+        ("x-stainless-package-version", "0.69.0".to_string()),
+        ("accept", "application/json".to_string()),
+    ]
+}
+
+fn refs<'a>(h: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    h.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+fn message_body(model: &str, stream: bool) -> Value {
+    json!({"model": model, "max_tokens": 64, "stream": stream, "messages": [{"role": "user", "content": "Hello"}]})
+}
+
+/// Waits until `request_id` appears in request logs and returns it.
+async fn logged(admin: &Admin, request_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = admin
+            .expect("GET", "/request-logs?page_size=500", None, 200)
+            .await;
+        if let Some(row) = logs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["request_id"] == request_id)
+        {
+            return row.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "request {request_id} never reached request_logs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn assert_billed(row: &Value, stream: bool) {
+    assert_eq!(row["input_tokens"], USAGE.input);
+    assert_eq!(row["output_tokens"], USAGE.output);
+    assert_eq!(row["cache_creation_tokens"], USAGE.cache_creation);
+    assert_eq!(row["cache_read_tokens"], USAGE.cache_read);
+    assert_eq!(row["status_code"], 200);
+    assert_eq!(row["stream"], stream);
+    assert_eq!(row["usage_source"], "reported");
+    // claude-sonnet-4-5: 25×3 + 15×15 + 40×3.75 + 60×6 + 2000×0.30 = 1410 per million.
+    assert_eq!(row["upstream_cost"], "0.00141");
+    assert_eq!(row["cost"], "0.00141");
+}
+
+#[tokio::test]
+async fn sdk_requests_relay_and_bill_end_to_end() {
+    let mock = MockUpstream::start().await;
+    let e = start().await;
+    let account = e
+        .admin
+        .create_account("primary", &mock.url(), "sk-ant-upstream-secret")
+        .await;
+    let user = e.admin.create_user("alice").await;
+    let created = Instant::now();
+    let (key_id, key) = e
+        .admin
+        .create_key(user["id"].as_i64().unwrap(), "laptop")
+        .await;
+    let headers = sdk_headers(&key);
+    let url = format!("{}/v1/messages", e.proxy);
+
+    // A new key works within a second.
+    let reply = loop {
+        let reply = e
+            .http
+            .send(
+                "POST",
+                &url,
+                &refs(&headers),
+                Some(&message_body("claude-sonnet-4-5", false)),
+            )
+            .await;
+        if reply.status != 401 {
+            break reply;
+        }
+        assert!(
+            created.elapsed() < Duration::from_secs(1),
+            "new key still rejected after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["content"][0]["text"], "Hello from the mock.");
+    let request_id = reply.headers["x-request-id"].to_str().unwrap().to_string();
+    let row = logged(&e.admin, &request_id).await;
+    assert_billed(&row, false);
+    assert_eq!(row["account_id"], account["id"]);
+    assert_eq!(row["api_key_id"], key_id);
+    assert_eq!(row["user_id"], user["id"]);
+    assert_eq!(row["model"], "claude-sonnet-4-5");
+
+    // The upstream saw the account's key and the SDK's headers, never the client's key.
+    let seen = mock.received();
+    let last = seen.last().unwrap();
+    assert_eq!(last.headers["x-api-key"], "sk-ant-upstream-secret");
+    assert_eq!(last.headers["accept-encoding"], "identity");
+    assert_eq!(last.headers["x-stainless-lang"], "python");
+    assert!(
+        !format!("{:?}", last.headers).contains(&key),
+        "client key leaked upstream"
+    );
+    assert_eq!(last.body["messages"][0]["content"], "Hello");
+
+    // Streaming: every event arrives, in order and unchanged.
+    let mut resp = e
+        .http
+        .stream(
+            &url,
+            &refs(&headers),
+            &message_body("claude-sonnet-4-5", true),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let mut streamed = Vec::new();
+    while let Some(frame) = resp.body_mut().frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            streamed.extend_from_slice(&data);
+        }
+    }
+    assert_eq!(
+        String::from_utf8(streamed).unwrap(),
+        sse_events("claude-sonnet-4-5").concat()
+    );
+    assert_billed(&logged(&e.admin, &request_id).await, true);
+
+    // Key and account totals follow the logs.
+    let key_row = e
+        .admin
+        .expect("GET", &format!("/api-keys/{key_id}"), None, 200)
+        .await;
+    assert_eq!(key_row["request_count"], 2);
+    assert_eq!(key_row["cost_used"], "0.00282");
+    let account_row = e
+        .admin
+        .expect("GET", &format!("/accounts/{}", account["id"]), None, 200)
+        .await;
+    assert_eq!(account_row["total_cost"], "0.00282");
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn bad_keys_and_disabled_keys_are_refused_in_anthropic_shape() {
+    let mock = MockUpstream::start().await;
+    let e = start().await;
+    e.admin
+        .create_account("primary", &mock.url(), "sk-ant-upstream")
+        .await;
+    let user = e.admin.create_user("bob").await;
+    let (key_id, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let url = format!("{}/v1/messages", e.proxy);
+    let body = message_body("claude-haiku-4-5", false);
+
+    let reply = e
+        .http
+        .send(
+            "POST",
+            &url,
+            &[("x-api-key", "sk-aiproxy-unknown")],
+            Some(&body),
+        )
+        .await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(
+        reply.json(),
+        json!({"type":"error","error":{"type":"authentication_error","message":"invalid api key"}})
+    );
+    let reply = e.http.send("POST", &url, &[], Some(&body)).await;
+    assert_eq!(reply.status, 401);
+
+    // Bearer works as well as x-api-key.
+    let bearer = format!("Bearer {key}");
+    wait_for_status(&e.http, &url, &[("authorization", &bearer)], &body, 200).await;
+
+    // Malformed JSON is a 400 in the same shape.
+    let reply = e
+        .http
+        .send(
+            "POST",
+            &url,
+            &[("x-api-key", &key)],
+            Some(&json!("not an object")),
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+
+    e.admin
+        .expect(
+            "PATCH",
+            &format!("/api-keys/{key_id}"),
+            Some(json!({"status": "disabled"})),
+            200,
+        )
+        .await;
+    wait_for_status(&e.http, &url, &[("x-api-key", &key)], &body, 401).await;
+    e.admin
+        .expect(
+            "PATCH",
+            &format!("/api-keys/{key_id}"),
+            Some(json!({"status": "active"})),
+            200,
+        )
+        .await;
+    wait_for_status(&e.http, &url, &[("x-api-key", &key)], &body, 200).await;
+
+    // A key limited to other models is told so.
+    e.admin
+        .expect(
+            "PATCH",
+            &format!("/api-keys/{key_id}"),
+            Some(json!({"allowed_models": ["claude-opus-4-5"]})),
+            200,
+        )
+        .await;
+    let reply = wait_for_status(&e.http, &url, &[("x-api-key", &key)], &body, 403).await;
+    assert_eq!(reply.json()["error"]["message"], "model not allowed");
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn failover_gzip_and_no_account() {
+    let mock = MockUpstream::start().await;
+    let e = start().await;
+    let user = e.admin.create_user("carol").await;
+    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let url = format!("{}/v1/messages", e.proxy);
+    let headers = [("x-api-key", key.as_str())];
+
+    // No account yet: the seed's message, as a 503.
+    let reply = wait_for_status(
+        &e.http,
+        &url,
+        &headers,
+        &message_body("claude-sonnet-4-5", false),
+        503,
+    )
+    .await;
+    assert_eq!(reply.json()["error"]["message"], "account not available");
+
+    // A failing account is tried first, then the request moves on.
+    let failing = e.admin.expect(
+        "POST",
+        "/accounts",
+        Some(json!({"name": "limited", "type": "claude-api", "base_url": mock.url(), "priority": 1, "credentials": {"api_key": "mock-429"}})),
+        201,
+    ).await;
+    let gzip = e
+        .admin
+        .create_account("gzip", &mock.url(), "mock-gzip")
+        .await;
+    let reply = wait_for_status(
+        &e.http,
+        &url,
+        &headers,
+        &message_body("claude-sonnet-4-5", false),
+        200,
+    )
+    .await;
+    assert_eq!(
+        reply.json()["content"][0]["text"],
+        "Hello from the mock.",
+        "gzip body decoded"
+    );
+    let keys: Vec<String> = mock
+        .received()
+        .iter()
+        .map(|r| r.headers["x-api-key"].clone())
+        .collect();
+    assert_eq!(&keys[keys.len() - 2..], ["mock-429", "mock-gzip"]);
+    let row = logged(&e.admin, reply.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(row["account_id"], gzip["id"]);
+    assert_eq!(row["input_tokens"], USAGE.input);
+
+    // Streamed gzip without content-encoding reaches the client as plain SSE.
+    let reply = e
+        .http
+        .send(
+            "POST",
+            &url,
+            &headers,
+            Some(&message_body("claude-sonnet-4-5", true)),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), sse_events("claude-sonnet-4-5").concat());
+
+    // With only the failing account left, its own answer is passed through.
+    e.admin
+        .expect(
+            "PATCH",
+            &format!("/accounts/{}", gzip["id"]),
+            Some(json!({"enabled": false})),
+            200,
+        )
+        .await;
+    let reply = wait_for_status(
+        &e.http,
+        &url,
+        &headers,
+        &message_body("claude-sonnet-4-5", false),
+        429,
+    )
+    .await;
+    assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
+    let _ = failing;
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn admin_api_guards_roles_and_secrets() {
+    let e = start().await;
+    let http = &e.http;
+    let base = format!("{}/api/v1", e.process.url("admin"));
+    let reply = http
+        .send("GET", &format!("{base}/accounts"), &[], None)
+        .await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.json()["error"]["message"], "missing bearer token");
+    let reply = http
+        .send(
+            "GET",
+            &format!("{base}/accounts"),
+            &[("authorization", "Bearer nonsense")],
+            None,
+        )
+        .await;
+    assert_eq!(reply.json()["error"]["message"], "invalid token");
+    let reply = http
+        .send(
+            "POST",
+            &format!("{base}/auth/login"),
+            &[],
+            Some(&json!({"username": "admin", "password": "wrong-password"})),
+        )
+        .await;
+    assert_eq!(reply.status, 401);
+
+    let account = e
+        .admin
+        .create_account(
+            "secret",
+            "https://api.anthropic.com",
+            "sk-ant-api03-very-secret-value-1234",
+        )
+        .await;
+    let text = account.to_string();
+    assert!(!text.contains("very-secret"), "credentials leaked: {text}");
+    assert_eq!(account["credentials"]["api_key"], "••••1234");
+    let listed = e
+        .admin
+        .expect("GET", "/accounts", None, 200)
+        .await
+        .to_string();
+    assert!(!listed.contains("very-secret"));
+    let reply = e
+        .admin
+        .call(
+            "POST",
+            "/accounts",
+            Some(json!({"name": "x", "type": "claude-api", "credentials": {}})),
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("api_key")
+    );
+    let reply = e
+        .admin
+        .call(
+            "POST",
+            "/accounts",
+            Some(json!({"name": "x", "type": "nope", "credentials": {}})),
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+
+    // A user sees only their own things.
+    let user = e.admin.create_user("dave").await;
+    let other = e.admin.create_user("erin").await;
+    e.admin
+        .create_key(other["id"].as_i64().unwrap(), "erin's")
+        .await;
+    let dave = Admin::login(http, &e.process.url("admin"), "dave", "user-password-1").await;
+    assert_eq!(dave.call("GET", "/accounts", None).await.status, 403);
+    assert_eq!(dave.call("GET", "/users", None).await.status, 403);
+    let me = dave.expect("GET", "/me", None, 200).await;
+    assert_eq!(me["id"], user["id"]);
+    assert!(me.get("password_hash").is_none());
+    let own = dave
+        .expect("POST", "/api-keys", Some(json!({"name": "mine"})), 201)
+        .await;
+    assert_eq!(own["user_id"], user["id"]);
+    let keys = dave.expect("GET", "/api-keys", None, 200).await;
+    assert_eq!(keys["total"], 1, "{keys}");
+    assert!(
+        keys.to_string().find("\"key\"").is_none(),
+        "plaintext only at creation"
+    );
+    let reply = dave
+        .call(
+            "POST",
+            "/api-keys",
+            Some(json!({"name": "theirs", "user_id": other["id"]})),
+        )
+        .await;
+    assert_eq!(reply.status, 403);
+
+    let spec = http
+        .send("GET", &format!("{base}/openapi.json"), &[], None)
+        .await;
+    assert_eq!(spec.status, 200);
+    assert!(spec.json()["paths"]["/request-logs"].is_object());
+    e.process.stop().await;
+}
+
+/// Repeats the request until it gets `status` (config reaches the relay
+/// asynchronously), for at most two seconds.
+pub async fn wait_for_status(
+    http: &Http,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+    status: u16,
+) -> aiproxy_tests::client::Reply {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let reply = http.send("POST", url, headers, Some(body)).await;
+        if reply.status == status {
+            return reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {status}, still {} after 2 s: {}",
+            reply.status,
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

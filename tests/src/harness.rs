@@ -1,0 +1,218 @@
+//! Runs the real `aiproxy` binary on ports chosen by the OS, and drives its admin API.
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::client::{Http, Reply};
+
+/// The admin password every harness-started control plane gets.
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
+/// A running `aiproxy` process; killed when dropped.
+pub struct Process {
+    child: Child,
+    pub addrs: HashMap<String, SocketAddr>,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Starts `bin args` with `env` (and no other `AIPROXY_*` variables), and
+    /// waits for each of `listeners` (`admin`, `grpc`, `proxy`) to be announced.
+    pub async fn spawn(
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        listeners: &[&str],
+        log: PathBuf,
+    ) -> Process {
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("AIPROXY_") {
+                cmd.env_remove(k);
+            }
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.env("RUST_LOG", "info,aiproxy_dataplane=debug");
+        let log_file = std::fs::File::create(&log).expect("create log file");
+        cmd.stderr(Stdio::from(log_file));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let mut addrs = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while listeners.iter().any(|l| !addrs.contains_key(*l)) {
+            let line = tokio::time::timeout_at(deadline.into(), lines.next_line()).await;
+            match line {
+                Ok(Ok(Some(line))) => {
+                    if let Some(rest) = line.strip_prefix("aiproxy: ") {
+                        if let Some((what, addr)) = rest.split_once(" listening on ") {
+                            addrs
+                                .insert(what.to_string(), addr.parse().expect("announced address"));
+                        }
+                    }
+                }
+                _ => {
+                    let _ = child.start_kill();
+                    panic!(
+                        "aiproxy did not start; log:\n{}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Process { child, addrs, log }
+    }
+
+    pub fn url(&self, listener: &str) -> String {
+        format!("http://{}", self.addrs[listener])
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(40), self.child.wait()).await;
+        assert!(
+            matches!(status, Ok(Ok(s)) if s.success()),
+            "aiproxy did not stop cleanly: {status:?}\n{}",
+            self.log_text()
+        );
+    }
+
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Polls `url` until it answers 200, or panics after `timeout`.
+pub async fn wait_ready(http: &Http, url: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if http.send("GET", url, &[], None).await.status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{url} not ready after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A logged-in admin-API session.
+pub struct Admin {
+    pub http: Http,
+    pub base: String,
+    token: String,
+}
+
+impl Admin {
+    pub async fn login(http: &Http, admin_url: &str, username: &str, password: &str) -> Admin {
+        let base = format!("{admin_url}/api/v1");
+        let reply = http
+            .send(
+                "POST",
+                &format!("{base}/auth/login"),
+                &[],
+                Some(&json!({"username": username, "password": password})),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "login failed: {}", reply.text());
+        let token = reply.json()["token"].as_str().expect("token").to_string();
+        Admin {
+            http: http.clone(),
+            base,
+            token,
+        }
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
+        let auth = format!("Bearer {}", self.token);
+        self.http
+            .send(
+                method,
+                &format!("{}{path}", self.base),
+                &[("authorization", &auth)],
+                body.as_ref(),
+            )
+            .await
+    }
+
+    /// Calls and asserts the expected status; returns the JSON body.
+    pub async fn expect(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        status: u16,
+    ) -> Value {
+        let reply = self.call(method, path, body).await;
+        assert_eq!(reply.status, status, "{method} {path}: {}", reply.text());
+        if reply.body.is_empty() {
+            Value::Null
+        } else {
+            reply.json()
+        }
+    }
+
+    pub async fn create_account(&self, name: &str, base_url: &str, api_key: &str) -> Value {
+        self.expect(
+            "POST",
+            "/accounts",
+            Some(json!({"name": name, "type": "claude-api", "base_url": base_url, "credentials": {"api_key": api_key}})),
+            201,
+        )
+        .await
+    }
+
+    pub async fn create_user(&self, username: &str) -> Value {
+        self.expect(
+            "POST",
+            "/users",
+            Some(json!({"username": username, "password": "user-password-1"})),
+            201,
+        )
+        .await
+    }
+
+    /// Creates a key and returns (id, plaintext).
+    pub async fn create_key(&self, user_id: i64, name: &str) -> (i64, String) {
+        let key = self
+            .expect(
+                "POST",
+                "/api-keys",
+                Some(json!({"user_id": user_id, "name": name})),
+                201,
+            )
+            .await;
+        (
+            key["id"].as_i64().expect("id"),
+            key["key"].as_str().expect("plaintext key").to_string(),
+        )
+    }
+}
