@@ -102,15 +102,15 @@ impl NodeService for NodeApi {
             heartbeat.tick().await;
             loop {
                 let latest = rx.borrow_and_update().clone();
-                if let Some(snapshot) = latest {
-                    if snapshot.version != sent {
-                        sent = snapshot.version;
-                        let event = pb::WatchEvent {
-                            event: Some(pb::watch_event::Event::Snapshot((*snapshot).clone())),
-                        };
-                        if tx.send(Ok(event)).await.is_err() {
-                            return;
-                        }
+                if let Some(snapshot) = latest
+                    && snapshot.version != sent
+                {
+                    sent = snapshot.version;
+                    let event = pb::WatchEvent {
+                        event: Some(pb::watch_event::Event::Snapshot((*snapshot).clone())),
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
                     }
                 }
                 tokio::select! {

@@ -31,10 +31,10 @@ pub enum StoreError {
 impl StoreError {
     /// Maps unique-key violations to `Conflict`.
     pub(crate) fn from_write(err: sqlx::Error, what: &str) -> StoreError {
-        if let sqlx::Error::Database(db) = &err {
-            if db.is_unique_violation() {
-                return StoreError::Conflict(format!("{what} already exists"));
-            }
+        if let sqlx::Error::Database(db) = &err
+            && db.is_unique_violation()
+        {
+            return StoreError::Conflict(format!("{what} already exists"));
         }
         StoreError::Database(err)
     }

@@ -201,10 +201,8 @@ impl UsageTap {
                 overflow,
                 observed,
             } => {
-                if !*overflow {
-                    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-                        observed.apply_anthropic_body(&v);
-                    }
+                if !*overflow && let Ok(v) = serde_json::from_slice::<Value>(body) {
+                    observed.apply_anthropic_body(&v);
                 }
                 body.clear();
             }

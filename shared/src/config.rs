@@ -267,19 +267,19 @@ impl Config {
                 ));
             }
         }
-        if let Some(key) = &self.secret_key {
-            if key.expose().len() < MIN_SECRET_KEY_LEN {
-                return Err(ConfigError::Invalid(format!(
-                    "AIPROXY_SECRET_KEY must be at least {MIN_SECRET_KEY_LEN} characters"
-                )));
-            }
+        if let Some(key) = &self.secret_key
+            && key.expose().len() < MIN_SECRET_KEY_LEN
+        {
+            return Err(ConfigError::Invalid(format!(
+                "AIPROXY_SECRET_KEY must be at least {MIN_SECRET_KEY_LEN} characters"
+            )));
         }
-        if let Some(token) = &self.node_token {
-            if token.expose().len() < 16 {
-                return Err(ConfigError::Invalid(
-                    "AIPROXY_NODE_TOKEN must be at least 16 characters".into(),
-                ));
-            }
+        if let Some(token) = &self.node_token
+            && token.expose().len() < 16
+        {
+            return Err(ConfigError::Invalid(
+                "AIPROXY_NODE_TOKEN must be at least 16 characters".into(),
+            ));
         }
         for (name, value) in [
             ("proxy.timeout", self.proxy.timeout),

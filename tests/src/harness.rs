@@ -58,11 +58,10 @@ impl Process {
             let line = tokio::time::timeout_at(deadline.into(), lines.next_line()).await;
             match line {
                 Ok(Ok(Some(line))) => {
-                    if let Some(rest) = line.strip_prefix("aiproxy: ") {
-                        if let Some((what, addr)) = rest.split_once(" listening on ") {
-                            addrs
-                                .insert(what.to_string(), addr.parse().expect("announced address"));
-                        }
+                    if let Some(rest) = line.strip_prefix("aiproxy: ")
+                        && let Some((what, addr)) = rest.split_once(" listening on ")
+                    {
+                        addrs.insert(what.to_string(), addr.parse().expect("announced address"));
                     }
                 }
                 _ => {

@@ -207,12 +207,12 @@ pub async fn update(
             &["http", "https", "socks5", "socks5h"],
         )?;
     }
-    if let Some(status) = &req.status {
-        if !matches!(status.as_str(), "valid" | "invalid" | "banned") {
-            return Err(ApiError::BadRequest(
-                "status must be valid, invalid or banned".into(),
-            ));
-        }
+    if let Some(status) = &req.status
+        && !matches!(status.as_str(), "valid" | "invalid" | "banned")
+    {
+        return Err(ApiError::BadRequest(
+            "status must be valid, invalid or banned".into(),
+        ));
     }
     let credentials_sealed = match &req.credentials {
         Some(update) => {
