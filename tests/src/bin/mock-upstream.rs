@@ -1,0 +1,8 @@
+//! Runs the mock upstream on its own, for trying aiproxy by hand:
+//! `cargo run -p aiproxy-tests --bin mock-upstream` prints the URL to use as an account's base_url.
+#[tokio::main]
+async fn main() {
+    let mock = aiproxy_tests::mock::MockUpstream::start().await;
+    println!("mock upstream listening on {}", mock.url());
+    let _ = tokio::signal::ctrl_c().await;
+}
