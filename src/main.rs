@@ -39,6 +39,11 @@ fn main() -> ExitCode {
         Err(e) => return config_error(e),
     };
     aiproxy_shared::telemetry::init(config.log_format);
+    if config.redis_url.is_some() {
+        tracing::warn!(
+            "AIPROXY_REDIS_URL is set, but this version keeps scheduling state on each node; Redis is not used"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

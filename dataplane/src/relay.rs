@@ -31,7 +31,8 @@ pub struct Relay {
     pub scheduler: Scheduler,
     pub client: HttpClient,
     pub sink: UsageSink,
-    /// Upstream timeout for the response head and first byte (`proxy.timeout`).
+    /// Upstream timeout for the response head and first byte, used until
+    /// the snapshot carries the control plane's `proxy.timeout`.
     pub timeout: Duration,
     pub max_body_bytes: usize,
     /// Accounts tried per request before giving up.
@@ -89,6 +90,10 @@ impl Relay {
         }
         let query = query_without_key(parts.uri.query());
         let path = parts.uri.path();
+        let timeout = match snapshot.request_timeout_ms {
+            0 => self.timeout,
+            ms => Duration::from_millis(ms),
+        };
 
         let mut tried: Vec<i64> = Vec::new();
         let mut last_failure: Option<RelayError> = None;
@@ -108,7 +113,7 @@ impl Relay {
                 &parts.headers,
                 body.clone(),
             )?;
-            match tokio::time::timeout(self.timeout, self.client.request(upstream)).await {
+            match tokio::time::timeout(timeout, self.client.request(upstream)).await {
                 Err(_) => {
                     tracing::warn!(
                         account_id = account.id,
@@ -143,6 +148,7 @@ impl Relay {
                             meter_parts(&caller, &model, parsed.stream),
                             &snapshot,
                             started,
+                            timeout,
                             request_id,
                         )
                         .await;
@@ -157,6 +163,7 @@ impl Relay {
                     meter_parts(&caller, &model, parsed.stream),
                     &snapshot,
                     started,
+                    timeout,
                     request_id,
                 )
                 .await;
@@ -170,6 +177,7 @@ impl Relay {
         who: MeterParts,
         snapshot: &Arc<crate::snapshot::Snapshot>,
         started: Instant,
+        timeout: Duration,
         request_id: &HeaderValue,
     ) -> Result<Response<RelayBody>, RelayError> {
         let Attempt {
@@ -198,7 +206,7 @@ impl Relay {
         };
         // Wait for the first bytes: they tell whether the body is gzip
         // even when no header says so, and they time the first byte.
-        let first = match tokio::time::timeout(self.timeout, body.frame()).await {
+        let first = match tokio::time::timeout(timeout, body.frame()).await {
             Err(_) => {
                 meter.error_class = "upstream_timeout".into();
                 meter.finish(&Observed::default(), true);

@@ -19,11 +19,22 @@ fn sdk_python() -> PathBuf {
         return python;
     }
     let run = |cmd: &mut std::process::Command| {
-        let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (python3 with venv is needed for the SDK tests)"));
-        assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let out = cmd.output().unwrap_or_else(|e| {
+            panic!("cannot run {cmd:?}: {e} (python3 with venv is needed for the SDK tests)")
+        });
+        assert!(
+            out.status.success(),
+            "{cmd:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
-    run(std::process::Command::new("python3").arg("-m").arg("venv").arg(&venv));
-    run(std::process::Command::new(&python).args(["-m", "pip", "install", "-q", "-r"]).arg(&requirements));
+    run(std::process::Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&venv));
+    run(std::process::Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "-r"])
+        .arg(&requirements));
     std::fs::write(&stamp, wanted).unwrap();
     python
 }
@@ -40,9 +51,21 @@ async fn official_anthropic_sdk_streams_and_not() {
         ("AIPROXY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
         ("AIPROXY_GRPC_LISTEN", "127.0.0.1:0".to_string()),
     ];
-    let process = Process::spawn(&crate::bin(), &[], &env, &["admin", "proxy"], dir.path().join("aiproxy.log")).await;
+    let process = Process::spawn(
+        &crate::bin(),
+        &[],
+        &env,
+        &["admin", "proxy"],
+        dir.path().join("aiproxy.log"),
+    )
+    .await;
     let http = Http::default();
-    wait_ready(&http, &format!("{}/readyz", process.url("proxy")), Duration::from_secs(30)).await;
+    wait_ready(
+        &http,
+        &format!("{}/readyz", process.url("proxy")),
+        Duration::from_secs(30),
+    )
+    .await;
     let admin = Admin::login(&http, &process.url("admin"), "admin", ADMIN_PASSWORD).await;
     admin.create_account("a", &mock.url(), "sk-ant-sdk").await;
     let user = admin.create_user("sdk-user").await;
@@ -64,13 +87,34 @@ async fn official_anthropic_sdk_streams_and_not() {
         .output()
         .await
         .unwrap();
-    assert!(out.status.success(), "SDK script failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let checks: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let by = |name: &str| checks.iter().find(|c| c["check"] == name).unwrap_or_else(|| panic!("no {name} check"));
+    assert!(
+        out.status.success(),
+        "SDK script failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let checks: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let by = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} check"))
+    };
     assert_eq!(by("create")["text"], "Hello from the mock.");
-    assert_eq!(by("create")["input_tokens"], aiproxy_tests::mock::USAGE.input);
-    assert_eq!(by("stream")["chunks"], serde_json::json!(["Hello", " from the mock."]));
-    assert_eq!(by("stream")["output_tokens"], aiproxy_tests::mock::USAGE.output);
+    assert_eq!(
+        by("create")["input_tokens"],
+        aiproxy_tests::mock::USAGE.input
+    );
+    assert_eq!(
+        by("stream")["chunks"],
+        serde_json::json!(["Hello", " from the mock."])
+    );
+    assert_eq!(
+        by("stream")["output_tokens"],
+        aiproxy_tests::mock::USAGE.output
+    );
     assert_eq!(by("bad_key")["status"], 401);
     assert_eq!(by("bad_key")["message"], "invalid api key");
     process.stop().await;

@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 use aiproxy_shared::keys::{hash_key_hex, new_api_key, visible_prefix};
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    ApiError, ApiResult, ApiState, AuthUser, JsonBody, PathId, check_models, check_status,
-    double_option,
+    ApiError, ApiResult, ApiState, AuthUser, JsonBody, PathId, QueryParams, check_models,
+    check_status, double_option,
 };
 use crate::store::{ApiKey, ApiKeyPatch, NewApiKey};
 
@@ -98,7 +98,7 @@ async fn visible_key(state: &ApiState, auth: &AuthUser, id: i64) -> ApiResult<Ap
 pub async fn list(
     State(state): State<ApiState>,
     auth: AuthUser,
-    Query(q): Query<ListQuery>,
+    QueryParams(q): QueryParams<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let user_id = if auth.is_admin() {
         q.user_id

@@ -1,11 +1,11 @@
 //! `/request-logs`: filtered, paginated request history.
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiResult, ApiState, AuthUser};
+use super::{ApiResult, ApiState, AuthUser, QueryParams};
 use crate::store::RequestLogFilter;
 
 #[derive(Deserialize)]
@@ -24,7 +24,7 @@ pub struct LogQuery {
 pub async fn list(
     State(state): State<ApiState>,
     auth: AuthUser,
-    Query(q): Query<LogQuery>,
+    QueryParams(q): QueryParams<LogQuery>,
 ) -> ApiResult<Json<Value>> {
     // Users see only their own requests, whatever they ask for.
     let user_id = if auth.is_admin() {
