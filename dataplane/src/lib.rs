@@ -2,12 +2,15 @@
 //! snapshot, reporting usage back to it.
 #![forbid(unsafe_code)]
 
+pub mod adapters;
 pub mod auth;
 pub mod body;
 pub mod control;
 pub mod errors;
 pub mod meter;
+pub mod models;
 pub mod relay;
+pub mod routes;
 pub mod scheduler;
 pub mod server;
 pub mod snapshot;

@@ -21,6 +21,8 @@ pub struct Meter {
     pub requested_model: String,
     pub platform: Platform,
     pub endpoint: &'static str,
+    /// False for endpoints that are answered but never billed (token counting).
+    pub billed: bool,
     pub stream: bool,
     pub status: u16,
     pub started: Instant,
@@ -37,6 +39,9 @@ impl Meter {
     /// Emits the record. `ended` is false when the client went away first.
     pub fn finish(mut self, observed: &Observed, ended: bool) {
         drop(self.lease.take());
+        if !self.billed {
+            return;
+        }
         let source = if observed.usage_seen && (ended || observed.complete) {
             UsageSource::Reported
         } else {

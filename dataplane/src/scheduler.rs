@@ -126,6 +126,7 @@ mod tests {
             kind: AccountKind::ClaudeApi,
             base_url: "http://x".into(),
             api_key: None,
+            bearer: None,
             priority,
             max_concurrency: max,
             schedulable: true,

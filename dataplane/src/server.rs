@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::RelayBody;
 use crate::errors::{ErrorShape, RelayError};
+use crate::models::{self, Listing};
 use crate::relay::Relay;
+use crate::routes::{self, Route};
 
 /// How long in-flight requests may take to finish after shutdown begins.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
@@ -59,33 +61,27 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, cancel: Cancellatio
 }
 
 async fn route(relay: &Relay, req: Request<Incoming>) -> Response<RelayBody> {
-    let request_id =
-        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()).expect("uuid is a header value");
-    match (req.method(), req.uri().path()) {
-        (&Method::POST, "/v1/messages") => relay.messages(req, &request_id).await,
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
-        (&Method::GET, "/readyz") => match relay.snapshot.load() {
-            Some(s) => text(
-                StatusCode::OK,
-                &format!("ready: snapshot version {}", s.version),
-            ),
-            None => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: no snapshot yet",
-            ),
+    let request_id = HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()).expect("uuid is a header value");
+    match routes::route(req.method(), req.uri().path()) {
+        Route::Relay(endpoint) => relay.handle(endpoint, req, &request_id).await,
+        Route::ListModels => models::list(&relay.snapshot, Listing::V1, req.headers(), req.uri().query(), &request_id),
+        Route::GeminiListModels => models::list(&relay.snapshot, Listing::Gemini, req.headers(), req.uri().query(), &request_id),
+        Route::Healthz => text(StatusCode::OK, "ok"),
+        Route::Readyz => match relay.snapshot.load() {
+            Some(s) => text(StatusCode::OK, &format!("ready: snapshot version {}", s.version)),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no snapshot yet"),
         },
-        (_, path) => {
+        Route::NotFound => {
+            let path = req.uri().path();
             let shape = if path.starts_with("/v1beta") {
                 ErrorShape::Google
-            } else {
+            } else if req.headers().contains_key("anthropic-version") {
                 ErrorShape::Anthropic
+            } else {
+                ErrorShape::OpenAi
             };
-            RelayError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no route for {} {}", req.method(), path),
-            )
-            .into_response(shape, &request_id)
+            RelayError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {}", req.method(), path))
+                .into_response(shape, &request_id)
         }
     }
 }

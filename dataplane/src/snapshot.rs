@@ -36,6 +36,8 @@ pub struct AccountEntry {
     /// Base URL without a trailing slash.
     pub base_url: String,
     pub api_key: Option<HeaderValue>,
+    /// `Bearer <access_token>` for OAuth accounts.
+    pub bearer: Option<HeaderValue>,
     pub priority: i32,
     pub max_concurrency: u32,
     pub schedulable: bool,
@@ -129,12 +131,15 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 tracing::warn!(account_id = a.id, kind = %a.kind, "unknown account type skipped");
                 continue;
             };
-            let api_key = match a.credentials.get("api_key") {
-                Some(v) => Some(
-                    HeaderValue::from_str(v.trim()).map_err(|_| SnapshotError::Credential(a.id))?,
-                ),
-                None => None,
+            let header = |v: String| {
+                HeaderValue::from_str(&v).map_err(|_| SnapshotError::Credential(a.id))
             };
+            let api_key = a.credentials.get("api_key").map(|k| header(k.trim().to_string())).transpose()?;
+            let bearer = a
+                .credentials
+                .get("access_token")
+                .map(|t| header(format!("Bearer {}", t.trim())))
+                .transpose()?;
             let base_url = if a.base_url.is_empty() {
                 kind.default_base_url().to_string()
             } else {
@@ -146,6 +151,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 kind,
                 base_url: base_url.trim_end_matches('/').to_string(),
                 api_key,
+                bearer,
                 priority: a.priority,
                 max_concurrency: a.max_concurrency.max(0) as u32,
                 schedulable: a.schedulable,

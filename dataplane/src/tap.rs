@@ -5,10 +5,21 @@ use aiproxy_shared::pricing::TokenUsage;
 use bytes::Bytes;
 use serde_json::Value;
 
-/// Longest SSE line kept for parsing; longer lines (big content deltas) are skipped.
-const MAX_LINE: usize = 1 << 20;
+/// Longest SSE line kept for parsing; longer lines (big content deltas) are
+/// skipped. Terminal Responses events repeat the whole output, so this is generous.
+const MAX_LINE: usize = 16 << 20;
 /// Largest JSON body kept for parsing usage.
 const MAX_JSON: usize = 16 << 20;
+
+/// The response dialect a tap reads usage from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageFormat {
+    Anthropic,
+    OpenAiChat,
+    OpenAiResponses,
+    /// Gemini, plain or wrapped in Code Assist's `{"response": …}`.
+    Gemini,
+}
 
 /// What the tap learned from a response.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -18,16 +29,35 @@ pub struct Observed {
     pub model: Option<String>,
     /// Any usage was seen.
     pub usage_seen: bool,
-    /// The response reached its natural end (`message_stop` / a complete JSON body).
+    /// The response reached its natural end (a terminal event or a complete body).
     pub complete: bool,
-    /// `error.type` of an error event or body.
+    /// `error.type` (or status) of an error event or body.
     pub error: Option<String>,
 }
 
+fn u64_at(v: &Value, pointer: &str) -> Option<u64> {
+    v.pointer(pointer).and_then(Value::as_u64)
+}
+
 impl Observed {
-    /// Anthropic usage object; counts are cumulative, so keep the largest.
-    fn apply_anthropic_usage(&mut self, u: &Value) {
-        let get = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64);
+    fn set_model(&mut self, v: Option<&Value>) {
+        if let Some(m) = v.and_then(Value::as_str) {
+            self.model = Some(m.to_string());
+        }
+    }
+
+    fn set_error(&mut self, v: &Value) {
+        let kind = v
+            .pointer("/error/type")
+            .or_else(|| v.pointer("/error/status"))
+            .or_else(|| v.pointer("/error/code"))
+            .and_then(|k| k.as_str().map(str::to_string).or_else(|| k.as_u64().map(|n| n.to_string())))
+            .unwrap_or_else(|| "error".to_string());
+        self.error = Some(kind);
+    }
+
+    /// Anthropic counts are cumulative and may arrive in pieces: keep the largest.
+    fn anthropic_usage(&mut self, u: &Value) {
         let mut seen = false;
         let mut take = |slot: &mut u64, v: Option<u64>| {
             if let Some(v) = v {
@@ -35,69 +65,125 @@ impl Observed {
                 *slot = (*slot).max(v);
             }
         };
-        take(&mut self.usage.input, get(u, "input_tokens"));
-        take(&mut self.usage.output, get(u, "output_tokens"));
-        take(
-            &mut self.usage.cache_creation,
-            get(u, "cache_creation_input_tokens"),
-        );
-        take(
-            &mut self.usage.cache_read,
-            get(u, "cache_read_input_tokens"),
-        );
-        if let Some(cc) = u.get("cache_creation") {
-            take(
-                &mut self.usage.cache_creation_1h,
-                get(cc, "ephemeral_1h_input_tokens"),
-            );
-        }
+        take(&mut self.usage.input, u64_at(u, "/input_tokens"));
+        take(&mut self.usage.output, u64_at(u, "/output_tokens"));
+        take(&mut self.usage.cache_creation, u64_at(u, "/cache_creation_input_tokens"));
+        take(&mut self.usage.cache_read, u64_at(u, "/cache_read_input_tokens"));
+        take(&mut self.usage.cache_creation_1h, u64_at(u, "/cache_creation/ephemeral_1h_input_tokens"));
         self.usage_seen |= seen;
     }
 
-    fn apply_anthropic_event(&mut self, event: &Value) {
-        match event.get("type").and_then(Value::as_str) {
-            Some("message_start") => {
-                if let Some(msg) = event.get("message") {
-                    if let Some(m) = msg.get("model").and_then(Value::as_str) {
-                        self.model = Some(m.to_string());
-                    }
-                    if let Some(u) = msg.get("usage") {
-                        self.apply_anthropic_usage(u);
+    /// OpenAI counts include cached tokens in the prompt; store them apart.
+    fn openai_usage(&mut self, u: &Value, input: &str, output: &str, cached: &str) {
+        let (Some(prompt), Some(completion)) = (u64_at(u, input), u64_at(u, output)) else { return };
+        let cached = u64_at(u, cached).unwrap_or(0).min(prompt);
+        self.usage = TokenUsage { input: prompt - cached, output: completion, cache_read: cached, ..TokenUsage::default() };
+        self.usage_seen = true;
+    }
+
+    /// Gemini: thoughts are billed as output; cached content is inside the prompt count.
+    fn gemini_usage(&mut self, u: &Value) {
+        let prompt = u64_at(u, "/promptTokenCount").unwrap_or(0) + u64_at(u, "/toolUsePromptTokenCount").unwrap_or(0);
+        let cached = u64_at(u, "/cachedContentTokenCount").unwrap_or(0).min(prompt);
+        let output = u64_at(u, "/candidatesTokenCount").unwrap_or(0) + u64_at(u, "/thoughtsTokenCount").unwrap_or(0);
+        self.usage = TokenUsage { input: prompt - cached, output, cache_read: cached, ..TokenUsage::default() };
+        self.usage_seen = true;
+    }
+
+    /// One streamed event (the JSON of a `data:` line).
+    fn apply_event(&mut self, format: UsageFormat, event: &Value) {
+        match format {
+            UsageFormat::Anthropic => match event.get("type").and_then(Value::as_str) {
+                Some("message_start") => {
+                    self.set_model(event.pointer("/message/model"));
+                    if let Some(u) = event.pointer("/message/usage") {
+                        self.anthropic_usage(u);
                     }
                 }
-            }
-            Some("message_delta") => {
-                if let Some(u) = event.get("usage") {
-                    self.apply_anthropic_usage(u);
+                Some("message_delta") => {
+                    if let Some(u) = event.get("usage") {
+                        self.anthropic_usage(u);
+                    }
+                }
+                Some("message_stop") => self.complete = true,
+                Some("error") => self.set_error(event),
+                _ => {}
+            },
+            UsageFormat::OpenAiChat => {
+                if event.get("error").is_some() {
+                    self.set_error(event);
+                    return;
+                }
+                self.set_model(event.get("model"));
+                if let Some(u) = event.get("usage").filter(|u| u.is_object()) {
+                    self.openai_usage(u, "/prompt_tokens", "/completion_tokens", "/prompt_tokens_details/cached_tokens");
                 }
             }
-            Some("message_stop") => self.complete = true,
-            Some("error") => {
-                let kind = event
-                    .pointer("/error/type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("error");
-                self.error = Some(kind.to_string());
+            UsageFormat::OpenAiResponses => match event.get("type").and_then(Value::as_str) {
+                Some("response.created") | Some("response.in_progress") => self.set_model(event.pointer("/response/model")),
+                Some("response.completed") | Some("response.incomplete") | Some("response.failed") => {
+                    self.set_model(event.pointer("/response/model"));
+                    if let Some(u) = event.pointer("/response/usage").filter(|u| u.is_object()) {
+                        self.openai_usage(u, "/input_tokens", "/output_tokens", "/input_tokens_details/cached_tokens");
+                    }
+                    if event.get("type").and_then(Value::as_str) == Some("response.failed") {
+                        let kind = event.pointer("/response/error/code").and_then(Value::as_str).unwrap_or("response_failed");
+                        self.error = Some(kind.to_string());
+                    }
+                    self.complete = true;
+                }
+                Some("error") => self.set_error(&serde_json::json!({ "error": event })),
+                _ => {}
+            },
+            UsageFormat::Gemini => {
+                let inner = event.get("response").unwrap_or(event);
+                if inner.get("error").is_some() {
+                    self.set_error(inner);
+                    return;
+                }
+                self.set_model(inner.get("modelVersion"));
+                if let Some(u) = inner.get("usageMetadata") {
+                    self.gemini_usage(u);
+                }
             }
-            _ => {}
         }
     }
 
-    /// A complete non-streaming Anthropic body.
-    fn apply_anthropic_body(&mut self, body: &Value) {
-        if body.get("type").and_then(Value::as_str) == Some("error") {
-            let kind = body
-                .pointer("/error/type")
-                .and_then(Value::as_str)
-                .unwrap_or("error");
-            self.error = Some(kind.to_string());
+    /// A complete, non-streamed body.
+    fn apply_body(&mut self, format: UsageFormat, body: &Value) {
+        let inner = match format {
+            UsageFormat::Gemini => body.get("response").unwrap_or(body),
+            _ => body,
+        };
+        if inner.get("error").is_some_and(|e| e.is_object()) || inner.get("type").and_then(Value::as_str) == Some("error") {
+            self.set_error(inner);
             return;
         }
-        if let Some(m) = body.get("model").and_then(Value::as_str) {
-            self.model = Some(m.to_string());
-        }
-        if let Some(u) = body.get("usage") {
-            self.apply_anthropic_usage(u);
+        match format {
+            UsageFormat::Anthropic => {
+                self.set_model(inner.get("model"));
+                if let Some(u) = inner.get("usage") {
+                    self.anthropic_usage(u);
+                }
+            }
+            UsageFormat::OpenAiChat => {
+                self.set_model(inner.get("model"));
+                if let Some(u) = inner.get("usage").filter(|u| u.is_object()) {
+                    self.openai_usage(u, "/prompt_tokens", "/completion_tokens", "/prompt_tokens_details/cached_tokens");
+                }
+            }
+            UsageFormat::OpenAiResponses => {
+                self.set_model(inner.get("model"));
+                if let Some(u) = inner.get("usage").filter(|u| u.is_object()) {
+                    self.openai_usage(u, "/input_tokens", "/output_tokens", "/input_tokens_details/cached_tokens");
+                }
+            }
+            UsageFormat::Gemini => {
+                self.set_model(inner.get("modelVersion"));
+                if let Some(u) = inner.get("usageMetadata") {
+                    self.gemini_usage(u);
+                }
+            }
         }
         self.complete = true;
     }
@@ -105,61 +191,47 @@ impl Observed {
 
 /// Parses a response's bytes for usage without holding them back.
 #[derive(Debug)]
-pub enum UsageTap {
+pub struct UsageTap {
+    format: UsageFormat,
+    mode: Mode,
+    observed: Observed,
+}
+
+#[derive(Debug)]
+enum Mode {
     /// Server-sent events, parsed line by line.
-    Sse {
-        line: Vec<u8>,
-        skipping: bool,
-        observed: Observed,
-    },
+    Sse { line: Vec<u8>, skipping: bool },
     /// A JSON body, parsed once complete.
-    Json {
-        body: Vec<u8>,
-        overflow: bool,
-        observed: Observed,
-    },
+    Json { body: Vec<u8>, overflow: bool },
     /// Anything else: passed through, nothing learned.
-    Opaque { observed: Observed },
+    Opaque,
 }
 
 impl UsageTap {
-    pub fn for_content_type(content_type: Option<&str>) -> UsageTap {
+    pub fn new(format: UsageFormat, content_type: Option<&str>) -> UsageTap {
         let ct = content_type.unwrap_or("").to_ascii_lowercase();
-        if ct.starts_with("text/event-stream") {
-            UsageTap::Sse {
-                line: Vec::new(),
-                skipping: false,
-                observed: Observed::default(),
-            }
+        let mode = if ct.starts_with("text/event-stream") {
+            Mode::Sse { line: Vec::new(), skipping: false }
         } else if ct.contains("json") {
-            UsageTap::Json {
-                body: Vec::new(),
-                overflow: false,
-                observed: Observed::default(),
-            }
+            Mode::Json { body: Vec::new(), overflow: false }
         } else {
-            UsageTap::Opaque {
-                observed: Observed::default(),
-            }
-        }
+            Mode::Opaque
+        };
+        UsageTap { format, mode, observed: Observed::default() }
     }
 
     pub fn is_sse(&self) -> bool {
-        matches!(self, UsageTap::Sse { .. })
+        matches!(self.mode, Mode::Sse { .. })
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
-        match self {
-            UsageTap::Sse {
-                line,
-                skipping,
-                observed,
-            } => {
+        match &mut self.mode {
+            Mode::Sse { line, skipping } => {
                 let mut rest = chunk;
                 while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
                     if !*skipping {
                         line.extend_from_slice(&rest[..pos]);
-                        sse_line(line, observed);
+                        sse_line(self.format, line, &mut self.observed);
                     }
                     line.clear();
                     *skipping = false;
@@ -173,7 +245,7 @@ impl UsageTap {
                     }
                 }
             }
-            UsageTap::Json { body, overflow, .. } => {
+            Mode::Json { body, overflow } => {
                 if !*overflow {
                     if body.len() + chunk.len() > MAX_JSON {
                         *overflow = true;
@@ -183,39 +255,37 @@ impl UsageTap {
                     }
                 }
             }
-            UsageTap::Opaque { .. } => {}
+            Mode::Opaque => {}
         }
     }
 
     /// Called at the natural end of the body.
     pub fn finish(&mut self) {
-        match self {
-            UsageTap::Sse { line, observed, .. } => {
+        match &mut self.mode {
+            Mode::Sse { line, .. } => {
                 if !line.is_empty() {
-                    sse_line(line, observed);
+                    sse_line(self.format, line, &mut self.observed);
                     line.clear();
                 }
+                // Gemini streams have no terminal event: the end is the end.
+                if self.format == UsageFormat::Gemini {
+                    self.observed.complete = true;
+                }
             }
-            UsageTap::Json {
-                body,
-                overflow,
-                observed,
-            } => {
-                if !*overflow && let Ok(v) = serde_json::from_slice::<Value>(body) {
-                    observed.apply_anthropic_body(&v);
+            Mode::Json { body, overflow } => {
+                if !*overflow {
+                    if let Ok(v) = serde_json::from_slice::<Value>(body) {
+                        self.observed.apply_body(self.format, &v);
+                    }
                 }
                 body.clear();
             }
-            UsageTap::Opaque { observed } => observed.complete = true,
+            Mode::Opaque => self.observed.complete = true,
         }
     }
 
     pub fn observed(&self) -> &Observed {
-        match self {
-            UsageTap::Sse { observed, .. }
-            | UsageTap::Json { observed, .. }
-            | UsageTap::Opaque { observed } => observed,
-        }
+        &self.observed
     }
 }
 
@@ -223,23 +293,35 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// One complete SSE line; only `data:` lines that can carry usage, a
-/// model, the end or an error are parsed as JSON.
-fn sse_line(line: &[u8], observed: &mut Observed) {
+/// One complete SSE line. Only `data:` lines that can carry usage, a model,
+/// the end or an error are parsed as JSON; content deltas are not.
+fn sse_line(format: UsageFormat, line: &[u8], observed: &mut Observed) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let Some(data) = line.strip_prefix(b"data:") else {
+    let Some(data) = line.strip_prefix(b"data:") else { return };
+    let data = data.trim_ascii();
+    if data == b"[DONE]" {
+        observed.complete = true;
         return;
+    }
+    let interesting = match format {
+        UsageFormat::Anthropic => {
+            contains(data, b"\"usage\"") || contains(data, b"message_st") || contains(data, b"\"error\"")
+        }
+        UsageFormat::OpenAiChat => {
+            contains(data, b"\"usage\":{") || contains(data, b"\"error\"") || (observed.model.is_none() && contains(data, b"\"model\""))
+        }
+        UsageFormat::OpenAiResponses => {
+            contains(data, b"response.c") || contains(data, b"response.in") || contains(data, b"response.failed") || contains(data, b"\"error\"")
+        }
+        UsageFormat::Gemini => contains(data, b"usageMetadata") || contains(data, b"\"error\""),
     };
-    let interesting = contains(data, b"\"usage\"")
-        || contains(data, b"message_st")
-        || contains(data, b"\"error\"");
     if !interesting {
         return;
     }
     // JSON parsing validates UTF-8 per complete line, so a multi-byte
     // character split across chunks is never decoded half.
-    if let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii()) {
-        observed.apply_anthropic_event(&v);
+    if let Ok(v) = serde_json::from_slice::<Value>(data) {
+        observed.apply_event(format, &v);
     }
 }
 
@@ -319,7 +401,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
     fn sse_usage_in_any_chunking() {
         let bytes = STREAM.as_bytes();
         for size in [1, 2, 3, 7, 64, bytes.len()] {
-            let mut tap = UsageTap::for_content_type(Some("text/event-stream; charset=utf-8"));
+            let mut tap = UsageTap::new(UsageFormat::Anthropic, Some("text/event-stream; charset=utf-8"));
             for chunk in bytes.chunks(size) {
                 tap.feed(chunk);
             }
@@ -335,7 +417,7 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
     fn zero_in_message_start_takes_the_delta_counts() {
         let s = "data: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":0,\"output_tokens\":0}}}\n\
 data: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":30,\"output_tokens\":9,\"cache_read_input_tokens\":4}}\n";
-        let mut tap = UsageTap::for_content_type(Some("text/event-stream"));
+        let mut tap = UsageTap::new(UsageFormat::Anthropic, Some("text/event-stream"));
         tap.feed(s.as_bytes());
         assert_eq!(
             tap.observed().usage,
@@ -351,7 +433,7 @@ data: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":30,\"output_tokens
 
     #[test]
     fn error_event_after_200_is_seen() {
-        let mut tap = UsageTap::for_content_type(Some("text/event-stream"));
+        let mut tap = UsageTap::new(UsageFormat::Anthropic, Some("text/event-stream"));
         tap.feed(b"event: error\r\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\r\n\r\n");
         assert_eq!(tap.observed().error.as_deref(), Some("overloaded_error"));
     }
@@ -359,7 +441,7 @@ data: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":30,\"output_tokens
     #[test]
     fn json_body_usage() {
         let body = br#"{"id":"msg_1","type":"message","model":"claude-haiku-4-5","content":[],"usage":{"input_tokens":12,"output_tokens":3,"cache_creation_input_tokens":0,"cache_read_input_tokens":5}}"#;
-        let mut tap = UsageTap::for_content_type(Some("application/json"));
+        let mut tap = UsageTap::new(UsageFormat::Anthropic, Some("application/json"));
         let (a, b) = body.split_at(40);
         tap.feed(a);
         tap.feed(b);
@@ -392,5 +474,66 @@ data: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":30,\"output_tokens
         assert_eq!(out, STREAM.as_bytes());
         assert!(Decoder::detect(None, b"data").is_none());
         assert!(Decoder::detect(Some("gzip"), b"").is_some());
+    }
+
+    fn run(format: UsageFormat, content_type: &str, body: &str) -> Observed {
+        let mut tap = UsageTap::new(format, Some(content_type));
+        for chunk in body.as_bytes().chunks(5) {
+            tap.feed(chunk);
+        }
+        tap.finish();
+        tap.observed().clone()
+    }
+
+    #[test]
+    fn openai_chat_stream_usage_chunk() {
+        let body = "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n\
+data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],\"usage\":{\"prompt_tokens\":120,\"completion_tokens\":7,\"total_tokens\":127,\"prompt_tokens_details\":{\"cached_tokens\":100},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\n\
+data: [DONE]\n\n";
+        let o = run(UsageFormat::OpenAiChat, "text/event-stream", body);
+        assert_eq!(o.usage, TokenUsage { input: 20, output: 7, cache_read: 100, ..Default::default() });
+        assert_eq!(o.model.as_deref(), Some("gpt-4o-2024-08-06"));
+        assert!(o.complete);
+    }
+
+    #[test]
+    fn openai_chat_body_usage() {
+        let body = r#"{"id":"c","object":"chat.completion","model":"gpt-5","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":30,"completion_tokens_details":{"reasoning_tokens":20}}}"#;
+        let o = run(UsageFormat::OpenAiChat, "application/json", body);
+        assert_eq!(o.usage, TokenUsage { input: 10, output: 30, ..Default::default() });
+    }
+
+    #[test]
+    fn responses_terminal_event_usage() {
+        let body = "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"model\":\"gpt-5-codex\",\"usage\":null}}\n\n\
+event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\n\
+event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"model\":\"gpt-5-codex\",\"usage\":{\"input_tokens\":500,\"input_tokens_details\":{\"cached_tokens\":300},\"output_tokens\":40,\"output_tokens_details\":{\"reasoning_tokens\":12},\"total_tokens\":540}}}\n\n";
+        let o = run(UsageFormat::OpenAiResponses, "text/event-stream", body);
+        assert_eq!(o.usage, TokenUsage { input: 200, output: 40, cache_read: 300, ..Default::default() });
+        assert_eq!(o.model.as_deref(), Some("gpt-5-codex"));
+        assert!(o.complete);
+    }
+
+    #[test]
+    fn gemini_stream_keeps_the_last_usage_and_bills_thoughts() {
+        let body = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}],\"usageMetadata\":{\"promptTokenCount\":50,\"candidatesTokenCount\":1},\"modelVersion\":\"gemini-2.5-pro\"}\r\n\r\n\
+data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"b\"}]},\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":50,\"cachedContentTokenCount\":20,\"candidatesTokenCount\":9,\"thoughtsTokenCount\":30,\"totalTokenCount\":89},\"modelVersion\":\"gemini-2.5-pro\"}\r\n\r\n";
+        let o = run(UsageFormat::Gemini, "text/event-stream", body);
+        assert_eq!(o.usage, TokenUsage { input: 30, output: 39, cache_read: 20, ..Default::default() });
+        assert!(o.complete);
+        // Code Assist wraps the same object in {"response": …}.
+        let wrapped = r#"{"response":{"candidates":[],"usageMetadata":{"promptTokenCount":7,"candidatesTokenCount":3},"modelVersion":"gemini-2.5-flash"}}"#;
+        let o = run(UsageFormat::Gemini, "application/json", wrapped);
+        assert_eq!(o.usage, TokenUsage { input: 7, output: 3, ..Default::default() });
+        assert_eq!(o.model.as_deref(), Some("gemini-2.5-flash"));
+    }
+
+    #[test]
+    fn error_bodies_are_classified() {
+        let o = run(UsageFormat::OpenAiChat, "application/json", r#"{"error":{"message":"slow down","type":"rate_limit_exceeded"}}"#);
+        assert_eq!(o.error.as_deref(), Some("rate_limit_exceeded"));
+        let o = run(UsageFormat::Gemini, "application/json", r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#);
+        assert_eq!(o.error.as_deref(), Some("RESOURCE_EXHAUSTED"));
+        assert!(!o.usage_seen);
     }
 }

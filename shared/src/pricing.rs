@@ -75,6 +75,11 @@ impl PriceTable {
         self.prices.is_empty()
     }
 
+    /// Every priced model name.
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.prices.keys().map(String::as_str)
+    }
+
     /// Exact name first, then the name without a date or `-latest` suffix,
     /// so `claude-sonnet-4-5-20250929` finds `claude-sonnet-4-5`. Never a
     /// shorter family name: `claude-opus-4-7` must not bill as `claude-opus-4`.
