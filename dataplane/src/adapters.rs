@@ -24,26 +24,51 @@ pub struct Outgoing<'a> {
 }
 
 /// The upstream request for `account`.
-pub fn build(account: &AccountEntry, out: &Outgoing<'_>) -> Result<Request<Full<Bytes>>, RelayError> {
+pub fn build(
+    account: &AccountEntry,
+    out: &Outgoing<'_>,
+) -> Result<Request<Full<Bytes>>, RelayError> {
     let (url, allowed): (String, fn(&HeaderName) -> bool) = match (account.kind, out.endpoint) {
-        (AccountKind::ClaudeApi | AccountKind::ClaudeOauth, Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens) => {
-            (with_query(format!("{}{}", account.base_url, out.endpoint.name()), out.query), anthropic_header)
-        }
-        (AccountKind::OpenAi, Endpoint::OpenAiChat | Endpoint::OpenAiResponses) => {
-            (join_v1(&account.base_url, out.endpoint.name()), openai_header)
-        }
+        (
+            AccountKind::ClaudeApi | AccountKind::ClaudeOauth,
+            Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens,
+        ) => (
+            with_query(
+                format!("{}{}", account.base_url, out.endpoint.name()),
+                out.query,
+            ),
+            anthropic_header,
+        ),
+        (AccountKind::OpenAi, Endpoint::OpenAiChat | Endpoint::OpenAiResponses) => (
+            join_v1(&account.base_url, out.endpoint.name()),
+            openai_header,
+        ),
         (AccountKind::GeminiApi, Endpoint::GeminiGenerate { model, stream }) => {
-            let action = if *stream { "streamGenerateContent?alt=sse" } else { "generateContent" };
-            (format!("{}/v1beta/models/{model}:{action}", account.base_url), gemini_header)
+            let action = if *stream {
+                "streamGenerateContent?alt=sse"
+            } else {
+                "generateContent"
+            };
+            (
+                format!("{}/v1beta/models/{model}:{action}", account.base_url),
+                gemini_header,
+            )
         }
-        (AccountKind::GeminiApi, Endpoint::GeminiCountTokens { model }) => {
-            (format!("{}/v1beta/models/{model}:countTokens", account.base_url), gemini_header)
-        }
+        (AccountKind::GeminiApi, Endpoint::GeminiCountTokens { model }) => (
+            format!("{}/v1beta/models/{model}:countTokens", account.base_url),
+            gemini_header,
+        ),
         (kind, endpoint) => {
-            return Err(RelayError::upstream(format!("{} accounts do not serve {}", kind.as_str(), endpoint.name())));
+            return Err(RelayError::upstream(format!(
+                "{} accounts do not serve {}",
+                kind.as_str(),
+                endpoint.name()
+            )));
         }
     };
-    let uri: Uri = url.parse().map_err(|_| RelayError::upstream("account base_url is not a valid URL"))?;
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| RelayError::upstream("account base_url is not a valid URL"))?;
     let mut req = Request::new(Full::new(out.body.clone()));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = uri;
@@ -53,29 +78,53 @@ pub fn build(account: &AccountEntry, out: &Outgoing<'_>) -> Result<Request<Full<
             headers.append(name.clone(), value.clone());
         }
     }
-    headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-    headers.entry(header::CONTENT_TYPE).or_insert(HeaderValue::from_static("application/json"));
-    let missing = |what: &str| RelayError::upstream(format!("account {} has no {what}", account.id));
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    headers
+        .entry(header::CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("application/json"));
+    let missing =
+        |what: &str| RelayError::upstream(format!("account {} has no {what}", account.id));
     match account.kind {
         AccountKind::ClaudeApi => {
-            headers.insert("x-api-key", account.api_key.clone().ok_or_else(|| missing("api_key"))?);
-            headers.entry("anthropic-version").or_insert(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
+            headers.insert(
+                "x-api-key",
+                account.api_key.clone().ok_or_else(|| missing("api_key"))?,
+            );
+            headers
+                .entry("anthropic-version")
+                .or_insert(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
         }
         AccountKind::ClaudeOauth => {
-            let bearer = account.bearer.clone().ok_or_else(|| missing("access_token"))?;
+            let bearer = account
+                .bearer
+                .clone()
+                .ok_or_else(|| missing("access_token"))?;
             headers.insert(header::AUTHORIZATION, bearer);
-            headers.entry("anthropic-version").or_insert(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
+            headers
+                .entry("anthropic-version")
+                .or_insert(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
             let betas = merge_betas(out.headers, OAUTH_BETA);
-            headers.insert("anthropic-beta", HeaderValue::from_str(&betas).map_err(|_| RelayError::bad_request("invalid anthropic-beta header"))?);
+            headers.insert(
+                "anthropic-beta",
+                HeaderValue::from_str(&betas)
+                    .map_err(|_| RelayError::bad_request("invalid anthropic-beta header"))?,
+            );
         }
         AccountKind::OpenAi => {
             let key = account.api_key.as_ref().ok_or_else(|| missing("api_key"))?;
-            let bearer = HeaderValue::from_str(&format!("Bearer {}", key.to_str().unwrap_or_default()))
-                .map_err(|_| missing("usable api_key"))?;
+            let bearer =
+                HeaderValue::from_str(&format!("Bearer {}", key.to_str().unwrap_or_default()))
+                    .map_err(|_| missing("usable api_key"))?;
             headers.insert(header::AUTHORIZATION, bearer);
         }
         AccountKind::GeminiApi => {
-            headers.insert("x-goog-api-key", account.api_key.clone().ok_or_else(|| missing("api_key"))?);
+            headers.insert(
+                "x-goog-api-key",
+                account.api_key.clone().ok_or_else(|| missing("api_key"))?,
+            );
         }
         _ => {}
     }
@@ -132,11 +181,15 @@ fn anthropic_header(name: &HeaderName) -> bool {
 
 fn openai_header(name: &HeaderName) -> bool {
     let n = name.as_str();
-    matches!(n, "content-type" | "accept" | "user-agent" | "openai-beta") || n.starts_with("x-stainless-")
+    matches!(n, "content-type" | "accept" | "user-agent" | "openai-beta")
+        || n.starts_with("x-stainless-")
 }
 
 fn gemini_header(name: &HeaderName) -> bool {
-    matches!(name.as_str(), "content-type" | "accept" | "user-agent" | "x-goog-api-client")
+    matches!(
+        name.as_str(),
+        "content-type" | "accept" | "user-agent" | "x-goog-api-client"
+    )
 }
 
 #[cfg(test)]
@@ -169,7 +222,10 @@ mod tests {
             ("x-real-ip", "1.2.3.4"),
             ("accept-encoding", "gzip, br"),
             ("connection", "keep-alive"),
-            ("anthropic-beta", "prompt-caching-2024-07-31, oauth-2025-04-20"),
+            (
+                "anthropic-beta",
+                "prompt-caching-2024-07-31, oauth-2025-04-20",
+            ),
             ("x-stainless-lang", "python"),
             ("user-agent", "claude-cli/2.1.0 (external, cli)"),
         ] {
@@ -178,14 +234,31 @@ mod tests {
         client
     }
 
-    fn send(kind: AccountKind, base: &str, endpoint: Endpoint, query: Option<&str>) -> Request<Full<Bytes>> {
+    fn send(
+        kind: AccountKind,
+        base: &str,
+        endpoint: Endpoint,
+        query: Option<&str>,
+    ) -> Request<Full<Bytes>> {
         let headers = client_headers();
-        build(&account(kind, base), &Outgoing { endpoint: &endpoint, query, headers: &headers, body: Bytes::new() }).unwrap()
+        build(
+            &account(kind, base),
+            &Outgoing {
+                endpoint: &endpoint,
+                query,
+                headers: &headers,
+                body: Bytes::new(),
+            },
+        )
+        .unwrap()
     }
 
     fn assert_no_client_secrets(req: &Request<Full<Bytes>>) {
         let h = req.headers();
-        assert!(!format!("{h:?}").contains("sk-aiproxy-client"), "client key forwarded: {h:?}");
+        assert!(
+            !format!("{h:?}").contains("sk-aiproxy-client"),
+            "client key forwarded: {h:?}"
+        );
         for gone in ["cookie", "x-forwarded-for", "x-real-ip", "connection"] {
             assert!(!h.contains_key(gone), "{gone} was forwarded");
         }
@@ -194,22 +267,40 @@ mod tests {
 
     #[test]
     fn claude_api_key_account() {
-        let req = send(AccountKind::ClaudeApi, "http://up", Endpoint::AnthropicMessages, Some("beta=true"));
+        let req = send(
+            AccountKind::ClaudeApi,
+            "http://up",
+            Endpoint::AnthropicMessages,
+            Some("beta=true"),
+        );
         assert_eq!(req.uri(), "http://up/v1/messages?beta=true");
         assert_eq!(req.headers()["x-api-key"], "upstream-key");
         assert_eq!(req.headers()["x-stainless-lang"], "python");
         assert!(!req.headers().contains_key("authorization"));
         assert_no_client_secrets(&req);
-        let req = send(AccountKind::ClaudeApi, "http://up", Endpoint::AnthropicCountTokens, None);
+        let req = send(
+            AccountKind::ClaudeApi,
+            "http://up",
+            Endpoint::AnthropicCountTokens,
+            None,
+        );
         assert_eq!(req.uri(), "http://up/v1/messages/count_tokens");
     }
 
     #[test]
     fn claude_oauth_account_uses_bearer_and_the_oauth_beta() {
-        let req = send(AccountKind::ClaudeOauth, "http://up", Endpoint::AnthropicMessages, None);
+        let req = send(
+            AccountKind::ClaudeOauth,
+            "http://up",
+            Endpoint::AnthropicMessages,
+            None,
+        );
         assert_eq!(req.headers()["authorization"], "Bearer upstream-token");
         assert!(!req.headers().contains_key("x-api-key"));
-        assert_eq!(req.headers()["anthropic-beta"], "prompt-caching-2024-07-31,oauth-2025-04-20");
+        assert_eq!(
+            req.headers()["anthropic-beta"],
+            "prompt-caching-2024-07-31,oauth-2025-04-20"
+        );
         assert_no_client_secrets(&req);
         let mut plain = HeaderMap::new();
         plain.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
@@ -218,19 +309,40 @@ mod tests {
 
     #[test]
     fn openai_accounts_join_v1_once() {
-        let req = send(AccountKind::OpenAi, "https://api.openai.com", Endpoint::OpenAiChat, None);
+        let req = send(
+            AccountKind::OpenAi,
+            "https://api.openai.com",
+            Endpoint::OpenAiChat,
+            None,
+        );
         assert_eq!(req.uri(), "https://api.openai.com/v1/chat/completions");
         assert_eq!(req.headers()["authorization"], "Bearer upstream-key");
         assert_no_client_secrets(&req);
-        let req = send(AccountKind::OpenAi, "https://gw.example/v1", Endpoint::OpenAiResponses, None);
+        let req = send(
+            AccountKind::OpenAi,
+            "https://gw.example/v1",
+            Endpoint::OpenAiResponses,
+            None,
+        );
         assert_eq!(req.uri(), "https://gw.example/v1/responses");
     }
 
     #[test]
     fn gemini_api_key_account() {
-        let endpoint = Endpoint::GeminiGenerate { model: "gemini-2.5-pro".into(), stream: true };
-        let req = send(AccountKind::GeminiApi, "https://g", endpoint, Some("key=sk-aiproxy-client"));
-        assert_eq!(req.uri(), "https://g/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse");
+        let endpoint = Endpoint::GeminiGenerate {
+            model: "gemini-2.5-pro".into(),
+            stream: true,
+        };
+        let req = send(
+            AccountKind::GeminiApi,
+            "https://g",
+            endpoint,
+            Some("key=sk-aiproxy-client"),
+        );
+        assert_eq!(
+            req.uri(),
+            "https://g/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse"
+        );
         assert_eq!(req.headers()["x-goog-api-key"], "upstream-key");
         assert_no_client_secrets(&req);
     }

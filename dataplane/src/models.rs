@@ -18,14 +18,22 @@ pub enum Listing {
     Gemini,
 }
 
-pub fn list(holder: &SnapshotHolder, listing: Listing, headers: &HeaderMap, query: Option<&str>, request_id: &HeaderValue) -> Response<RelayBody> {
+pub fn list(
+    holder: &SnapshotHolder,
+    listing: Listing,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    request_id: &HeaderValue,
+) -> Response<RelayBody> {
     let anthropic = headers.contains_key("anthropic-version");
     let shape = match listing {
         Listing::Gemini => ErrorShape::Google,
         Listing::V1 if anthropic => ErrorShape::Anthropic,
         Listing::V1 => ErrorShape::OpenAi,
     };
-    let Some(snapshot) = holder.load() else { return RelayError::not_ready().into_response(shape, request_id) };
+    let Some(snapshot) = holder.load() else {
+        return RelayError::not_ready().into_response(shape, request_id);
+    };
     let now_ms = chrono::Utc::now().timestamp_millis();
     let caller = match authenticate(&snapshot, headers, query, now_ms) {
         Ok(c) => c,
@@ -34,7 +42,12 @@ pub fn list(holder: &SnapshotHolder, listing: Listing, headers: &HeaderMap, quer
     let mut models: Vec<&str> = if caller.key.allowed_models.is_empty() {
         snapshot.prices.models().collect()
     } else {
-        caller.key.allowed_models.iter().map(String::as_str).collect()
+        caller
+            .key
+            .allowed_models
+            .iter()
+            .map(String::as_str)
+            .collect()
     };
     models.sort_unstable();
     let body = match (listing, anthropic) {
@@ -43,13 +56,20 @@ pub fn list(holder: &SnapshotHolder, listing: Listing, headers: &HeaderMap, quer
         (Listing::V1, false) => openai(&models),
     };
     let mut resp = Response::new(RelayBody::full(Bytes::from(body.to_string())));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert("x-request-id", request_id.clone());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert("x-request-id", request_id.clone());
     resp
 }
 
 fn openai(models: &[&str]) -> Value {
-    let data: Vec<Value> = models.iter().map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "aiproxy"})).collect();
+    let data: Vec<Value> = models
+        .iter()
+        .map(|m| json!({"id": m, "object": "model", "created": 0, "owned_by": "aiproxy"}))
+        .collect();
     json!({ "object": "list", "data": data })
 }
 

@@ -70,7 +70,12 @@ struct Asked {
 }
 
 impl Relay {
-    pub async fn handle(&self, endpoint: Endpoint, req: Request<Incoming>, request_id: &HeaderValue) -> Response<RelayBody> {
+    pub async fn handle(
+        &self,
+        endpoint: Endpoint,
+        req: Request<Incoming>,
+        request_id: &HeaderValue,
+    ) -> Response<RelayBody> {
         match self.relay(&endpoint, req, request_id).await {
             Ok(resp) => resp,
             Err(e) => {
@@ -80,7 +85,12 @@ impl Relay {
         }
     }
 
-    async fn relay(&self, endpoint: &Endpoint, req: Request<Incoming>, request_id: &HeaderValue) -> Result<Response<RelayBody>, RelayError> {
+    async fn relay(
+        &self,
+        endpoint: &Endpoint,
+        req: Request<Incoming>,
+        request_id: &HeaderValue,
+    ) -> Result<Response<RelayBody>, RelayError> {
         let started = Instant::now();
         let snapshot = self.snapshot.load().ok_or_else(RelayError::not_ready)?;
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -97,13 +107,23 @@ impl Relay {
         };
         let asked = asked(&caller, &parsed);
         let query = query_without_key(parts.uri.query());
-        let outgoing = Outgoing { endpoint, query: query.as_deref(), headers: &parts.headers, body: parsed.body };
+        let outgoing = Outgoing {
+            endpoint,
+            query: query.as_deref(),
+            headers: &parts.headers,
+            body: parsed.body,
+        };
 
         let mut tried: Vec<i64> = Vec::new();
         let mut last_failure: Option<RelayError> = None;
         let mut last_refusal: Option<Attempt> = None;
         for _ in 0..self.max_attempts {
-            let Some((account, lease)) = self.scheduler.pick(&snapshot, endpoint.kinds(), &tried, now_ms) else { break };
+            let Some((account, lease)) =
+                self.scheduler
+                    .pick(&snapshot, endpoint.kinds(), &tried, now_ms)
+            else {
+                break;
+            };
             tried.push(account.id);
             let upstream = match adapters::build(&account, &outgoing) {
                 Ok(req) => req,
@@ -115,7 +135,10 @@ impl Relay {
             };
             match tokio::time::timeout(timeout, self.client.request(upstream)).await {
                 Err(_) => {
-                    tracing::warn!(account_id = account.id, "upstream timed out before responding; trying another account");
+                    tracing::warn!(
+                        account_id = account.id,
+                        "upstream timed out before responding; trying another account"
+                    );
                     last_failure = Some(RelayError::timeout());
                 }
                 Ok(Err(e)) => {
@@ -123,18 +146,38 @@ impl Relay {
                     last_failure = Some(RelayError::upstream("upstream connection failed"));
                 }
                 Ok(Ok(response)) if is_retryable(response.status()) => {
-                    tracing::warn!(account_id = account.id, status = response.status().as_u16(), "upstream refused; trying another account");
-                    last_refusal = Some(Attempt { response, account, lease });
+                    tracing::warn!(
+                        account_id = account.id,
+                        status = response.status().as_u16(),
+                        "upstream refused; trying another account"
+                    );
+                    last_refusal = Some(Attempt {
+                        response,
+                        account,
+                        lease,
+                    });
                 }
                 Ok(Ok(response)) => {
-                    let attempt = Attempt { response, account, lease };
-                    return self.respond(endpoint, attempt, asked, &snapshot, started, timeout, request_id).await;
+                    let attempt = Attempt {
+                        response,
+                        account,
+                        lease,
+                    };
+                    return self
+                        .respond(
+                            endpoint, attempt, asked, &snapshot, started, timeout, request_id,
+                        )
+                        .await;
                 }
             }
         }
         // Every account failed: pass the last upstream answer through as it was.
         if let Some(attempt) = last_refusal {
-            return self.respond(endpoint, attempt, asked, &snapshot, started, timeout, request_id).await;
+            return self
+                .respond(
+                    endpoint, attempt, asked, &snapshot, started, timeout, request_id,
+                )
+                .await;
         }
         Err(last_failure.unwrap_or_else(RelayError::no_account))
     }
@@ -150,7 +193,11 @@ impl Relay {
         timeout: Duration,
         request_id: &HeaderValue,
     ) -> Result<Response<RelayBody>, RelayError> {
-        let Attempt { response, account, lease } = attempt;
+        let Attempt {
+            response,
+            account,
+            lease,
+        } = attempt;
         let (mut head, mut body) = response.into_parts();
         let mut meter = Meter {
             request_id: request_id.to_str().unwrap_or_default().to_string(),
@@ -189,18 +236,31 @@ impl Relay {
             Ok(None) => None,
         };
         meter.ttfb = Some(started.elapsed());
-        let encoding = head.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+        let encoding = head
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok());
         let decoder = Decoder::detect(encoding, first.as_deref().unwrap_or_default());
-        let content_type = head.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let content_type = head
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
         let tap = UsageTap::new(usage_format(endpoint), content_type);
         strip_response_headers(&mut head.headers, decoder.is_some());
         if tap.is_sse() {
-            head.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-            head.headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            head.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            head.headers
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         }
         head.headers.insert("x-request-id", request_id.clone());
         let body = TapBody::new(body, first, decoder, tap, meter);
-        Ok(Response::from_parts(head, RelayBody::Tapped(Box::new(body))))
+        Ok(Response::from_parts(
+            head,
+            RelayBody::Tapped(Box::new(body)),
+        ))
     }
 }
 
@@ -231,24 +291,44 @@ fn parse(endpoint: &Endpoint, body: Bytes) -> Result<Parsed, RelayError> {
     match endpoint {
         Endpoint::GeminiGenerate { model, stream } => {
             serde_json::from_slice::<serde_json::Map<String, Value>>(&body).map_err(invalid)?;
-            Ok(Parsed { model: model.clone(), stream: *stream, body })
+            Ok(Parsed {
+                model: model.clone(),
+                stream: *stream,
+                body,
+            })
         }
         Endpoint::GeminiCountTokens { model } => {
             serde_json::from_slice::<serde_json::Map<String, Value>>(&body).map_err(invalid)?;
-            Ok(Parsed { model: model.clone(), stream: false, body })
+            Ok(Parsed {
+                model: model.clone(),
+                stream: false,
+                body,
+            })
         }
         _ => {
             let head: RequestHead = serde_json::from_slice(&body).map_err(invalid)?;
-            let model = head.model.filter(|m| !m.is_empty()).ok_or_else(|| RelayError::bad_request("model is required"))?;
-            let wants_usage = head.stream_options.as_ref().and_then(|o| o.get("include_usage")).and_then(Value::as_bool);
-            let body = if *endpoint == Endpoint::OpenAiChat && head.stream && wants_usage != Some(true) {
-                let mut v: Value = serde_json::from_slice(&body).map_err(invalid)?;
-                v["stream_options"] = serde_json::json!({ "include_usage": true });
-                Bytes::from(serde_json::to_vec(&v).expect("JSON serializes"))
-            } else {
-                body
-            };
-            Ok(Parsed { model, stream: head.stream, body })
+            let model = head
+                .model
+                .filter(|m| !m.is_empty())
+                .ok_or_else(|| RelayError::bad_request("model is required"))?;
+            let wants_usage = head
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.get("include_usage"))
+                .and_then(Value::as_bool);
+            let body =
+                if *endpoint == Endpoint::OpenAiChat && head.stream && wants_usage != Some(true) {
+                    let mut v: Value = serde_json::from_slice(&body).map_err(invalid)?;
+                    v["stream_options"] = serde_json::json!({ "include_usage": true });
+                    Bytes::from(serde_json::to_vec(&v).expect("JSON serializes"))
+                } else {
+                    body
+                };
+            Ok(Parsed {
+                model,
+                stream: head.stream,
+                body,
+            })
         }
     }
 }
@@ -261,9 +341,16 @@ fn is_retryable(status: StatusCode) -> bool {
 /// Reads the request body up to `max` bytes; larger bodies get a 413.
 async fn read_body(body: Incoming, headers: &HeaderMap, max: usize) -> Result<Bytes, RelayError> {
     let too_large = || {
-        RelayError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("request body larger than {max} bytes"))
+        RelayError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body larger than {max} bytes"),
+        )
     };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
@@ -307,7 +394,11 @@ fn strip_response_headers(headers: &mut HeaderMap, decoded: bool) {
     if decoded {
         headers.remove(header::CONTENT_ENCODING);
     }
-    let cf: Vec<HeaderName> = headers.keys().filter(|n| n.as_str().starts_with("cf-")).cloned().collect();
+    let cf: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("cf-"))
+        .cloned()
+        .collect();
     for name in cf {
         headers.remove(name);
     }
@@ -345,10 +436,18 @@ mod tests {
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["model"], "gpt-4o");
         // A client that asked already, and non-streamed requests, go as sent.
-        let asked = Bytes::from_static(br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#);
-        assert_eq!(parse(&Endpoint::OpenAiChat, asked.clone()).unwrap().body, asked);
+        let asked = Bytes::from_static(
+            br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#,
+        );
+        assert_eq!(
+            parse(&Endpoint::OpenAiChat, asked.clone()).unwrap().body,
+            asked
+        );
         let plain = Bytes::from_static(br#"{"model":"gpt-4o","messages":[]}"#);
-        assert_eq!(parse(&Endpoint::OpenAiChat, plain.clone()).unwrap().body, plain);
+        assert_eq!(
+            parse(&Endpoint::OpenAiChat, plain.clone()).unwrap().body,
+            plain
+        );
     }
 
     #[test]
@@ -357,12 +456,30 @@ mod tests {
             (Endpoint::AnthropicMessages, &b"{not json"[..]),
             (Endpoint::AnthropicMessages, b"[1,2]"),
             (Endpoint::OpenAiChat, b"{\"messages\":[]}"),
-            (Endpoint::GeminiGenerate { model: "m".into(), stream: false }, b"\"text\""),
+            (
+                Endpoint::GeminiGenerate {
+                    model: "m".into(),
+                    stream: false,
+                },
+                b"\"text\"",
+            ),
         ] {
-            let err = parse(&endpoint, Bytes::from_static(body)).err().expect("rejected");
+            let err = parse(&endpoint, Bytes::from_static(body))
+                .err()
+                .expect("rejected");
             assert_eq!(err.status, StatusCode::BAD_REQUEST);
         }
-        let gemini = parse(&Endpoint::GeminiGenerate { model: "gemini-2.5-pro".into(), stream: true }, Bytes::from_static(b"{}")).unwrap();
-        assert_eq!((gemini.model.as_str(), gemini.stream), ("gemini-2.5-pro", true));
+        let gemini = parse(
+            &Endpoint::GeminiGenerate {
+                model: "gemini-2.5-pro".into(),
+                stream: true,
+            },
+            Bytes::from_static(b"{}"),
+        )
+        .unwrap();
+        assert_eq!(
+            (gemini.model.as_str(), gemini.stream),
+            ("gemini-2.5-pro", true)
+        );
     }
 }

@@ -38,27 +38,41 @@ pub fn route(method: &http::Method, path: &str) -> Route {
     use http::Method;
     match (method, path) {
         (&Method::POST, "/v1/messages") => Route::Relay(Endpoint::AnthropicMessages),
-        (&Method::POST, "/v1/messages/count_tokens") => Route::Relay(Endpoint::AnthropicCountTokens),
-        (&Method::POST, "/v1/chat/completions" | "/chat/completions") => Route::Relay(Endpoint::OpenAiChat),
+        (&Method::POST, "/v1/messages/count_tokens") => {
+            Route::Relay(Endpoint::AnthropicCountTokens)
+        }
+        (&Method::POST, "/v1/chat/completions" | "/chat/completions") => {
+            Route::Relay(Endpoint::OpenAiChat)
+        }
         (&Method::POST, "/v1/responses" | "/responses") => Route::Relay(Endpoint::OpenAiResponses),
         (&Method::GET, "/v1/models" | "/models") => Route::ListModels,
         (&Method::GET, "/v1beta/models") => Route::GeminiListModels,
         (&Method::GET, "/healthz") => Route::Healthz,
         (&Method::GET, "/readyz") => Route::Readyz,
-        (&Method::POST, p) if p.starts_with("/v1beta/models/") => gemini(&p["/v1beta/models/".len()..]),
+        (&Method::POST, p) if p.starts_with("/v1beta/models/") => {
+            gemini(&p["/v1beta/models/".len()..])
+        }
         _ => Route::NotFound,
     }
 }
 
 fn gemini(rest: &str) -> Route {
-    let Some((model, action)) = rest.rsplit_once(':') else { return Route::NotFound };
+    let Some((model, action)) = rest.rsplit_once(':') else {
+        return Route::NotFound;
+    };
     if model.is_empty() || model.contains('/') {
         return Route::NotFound;
     }
     let model = model.to_string();
     match action {
-        "generateContent" => Route::Relay(Endpoint::GeminiGenerate { model, stream: false }),
-        "streamGenerateContent" => Route::Relay(Endpoint::GeminiGenerate { model, stream: true }),
+        "generateContent" => Route::Relay(Endpoint::GeminiGenerate {
+            model,
+            stream: false,
+        }),
+        "streamGenerateContent" => Route::Relay(Endpoint::GeminiGenerate {
+            model,
+            stream: true,
+        }),
         "countTokens" => Route::Relay(Endpoint::GeminiCountTokens { model }),
         _ => Route::NotFound,
     }
@@ -70,7 +84,9 @@ impl Endpoint {
     pub fn kinds(&self) -> &'static [AccountKind] {
         use AccountKind::*;
         match self {
-            Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens => &[ClaudeApi, ClaudeOauth],
+            Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens => {
+                &[ClaudeApi, ClaudeOauth]
+            }
             Endpoint::OpenAiChat => &[OpenAi],
             Endpoint::OpenAiResponses => &[OpenAi],
             Endpoint::GeminiGenerate { .. } | Endpoint::GeminiCountTokens { .. } => &[GeminiApi],
@@ -81,7 +97,9 @@ impl Endpoint {
         match self {
             Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens => Platform::Anthropic,
             Endpoint::OpenAiChat | Endpoint::OpenAiResponses => Platform::OpenAi,
-            Endpoint::GeminiGenerate { .. } | Endpoint::GeminiCountTokens { .. } => Platform::Gemini,
+            Endpoint::GeminiGenerate { .. } | Endpoint::GeminiCountTokens { .. } => {
+                Platform::Gemini
+            }
         }
     }
 
@@ -108,7 +126,10 @@ impl Endpoint {
 
     /// Token counting is answered by the upstream but never billed.
     pub fn is_billed(&self) -> bool {
-        !matches!(self, Endpoint::AnthropicCountTokens | Endpoint::GeminiCountTokens { .. })
+        !matches!(
+            self,
+            Endpoint::AnthropicCountTokens | Endpoint::GeminiCountTokens { .. }
+        )
     }
 }
 
@@ -119,20 +140,43 @@ mod tests {
 
     #[test]
     fn paths_route_to_endpoints() {
-        assert_eq!(route(&Method::POST, "/v1/messages"), Route::Relay(Endpoint::AnthropicMessages));
-        assert_eq!(route(&Method::POST, "/v1/messages/count_tokens"), Route::Relay(Endpoint::AnthropicCountTokens));
-        assert_eq!(route(&Method::POST, "/responses"), Route::Relay(Endpoint::OpenAiResponses));
+        assert_eq!(
+            route(&Method::POST, "/v1/messages"),
+            Route::Relay(Endpoint::AnthropicMessages)
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/messages/count_tokens"),
+            Route::Relay(Endpoint::AnthropicCountTokens)
+        );
+        assert_eq!(
+            route(&Method::POST, "/responses"),
+            Route::Relay(Endpoint::OpenAiResponses)
+        );
         assert_eq!(route(&Method::GET, "/v1/models"), Route::ListModels);
         assert_eq!(
-            route(&Method::POST, "/v1beta/models/gemini-2.5-pro:streamGenerateContent"),
-            Route::Relay(Endpoint::GeminiGenerate { model: "gemini-2.5-pro".into(), stream: true })
+            route(
+                &Method::POST,
+                "/v1beta/models/gemini-2.5-pro:streamGenerateContent"
+            ),
+            Route::Relay(Endpoint::GeminiGenerate {
+                model: "gemini-2.5-pro".into(),
+                stream: true
+            })
         );
         assert_eq!(
             route(&Method::POST, "/v1beta/models/gemini-2.5-flash:countTokens"),
-            Route::Relay(Endpoint::GeminiCountTokens { model: "gemini-2.5-flash".into() })
+            Route::Relay(Endpoint::GeminiCountTokens {
+                model: "gemini-2.5-flash".into()
+            })
         );
-        assert_eq!(route(&Method::POST, "/v1beta/models/x:delete"), Route::NotFound);
-        assert_eq!(route(&Method::POST, "/v1beta/models/:generateContent"), Route::NotFound);
+        assert_eq!(
+            route(&Method::POST, "/v1beta/models/x:delete"),
+            Route::NotFound
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1beta/models/:generateContent"),
+            Route::NotFound
+        );
         assert_eq!(route(&Method::GET, "/v1/messages"), Route::NotFound);
     }
 
@@ -144,7 +188,10 @@ mod tests {
             Endpoint::AnthropicCountTokens,
             Endpoint::OpenAiChat,
             Endpoint::OpenAiResponses,
-            Endpoint::GeminiGenerate { model: "m".into(), stream: true },
+            Endpoint::GeminiGenerate {
+                model: "m".into(),
+                stream: true,
+            },
             Endpoint::GeminiCountTokens { model: "m".into() },
         ];
         for endpoint in &endpoints {
@@ -163,8 +210,16 @@ mod tests {
                     rate_limit_reset_at_ms: 0,
                 };
                 let headers = http::HeaderMap::new();
-                let out = Outgoing { endpoint, query: None, headers: &headers, body: bytes::Bytes::new() };
-                assert!(build(&account, &out).is_ok(), "{kind:?} cannot serve {endpoint:?}");
+                let out = Outgoing {
+                    endpoint,
+                    query: None,
+                    headers: &headers,
+                    body: bytes::Bytes::new(),
+                };
+                assert!(
+                    build(&account, &out).is_ok(),
+                    "{kind:?} cannot serve {endpoint:?}"
+                );
             }
         }
     }

@@ -61,15 +61,34 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, cancel: Cancellatio
 }
 
 async fn route(relay: &Relay, req: Request<Incoming>) -> Response<RelayBody> {
-    let request_id = HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()).expect("uuid is a header value");
+    let request_id =
+        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()).expect("uuid is a header value");
     match routes::route(req.method(), req.uri().path()) {
         Route::Relay(endpoint) => relay.handle(endpoint, req, &request_id).await,
-        Route::ListModels => models::list(&relay.snapshot, Listing::V1, req.headers(), req.uri().query(), &request_id),
-        Route::GeminiListModels => models::list(&relay.snapshot, Listing::Gemini, req.headers(), req.uri().query(), &request_id),
+        Route::ListModels => models::list(
+            &relay.snapshot,
+            Listing::V1,
+            req.headers(),
+            req.uri().query(),
+            &request_id,
+        ),
+        Route::GeminiListModels => models::list(
+            &relay.snapshot,
+            Listing::Gemini,
+            req.headers(),
+            req.uri().query(),
+            &request_id,
+        ),
         Route::Healthz => text(StatusCode::OK, "ok"),
         Route::Readyz => match relay.snapshot.load() {
-            Some(s) => text(StatusCode::OK, &format!("ready: snapshot version {}", s.version)),
-            None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no snapshot yet"),
+            Some(s) => text(
+                StatusCode::OK,
+                &format!("ready: snapshot version {}", s.version),
+            ),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no snapshot yet",
+            ),
         },
         Route::NotFound => {
             let path = req.uri().path();
@@ -80,8 +99,12 @@ async fn route(relay: &Relay, req: Request<Incoming>) -> Response<RelayBody> {
             } else {
                 ErrorShape::OpenAi
             };
-            RelayError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {}", req.method(), path))
-                .into_response(shape, &request_id)
+            RelayError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no route for {} {}", req.method(), path),
+            )
+            .into_response(shape, &request_id)
         }
     }
 }

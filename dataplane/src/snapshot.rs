@@ -131,10 +131,13 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 tracing::warn!(account_id = a.id, kind = %a.kind, "unknown account type skipped");
                 continue;
             };
-            let header = |v: String| {
-                HeaderValue::from_str(&v).map_err(|_| SnapshotError::Credential(a.id))
-            };
-            let api_key = a.credentials.get("api_key").map(|k| header(k.trim().to_string())).transpose()?;
+            let header =
+                |v: String| HeaderValue::from_str(&v).map_err(|_| SnapshotError::Credential(a.id));
+            let api_key = a
+                .credentials
+                .get("api_key")
+                .map(|k| header(k.trim().to_string()))
+                .transpose()?;
             let bearer = a
                 .credentials
                 .get("access_token")

@@ -51,7 +51,11 @@ impl Observed {
             .pointer("/error/type")
             .or_else(|| v.pointer("/error/status"))
             .or_else(|| v.pointer("/error/code"))
-            .and_then(|k| k.as_str().map(str::to_string).or_else(|| k.as_u64().map(|n| n.to_string())))
+            .and_then(|k| {
+                k.as_str()
+                    .map(str::to_string)
+                    .or_else(|| k.as_u64().map(|n| n.to_string()))
+            })
             .unwrap_or_else(|| "error".to_string());
         self.error = Some(kind);
     }
@@ -67,26 +71,51 @@ impl Observed {
         };
         take(&mut self.usage.input, u64_at(u, "/input_tokens"));
         take(&mut self.usage.output, u64_at(u, "/output_tokens"));
-        take(&mut self.usage.cache_creation, u64_at(u, "/cache_creation_input_tokens"));
-        take(&mut self.usage.cache_read, u64_at(u, "/cache_read_input_tokens"));
-        take(&mut self.usage.cache_creation_1h, u64_at(u, "/cache_creation/ephemeral_1h_input_tokens"));
+        take(
+            &mut self.usage.cache_creation,
+            u64_at(u, "/cache_creation_input_tokens"),
+        );
+        take(
+            &mut self.usage.cache_read,
+            u64_at(u, "/cache_read_input_tokens"),
+        );
+        take(
+            &mut self.usage.cache_creation_1h,
+            u64_at(u, "/cache_creation/ephemeral_1h_input_tokens"),
+        );
         self.usage_seen |= seen;
     }
 
     /// OpenAI counts include cached tokens in the prompt; store them apart.
     fn openai_usage(&mut self, u: &Value, input: &str, output: &str, cached: &str) {
-        let (Some(prompt), Some(completion)) = (u64_at(u, input), u64_at(u, output)) else { return };
+        let (Some(prompt), Some(completion)) = (u64_at(u, input), u64_at(u, output)) else {
+            return;
+        };
         let cached = u64_at(u, cached).unwrap_or(0).min(prompt);
-        self.usage = TokenUsage { input: prompt - cached, output: completion, cache_read: cached, ..TokenUsage::default() };
+        self.usage = TokenUsage {
+            input: prompt - cached,
+            output: completion,
+            cache_read: cached,
+            ..TokenUsage::default()
+        };
         self.usage_seen = true;
     }
 
     /// Gemini: thoughts are billed as output; cached content is inside the prompt count.
     fn gemini_usage(&mut self, u: &Value) {
-        let prompt = u64_at(u, "/promptTokenCount").unwrap_or(0) + u64_at(u, "/toolUsePromptTokenCount").unwrap_or(0);
-        let cached = u64_at(u, "/cachedContentTokenCount").unwrap_or(0).min(prompt);
-        let output = u64_at(u, "/candidatesTokenCount").unwrap_or(0) + u64_at(u, "/thoughtsTokenCount").unwrap_or(0);
-        self.usage = TokenUsage { input: prompt - cached, output, cache_read: cached, ..TokenUsage::default() };
+        let prompt = u64_at(u, "/promptTokenCount").unwrap_or(0)
+            + u64_at(u, "/toolUsePromptTokenCount").unwrap_or(0);
+        let cached = u64_at(u, "/cachedContentTokenCount")
+            .unwrap_or(0)
+            .min(prompt);
+        let output = u64_at(u, "/candidatesTokenCount").unwrap_or(0)
+            + u64_at(u, "/thoughtsTokenCount").unwrap_or(0);
+        self.usage = TokenUsage {
+            input: prompt - cached,
+            output,
+            cache_read: cached,
+            ..TokenUsage::default()
+        };
         self.usage_seen = true;
     }
 
@@ -116,18 +145,35 @@ impl Observed {
                 }
                 self.set_model(event.get("model"));
                 if let Some(u) = event.get("usage").filter(|u| u.is_object()) {
-                    self.openai_usage(u, "/prompt_tokens", "/completion_tokens", "/prompt_tokens_details/cached_tokens");
+                    self.openai_usage(
+                        u,
+                        "/prompt_tokens",
+                        "/completion_tokens",
+                        "/prompt_tokens_details/cached_tokens",
+                    );
                 }
             }
             UsageFormat::OpenAiResponses => match event.get("type").and_then(Value::as_str) {
-                Some("response.created") | Some("response.in_progress") => self.set_model(event.pointer("/response/model")),
-                Some("response.completed") | Some("response.incomplete") | Some("response.failed") => {
+                Some("response.created") | Some("response.in_progress") => {
+                    self.set_model(event.pointer("/response/model"))
+                }
+                Some("response.completed")
+                | Some("response.incomplete")
+                | Some("response.failed") => {
                     self.set_model(event.pointer("/response/model"));
                     if let Some(u) = event.pointer("/response/usage").filter(|u| u.is_object()) {
-                        self.openai_usage(u, "/input_tokens", "/output_tokens", "/input_tokens_details/cached_tokens");
+                        self.openai_usage(
+                            u,
+                            "/input_tokens",
+                            "/output_tokens",
+                            "/input_tokens_details/cached_tokens",
+                        );
                     }
                     if event.get("type").and_then(Value::as_str) == Some("response.failed") {
-                        let kind = event.pointer("/response/error/code").and_then(Value::as_str).unwrap_or("response_failed");
+                        let kind = event
+                            .pointer("/response/error/code")
+                            .and_then(Value::as_str)
+                            .unwrap_or("response_failed");
                         self.error = Some(kind.to_string());
                     }
                     self.complete = true;
@@ -155,7 +201,9 @@ impl Observed {
             UsageFormat::Gemini => body.get("response").unwrap_or(body),
             _ => body,
         };
-        if inner.get("error").is_some_and(|e| e.is_object()) || inner.get("type").and_then(Value::as_str) == Some("error") {
+        if inner.get("error").is_some_and(|e| e.is_object())
+            || inner.get("type").and_then(Value::as_str) == Some("error")
+        {
             self.set_error(inner);
             return;
         }
@@ -169,13 +217,23 @@ impl Observed {
             UsageFormat::OpenAiChat => {
                 self.set_model(inner.get("model"));
                 if let Some(u) = inner.get("usage").filter(|u| u.is_object()) {
-                    self.openai_usage(u, "/prompt_tokens", "/completion_tokens", "/prompt_tokens_details/cached_tokens");
+                    self.openai_usage(
+                        u,
+                        "/prompt_tokens",
+                        "/completion_tokens",
+                        "/prompt_tokens_details/cached_tokens",
+                    );
                 }
             }
             UsageFormat::OpenAiResponses => {
                 self.set_model(inner.get("model"));
                 if let Some(u) = inner.get("usage").filter(|u| u.is_object()) {
-                    self.openai_usage(u, "/input_tokens", "/output_tokens", "/input_tokens_details/cached_tokens");
+                    self.openai_usage(
+                        u,
+                        "/input_tokens",
+                        "/output_tokens",
+                        "/input_tokens_details/cached_tokens",
+                    );
                 }
             }
             UsageFormat::Gemini => {
@@ -211,13 +269,23 @@ impl UsageTap {
     pub fn new(format: UsageFormat, content_type: Option<&str>) -> UsageTap {
         let ct = content_type.unwrap_or("").to_ascii_lowercase();
         let mode = if ct.starts_with("text/event-stream") {
-            Mode::Sse { line: Vec::new(), skipping: false }
+            Mode::Sse {
+                line: Vec::new(),
+                skipping: false,
+            }
         } else if ct.contains("json") {
-            Mode::Json { body: Vec::new(), overflow: false }
+            Mode::Json {
+                body: Vec::new(),
+                overflow: false,
+            }
         } else {
             Mode::Opaque
         };
-        UsageTap { format, mode, observed: Observed::default() }
+        UsageTap {
+            format,
+            mode,
+            observed: Observed::default(),
+        }
     }
 
     pub fn is_sse(&self) -> bool {
@@ -297,7 +365,9 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// the end or an error are parsed as JSON; content deltas are not.
 fn sse_line(format: UsageFormat, line: &[u8], observed: &mut Observed) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let Some(data) = line.strip_prefix(b"data:") else { return };
+    let Some(data) = line.strip_prefix(b"data:") else {
+        return;
+    };
     let data = data.trim_ascii();
     if data == b"[DONE]" {
         observed.complete = true;
@@ -305,13 +375,20 @@ fn sse_line(format: UsageFormat, line: &[u8], observed: &mut Observed) {
     }
     let interesting = match format {
         UsageFormat::Anthropic => {
-            contains(data, b"\"usage\"") || contains(data, b"message_st") || contains(data, b"\"error\"")
+            contains(data, b"\"usage\"")
+                || contains(data, b"message_st")
+                || contains(data, b"\"error\"")
         }
         UsageFormat::OpenAiChat => {
-            contains(data, b"\"usage\":{") || contains(data, b"\"error\"") || (observed.model.is_none() && contains(data, b"\"model\""))
+            contains(data, b"\"usage\":{")
+                || contains(data, b"\"error\"")
+                || (observed.model.is_none() && contains(data, b"\"model\""))
         }
         UsageFormat::OpenAiResponses => {
-            contains(data, b"response.c") || contains(data, b"response.in") || contains(data, b"response.failed") || contains(data, b"\"error\"")
+            contains(data, b"response.c")
+                || contains(data, b"response.in")
+                || contains(data, b"response.failed")
+                || contains(data, b"\"error\"")
         }
         UsageFormat::Gemini => contains(data, b"usageMetadata") || contains(data, b"\"error\""),
     };
@@ -401,7 +478,10 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
     fn sse_usage_in_any_chunking() {
         let bytes = STREAM.as_bytes();
         for size in [1, 2, 3, 7, 64, bytes.len()] {
-            let mut tap = UsageTap::new(UsageFormat::Anthropic, Some("text/event-stream; charset=utf-8"));
+            let mut tap = UsageTap::new(
+                UsageFormat::Anthropic,
+                Some("text/event-stream; charset=utf-8"),
+            );
             for chunk in bytes.chunks(size) {
                 tap.feed(chunk);
             }
@@ -491,7 +571,15 @@ data: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":30,\"output_tokens
 data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o-2024-08-06\",\"choices\":[],\"usage\":{\"prompt_tokens\":120,\"completion_tokens\":7,\"total_tokens\":127,\"prompt_tokens_details\":{\"cached_tokens\":100},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\n\
 data: [DONE]\n\n";
         let o = run(UsageFormat::OpenAiChat, "text/event-stream", body);
-        assert_eq!(o.usage, TokenUsage { input: 20, output: 7, cache_read: 100, ..Default::default() });
+        assert_eq!(
+            o.usage,
+            TokenUsage {
+                input: 20,
+                output: 7,
+                cache_read: 100,
+                ..Default::default()
+            }
+        );
         assert_eq!(o.model.as_deref(), Some("gpt-4o-2024-08-06"));
         assert!(o.complete);
     }
@@ -500,7 +588,14 @@ data: [DONE]\n\n";
     fn openai_chat_body_usage() {
         let body = r#"{"id":"c","object":"chat.completion","model":"gpt-5","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":30,"completion_tokens_details":{"reasoning_tokens":20}}}"#;
         let o = run(UsageFormat::OpenAiChat, "application/json", body);
-        assert_eq!(o.usage, TokenUsage { input: 10, output: 30, ..Default::default() });
+        assert_eq!(
+            o.usage,
+            TokenUsage {
+                input: 10,
+                output: 30,
+                ..Default::default()
+            }
+        );
     }
 
     #[test]
@@ -509,7 +604,15 @@ data: [DONE]\n\n";
 event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\n\
 event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"model\":\"gpt-5-codex\",\"usage\":{\"input_tokens\":500,\"input_tokens_details\":{\"cached_tokens\":300},\"output_tokens\":40,\"output_tokens_details\":{\"reasoning_tokens\":12},\"total_tokens\":540}}}\n\n";
         let o = run(UsageFormat::OpenAiResponses, "text/event-stream", body);
-        assert_eq!(o.usage, TokenUsage { input: 200, output: 40, cache_read: 300, ..Default::default() });
+        assert_eq!(
+            o.usage,
+            TokenUsage {
+                input: 200,
+                output: 40,
+                cache_read: 300,
+                ..Default::default()
+            }
+        );
         assert_eq!(o.model.as_deref(), Some("gpt-5-codex"));
         assert!(o.complete);
     }
@@ -519,20 +622,43 @@ event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{
         let body = "data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"a\"}]}}],\"usageMetadata\":{\"promptTokenCount\":50,\"candidatesTokenCount\":1},\"modelVersion\":\"gemini-2.5-pro\"}\r\n\r\n\
 data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"b\"}]},\"finishReason\":\"STOP\"}],\"usageMetadata\":{\"promptTokenCount\":50,\"cachedContentTokenCount\":20,\"candidatesTokenCount\":9,\"thoughtsTokenCount\":30,\"totalTokenCount\":89},\"modelVersion\":\"gemini-2.5-pro\"}\r\n\r\n";
         let o = run(UsageFormat::Gemini, "text/event-stream", body);
-        assert_eq!(o.usage, TokenUsage { input: 30, output: 39, cache_read: 20, ..Default::default() });
+        assert_eq!(
+            o.usage,
+            TokenUsage {
+                input: 30,
+                output: 39,
+                cache_read: 20,
+                ..Default::default()
+            }
+        );
         assert!(o.complete);
         // Code Assist wraps the same object in {"response": …}.
         let wrapped = r#"{"response":{"candidates":[],"usageMetadata":{"promptTokenCount":7,"candidatesTokenCount":3},"modelVersion":"gemini-2.5-flash"}}"#;
         let o = run(UsageFormat::Gemini, "application/json", wrapped);
-        assert_eq!(o.usage, TokenUsage { input: 7, output: 3, ..Default::default() });
+        assert_eq!(
+            o.usage,
+            TokenUsage {
+                input: 7,
+                output: 3,
+                ..Default::default()
+            }
+        );
         assert_eq!(o.model.as_deref(), Some("gemini-2.5-flash"));
     }
 
     #[test]
     fn error_bodies_are_classified() {
-        let o = run(UsageFormat::OpenAiChat, "application/json", r#"{"error":{"message":"slow down","type":"rate_limit_exceeded"}}"#);
+        let o = run(
+            UsageFormat::OpenAiChat,
+            "application/json",
+            r#"{"error":{"message":"slow down","type":"rate_limit_exceeded"}}"#,
+        );
         assert_eq!(o.error.as_deref(), Some("rate_limit_exceeded"));
-        let o = run(UsageFormat::Gemini, "application/json", r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#);
+        let o = run(
+            UsageFormat::Gemini,
+            "application/json",
+            r#"{"error":{"code":429,"message":"quota","status":"RESOURCE_EXHAUSTED"}}"#,
+        );
         assert_eq!(o.error.as_deref(), Some("RESOURCE_EXHAUSTED"));
         assert!(!o.usage_seen);
     }

@@ -7,15 +7,15 @@ use aiproxy_tests::mock::{MockUpstream, USAGE, sse_events};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-struct Embedded {
-    process: Process,
-    http: Http,
-    admin: Admin,
-    proxy: String,
+pub struct Embedded {
+    pub process: Process,
+    pub http: Http,
+    pub admin: Admin,
+    pub proxy: String,
     _dir: tempfile::TempDir,
 }
 
-async fn start() -> Embedded {
+pub async fn start() -> Embedded {
     let dir = tempfile::tempdir().unwrap();
     let env = [
         ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
@@ -66,7 +66,7 @@ fn message_body(model: &str, stream: bool) -> Value {
 }
 
 /// Waits until `request_id` appears in request logs and returns it.
-async fn logged(admin: &Admin, request_id: &str) -> Value {
+pub async fn logged(admin: &Admin, request_id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let logs = admin

@@ -1,6 +1,8 @@
-//! An Anthropic-compatible mock upstream that records what it receives.
+//! A mock upstream that speaks Anthropic Messages, OpenAI Chat Completions
+//! and Responses, and Gemini, and records what it receives.
 //!
-//! Behaviour is chosen by the upstream key a request carries, so one mock
+//! Behaviour is chosen by the upstream credential a request carries
+//! (`x-api-key`, `Authorization: Bearer` or `x-goog-api-key`), so one mock
 //! serves healthy and failing accounts at once:
 //! - `mock-429`, `mock-529`, `mock-500`: that status, Anthropic error shape;
 //! - `mock-gzip`: the body gzip-compressed with no `content-encoding`;
@@ -128,7 +130,17 @@ async fn handle(
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let key = headers.get("x-api-key").cloned().unwrap_or_default();
+    let key = headers
+        .get("x-api-key")
+        .or_else(|| headers.get("x-goog-api-key"))
+        .cloned()
+        .or_else(|| {
+            headers
+                .get("authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
     state.received.lock().expect("mock lock").push(Recorded {
         method,
         path_and_query: path_and_query.clone(),
@@ -138,24 +150,17 @@ async fn handle(
     if !state.latency.is_zero() {
         tokio::time::sleep(state.latency).await;
     }
-    if !path_and_query.starts_with("/v1/messages") {
-        return Ok(json_response(
-            StatusCode::NOT_FOUND,
-            json!({"type":"error","error":{"type":"not_found_error","message":"no such route"}}),
-        ));
-    }
+    let path = path_and_query
+        .split('?')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let failure = match key.as_str() {
-        "mock-429" => Some((StatusCode::TOO_MANY_REQUESTS, "rate_limit_error")),
-        "mock-529" => Some((StatusCode::from_u16(529).expect("529"), "overloaded_error")),
-        "mock-500" => Some((StatusCode::INTERNAL_SERVER_ERROR, "api_error")),
+        "mock-429" => Some(StatusCode::TOO_MANY_REQUESTS),
+        "mock-529" => Some(StatusCode::from_u16(529).expect("529")),
+        "mock-500" => Some(StatusCode::INTERNAL_SERVER_ERROR),
         _ => None,
     };
-    if let Some((status, kind)) = failure {
-        return Ok(json_response(
-            status,
-            json!({"type":"error","error":{"type":kind,"message":format!("mock {kind}")}}),
-        ));
-    }
     let model = body
         .get("model")
         .and_then(Value::as_str)
@@ -163,11 +168,194 @@ async fn handle(
         .to_string();
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let gzip = key == "mock-gzip";
-    Ok(if stream {
-        sse_response(&model, gzip)
-    } else {
-        message_response(&model, gzip)
+    let resp = match path.as_str() {
+        "/v1/messages" => match failure {
+            Some(status) => anthropic_error(status),
+            None if stream => sse_response(sse_events(&model), gzip),
+            None => json_or_gzip(message_body(&model), gzip),
+        },
+        "/v1/messages/count_tokens" => json_response(StatusCode::OK, json!({"input_tokens": 42})),
+        "/v1/chat/completions" => match failure {
+            Some(status) => openai_error(status),
+            None if stream => {
+                let usage = body
+                    .pointer("/stream_options/include_usage")
+                    .and_then(Value::as_bool)
+                    == Some(true);
+                sse_response(chat_events(&model, usage), gzip)
+            }
+            None => json_or_gzip(chat_body(&model), gzip),
+        },
+        "/v1/responses" => match failure {
+            Some(status) => openai_error(status),
+            None if stream => sse_response(responses_events(&model), gzip),
+            None => json_or_gzip(responses_body(&model), gzip),
+        },
+        p if p.starts_with("/v1beta/models/") => {
+            let (model, action) = p["/v1beta/models/".len()..]
+                .rsplit_once(':')
+                .unwrap_or(("", ""));
+            match (failure, action) {
+                (Some(status), _) => gemini_error(status),
+                (None, "generateContent") => {
+                    json_or_gzip(gemini_chunks(model).pop().expect("chunks"), gzip)
+                }
+                (None, "streamGenerateContent") => sse_response(gemini_events(model), gzip),
+                (None, "countTokens") => json_response(StatusCode::OK, json!({"totalTokens": 42})),
+                _ => json_response(
+                    StatusCode::NOT_FOUND,
+                    json!({"error": {"code": 404, "message": "no such method", "status": "NOT_FOUND"}}),
+                ),
+            }
+        }
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            json!({"type":"error","error":{"type":"not_found_error","message":"no such route"}}),
+        ),
+    };
+    Ok(resp)
+}
+
+fn anthropic_error(status: StatusCode) -> Response<MockBody> {
+    let kind = match status.as_u16() {
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    };
+    json_response(
+        status,
+        json!({"type":"error","error":{"type":kind,"message":format!("mock {kind}")}}),
+    )
+}
+
+fn openai_error(status: StatusCode) -> Response<MockBody> {
+    json_response(
+        status,
+        json!({"error":{"message":"mock error","type":"mock_error","code":status.as_u16()}}),
+    )
+}
+
+fn gemini_error(status: StatusCode) -> Response<MockBody> {
+    json_response(
+        status,
+        json!({"error":{"code":status.as_u16(),"message":"mock error","status":"RESOURCE_EXHAUSTED"}}),
+    )
+}
+
+fn json_or_gzip(body: Value, compress: bool) -> Response<MockBody> {
+    if compress {
+        let mut resp =
+            Response::new(Full::new(Bytes::from(gzip(body.to_string().as_bytes()))).boxed());
+        resp.headers_mut()
+            .insert("content-type", "application/json".parse().expect("header"));
+        return resp;
+    }
+    json_response(StatusCode::OK, body)
+}
+
+/// Chat completions and Responses report prompt tokens including the cached ones.
+pub fn openai_usage_prompt() -> u64 {
+    USAGE.input + USAGE.cache_read
+}
+
+fn chat_body(model: &str) -> Value {
+    json!({
+        "id": "chatcmpl-mock", "object": "chat.completion", "created": 1, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello from the mock."}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": openai_usage_prompt(), "completion_tokens": USAGE.output,
+            "total_tokens": openai_usage_prompt() + USAGE.output,
+            "prompt_tokens_details": {"cached_tokens": USAGE.cache_read},
+        },
     })
+}
+
+/// The chunks of a streamed chat completion; the usage chunk only when asked for.
+pub fn chat_events(model: &str, with_usage: bool) -> Vec<String> {
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut events = vec![
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+        chunk(json!({"content": "Hello"}), Value::Null),
+        chunk(json!({"content": " from the mock."}), Value::Null),
+        chunk(json!({}), json!("stop")),
+    ];
+    if with_usage {
+        let mut usage = chat_body(model)["usage"].clone();
+        usage["completion_tokens_details"] = json!({"reasoning_tokens": 0});
+        events.push(json!({"id": "chatcmpl-mock", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": [], "usage": usage}));
+    }
+    let mut lines: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    lines.push("data: [DONE]\n\n".to_string());
+    lines
+}
+
+fn responses_body(model: &str) -> Value {
+    json!({
+        "id": "resp_mock", "object": "response", "created_at": 1, "status": "completed", "model": model,
+        "output": [{"type": "message", "id": "msg_mock", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": "Hello from the mock.", "annotations": []}]}],
+        "usage": {
+            "input_tokens": openai_usage_prompt(), "input_tokens_details": {"cached_tokens": USAGE.cache_read},
+            "output_tokens": USAGE.output, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": openai_usage_prompt() + USAGE.output,
+        },
+    })
+}
+
+pub fn responses_events(model: &str) -> Vec<String> {
+    let mut created = responses_body(model);
+    created["status"] = json!("in_progress");
+    created["output"] = json!([]);
+    created["usage"] = Value::Null;
+    let events = [
+        (
+            "response.created",
+            json!({"type": "response.created", "sequence_number": 0, "response": created}),
+        ),
+        (
+            "response.output_text.delta",
+            json!({"type": "response.output_text.delta", "sequence_number": 1, "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": "Hello"}),
+        ),
+        (
+            "response.output_text.delta",
+            json!({"type": "response.output_text.delta", "sequence_number": 2, "item_id": "msg_mock", "output_index": 0, "content_index": 0, "delta": " from the mock."}),
+        ),
+        (
+            "response.completed",
+            json!({"type": "response.completed", "sequence_number": 3, "response": responses_body(model)}),
+        ),
+    ];
+    events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect()
+}
+
+/// Gemini reports thoughts apart from candidates; both are output.
+pub const GEMINI_THOUGHTS: u64 = 5;
+
+fn gemini_chunks(model: &str) -> Vec<Value> {
+    let part =
+        |text: &str| json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
+    let mut last = part(" from the mock.");
+    last["finishReason"] = json!("STOP");
+    vec![
+        json!({"candidates": [part("Hello")], "usageMetadata": {"promptTokenCount": openai_usage_prompt(), "candidatesTokenCount": 1}, "modelVersion": model}),
+        json!({"candidates": [last], "usageMetadata": {
+            "promptTokenCount": openai_usage_prompt(), "cachedContentTokenCount": USAGE.cache_read,
+            "candidatesTokenCount": USAGE.output - GEMINI_THOUGHTS, "thoughtsTokenCount": GEMINI_THOUGHTS,
+            "totalTokenCount": openai_usage_prompt() + USAGE.output}, "modelVersion": model}),
+    ]
+}
+
+pub fn gemini_events(model: &str) -> Vec<String> {
+    gemini_chunks(model)
+        .iter()
+        .map(|c| format!("data: {c}\r\n\r\n"))
+        .collect()
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response<MockBody> {
@@ -200,8 +388,8 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     enc.finish().expect("gzip")
 }
 
-fn message_response(model: &str, compress: bool) -> Response<MockBody> {
-    let body = json!({
+fn message_body(model: &str) -> Value {
+    json!({
         "id": "msg_mock",
         "type": "message",
         "role": "assistant",
@@ -210,15 +398,7 @@ fn message_response(model: &str, compress: bool) -> Response<MockBody> {
         "stop_reason": "end_turn",
         "stop_sequence": null,
         "usage": usage_json(),
-    });
-    if compress {
-        let mut resp =
-            Response::new(Full::new(Bytes::from(gzip(body.to_string().as_bytes()))).boxed());
-        resp.headers_mut()
-            .insert("content-type", "application/json".parse().expect("header"));
-        return resp;
-    }
-    json_response(StatusCode::OK, body)
+    })
 }
 
 /// The SSE events of one streamed answer, in Anthropic's order.
@@ -260,8 +440,7 @@ pub fn sse_events(model: &str) -> Vec<String> {
 }
 
 /// Streams the events one chunk each, a little apart, as a real upstream does.
-fn sse_response(model: &str, compress: bool) -> Response<MockBody> {
-    let events = sse_events(model);
+fn sse_response(events: Vec<String>, compress: bool) -> Response<MockBody> {
     let body: MockBody = if compress {
         Full::new(Bytes::from(gzip(events.concat().as_bytes()))).boxed()
     } else {
