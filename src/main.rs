@@ -98,6 +98,7 @@ fn controlplane_settings(
         relay: aiproxy_proto::v1::RelaySettings {
             request_timeout_ms: config.proxy.timeout * 1000,
         },
+        oauth: config.oauth.clone(),
     }
 }
 

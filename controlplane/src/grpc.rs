@@ -12,6 +12,7 @@ use rust_decimal::Decimal;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::oauth::Refresher;
 use crate::publisher::Publisher;
 use crate::store::{Store, UsageRow};
 
@@ -32,14 +33,16 @@ pub struct NodeStatus {
 pub struct NodeApi {
     store: Store,
     publisher: Publisher,
+    refresher: Refresher,
     nodes: Arc<Mutex<HashMap<String, NodeStatus>>>,
 }
 
 impl NodeApi {
-    pub fn new(store: Store, publisher: Publisher) -> Self {
+    pub fn new(store: Store, publisher: Publisher, refresher: Refresher) -> Self {
         Self {
             store,
             publisher,
+            refresher,
             nodes: Arc::default(),
         }
     }
@@ -155,6 +158,27 @@ impl NodeService for NodeApi {
             entry.last_error = ack.error;
         }
         Ok(Response::new(pb::AckResponse {}))
+    }
+
+    async fn refresh_account(
+        &self,
+        request: Request<pb::RefreshAccountRequest>,
+    ) -> Result<Response<pb::RefreshAccountResponse>, Status> {
+        let req = request.into_inner();
+        let refused: [u8; 32] = req
+            .refused_token_sha256
+            .as_slice()
+            .try_into()
+            .map_err(|_| Status::invalid_argument("refused_token_sha256 must be 32 bytes"))?;
+        tracing::info!(node_id = %req.node_id, account_id = req.account_id, "node reports a refused OAuth token");
+        let refresher = self.refresher.clone();
+        tokio::spawn(async move {
+            match refresher.refresh(req.account_id, Some(refused)).await {
+                Ok(outcome) => tracing::info!(account_id = req.account_id, ?outcome, "refresh on node report"),
+                Err(e) => tracing::warn!(account_id = req.account_id, error = %e, "refresh on node report failed"),
+            }
+        });
+        Ok(Response::new(pb::RefreshAccountResponse {}))
     }
 
     async fn report_usage(

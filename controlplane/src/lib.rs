@@ -5,6 +5,7 @@
 pub mod api;
 pub mod crypto;
 pub mod grpc;
+pub mod oauth;
 pub mod publisher;
 pub mod store;
 
@@ -32,6 +33,7 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     pub grpc_listen: SocketAddr,
     pub relay: pb::RelaySettings,
+    pub oauth: aiproxy_shared::config::OAuthSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +103,7 @@ pub async fn start(
 
     let app = api::router(api::ApiState {
         store: store.clone(),
-        sealer,
+        sealer: sealer.clone(),
         jwt,
         publisher: publisher.clone(),
     });
@@ -115,7 +117,9 @@ pub async fn start(
         }
     });
 
-    let node_api = grpc::NodeApi::new(store.clone(), publisher);
+    let refresher = oauth::Refresher::new(store.clone(), sealer.clone(), publisher.clone(), settings.oauth.clone());
+    tracker.spawn(refresher.clone().run(cancel.clone()));
+    let node_api = grpc::NodeApi::new(store.clone(), publisher, refresher);
     let service = node_api.into_server(settings.node_token.expose().to_string());
     let grpc_cancel = cancel.clone();
     tracker.spawn(async move {

@@ -15,7 +15,6 @@ pub mod scheduler;
 pub mod server;
 pub mod snapshot;
 pub mod tap;
-pub mod upstream;
 pub mod usage;
 
 use std::net::SocketAddr;
@@ -103,7 +102,7 @@ pub async fn start(
     let relay = Arc::new(Relay {
         snapshot: snapshot.clone(),
         scheduler: Default::default(),
-        client: upstream::client(Duration::from_secs(10)),
+        client: aiproxy_shared::http::client(Duration::from_secs(10)),
         sink,
         timeout: settings.proxy_timeout,
         max_body_bytes: settings.max_body_bytes,

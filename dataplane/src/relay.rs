@@ -20,7 +20,7 @@ use crate::routes::Endpoint;
 use crate::scheduler::{Lease, Scheduler};
 use crate::snapshot::{AccountEntry, Snapshot, SnapshotHolder};
 use crate::tap::{Decoder, Observed, UsageFormat, UsageTap};
-use crate::upstream::HttpClient;
+use aiproxy_shared::http::HttpClient;
 use crate::usage::UsageSink;
 
 /// Shared by every request on a node.

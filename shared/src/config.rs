@@ -120,6 +120,23 @@ impl Default for JwtSettings {
     }
 }
 
+/// Token endpoints of OAuth accounts; an account's `token_url` credential overrides them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OAuthSettings {
+    pub claude_token_url: String,
+    pub openai_token_url: String,
+}
+
+impl Default for OAuthSettings {
+    fn default() -> Self {
+        Self {
+            claude_token_url: "https://platform.claude.com/v1/oauth/token".into(),
+            openai_token_url: "https://auth.openai.com/oauth/token".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -143,6 +160,7 @@ pub struct Config {
     pub proxy: ProxySettings,
     pub cache: CacheSettings,
     pub jwt: JwtSettings,
+    pub oauth: OAuthSettings,
 }
 
 impl Default for Config {
@@ -161,6 +179,7 @@ impl Default for Config {
             proxy: ProxySettings::default(),
             cache: CacheSettings::default(),
             jwt: JwtSettings::default(),
+            oauth: OAuthSettings::default(),
         }
     }
 }
@@ -252,6 +271,8 @@ impl Config {
             &mut self.cache.unavailable_ttl,
         )?;
         parse_env(&get, "AIPROXY_JWT_EXPIRE_HOURS", &mut self.jwt.expire_hours)?;
+        parse_env(&get, "AIPROXY_CLAUDE_TOKEN_URL", &mut self.oauth.claude_token_url)?;
+        parse_env(&get, "AIPROXY_OPENAI_TOKEN_URL", &mut self.oauth.openai_token_url)?;
         Ok(())
     }
 

@@ -1,9 +1,10 @@
 //! Types and helpers both planes share: configuration, domain vocabulary,
-//! pricing maths, key hashing, telemetry and shutdown.
+//! pricing maths, key hashing, the outbound HTTP client, telemetry and shutdown.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod domain;
+pub mod http;
 pub mod keys;
 pub mod pricing;
 pub mod shutdown;

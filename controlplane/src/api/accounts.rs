@@ -166,13 +166,15 @@ pub async fn create(
         &req.proxy_url,
         &["http", "https", "socks5", "socks5h"],
     )?;
-    check_credentials(kind, &req.credentials)?;
+    let mut credentials = req.credentials;
+    check_credentials(kind, &credentials)?;
+    crate::oauth::complete_credentials(kind, &mut credentials);
     let account = state
         .store
         .create_account(&NewAccount {
             name: req.name.trim().to_string(),
             kind: kind.as_str().to_string(),
-            credentials_sealed: seal(&state, &req.credentials),
+            credentials_sealed: seal(&state, &credentials),
             base_url: req.base_url.map(|u| u.trim_end_matches('/').to_string()),
             proxy_url: req.proxy_url,
             priority: req.priority,
@@ -228,6 +230,10 @@ pub async fn update(
                 }
             }
             check_credentials(kind, &merged)?;
+            if update.contains_key("access_token") && !update.contains_key("expires_at") {
+                merged.remove("expires_at");
+            }
+            crate::oauth::complete_credentials(kind, &mut merged);
             Some(seal(&state, &merged))
         }
         None => None,

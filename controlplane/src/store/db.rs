@@ -266,3 +266,31 @@ impl Store {
         Ok(v as u64)
     }
 }
+
+impl Store {
+    /// Runs `work` while holding a lock named `name` across every control
+    /// plane sharing this database (MySQL `GET_LOCK`). SQLite serves a single
+    /// process, whose callers serialize in memory.
+    pub async fn with_named_lock<T, F>(&self, name: &str, work: F) -> StoreResult<T>
+    where
+        F: std::future::Future<Output = T>,
+    {
+        match &self.pool {
+            Pool::Sqlite(_) => Ok(work.await),
+            Pool::MySql(p) => {
+                let mut conn = p.acquire().await?;
+                // If `work` is cancelled the session ends with the connection,
+                // and MySQL releases the lock with it.
+                conn.close_on_drop();
+                let got: Option<i64> =
+                    sqlx::query_scalar("SELECT GET_LOCK(?, 60)").bind(name).fetch_one(&mut *conn).await?;
+                if got != Some(1) {
+                    return Err(super::StoreError::Conflict(format!("lock {name} is busy")));
+                }
+                let out = work.await;
+                sqlx::query("DO RELEASE_LOCK(?)").bind(name).execute(&mut *conn).await?;
+                Ok(out)
+            }
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! OAuth accounts: refreshing access tokens before they expire or when a
+//! node reports one refused, one refresh at a time per account (refresh
+//! tokens rotate), persisted atomically and pushed in the next snapshot.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aiproxy_shared::config::OAuthSettings;
+use aiproxy_shared::domain::AccountKind;
+use aiproxy_shared::http::{HttpClient, call_json, jwt_claims};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::crypto::Sealer;
+use crate::publisher::Publisher;
+use crate::store::{AccountPatch, Store, StoreError};
+
+/// Client id of Claude Code's OAuth application.
+pub const CLAUDE_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
+/// Client id of Codex CLI's OAuth application.
+pub const OPENAI_CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
+/// Tokens expiring within this many seconds are refreshed.
+const REFRESH_MARGIN_SECS: i64 = 300;
+const SCAN_INTERVAL: Duration = Duration::from_secs(60);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub type Credentials = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Refreshed,
+    /// Nothing to do: the token is fresh, or was refreshed meanwhile.
+    StillFresh,
+    /// A token without a refresh token (e.g. a setup token) cannot be refreshed.
+    NoRefreshToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("account {0} is not an OAuth account")]
+    NotOAuth(i64),
+    #[error("credentials unreadable: {0}")]
+    Credentials(String),
+    #[error("token endpoint refused the refresh ({status}): {message}")]
+    Refused { status: u16, message: String },
+    #[error("token endpoint unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub fn is_oauth(kind: AccountKind) -> bool {
+    matches!(kind, AccountKind::ClaudeOauth | AccountKind::OpenAiResponses)
+}
+
+/// Fills what can be derived from the tokens: `expires_at` from the access
+/// token's `exp`, and for ChatGPT accounts `account_id` from the id token.
+pub fn complete_credentials(kind: AccountKind, creds: &mut Credentials) {
+    if !creds.contains_key("expires_at") {
+        let exp = creds.get("access_token").and_then(|t| jwt_claims(t)).and_then(|c| c.get("exp").and_then(Value::as_i64));
+        if let Some(exp) = exp {
+            creds.insert("expires_at".into(), exp.to_string());
+        }
+    }
+    if kind == AccountKind::OpenAiResponses && !creds.contains_key("account_id") {
+        let id = ["id_token", "access_token"].iter().find_map(|field| {
+            let claims = jwt_claims(creds.get(*field)?)?;
+            claims.pointer("/https:~1~1api.openai.com~1auth/chatgpt_account_id")?.as_str().map(str::to_string)
+        });
+        if let Some(id) = id {
+            creds.insert("account_id".into(), id);
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Refresher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    sealer: Sealer,
+    publisher: Publisher,
+    http: HttpClient,
+    endpoints: OAuthSettings,
+    locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Refresher {
+    pub fn new(store: Store, sealer: Sealer, publisher: Publisher, endpoints: OAuthSettings) -> Self {
+        let http = aiproxy_shared::http::client(Duration::from_secs(10));
+        Self { inner: Arc::new(Inner { store, sealer, publisher, http, endpoints, locks: Mutex::default() }) }
+    }
+
+    /// Refreshes tokens that are about to expire, every minute until cancelled.
+    pub async fn run(self, cancel: CancellationToken) {
+        loop {
+            self.refresh_due().await;
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(SCAN_INTERVAL) => {}
+            }
+        }
+    }
+
+    pub async fn refresh_due(&self) {
+        let accounts = match self.inner.store.list_accounts().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list accounts for token refresh");
+                return;
+            }
+        };
+        for account in accounts {
+            let oauth = AccountKind::parse(&account.kind).is_some_and(is_oauth);
+            if !oauth || !account.enabled || account.status != "valid" {
+                continue;
+            }
+            match self.refresh(account.id, None).await {
+                Ok(Outcome::Refreshed) => tracing::info!(account_id = account.id, "access token refreshed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(account_id = account.id, error = %e, "access token refresh failed"),
+            }
+        }
+    }
+
+    /// Refreshes `id` if its token expires soon, or, with `refused`, if the
+    /// refused token (by sha256) is still the current one.
+    pub async fn refresh(&self, id: i64, refused: Option<[u8; 32]>) -> Result<Outcome, RefreshError> {
+        let lock = {
+            let mut locks = self.inner.locks.lock().expect("refresh locks");
+            locks.entry(id).or_default().clone()
+        };
+        let _serial = lock.lock().await;
+        let name = format!("aiproxy-oauth-refresh-{id}");
+        self.inner.store.with_named_lock(&name, self.refresh_locked(id, refused)).await?
+    }
+
+    async fn refresh_locked(&self, id: i64, refused: Option<[u8; 32]>) -> Result<Outcome, RefreshError> {
+        let store = &self.inner.store;
+        let account = store.get_account(id).await?;
+        let kind = AccountKind::parse(&account.kind).filter(|k| is_oauth(*k)).ok_or(RefreshError::NotOAuth(id))?;
+        let plain = self.inner.sealer.open(&account.credentials_sealed).map_err(|e| RefreshError::Credentials(e.to_string()))?;
+        let mut creds: Credentials = serde_json::from_slice(&plain).map_err(|e| RefreshError::Credentials(e.to_string()))?;
+        let current = creds.get("access_token").cloned().unwrap_or_default();
+        let now = chrono::Utc::now().timestamp();
+        let expires_at = creds.get("expires_at").and_then(|v| v.parse::<i64>().ok());
+        let due = match refused {
+            Some(hash) => <[u8; 32]>::from(Sha256::digest(current.as_bytes())) == hash,
+            None => expires_at.is_some_and(|t| t <= now + REFRESH_MARGIN_SECS),
+        };
+        if !due {
+            return Ok(Outcome::StillFresh);
+        }
+        let Some(refresh_token) = creds.get("refresh_token").filter(|t| !t.is_empty()).cloned() else {
+            return Ok(Outcome::NoRefreshToken);
+        };
+        let (default_url, body) = match kind {
+            AccountKind::OpenAiResponses => (
+                &self.inner.endpoints.openai_token_url,
+                json!({"client_id": OPENAI_CLIENT_ID, "grant_type": "refresh_token", "refresh_token": refresh_token, "scope": "openid profile email"}),
+            ),
+            _ => (
+                &self.inner.endpoints.claude_token_url,
+                json!({"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": CLAUDE_CLIENT_ID}),
+            ),
+        };
+        let url = creds.get("token_url").cloned().unwrap_or_else(|| default_url.clone());
+        let reply = call_json(&self.inner.http, http::Method::POST, &url, &[("accept", "application/json")], Some(&body), CALL_TIMEOUT)
+            .await
+            .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+        let answer = reply.json().unwrap_or(Value::Null);
+        let access = answer.get("access_token").and_then(Value::as_str).filter(|t| !t.is_empty());
+        let Some(access) = access.filter(|_| reply.status == 200) else {
+            let message = answer
+                .pointer("/error_description")
+                .or_else(|| answer.pointer("/error/message"))
+                .or_else(|| answer.pointer("/error"))
+                .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+                .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).chars().take(200).collect());
+            if matches!(reply.status, 400 | 401 | 403) {
+                // The refresh token is dead: the operator must re-authorize.
+                let patch = AccountPatch {
+                    status: Some("invalid".into()),
+                    disabled_reason: Some(Some(format!("OAuth refresh refused ({}): {message}", reply.status))),
+                    ..Default::default()
+                };
+                store.update_account(id, &patch).await?;
+                self.inner.publisher.notify();
+                return Err(RefreshError::Refused { status: reply.status, message });
+            }
+            return Err(RefreshError::Unavailable(format!("status {}: {message}", reply.status)));
+        };
+        creds.insert("access_token".into(), access.to_string());
+        if let Some(rt) = answer.get("refresh_token").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            creds.insert("refresh_token".into(), rt.to_string());
+        }
+        if let Some(it) = answer.get("id_token").and_then(Value::as_str) {
+            creds.insert("id_token".into(), it.to_string());
+        }
+        creds.remove("expires_at");
+        if let Some(secs) = answer.get("expires_in").and_then(Value::as_i64) {
+            creds.insert("expires_at".into(), (now + secs).to_string());
+        }
+        complete_credentials(kind, &mut creds);
+        let sealed = self.inner.sealer.seal(&serde_json::to_vec(&creds).expect("map serializes"));
+        store.update_account(id, &AccountPatch { credentials_sealed: Some(sealed), ..Default::default() }).await?;
+        self.inner.publisher.notify();
+        Ok(Outcome::Refreshed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_fields_come_from_the_tokens() {
+        // payload: {"https://api.openai.com/auth":{"chatgpt_account_id":"acc-1"},"exp":2000000000}
+        let jwt = "eyJhbGciOiJub25lIn0.eyJodHRwczovL2FwaS5vcGVuYWkuY29tL2F1dGgiOnsiY2hhdGdwdF9hY2NvdW50X2lkIjoiYWNjLTEifSwiZXhwIjoyMDAwMDAwMDAwfQ.";
+        let mut creds = Credentials::new();
+        creds.insert("access_token".into(), jwt.into());
+        creds.insert("id_token".into(), jwt.into());
+        complete_credentials(AccountKind::OpenAiResponses, &mut creds);
+        assert_eq!(creds["account_id"], "acc-1");
+        assert_eq!(creds["expires_at"], "2000000000");
+        let mut opaque = Credentials::new();
+        opaque.insert("access_token".into(), "sk-ant-oat01-opaque".into());
+        complete_credentials(AccountKind::ClaudeOauth, &mut opaque);
+        assert!(!opaque.contains_key("expires_at"));
+    }
+}
