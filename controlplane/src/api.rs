@@ -25,6 +25,7 @@ pub struct ApiState {
     pub sealer: Sealer,
     pub jwt: JwtKeys,
     pub publisher: Publisher,
+    pub refresher: crate::oauth::Refresher,
 }
 
 const OPENAPI: &str = include_str!("api/openapi.json");

@@ -101,11 +101,19 @@ pub async fn start(
         source,
     })?;
 
+    let refresher = oauth::Refresher::new(
+        store.clone(),
+        sealer.clone(),
+        publisher.clone(),
+        settings.oauth.clone(),
+    );
+    tracker.spawn(refresher.clone().run(cancel.clone()));
     let app = api::router(api::ApiState {
         store: store.clone(),
         sealer: sealer.clone(),
         jwt,
         publisher: publisher.clone(),
+        refresher: refresher.clone(),
     });
     let admin_cancel = cancel.clone();
     tracker.spawn(async move {
@@ -117,8 +125,6 @@ pub async fn start(
         }
     });
 
-    let refresher = oauth::Refresher::new(store.clone(), sealer.clone(), publisher.clone(), settings.oauth.clone());
-    tracker.spawn(refresher.clone().run(cancel.clone()));
     let node_api = grpc::NodeApi::new(store.clone(), publisher, refresher);
     let service = node_api.into_server(settings.node_token.expose().to_string());
     let grpc_cancel = cancel.clone();

@@ -93,7 +93,7 @@ pub async fn start(
     let reporter_stop = CancellationToken::new();
     let reporter = tokio::spawn(usage::run_reporter(
         records,
-        client,
+        client.clone(),
         settings.node_id.clone(),
         spool,
         reporter_stop.clone(),
@@ -107,6 +107,8 @@ pub async fn start(
         timeout: settings.proxy_timeout,
         max_body_bytes: settings.max_body_bytes,
         max_attempts: 3,
+        control: client,
+        node_id: settings.node_id.clone(),
     });
     tracker.spawn(async move {
         server::serve(listener, relay, cancel).await;

@@ -8,8 +8,10 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use aiproxy_shared::domain::AccountKind;
 use serde::Deserialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::adapters::{self, Outgoing};
 use crate::auth::{Caller, authenticate, model_allowed, query_without_key};
@@ -35,6 +37,9 @@ pub struct Relay {
     pub max_body_bytes: usize,
     /// Accounts tried per request before giving up.
     pub max_attempts: usize,
+    /// The control plane, told when an OAuth token is refused.
+    pub control: crate::control::Client,
+    pub node_id: String,
 }
 
 /// The few request fields the relay needs; the body is forwarded as sent.
@@ -145,6 +150,11 @@ impl Relay {
                     tracing::warn!(account_id = account.id, error = %e, "upstream request failed; trying another account");
                     last_failure = Some(RelayError::upstream("upstream connection failed"));
                 }
+                Ok(Ok(response)) if response.status() == StatusCode::UNAUTHORIZED && uses_oauth(&account) => {
+                    tracing::warn!(account_id = account.id, "upstream refused the OAuth token; asking for a refresh and trying another account");
+                    self.report_refused_token(&account);
+                    last_refusal = Some(Attempt { response, account, lease });
+                }
                 Ok(Ok(response)) if is_retryable(response.status()) => {
                     tracing::warn!(
                         account_id = account.id,
@@ -198,6 +208,9 @@ impl Relay {
             account,
             lease,
         } = attempt;
+        let fold = account.kind == AccountKind::OpenAiResponses
+            && !asked.stream
+            && response.status().is_success();
         let (mut head, mut body) = response.into_parts();
         let mut meter = Meter {
             request_id: request_id.to_str().unwrap_or_default().to_string(),
@@ -236,6 +249,9 @@ impl Relay {
             Ok(None) => None,
         };
         meter.ttfb = Some(started.elapsed());
+        if fold {
+            return fold_stream(head, first, body, meter, timeout, request_id).await;
+        }
         let encoding = head
             .headers
             .get(header::CONTENT_ENCODING)
@@ -262,6 +278,90 @@ impl Relay {
             RelayBody::Tapped(Box::new(body)),
         ))
     }
+}
+
+impl Relay {
+    /// Tells the control plane which token was refused; it refreshes the
+    /// account unless that happened meanwhile. Never delays the request.
+    fn report_refused_token(&self, account: &AccountEntry) {
+        let Some(token) = account.bearer.as_ref().and_then(|b| b.to_str().ok()).and_then(|b| b.strip_prefix("Bearer ")) else {
+            return;
+        };
+        let request = aiproxy_proto::v1::RefreshAccountRequest {
+            node_id: self.node_id.clone(),
+            account_id: account.id,
+            refused_token_sha256: Sha256::digest(token.as_bytes()).to_vec(),
+        };
+        let mut control = self.control.clone();
+        tokio::spawn(async move {
+            if let Err(e) = control.refresh_account(request).await {
+                tracing::warn!(error = %e, "could not ask the control plane for a token refresh");
+            }
+        });
+    }
+}
+
+fn uses_oauth(account: &AccountEntry) -> bool {
+    matches!(account.kind, AccountKind::ClaudeOauth | AccountKind::OpenAiResponses)
+}
+
+/// Largest folded stream, as for any JSON body.
+const MAX_FOLDED: usize = 64 << 20;
+
+/// A stream answered to a client that asked for one JSON body: read it all,
+/// meter it, and answer with the final `response` object.
+async fn fold_stream(
+    head: http::response::Parts,
+    first: Option<Bytes>,
+    body: Incoming,
+    meter: Meter,
+    timeout: Duration,
+    request_id: &HeaderValue,
+) -> Result<Response<RelayBody>, RelayError> {
+    let rest = tokio::time::timeout(timeout, Limited::new(body, MAX_FOLDED).collect()).await;
+    let rest = match rest {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) | Err(_) => {
+            meter.finish(&Observed::default(), false);
+            return Err(RelayError::upstream("upstream stream failed before it completed"));
+        }
+    };
+    let mut raw = first.map(|b| b.to_vec()).unwrap_or_default();
+    raw.extend_from_slice(&rest);
+    let encoding = head.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+    let bytes = match Decoder::detect(encoding, &raw) {
+        Some(mut d) => {
+            let mut out = d.feed(&raw).map_err(|_| RelayError::upstream("upstream body is corrupt"))?.to_vec();
+            out.extend_from_slice(&d.finish().map_err(|_| RelayError::upstream("upstream body is corrupt"))?);
+            out
+        }
+        None => raw,
+    };
+    let mut tap = UsageTap::new(UsageFormat::OpenAiResponses, Some("text/event-stream"));
+    tap.feed(&bytes);
+    tap.finish();
+    let terminal = terminal_response(&bytes);
+    meter.finish(tap.observed(), true);
+    let response = terminal.ok_or_else(|| RelayError::upstream("upstream stream ended without a response"))?;
+    let mut resp = Response::new(RelayBody::full(Bytes::from(response.to_string())));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert("x-request-id", request_id.clone());
+    Ok(resp)
+}
+
+/// The `response` object of the last terminal Responses event in `sse`.
+fn terminal_response(sse: &[u8]) -> Option<Value> {
+    sse.split(|&b| b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .filter_map(|data| serde_json::from_slice::<Value>(data.trim_ascii()).ok())
+        .filter(|event| {
+            matches!(
+                event.get("type").and_then(Value::as_str),
+                Some("response.completed" | "response.incomplete" | "response.failed")
+            )
+        })
+        .filter_map(|mut event| event.get_mut("response").map(Value::take))
+        .last()
 }
 
 fn asked(caller: &Caller<'_>, parsed: &Parsed) -> Asked {
@@ -448,6 +548,14 @@ mod tests {
             parse(&Endpoint::OpenAiChat, plain.clone()).unwrap().body,
             plain
         );
+    }
+
+    #[test]
+    fn folded_streams_answer_with_the_terminal_response() {
+        let sse = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"status\":\"in_progress\"}}\n\n\
+event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"status\":\"completed\"}}\n\n";
+        assert_eq!(terminal_response(sse).unwrap()["status"], "completed");
+        assert!(terminal_response(b"data: {\"type\":\"response.created\"}\n").is_none());
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl Endpoint {
                 &[ClaudeApi, ClaudeOauth]
             }
             Endpoint::OpenAiChat => &[OpenAi],
-            Endpoint::OpenAiResponses => &[OpenAi],
+            Endpoint::OpenAiResponses => &[OpenAiResponses, OpenAi],
             Endpoint::GeminiGenerate { .. } | Endpoint::GeminiCountTokens { .. } => &[GeminiApi],
         }
     }
@@ -204,6 +204,7 @@ mod tests {
                     base_url: "http://up".into(),
                     api_key: Some(http::HeaderValue::from_static("k")),
                     bearer: Some(http::HeaderValue::from_static("Bearer t")),
+                    extra_headers: Vec::new(),
                     priority: 0,
                     max_concurrency: 0,
                     schedulable: true,
@@ -214,7 +215,7 @@ mod tests {
                     endpoint,
                     query: None,
                     headers: &headers,
-                    body: bytes::Bytes::new(),
+                    body: bytes::Bytes::from_static(b"{}"),
                 };
                 assert!(
                     build(&account, &out).is_ok(),

@@ -127,6 +127,7 @@ mod tests {
             base_url: "http://x".into(),
             api_key: None,
             bearer: None,
+            extra_headers: Vec::new(),
             priority,
             max_concurrency: max,
             schedulable: true,

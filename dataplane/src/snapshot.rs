@@ -7,7 +7,7 @@ use aiproxy_proto::v1 as pb;
 use aiproxy_shared::domain::AccountKind;
 use aiproxy_shared::pricing::{ModelPrice, PriceTable};
 use arc_swap::ArcSwapOption;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use rust_decimal::Decimal;
 
 /// An API key as the relay needs it.
@@ -38,6 +38,8 @@ pub struct AccountEntry {
     pub api_key: Option<HeaderValue>,
     /// `Bearer <access_token>` for OAuth accounts.
     pub bearer: Option<HeaderValue>,
+    /// Headers this account adds to every upstream call (e.g. `chatgpt-account-id`).
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     pub priority: i32,
     pub max_concurrency: u32,
     pub schedulable: bool,
@@ -143,6 +145,12 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 .get("access_token")
                 .map(|t| header(format!("Bearer {}", t.trim())))
                 .transpose()?;
+            let mut extra_headers = Vec::new();
+            if kind == AccountKind::OpenAiResponses {
+                if let Some(id) = a.credentials.get("account_id") {
+                    extra_headers.push((HeaderName::from_static("chatgpt-account-id"), header(id.trim().to_string())?));
+                }
+            }
             let base_url = if a.base_url.is_empty() {
                 kind.default_base_url().to_string()
             } else {
@@ -155,6 +163,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 base_url: base_url.trim_end_matches('/').to_string(),
                 api_key,
                 bearer,
+                extra_headers,
                 priority: a.priority,
                 max_concurrency: a.max_concurrency.max(0) as u32,
                 schedulable: a.schedulable,

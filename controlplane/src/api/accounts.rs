@@ -120,6 +120,19 @@ fn view(state: &ApiState, account: &Account) -> ApiResult<Value> {
     Ok(body)
 }
 
+/// A token written by hand may already be close to expiry: refresh it now
+/// rather than at the next scan.
+fn refresh_if_due(state: &ApiState, kind: AccountKind, id: i64) {
+    if crate::oauth::is_oauth(kind) {
+        let refresher = state.refresher.clone();
+        tokio::spawn(async move {
+            if let Err(e) = refresher.refresh(id, None).await {
+                tracing::warn!(account_id = id, error = %e, "token refresh after account change failed");
+            }
+        });
+    }
+}
+
 fn seal(state: &ApiState, creds: &Credentials) -> String {
     state
         .sealer
@@ -188,6 +201,7 @@ pub async fn create(
         "account created"
     );
     state.publisher.notify();
+    refresh_if_due(&state, kind, account.id);
     Ok((StatusCode::CREATED, Json(view(&state, &account)?)))
 }
 
@@ -256,6 +270,9 @@ pub async fn update(
     };
     let account = state.store.update_account(id, &patch).await?;
     state.publisher.notify();
+    if let Some(kind) = AccountKind::parse(&account.kind) {
+        refresh_if_due(&state, kind, account.id);
+    }
     Ok(Json(view(&state, &account)?))
 }
 
