@@ -174,8 +174,14 @@ impl NodeService for NodeApi {
         let refresher = self.refresher.clone();
         tokio::spawn(async move {
             match refresher.refresh(req.account_id, Some(refused)).await {
-                Ok(outcome) => tracing::info!(account_id = req.account_id, ?outcome, "refresh on node report"),
-                Err(e) => tracing::warn!(account_id = req.account_id, error = %e, "refresh on node report failed"),
+                Ok(outcome) => tracing::info!(
+                    account_id = req.account_id,
+                    ?outcome,
+                    "refresh on node report"
+                ),
+                Err(e) => {
+                    tracing::warn!(account_id = req.account_id, error = %e, "refresh on node report failed")
+                }
             }
         });
         Ok(Response::new(pb::RefreshAccountResponse {}))

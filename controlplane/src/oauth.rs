@@ -51,14 +51,20 @@ pub enum RefreshError {
 }
 
 pub fn is_oauth(kind: AccountKind) -> bool {
-    matches!(kind, AccountKind::ClaudeOauth | AccountKind::OpenAiResponses)
+    matches!(
+        kind,
+        AccountKind::ClaudeOauth | AccountKind::OpenAiResponses
+    )
 }
 
 /// Fills what can be derived from the tokens: `expires_at` from the access
 /// token's `exp`, and for ChatGPT accounts `account_id` from the id token.
 pub fn complete_credentials(kind: AccountKind, creds: &mut Credentials) {
     if !creds.contains_key("expires_at") {
-        let exp = creds.get("access_token").and_then(|t| jwt_claims(t)).and_then(|c| c.get("exp").and_then(Value::as_i64));
+        let exp = creds
+            .get("access_token")
+            .and_then(|t| jwt_claims(t))
+            .and_then(|c| c.get("exp").and_then(Value::as_i64));
         if let Some(exp) = exp {
             creds.insert("expires_at".into(), exp.to_string());
         }
@@ -66,7 +72,10 @@ pub fn complete_credentials(kind: AccountKind, creds: &mut Credentials) {
     if kind == AccountKind::OpenAiResponses && !creds.contains_key("account_id") {
         let id = ["id_token", "access_token"].iter().find_map(|field| {
             let claims = jwt_claims(creds.get(*field)?)?;
-            claims.pointer("/https:~1~1api.openai.com~1auth/chatgpt_account_id")?.as_str().map(str::to_string)
+            claims
+                .pointer("/https:~1~1api.openai.com~1auth/chatgpt_account_id")?
+                .as_str()
+                .map(str::to_string)
         });
         if let Some(id) = id {
             creds.insert("account_id".into(), id);
@@ -89,9 +98,23 @@ struct Inner {
 }
 
 impl Refresher {
-    pub fn new(store: Store, sealer: Sealer, publisher: Publisher, endpoints: OAuthSettings) -> Self {
+    pub fn new(
+        store: Store,
+        sealer: Sealer,
+        publisher: Publisher,
+        endpoints: OAuthSettings,
+    ) -> Self {
         let http = aiproxy_shared::http::client(Duration::from_secs(10));
-        Self { inner: Arc::new(Inner { store, sealer, publisher, http, endpoints, locks: Mutex::default() }) }
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                sealer,
+                publisher,
+                http,
+                endpoints,
+                locks: Mutex::default(),
+            }),
+        }
     }
 
     /// Refreshes tokens that are about to expire, every minute until cancelled.
@@ -119,31 +142,53 @@ impl Refresher {
                 continue;
             }
             match self.refresh(account.id, None).await {
-                Ok(Outcome::Refreshed) => tracing::info!(account_id = account.id, "access token refreshed"),
+                Ok(Outcome::Refreshed) => {
+                    tracing::info!(account_id = account.id, "access token refreshed")
+                }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(account_id = account.id, error = %e, "access token refresh failed"),
+                Err(e) => {
+                    tracing::warn!(account_id = account.id, error = %e, "access token refresh failed")
+                }
             }
         }
     }
 
     /// Refreshes `id` if its token expires soon, or, with `refused`, if the
     /// refused token (by sha256) is still the current one.
-    pub async fn refresh(&self, id: i64, refused: Option<[u8; 32]>) -> Result<Outcome, RefreshError> {
+    pub async fn refresh(
+        &self,
+        id: i64,
+        refused: Option<[u8; 32]>,
+    ) -> Result<Outcome, RefreshError> {
         let lock = {
             let mut locks = self.inner.locks.lock().expect("refresh locks");
             locks.entry(id).or_default().clone()
         };
         let _serial = lock.lock().await;
         let name = format!("aiproxy-oauth-refresh-{id}");
-        self.inner.store.with_named_lock(&name, self.refresh_locked(id, refused)).await?
+        self.inner
+            .store
+            .with_named_lock(&name, self.refresh_locked(id, refused))
+            .await?
     }
 
-    async fn refresh_locked(&self, id: i64, refused: Option<[u8; 32]>) -> Result<Outcome, RefreshError> {
+    async fn refresh_locked(
+        &self,
+        id: i64,
+        refused: Option<[u8; 32]>,
+    ) -> Result<Outcome, RefreshError> {
         let store = &self.inner.store;
         let account = store.get_account(id).await?;
-        let kind = AccountKind::parse(&account.kind).filter(|k| is_oauth(*k)).ok_or(RefreshError::NotOAuth(id))?;
-        let plain = self.inner.sealer.open(&account.credentials_sealed).map_err(|e| RefreshError::Credentials(e.to_string()))?;
-        let mut creds: Credentials = serde_json::from_slice(&plain).map_err(|e| RefreshError::Credentials(e.to_string()))?;
+        let kind = AccountKind::parse(&account.kind)
+            .filter(|k| is_oauth(*k))
+            .ok_or(RefreshError::NotOAuth(id))?;
+        let plain = self
+            .inner
+            .sealer
+            .open(&account.credentials_sealed)
+            .map_err(|e| RefreshError::Credentials(e.to_string()))?;
+        let mut creds: Credentials =
+            serde_json::from_slice(&plain).map_err(|e| RefreshError::Credentials(e.to_string()))?;
         let current = creds.get("access_token").cloned().unwrap_or_default();
         let now = chrono::Utc::now().timestamp();
         let expires_at = creds.get("expires_at").and_then(|v| v.parse::<i64>().ok());
@@ -154,7 +199,11 @@ impl Refresher {
         if !due {
             return Ok(Outcome::StillFresh);
         }
-        let Some(refresh_token) = creds.get("refresh_token").filter(|t| !t.is_empty()).cloned() else {
+        let Some(refresh_token) = creds
+            .get("refresh_token")
+            .filter(|t| !t.is_empty())
+            .cloned()
+        else {
             return Ok(Outcome::NoRefreshToken);
         };
         let (default_url, body) = match kind {
@@ -167,34 +216,69 @@ impl Refresher {
                 json!({"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": CLAUDE_CLIENT_ID}),
             ),
         };
-        let url = creds.get("token_url").cloned().unwrap_or_else(|| default_url.clone());
-        let reply = call_json(&self.inner.http, http::Method::POST, &url, &[("accept", "application/json")], Some(&body), CALL_TIMEOUT)
-            .await
-            .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+        let url = creds
+            .get("token_url")
+            .cloned()
+            .unwrap_or_else(|| default_url.clone());
+        let reply = call_json(
+            &self.inner.http,
+            http::Method::POST,
+            &url,
+            &[("accept", "application/json")],
+            Some(&body),
+            CALL_TIMEOUT,
+        )
+        .await
+        .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
         let answer = reply.json().unwrap_or(Value::Null);
-        let access = answer.get("access_token").and_then(Value::as_str).filter(|t| !t.is_empty());
+        let access = answer
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty());
         let Some(access) = access.filter(|_| reply.status == 200) else {
             let message = answer
                 .pointer("/error_description")
                 .or_else(|| answer.pointer("/error/message"))
                 .or_else(|| answer.pointer("/error"))
-                .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
-                .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).chars().take(200).collect());
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .unwrap_or_else(|| {
+                    String::from_utf8_lossy(&reply.body)
+                        .chars()
+                        .take(200)
+                        .collect()
+                });
             if matches!(reply.status, 400 | 401 | 403) {
                 // The refresh token is dead: the operator must re-authorize.
                 let patch = AccountPatch {
                     status: Some("invalid".into()),
-                    disabled_reason: Some(Some(format!("OAuth refresh refused ({}): {message}", reply.status))),
+                    disabled_reason: Some(Some(format!(
+                        "OAuth refresh refused ({}): {message}",
+                        reply.status
+                    ))),
                     ..Default::default()
                 };
                 store.update_account(id, &patch).await?;
                 self.inner.publisher.notify();
-                return Err(RefreshError::Refused { status: reply.status, message });
+                return Err(RefreshError::Refused {
+                    status: reply.status,
+                    message,
+                });
             }
-            return Err(RefreshError::Unavailable(format!("status {}: {message}", reply.status)));
+            return Err(RefreshError::Unavailable(format!(
+                "status {}: {message}",
+                reply.status
+            )));
         };
         creds.insert("access_token".into(), access.to_string());
-        if let Some(rt) = answer.get("refresh_token").and_then(Value::as_str).filter(|t| !t.is_empty()) {
+        if let Some(rt) = answer
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
             creds.insert("refresh_token".into(), rt.to_string());
         }
         if let Some(it) = answer.get("id_token").and_then(Value::as_str) {
@@ -205,8 +289,19 @@ impl Refresher {
             creds.insert("expires_at".into(), (now + secs).to_string());
         }
         complete_credentials(kind, &mut creds);
-        let sealed = self.inner.sealer.seal(&serde_json::to_vec(&creds).expect("map serializes"));
-        store.update_account(id, &AccountPatch { credentials_sealed: Some(sealed), ..Default::default() }).await?;
+        let sealed = self
+            .inner
+            .sealer
+            .seal(&serde_json::to_vec(&creds).expect("map serializes"));
+        store
+            .update_account(
+                id,
+                &AccountPatch {
+                    credentials_sealed: Some(sealed),
+                    ..Default::default()
+                },
+            )
+            .await?;
         self.inner.publisher.notify();
         Ok(Outcome::Refreshed)
     }

@@ -134,9 +134,20 @@ pub fn build(
             );
         }
         AccountKind::OpenAiResponses => {
-            headers.insert(header::AUTHORIZATION, account.bearer.clone().ok_or_else(|| missing("access_token"))?);
-            headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
-            headers.entry("originator").or_insert(HeaderValue::from_static("codex_cli_rs"));
+            headers.insert(
+                header::AUTHORIZATION,
+                account
+                    .bearer
+                    .clone()
+                    .ok_or_else(|| missing("access_token"))?,
+            );
+            headers.insert(
+                header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            headers
+                .entry("originator")
+                .or_insert(HeaderValue::from_static("codex_cli_rs"));
         }
         _ => {}
     }
@@ -149,12 +160,16 @@ pub fn build(
 /// ChatGPT's Codex backend only streams and never stores: the request says so,
 /// whatever the client asked (a non-streaming client gets the stream folded).
 fn codex_body(body: &Bytes) -> Result<Bytes, RelayError> {
-    let mut v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| RelayError::bad_request(format!("invalid JSON body: {e}")))?;
-    let obj = v.as_object_mut().ok_or_else(|| RelayError::bad_request("request body must be a JSON object"))?;
+    let mut v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| RelayError::bad_request(format!("invalid JSON body: {e}")))?;
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| RelayError::bad_request("request body must be a JSON object"))?;
     obj.insert("stream".into(), serde_json::Value::Bool(true));
     obj.insert("store".into(), serde_json::Value::Bool(false));
-    Ok(Bytes::from(serde_json::to_vec(&v).expect("JSON serializes")))
+    Ok(Bytes::from(
+        serde_json::to_vec(&v).expect("JSON serializes"),
+    ))
 }
 
 fn with_query(url: String, query: Option<&str>) -> String {
@@ -214,7 +229,13 @@ fn openai_header(name: &HeaderName) -> bool {
 fn codex_header(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
-        "content-type" | "user-agent" | "openai-beta" | "session_id" | "conversation_id" | "version" | "originator"
+        "content-type"
+            | "user-agent"
+            | "openai-beta"
+            | "session_id"
+            | "conversation_id"
+            | "version"
+            | "originator"
     )
 }
 
@@ -237,7 +258,10 @@ mod tests {
             base_url: base.into(),
             api_key: Some(HeaderValue::from_static("upstream-key")),
             bearer: Some(HeaderValue::from_static("Bearer upstream-token")),
-            extra_headers: vec![(HeaderName::from_static("chatgpt-account-id"), HeaderValue::from_static("acc-1"))],
+            extra_headers: vec![(
+                HeaderName::from_static("chatgpt-account-id"),
+                HeaderValue::from_static("acc-1"),
+            )],
             priority: 0,
             max_concurrency: 0,
             schedulable: true,
@@ -365,9 +389,23 @@ mod tests {
     fn codex_account_streams_never_stores_and_names_the_account() {
         let headers = client_headers();
         let endpoint = Endpoint::OpenAiResponses;
-        let body = Bytes::from_static(br#"{"model":"gpt-5-codex","input":"hi","stream":false,"store":true}"#);
-        let out = Outgoing { endpoint: &endpoint, query: None, headers: &headers, body };
-        let req = build(&account(AccountKind::OpenAiResponses, "https://chatgpt.com/backend-api/codex"), &out).unwrap();
+        let body = Bytes::from_static(
+            br#"{"model":"gpt-5-codex","input":"hi","stream":false,"store":true}"#,
+        );
+        let out = Outgoing {
+            endpoint: &endpoint,
+            query: None,
+            headers: &headers,
+            body,
+        };
+        let req = build(
+            &account(
+                AccountKind::OpenAiResponses,
+                "https://chatgpt.com/backend-api/codex",
+            ),
+            &out,
+        )
+        .unwrap();
         assert_eq!(req.uri(), "https://chatgpt.com/backend-api/codex/responses");
         assert_eq!(req.headers()["authorization"], "Bearer upstream-token");
         assert_eq!(req.headers()["chatgpt-account-id"], "acc-1");
@@ -376,7 +414,10 @@ mod tests {
         assert_no_client_secrets(&req);
         let sent = codex_body(&out.body).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&sent).unwrap();
-        assert_eq!((v["stream"].as_bool(), v["store"].as_bool()), (Some(true), Some(false)));
+        assert_eq!(
+            (v["stream"].as_bool(), v["store"].as_bool()),
+            (Some(true), Some(false))
+        );
     }
 
     #[test]

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aiproxy_shared::domain::AccountKind;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use aiproxy_shared::domain::AccountKind;
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -22,8 +22,8 @@ use crate::routes::Endpoint;
 use crate::scheduler::{Lease, Scheduler};
 use crate::snapshot::{AccountEntry, Snapshot, SnapshotHolder};
 use crate::tap::{Decoder, Observed, UsageFormat, UsageTap};
-use aiproxy_shared::http::HttpClient;
 use crate::usage::UsageSink;
+use aiproxy_shared::http::HttpClient;
 
 /// Shared by every request on a node.
 pub struct Relay {
@@ -150,10 +150,19 @@ impl Relay {
                     tracing::warn!(account_id = account.id, error = %e, "upstream request failed; trying another account");
                     last_failure = Some(RelayError::upstream("upstream connection failed"));
                 }
-                Ok(Ok(response)) if response.status() == StatusCode::UNAUTHORIZED && uses_oauth(&account) => {
-                    tracing::warn!(account_id = account.id, "upstream refused the OAuth token; asking for a refresh and trying another account");
+                Ok(Ok(response))
+                    if response.status() == StatusCode::UNAUTHORIZED && uses_oauth(&account) =>
+                {
+                    tracing::warn!(
+                        account_id = account.id,
+                        "upstream refused the OAuth token; asking for a refresh and trying another account"
+                    );
                     self.report_refused_token(&account);
-                    last_refusal = Some(Attempt { response, account, lease });
+                    last_refusal = Some(Attempt {
+                        response,
+                        account,
+                        lease,
+                    });
                 }
                 Ok(Ok(response)) if is_retryable(response.status()) => {
                     tracing::warn!(
@@ -284,7 +293,12 @@ impl Relay {
     /// Tells the control plane which token was refused; it refreshes the
     /// account unless that happened meanwhile. Never delays the request.
     fn report_refused_token(&self, account: &AccountEntry) {
-        let Some(token) = account.bearer.as_ref().and_then(|b| b.to_str().ok()).and_then(|b| b.strip_prefix("Bearer ")) else {
+        let Some(token) = account
+            .bearer
+            .as_ref()
+            .and_then(|b| b.to_str().ok())
+            .and_then(|b| b.strip_prefix("Bearer "))
+        else {
             return;
         };
         let request = aiproxy_proto::v1::RefreshAccountRequest {
@@ -302,7 +316,10 @@ impl Relay {
 }
 
 fn uses_oauth(account: &AccountEntry) -> bool {
-    matches!(account.kind, AccountKind::ClaudeOauth | AccountKind::OpenAiResponses)
+    matches!(
+        account.kind,
+        AccountKind::ClaudeOauth | AccountKind::OpenAiResponses
+    )
 }
 
 /// Largest folded stream, as for any JSON body.
@@ -323,16 +340,27 @@ async fn fold_stream(
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(_)) | Err(_) => {
             meter.finish(&Observed::default(), false);
-            return Err(RelayError::upstream("upstream stream failed before it completed"));
+            return Err(RelayError::upstream(
+                "upstream stream failed before it completed",
+            ));
         }
     };
     let mut raw = first.map(|b| b.to_vec()).unwrap_or_default();
     raw.extend_from_slice(&rest);
-    let encoding = head.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+    let encoding = head
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
     let bytes = match Decoder::detect(encoding, &raw) {
         Some(mut d) => {
-            let mut out = d.feed(&raw).map_err(|_| RelayError::upstream("upstream body is corrupt"))?.to_vec();
-            out.extend_from_slice(&d.finish().map_err(|_| RelayError::upstream("upstream body is corrupt"))?);
+            let mut out = d
+                .feed(&raw)
+                .map_err(|_| RelayError::upstream("upstream body is corrupt"))?
+                .to_vec();
+            out.extend_from_slice(
+                &d.finish()
+                    .map_err(|_| RelayError::upstream("upstream body is corrupt"))?,
+            );
             out
         }
         None => raw,
@@ -342,26 +370,30 @@ async fn fold_stream(
     tap.finish();
     let terminal = terminal_response(&bytes);
     meter.finish(tap.observed(), true);
-    let response = terminal.ok_or_else(|| RelayError::upstream("upstream stream ended without a response"))?;
+    let response =
+        terminal.ok_or_else(|| RelayError::upstream("upstream stream ended without a response"))?;
     let mut resp = Response::new(RelayBody::full(Bytes::from(response.to_string())));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert("x-request-id", request_id.clone());
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert("x-request-id", request_id.clone());
     Ok(resp)
 }
 
 /// The `response` object of the last terminal Responses event in `sse`.
 fn terminal_response(sse: &[u8]) -> Option<Value> {
-    sse.split(|&b| b == b'\n')
+    sse.rsplit(|&b| b == b'\n')
         .filter_map(|line| line.strip_prefix(b"data:"))
         .filter_map(|data| serde_json::from_slice::<Value>(data.trim_ascii()).ok())
-        .filter(|event| {
+        .find(|event| {
             matches!(
                 event.get("type").and_then(Value::as_str),
                 Some("response.completed" | "response.incomplete" | "response.failed")
             )
         })
-        .filter_map(|mut event| event.get_mut("response").map(Value::take))
-        .last()
+        .and_then(|mut event| event.get_mut("response").map(Value::take))
 }
 
 fn asked(caller: &Caller<'_>, parsed: &Parsed) -> Asked {

@@ -146,10 +146,13 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 .map(|t| header(format!("Bearer {}", t.trim())))
                 .transpose()?;
             let mut extra_headers = Vec::new();
-            if kind == AccountKind::OpenAiResponses {
-                if let Some(id) = a.credentials.get("account_id") {
-                    extra_headers.push((HeaderName::from_static("chatgpt-account-id"), header(id.trim().to_string())?));
-                }
+            if kind == AccountKind::OpenAiResponses
+                && let Some(id) = a.credentials.get("account_id")
+            {
+                extra_headers.push((
+                    HeaderName::from_static("chatgpt-account-id"),
+                    header(id.trim().to_string())?,
+                ));
             }
             let base_url = if a.base_url.is_empty() {
                 kind.default_base_url().to_string()

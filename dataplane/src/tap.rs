@@ -341,10 +341,8 @@ impl UsageTap {
                 }
             }
             Mode::Json { body, overflow } => {
-                if !*overflow {
-                    if let Ok(v) = serde_json::from_slice::<Value>(body) {
-                        self.observed.apply_body(self.format, &v);
-                    }
+                if !*overflow && let Ok(v) = serde_json::from_slice::<Value>(body) {
+                    self.observed.apply_body(self.format, &v);
                 }
                 body.clear();
             }

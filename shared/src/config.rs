@@ -271,8 +271,16 @@ impl Config {
             &mut self.cache.unavailable_ttl,
         )?;
         parse_env(&get, "AIPROXY_JWT_EXPIRE_HOURS", &mut self.jwt.expire_hours)?;
-        parse_env(&get, "AIPROXY_CLAUDE_TOKEN_URL", &mut self.oauth.claude_token_url)?;
-        parse_env(&get, "AIPROXY_OPENAI_TOKEN_URL", &mut self.oauth.openai_token_url)?;
+        parse_env(
+            &get,
+            "AIPROXY_CLAUDE_TOKEN_URL",
+            &mut self.oauth.claude_token_url,
+        )?;
+        parse_env(
+            &get,
+            "AIPROXY_OPENAI_TOKEN_URL",
+            &mut self.oauth.openai_token_url,
+        )?;
         Ok(())
     }
 

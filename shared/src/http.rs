@@ -74,9 +74,14 @@ pub async fn call_json(
         None => Bytes::new(),
     };
     req = req.header(http::header::ACCEPT_ENCODING, "identity");
-    let req = req.body(Full::new(bytes)).map_err(|_| CallError::Url(url.to_string()))?;
+    let req = req
+        .body(Full::new(bytes))
+        .map_err(|_| CallError::Url(url.to_string()))?;
     let work = async {
-        let resp = client.request(req).await.map_err(|e| CallError::Transport(e.to_string()))?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| CallError::Transport(e.to_string()))?;
         let status = resp.status().as_u16();
         let body = http_body_util::Limited::new(resp.into_body(), 4 << 20)
             .collect()
@@ -85,7 +90,9 @@ pub async fn call_json(
             .to_bytes();
         Ok(JsonReply { status, body })
     };
-    tokio::time::timeout(timeout, work).await.map_err(|_| CallError::Timeout)?
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| CallError::Timeout)?
 }
 
 /// Decodes unpadded or padded base64url (as in JWT segments).
@@ -135,7 +142,10 @@ mod tests {
         // {"alg":"none"} . {"https://api.openai.com/auth":{"chatgpt_account_id":"acc-1"},"exp":2000000000}
         let token = "eyJhbGciOiJub25lIn0.eyJodHRwczovL2FwaS5vcGVuYWkuY29tL2F1dGgiOnsiY2hhdGdwdF9hY2NvdW50X2lkIjoiYWNjLTEifSwiZXhwIjoyMDAwMDAwMDAwfQ.";
         let claims = jwt_claims(token).unwrap();
-        assert_eq!(claims["https://api.openai.com/auth"]["chatgpt_account_id"], "acc-1");
+        assert_eq!(
+            claims["https://api.openai.com/auth"]["chatgpt_account_id"],
+            "acc-1"
+        );
         assert_eq!(claims["exp"], 2_000_000_000u64);
         assert!(jwt_claims("not-a-jwt").is_none());
     }

@@ -16,14 +16,20 @@ pub struct Embedded {
 }
 
 pub async fn start() -> Embedded {
+    start_with(&[]).await
+}
+
+/// The all-in-one with extra environment variables.
+pub async fn start_with(extra: &[(&str, String)]) -> Embedded {
     let dir = tempfile::tempdir().unwrap();
-    let env = [
+    let mut env = vec![
         ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
         ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
         ("AIPROXY_PROXY_LISTEN", "127.0.0.1:0".to_string()),
         ("AIPROXY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
         ("AIPROXY_GRPC_LISTEN", "127.0.0.1:0".to_string()),
     ];
+    env.extend(extra.iter().cloned());
     let process = Process::spawn(
         &crate::bin(),
         &[],

@@ -1,7 +1,5 @@
 //! Every endpoint with every account kind that serves it, streaming and not.
-use aiproxy_tests::mock::{
-    GEMINI_THOUGHTS, MockUpstream, USAGE, chat_events, gemini_events, responses_events,
-};
+use aiproxy_tests::mock::{MockUpstream, USAGE, chat_events, gemini_events, responses_events};
 use serde_json::{Value, json};
 
 use crate::embedded::{Embedded, logged, start, wait_for_status};
@@ -190,7 +188,6 @@ async fn gemini_generate_stream_and_count() {
         last.path_and_query,
         "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
     );
-    assert!(USAGE.output > GEMINI_THOUGHTS);
 
     // countTokens is relayed but not billed.
     let reply = e

@@ -6,6 +6,7 @@
 //! serves healthy and failing accounts at once:
 //! - `mock-429`, `mock-529`, `mock-500`: that status, Anthropic error shape;
 //! - `mock-gzip`: the body gzip-compressed with no `content-encoding`;
+//! - `expired-token`: 401, as for an OAuth access token past its life;
 //! - anything else: a normal answer.
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -159,6 +160,7 @@ async fn handle(
         "mock-429" => Some(StatusCode::TOO_MANY_REQUESTS),
         "mock-529" => Some(StatusCode::from_u16(529).expect("529")),
         "mock-500" => Some(StatusCode::INTERNAL_SERVER_ERROR),
+        "expired-token" => Some(StatusCode::UNAUTHORIZED),
         _ => None,
     };
     let model = body
@@ -173,6 +175,15 @@ async fn handle(
             Some(status) => anthropic_error(status),
             None if stream => sse_response(sse_events(&model), gzip),
             None => json_or_gzip(message_body(&model), gzip),
+        },
+        "/v1/oauth/token" | "/oauth/token" => token_response(&path, &body),
+        "/backend-api/codex/responses" => match failure {
+            Some(status) => openai_error(status),
+            None if key_header_missing(&state, "chatgpt-account-id") => json_response(
+                StatusCode::BAD_REQUEST,
+                json!({"detail": "missing chatgpt-account-id"}),
+            ),
+            None => sse_response(responses_events(&model), gzip),
         },
         "/v1/messages/count_tokens" => json_response(StatusCode::OK, json!({"input_tokens": 42})),
         "/v1/chat/completions" => match failure {
@@ -216,8 +227,69 @@ async fn handle(
     Ok(resp)
 }
 
+/// Whether the request just recorded lacks `header`.
+fn key_header_missing(state: &State, header: &str) -> bool {
+    let received = state.received.lock().expect("mock lock");
+    received
+        .last()
+        .is_none_or(|r| !r.headers.contains_key(header))
+}
+
+/// The account id the mock's OpenAI id tokens carry.
+pub const CHATGPT_ACCOUNT_ID: &str = "acc-mock-1";
+
+/// An unsigned JWT with `claims`, as the mock's token endpoint issues.
+pub fn unsigned_jwt(claims: &Value) -> String {
+    fn b64(bytes: &[u8]) -> String {
+        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b))
+                << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+    format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none"}"#),
+        b64(claims.to_string().as_bytes())
+    )
+}
+
+/// OAuth refresh: `dead` is refused; any other refresh token gets a new
+/// access token `fresh-<refresh token>` and a rotated refresh token.
+fn token_response(path: &str, body: &Value) -> Response<MockBody> {
+    let refresh = body
+        .get("refresh_token")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if refresh == "dead" || body.get("grant_type").and_then(Value::as_str) != Some("refresh_token")
+    {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_grant", "error_description": "Refresh token revoked"}),
+        );
+    }
+    let mut answer = json!({
+        "access_token": format!("fresh-{refresh}"),
+        "refresh_token": format!("{refresh}-rotated"),
+        "expires_in": 3600,
+        "token_type": "Bearer",
+    });
+    if path == "/oauth/token" {
+        answer["id_token"] = json!(unsigned_jwt(
+            &json!({"https://api.openai.com/auth": {"chatgpt_account_id": CHATGPT_ACCOUNT_ID}})
+        ));
+    }
+    json_response(StatusCode::OK, answer)
+}
+
 fn anthropic_error(status: StatusCode) -> Response<MockBody> {
     let kind = match status.as_u16() {
+        401 => "authentication_error",
         429 => "rate_limit_error",
         529 => "overloaded_error",
         _ => "api_error",

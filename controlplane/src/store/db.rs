@@ -282,13 +282,18 @@ impl Store {
                 // If `work` is cancelled the session ends with the connection,
                 // and MySQL releases the lock with it.
                 conn.close_on_drop();
-                let got: Option<i64> =
-                    sqlx::query_scalar("SELECT GET_LOCK(?, 60)").bind(name).fetch_one(&mut *conn).await?;
+                let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, 60)")
+                    .bind(name)
+                    .fetch_one(&mut *conn)
+                    .await?;
                 if got != Some(1) {
                     return Err(super::StoreError::Conflict(format!("lock {name} is busy")));
                 }
                 let out = work.await;
-                sqlx::query("DO RELEASE_LOCK(?)").bind(name).execute(&mut *conn).await?;
+                sqlx::query("DO RELEASE_LOCK(?)")
+                    .bind(name)
+                    .execute(&mut *conn)
+                    .await?;
                 Ok(out)
             }
         }

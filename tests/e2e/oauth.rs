@@ -1,0 +1,231 @@
+//! OAuth accounts: tokens refreshed when refused or about to expire, and
+//! ChatGPT (Codex) accounts serving `/v1/responses`.
+use std::time::{Duration, Instant};
+
+use aiproxy_tests::mock::{
+    CHATGPT_ACCOUNT_ID, MockUpstream, Recorded, USAGE, responses_events, unsigned_jwt,
+};
+use serde_json::{Value, json};
+
+use crate::embedded::{Embedded, logged, start_with};
+
+async fn setup() -> (Embedded, MockUpstream, String) {
+    let mock = MockUpstream::start().await;
+    let e = start_with(&[
+        (
+            "AIPROXY_CLAUDE_TOKEN_URL",
+            format!("{}/v1/oauth/token", mock.url()),
+        ),
+        (
+            "AIPROXY_OPENAI_TOKEN_URL",
+            format!("{}/oauth/token", mock.url()),
+        ),
+    ])
+    .await;
+    let user = e.admin.create_user("oauth-user").await;
+    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    (e, mock, key)
+}
+
+fn token_calls(mock: &MockUpstream, path: &str) -> Vec<Recorded> {
+    mock.received()
+        .into_iter()
+        .filter(|r| r.path_and_query == path)
+        .collect()
+}
+
+async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_refused_token_is_refreshed_once_and_then_used() {
+    let (e, mock, key) = setup().await;
+    let account = e
+        .admin
+        .expect(
+            "POST",
+            "/accounts",
+            Some(
+                json!({"name": "max", "type": "claude-oauth", "base_url": mock.url(),
+                        "credentials": {"access_token": "expired-token", "refresh_token": "r1"}}),
+            ),
+            201,
+        )
+        .await;
+    let url = format!("{}/v1/messages", e.proxy);
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    let reply = eventually("a successful request after the refresh", async || {
+        let reply = e
+            .http
+            .send("POST", &url, &[("x-api-key", &key)], Some(&body))
+            .await;
+        (reply.status == 200).then_some(reply)
+    })
+    .await;
+    let row = logged(&e.admin, reply.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(row["input_tokens"], USAGE.input);
+
+    let calls = token_calls(&mock, "/v1/oauth/token");
+    assert_eq!(
+        calls.len(),
+        1,
+        "one refresh however many nodes or requests saw the 401"
+    );
+    assert_eq!(calls[0].body["grant_type"], "refresh_token");
+    assert_eq!(calls[0].body["refresh_token"], "r1");
+    assert_eq!(
+        calls[0].body["client_id"],
+        "9d1c250a-e61b-44d9-88ed-5944d1962f5e"
+    );
+    let inference: Vec<Recorded> = mock
+        .received()
+        .into_iter()
+        .filter(|r| r.path_and_query == "/v1/messages")
+        .collect();
+    assert_eq!(
+        inference.last().unwrap().headers["authorization"],
+        "Bearer fresh-r1"
+    );
+
+    // The rotated refresh token was stored: the next refresh uses it.
+    let view = e
+        .admin
+        .expect("GET", &format!("/accounts/{}", account["id"]), None, 200)
+        .await;
+    assert_eq!(view["status"], "valid");
+    assert!(
+        !view.to_string().contains("r1-rotated"),
+        "tokens never shown"
+    );
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn a_dead_refresh_token_flags_the_account() {
+    let (e, mock, key) = setup().await;
+    let account = e
+        .admin
+        .expect(
+            "POST",
+            "/accounts",
+            Some(
+                json!({"name": "revoked", "type": "claude-oauth", "base_url": mock.url(),
+                        "credentials": {"access_token": "expired-token", "refresh_token": "dead"}}),
+            ),
+            201,
+        )
+        .await;
+    let url = format!("{}/v1/messages", e.proxy);
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []});
+    // The upstream's own 401 reaches the client while the refresh fails...
+    eventually("the upstream's 401", async || {
+        let reply = e
+            .http
+            .send("POST", &url, &[("x-api-key", &key)], Some(&body))
+            .await;
+        (reply.status == 401 && reply.json()["error"]["message"] == "mock authentication_error")
+            .then_some(())
+    })
+    .await;
+    // ...and the operator sees why the account stopped.
+    let path = format!("/accounts/{}", account["id"]);
+    let view: Value = eventually("the account to be flagged", async || {
+        let view = e.admin.expect("GET", &path, None, 200).await;
+        (view["status"] == "invalid").then_some(view)
+    })
+    .await;
+    assert!(
+        view["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("OAuth refresh refused (400)"),
+        "{view}"
+    );
+    // An invalid account is no longer scheduled.
+    crate::embedded::wait_for_status(&e.http, &url, &[("x-api-key", &key)], &body, 503).await;
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn codex_accounts_refresh_ahead_of_expiry_and_serve_responses() {
+    let (e, mock, key) = setup().await;
+    let soon = chrono::Utc::now().timestamp() + 60;
+    let access = unsigned_jwt(&json!({"exp": soon}));
+    e.admin
+        .expect(
+            "POST",
+            "/accounts",
+            Some(json!({"name": "chatgpt", "type": "openai-responses", "base_url": format!("{}/backend-api/codex", mock.url()),
+                        "credentials": {"access_token": access, "refresh_token": "c1"}})),
+            201,
+        )
+        .await;
+    // Expiring within five minutes: refreshed without waiting for a failure.
+    let call = eventually("the ahead-of-expiry refresh", async || {
+        token_calls(&mock, "/oauth/token").pop()
+    })
+    .await;
+    assert_eq!(call.body["client_id"], "app_EMoamEEZ73f0CkXaXp7hrann");
+    assert_eq!(call.body["refresh_token"], "c1");
+
+    let url = format!("{}/v1/responses", e.proxy);
+    let auth = format!("Bearer {key}");
+    let headers = [("authorization", auth.as_str()), ("session_id", "sess-1")];
+    let body = json!({"model": "gpt-5-codex", "input": "hi", "instructions": "be brief"});
+    let reply = eventually("a folded Responses answer", async || {
+        let reply = e.http.send("POST", &url, &headers, Some(&body)).await;
+        let seen = mock
+            .received()
+            .into_iter()
+            .rfind(|r| r.path_and_query == "/backend-api/codex/responses");
+        (reply.status == 200
+            && seen.is_some_and(|r| r.headers["authorization"] == "Bearer fresh-c1"))
+        .then_some(reply)
+    })
+    .await;
+    let answer = reply.json();
+    assert_eq!(answer["object"], "response");
+    assert_eq!(
+        answer["output"][0]["content"][0]["text"],
+        "Hello from the mock."
+    );
+    let row = logged(&e.admin, reply.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(row["output_tokens"], USAGE.output);
+    assert_eq!(row["cache_read_tokens"], USAGE.cache_read);
+    assert_eq!(row["stream"], false);
+
+    let upstream = mock
+        .received()
+        .into_iter()
+        .rfind(|r| r.path_and_query == "/backend-api/codex/responses")
+        .unwrap();
+    assert_eq!(upstream.headers["chatgpt-account-id"], CHATGPT_ACCOUNT_ID);
+    assert_eq!(upstream.headers["originator"], "codex_cli_rs");
+    assert_eq!(upstream.headers["session_id"], "sess-1");
+    assert_eq!(upstream.body["stream"], true);
+    assert_eq!(upstream.body["store"], false);
+    assert!(!format!("{:?}", upstream.headers).contains(&key));
+
+    let streamed = e
+        .http
+        .send(
+            "POST",
+            &url,
+            &headers,
+            Some(&json!({"model": "gpt-5-codex", "input": "hi", "stream": true})),
+        )
+        .await;
+    assert_eq!(streamed.text(), responses_events("gpt-5-codex").concat());
+    e.process.stop().await;
+}
