@@ -2,6 +2,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use aiproxy_shared::config::{Config, ConfigError, EXIT_CONFIG, Secret};
 use clap::{Parser, Subcommand};
@@ -114,6 +115,7 @@ fn dataplane_settings(
         proxy_listen: config.listen.proxy,
         spool_dir: config.data_dir.join("spool"),
         proxy_timeout: config.proxy_timeout(),
+        idle_timeout: Duration::from_secs(config.proxy.idle_timeout),
         max_body_bytes: config.proxy.max_body_bytes,
     }
 }

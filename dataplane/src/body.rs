@@ -1,7 +1,9 @@
 //! Response bodies: a buffered body for local answers, and the tapped
 //! upstream body that forwards every chunk as it arrives.
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -66,6 +68,9 @@ impl Body for RelayBody {
 /// metered when it ends or when the client drops it.
 pub struct TapBody {
     upstream: Incoming,
+    /// Fires when the upstream has been silent for `idle`.
+    quiet: Pin<Box<tokio::time::Sleep>>,
+    idle: Duration,
     /// The first chunk, read before the response head was sent.
     first: Option<Bytes>,
     decoder: Option<Decoder>,
@@ -81,9 +86,12 @@ impl TapBody {
         decoder: Option<Decoder>,
         tap: UsageTap,
         meter: Meter,
+        idle: Duration,
     ) -> Self {
         Self {
             upstream,
+            quiet: Box::pin(tokio::time::sleep(idle)),
+            idle,
             first,
             decoder,
             tap,
@@ -130,7 +138,26 @@ impl Body for TapBody {
             }
         }
         loop {
-            match ready!(Pin::new(&mut this.upstream).poll_frame(cx)) {
+            let polled = Pin::new(&mut this.upstream).poll_frame(cx);
+            if polled.is_pending() {
+                if this.quiet.as_mut().poll(cx).is_ready() {
+                    this.done = true;
+                    if let Some(meter) = this.meter.as_mut() {
+                        meter.error_class = "upstream_idle_timeout".into();
+                    }
+                    this.end(false);
+                    tracing::warn!(
+                        idle_secs = this.idle.as_secs(),
+                        "upstream went quiet; response cut off"
+                    );
+                    return Poll::Ready(Some(Err("upstream went quiet".into())));
+                }
+                return Poll::Pending;
+            }
+            this.quiet
+                .as_mut()
+                .reset(tokio::time::Instant::now() + this.idle);
+            match ready!(polled) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(raw) => {
                         let bytes = this.decode(raw)?;

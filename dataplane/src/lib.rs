@@ -40,6 +40,8 @@ pub struct Settings {
     /// Where the usage spool lives.
     pub spool_dir: PathBuf,
     pub proxy_timeout: Duration,
+    /// Longest silence allowed inside a response body.
+    pub idle_timeout: Duration,
     pub max_body_bytes: usize,
 }
 
@@ -105,6 +107,7 @@ pub async fn start(
         client: aiproxy_shared::http::client(Duration::from_secs(10)),
         sink,
         timeout: settings.proxy_timeout,
+        idle_timeout: settings.idle_timeout,
         max_body_bytes: settings.max_body_bytes,
         max_attempts: 3,
         control: client,

@@ -34,6 +34,8 @@ pub struct Relay {
     /// Upstream timeout for the response head and first byte, used until
     /// the snapshot carries the control plane's `proxy.timeout`.
     pub timeout: Duration,
+    /// Longest silence allowed inside a response body.
+    pub idle_timeout: Duration,
     pub max_body_bytes: usize,
     /// Accounts tried per request before giving up.
     pub max_attempts: usize,
@@ -281,7 +283,7 @@ impl Relay {
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         }
         head.headers.insert("x-request-id", request_id.clone());
-        let body = TapBody::new(body, first, decoder, tap, meter);
+        let body = TapBody::new(body, first, decoder, tap, meter, self.idle_timeout);
         Ok(Response::from_parts(
             head,
             RelayBody::Tapped(Box::new(body)),

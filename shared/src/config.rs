@@ -74,8 +74,10 @@ impl Default for Listen {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxySettings {
-    /// Whole-request upstream timeout, seconds (the seed's `proxy.timeout`).
+    /// Seconds to wait for the upstream's response and first byte (the seed's `proxy.timeout`).
     pub timeout: u64,
+    /// Seconds a response may go without a byte before it is cut off.
+    pub idle_timeout: u64,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: usize,
 }
@@ -84,6 +86,7 @@ impl Default for ProxySettings {
     fn default() -> Self {
         Self {
             timeout: 600,
+            idle_timeout: 300,
             max_body_bytes: 32 * 1024 * 1024,
         }
     }
@@ -259,6 +262,7 @@ impl Config {
             "AIPROXY_MAX_BODY_BYTES",
             &mut self.proxy.max_body_bytes,
         )?;
+        parse_env(&get, "AIPROXY_IDLE_TIMEOUT", &mut self.proxy.idle_timeout)?;
         parse_env(&get, "AIPROXY_SESSION_TTL", &mut self.cache.session_ttl)?;
         parse_env(
             &get,
@@ -312,6 +316,7 @@ impl Config {
         }
         for (name, value) in [
             ("proxy.timeout", self.proxy.timeout),
+            ("proxy.idle_timeout", self.proxy.idle_timeout),
             ("cache.session_ttl", self.cache.session_ttl),
             ("cache.concurrency_ttl", self.cache.concurrency_ttl),
             ("cache.unavailable_ttl", self.cache.unavailable_ttl),
@@ -422,6 +427,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/srv/aiproxy"));
         assert_eq!(c.proxy.timeout, 45);
+        assert_eq!(c.proxy.idle_timeout, 300);
         assert_eq!(c.jwt.expire_hours, 8);
         assert_eq!(c.listen.proxy.to_string(), "127.0.0.1:1234");
     }

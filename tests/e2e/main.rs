@@ -1,5 +1,6 @@
 //! End-to-end suites: the real `aiproxy` binary against the mock upstream.
 mod embedded;
+mod limits;
 mod oauth;
 mod platforms;
 mod sdk;

@@ -7,6 +7,7 @@
 //! - `mock-429`, `mock-529`, `mock-500`: that status, Anthropic error shape;
 //! - `mock-gzip`: the body gzip-compressed with no `content-encoding`;
 //! - `expired-token`: 401, as for an OAuth access token past its life;
+//! - `mock-slow`: streams that pause two seconds after the first event;
 //! - anything else: a normal answer.
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -54,6 +55,8 @@ pub struct Recorded {
 struct State {
     received: Arc<Mutex<Vec<Recorded>>>,
     latency: Duration,
+    /// Streams whose reader went away before the last event.
+    cancelled: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub struct MockUpstream {
@@ -73,6 +76,7 @@ impl MockUpstream {
         let state = State {
             received: Arc::default(),
             latency,
+            cancelled: Arc::default(),
         };
         let serve_state = state.clone();
         tokio::spawn(async move {
@@ -95,6 +99,13 @@ impl MockUpstream {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// How many streams were abandoned by the relay before their end.
+    pub fn cancelled_streams(&self) -> usize {
+        self.state
+            .cancelled
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Recorded> {
@@ -170,6 +181,14 @@ async fn handle(
         .to_string();
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let gzip = key == "mock-gzip";
+    let pause = if key == "mock-slow" {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_millis(5)
+    };
+    let sse_response = |events: Vec<String>, gzip: bool| {
+        sse_response(events, gzip, pause, state.cancelled.clone())
+    };
     let resp = match path.as_str() {
         "/v1/messages" => match failure {
             Some(status) => anthropic_error(status),
@@ -511,8 +530,14 @@ pub fn sse_events(model: &str) -> Vec<String> {
         .collect()
 }
 
-/// Streams the events one chunk each, a little apart, as a real upstream does.
-fn sse_response(events: Vec<String>, compress: bool) -> Response<MockBody> {
+/// Streams the events one chunk each, `pause` apart (after the first), as a
+/// real upstream does; counts streams whose reader left early.
+fn sse_response(
+    events: Vec<String>,
+    compress: bool,
+    pause: Duration,
+    cancelled: Arc<std::sync::atomic::AtomicUsize>,
+) -> Response<MockBody> {
     let body: MockBody = if compress {
         Full::new(Bytes::from(gzip(events.concat().as_bytes()))).boxed()
     } else {
@@ -520,9 +545,16 @@ fn sse_response(events: Vec<String>, compress: bool) -> Response<MockBody> {
         tokio::spawn(async move {
             for event in events {
                 if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+                    cancelled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = tx.closed() => {
+                        cancelled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        return;
+                    }
+                }
             }
         });
         StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()

@@ -1,0 +1,166 @@
+//! Streams that end badly and requests that are too big: client
+//! disconnects, silent upstreams, oversized bodies.
+use std::time::{Duration, Instant};
+
+use aiproxy_tests::mock::{MockUpstream, USAGE};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+use crate::embedded::{logged, start_with, wait_for_status};
+
+fn stream_body() -> Value {
+    json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+async fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_the_upstream_and_is_still_billed() {
+    let mock = MockUpstream::start().await;
+    let e = start_with(&[]).await;
+    e.admin
+        .create_account("slow", &mock.url(), "mock-slow")
+        .await;
+    let user = e.admin.create_user("leaver").await;
+    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let url = format!("{}/v1/messages", e.proxy);
+    wait_for_status(
+        &e.http,
+        &url,
+        &[("x-api-key", &key)],
+        &json!({"model": "claude-sonnet-4-5", "messages": []}),
+        200,
+    )
+    .await;
+
+    let mut resp = e
+        .http
+        .stream(&url, &[("x-api-key", &key)], &stream_body())
+        .await;
+    assert_eq!(resp.status(), 200);
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let first = resp
+        .body_mut()
+        .frame()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("message_start"));
+    drop(resp);
+
+    until("the upstream stream to be cancelled", || {
+        mock.cancelled_streams() == 1
+    })
+    .await;
+    let row = logged(&e.admin, &request_id).await;
+    assert_eq!(
+        row["input_tokens"], USAGE.input,
+        "input counted from message_start: {row}"
+    );
+    assert_eq!(row["cache_read_tokens"], USAGE.cache_read);
+    assert_eq!(row["usage_source"], "missing");
+    assert_eq!(row["error_class"], "client_disconnected");
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn silent_upstreams_are_cut_off_and_big_bodies_refused() {
+    let mock = MockUpstream::start().await;
+    let e = start_with(&[
+        ("AIPROXY_IDLE_TIMEOUT", "1".to_string()),
+        ("AIPROXY_MAX_BODY_BYTES", "4096".to_string()),
+    ])
+    .await;
+    e.admin
+        .create_account("slow", &mock.url(), "mock-slow")
+        .await;
+    e.admin
+        .expect(
+            "POST",
+            "/accounts",
+            Some(json!({"name": "oai", "type": "openai", "base_url": mock.url(), "credentials": {"api_key": "k"}})),
+            201,
+        )
+        .await;
+    let user = e.admin.create_user("waiter").await;
+    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let url = format!("{}/v1/messages", e.proxy);
+    wait_for_status(
+        &e.http,
+        &url,
+        &[("x-api-key", &key)],
+        &json!({"model": "claude-sonnet-4-5", "messages": []}),
+        200,
+    )
+    .await;
+
+    // The mock pauses two seconds mid-stream; after one second of silence the relay gives up.
+    let started = Instant::now();
+    let mut resp = e
+        .http
+        .stream(&url, &[("x-api-key", &key)], &stream_body())
+        .await;
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let mut failed = false;
+    while let Some(frame) = resp.body_mut().frame().await {
+        if frame.is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "the client sees the stream break, not a clean end");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "cut off before the upstream resumed"
+    );
+    let row = logged(&e.admin, &request_id).await;
+    assert_eq!(row["error_class"], "upstream_idle_timeout");
+    assert_eq!(row["usage_source"], "missing");
+    until("the upstream stream to be cancelled", || {
+        mock.cancelled_streams() == 1
+    })
+    .await;
+
+    // Oversized bodies: 413 in the caller's shape.
+    let big = "x".repeat(5000);
+    let reply = e
+        .http
+        .send(
+            "POST",
+            &url,
+            &[("x-api-key", &key)],
+            Some(&json!({"model": "claude-sonnet-4-5", "messages": [big]})),
+        )
+        .await;
+    assert_eq!(reply.status, 413);
+    assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    let auth = format!("Bearer {key}");
+    let reply = e
+        .http
+        .send(
+            "POST",
+            &format!("{}/v1/chat/completions", e.proxy),
+            &[("authorization", &auth)],
+            Some(&json!({"model": "gpt-4o", "messages": [big]})),
+        )
+        .await;
+    assert_eq!(reply.status, 413);
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than 4096 bytes")
+    );
+    e.process.stop().await;
+}
