@@ -104,6 +104,7 @@ impl Publisher {
                     name: a.name,
                     kind: a.kind,
                     base_url: a.base_url.unwrap_or_default(),
+                    proxy_url: a.proxy_url.unwrap_or_default(),
                     credentials,
                     priority: a.priority,
                     max_concurrency: a.max_concurrency,

@@ -258,6 +258,7 @@ mod tests {
             base_url: base.into(),
             api_key: Some(HeaderValue::from_static("upstream-key")),
             bearer: Some(HeaderValue::from_static("Bearer upstream-token")),
+            proxy_url: None,
             extra_headers: vec![(
                 HeaderName::from_static("chatgpt-account-id"),
                 HeaderValue::from_static("acc-1"),

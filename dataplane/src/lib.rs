@@ -105,6 +105,7 @@ pub async fn start(
         snapshot: snapshot.clone(),
         scheduler: Default::default(),
         client: aiproxy_shared::http::client(Duration::from_secs(10)),
+        proxied: Default::default(),
         sink,
         timeout: settings.proxy_timeout,
         idle_timeout: settings.idle_timeout,

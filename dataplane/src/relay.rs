@@ -29,7 +29,10 @@ use aiproxy_shared::http::HttpClient;
 pub struct Relay {
     pub snapshot: Arc<SnapshotHolder>,
     pub scheduler: Scheduler,
+    /// Direct upstream client.
     pub client: HttpClient,
+    /// Clients through each account proxy in use, by proxy URL.
+    pub proxied: std::sync::Mutex<std::collections::HashMap<String, HttpClient>>,
     pub sink: UsageSink,
     /// Upstream timeout for the response head and first byte, used until
     /// the snapshot carries the control plane's `proxy.timeout`.
@@ -140,7 +143,15 @@ impl Relay {
                     continue;
                 }
             };
-            match tokio::time::timeout(timeout, self.client.request(upstream)).await {
+            let client = match self.client_for(&account) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(account_id = account.id, error = %e, "account proxy unusable; trying another");
+                    last_failure = Some(RelayError::upstream("account proxy is misconfigured"));
+                    continue;
+                }
+            };
+            match tokio::time::timeout(timeout, client.request(upstream)).await {
                 Err(_) => {
                     tracing::warn!(
                         account_id = account.id,
@@ -292,6 +303,24 @@ impl Relay {
 }
 
 impl Relay {
+    /// The client for an account: direct, or through its proxy (one pooled
+    /// client per proxy URL, made on first use).
+    fn client_for(
+        &self,
+        account: &AccountEntry,
+    ) -> Result<HttpClient, aiproxy_shared::http::ProxyError> {
+        let Some(proxy) = &account.proxy_url else {
+            return Ok(self.client.clone());
+        };
+        let mut proxied = self.proxied.lock().expect("proxy clients lock");
+        if let Some(c) = proxied.get(proxy) {
+            return Ok(c.clone());
+        }
+        let client = aiproxy_shared::http::client_via(proxy, Duration::from_secs(10))?;
+        proxied.insert(proxy.clone(), client.clone());
+        Ok(client)
+    }
+
     /// Tells the control plane which token was refused; it refreshes the
     /// account unless that happened meanwhile. Never delays the request.
     fn report_refused_token(&self, account: &AccountEntry) {

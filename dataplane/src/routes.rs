@@ -205,6 +205,7 @@ mod tests {
                     api_key: Some(http::HeaderValue::from_static("k")),
                     bearer: Some(http::HeaderValue::from_static("Bearer t")),
                     extra_headers: Vec::new(),
+                    proxy_url: None,
                     priority: 0,
                     max_concurrency: 0,
                     schedulable: true,

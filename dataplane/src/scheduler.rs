@@ -128,6 +128,7 @@ mod tests {
             api_key: None,
             bearer: None,
             extra_headers: Vec::new(),
+            proxy_url: None,
             priority,
             max_concurrency: max,
             schedulable: true,

@@ -38,6 +38,8 @@ pub struct AccountEntry {
     pub api_key: Option<HeaderValue>,
     /// `Bearer <access_token>` for OAuth accounts.
     pub bearer: Option<HeaderValue>,
+    /// Outbound proxy for this account's upstream calls.
+    pub proxy_url: Option<String>,
     /// Headers this account adds to every upstream call (e.g. `chatgpt-account-id`).
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     pub priority: i32,
@@ -166,6 +168,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 base_url: base_url.trim_end_matches('/').to_string(),
                 api_key,
                 bearer,
+                proxy_url: (!a.proxy_url.is_empty()).then_some(a.proxy_url),
                 extra_headers,
                 priority: a.priority,
                 max_concurrency: a.max_concurrency.max(0) as u32,

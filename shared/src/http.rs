@@ -1,32 +1,197 @@
 //! The outbound HTTP client both planes use: pooled keep-alive, TCP_NODELAY,
-//! TLS with webpki roots, plus a JSON request helper for control-plane calls.
+//! TLS with webpki roots, optionally through an HTTP or SOCKS5 proxy, plus a
+//! JSON request helper for control-plane calls.
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::Uri;
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub type HttpClient = Client<HttpsConnector<Connector>, Full<Bytes>>;
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How connections are made: directly, through an HTTP CONNECT proxy, or
+/// through a SOCKS5 proxy.
+#[derive(Clone)]
+pub enum Connector {
+    Direct(HttpConnector),
+    Http(Tunnel<HttpConnector>),
+    Socks(SocksV5<HttpConnector>),
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Connector::Direct(c) => c.poll_ready(cx).map_err(Into::into),
+            Connector::Http(c) => c.poll_ready(cx).map_err(Into::into),
+            Connector::Socks(c) => c.poll_ready(cx).map_err(|e| e.to_string().into()),
+        }
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        match self {
+            Connector::Direct(c) => {
+                let f = c.call(dst);
+                Box::pin(async move { f.await.map_err(Into::into) })
+            }
+            Connector::Http(c) => {
+                let f = c.call(dst);
+                Box::pin(async move { f.await.map_err(Into::into) })
+            }
+            Connector::Socks(c) => {
+                let f = c.call(dst);
+                Box::pin(async move { f.await.map_err(|e| e.to_string().into()) })
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("proxy URL is not valid: {0}")]
+    Invalid(String),
+    #[error("proxy scheme must be http, https, socks5 or socks5h")]
+    Scheme,
+}
+
+/// A direct client.
 pub fn client(connect_timeout: Duration) -> HttpClient {
+    build(Connector::Direct(tcp(connect_timeout)))
+}
+
+/// A client whose connections go through `proxy_url` (`http://`, `socks5://`
+/// or `socks5h://`, with optional `user:password@`).
+pub fn client_via(proxy_url: &str, connect_timeout: Duration) -> Result<HttpClient, ProxyError> {
+    let uri: Uri = proxy_url
+        .parse()
+        .map_err(|_| ProxyError::Invalid(proxy_url.to_string()))?;
+    let authority = uri
+        .authority()
+        .ok_or_else(|| ProxyError::Invalid(proxy_url.to_string()))?;
+    let credentials = authority
+        .as_str()
+        .rsplit_once('@')
+        .map(|(userinfo, _)| userinfo.to_string());
+    let host_port = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, hp)| hp);
+    if authority.port_u16().is_none() {
+        return Err(ProxyError::Invalid(format!(
+            "{proxy_url} (a port is required)"
+        )));
+    }
+    let scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
+    let target = |scheme: &str| -> Result<Uri, ProxyError> {
+        format!("{scheme}://{host_port}")
+            .parse()
+            .map_err(|_| ProxyError::Invalid(proxy_url.to_string()))
+    };
+    let (user, password) = match credentials
+        .as_deref()
+        .map(|c| c.split_once(':').unwrap_or((c, "")))
+    {
+        Some((u, p)) => (Some(percent_decode(u)), percent_decode(p)),
+        None => (None, String::new()),
+    };
+    let connector = match scheme.as_str() {
+        "http" | "https" => {
+            let mut tunnel = Tunnel::new(target("http")?, tcp(connect_timeout));
+            if let Some(user) = user {
+                let basic = format!(
+                    "Basic {}",
+                    base64_encode(format!("{user}:{password}").as_bytes())
+                );
+                let value = http::HeaderValue::from_str(&basic)
+                    .map_err(|_| ProxyError::Invalid(proxy_url.to_string()))?;
+                tunnel = tunnel.with_auth(value);
+            }
+            Connector::Http(tunnel)
+        }
+        "socks5" | "socks5h" => {
+            let mut socks =
+                SocksV5::new(target("http")?, tcp(connect_timeout)).local_dns(scheme == "socks5");
+            if let Some(user) = user {
+                socks = socks.with_auth(user, password);
+            }
+            Connector::Socks(socks)
+        }
+        _ => return Err(ProxyError::Scheme),
+    };
+    Ok(build(connector))
+}
+
+fn tcp(connect_timeout: Duration) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
+    http
+}
+
+fn build(connector: Connector) -> HttpClient {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .build(https)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Standard base64 with padding (for `Proxy-Authorization: Basic`).
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +300,27 @@ mod tests {
         assert_eq!(base64url_decode("aGVsbG8=").unwrap(), b"hello");
         assert_eq!(base64url_decode("_-8").unwrap(), [0xff, 0xef]);
         assert!(base64url_decode("a*b").is_none());
+    }
+
+    #[test]
+    fn base64_and_percent_decoding() {
+        assert_eq!(base64_encode(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(base64_encode(b"a"), "YQ==");
+        assert_eq!(base64_encode(b"ab"), "YWI=");
+        assert_eq!(percent_decode("p%40ss"), "p@ss");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+
+    #[test]
+    fn proxy_urls_are_checked() {
+        assert!(client_via("http://127.0.0.1:3128", Duration::from_secs(1)).is_ok());
+        assert!(client_via("socks5h://u:p@127.0.0.1:1080", Duration::from_secs(1)).is_ok());
+        assert!(matches!(
+            client_via("ftp://127.0.0.1:21", Duration::from_secs(1)),
+            Err(ProxyError::Scheme)
+        ));
+        assert!(client_via("http://127.0.0.1", Duration::from_secs(1)).is_err());
+        assert!(client_via("not a url", Duration::from_secs(1)).is_err());
     }
 
     #[test]

@@ -164,3 +164,58 @@ async fn silent_upstreams_are_cut_off_and_big_bodies_refused() {
     );
     e.process.stop().await;
 }
+
+#[tokio::test]
+async fn accounts_reach_their_upstream_through_their_proxy() {
+    use aiproxy_tests::proxies::TestProxy;
+    let mock = MockUpstream::start().await;
+    let http_proxy = TestProxy::http_connect().await;
+    let socks_proxy = TestProxy::socks5().await;
+    let e = start_with(&[]).await;
+    let user = e.admin.create_user("proxied").await;
+    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let via_http = e
+        .admin
+        .expect(
+            "POST",
+            "/accounts",
+            Some(json!({"name": "via-http", "type": "claude-api", "base_url": mock.url(),
+                        "proxy_url": format!("http://alice:s%40cret@{}", http_proxy.addr), "credentials": {"api_key": "k1"}})),
+            201,
+        )
+        .await;
+    let url = format!("{}/v1/messages", e.proxy);
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []});
+    wait_for_status(&e.http, &url, &[("x-api-key", &key)], &body, 200).await;
+    assert_eq!(http_proxy.targets(), vec![mock.addr.to_string()]);
+    // alice:s@cret
+    assert_eq!(
+        http_proxy.credentials(),
+        vec![Some("Basic YWxpY2U6c0BjcmV0".to_string())]
+    );
+
+    // Switch the account to a SOCKS5 proxy.
+    let patch = json!({"proxy_url": format!("socks5://{}", socks_proxy.addr)});
+    e.admin
+        .expect(
+            "PATCH",
+            &format!("/accounts/{}", via_http["id"]),
+            Some(patch),
+            200,
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while socks_proxy.targets().is_empty() {
+        let reply = e
+            .http
+            .send("POST", &url, &[("x-api-key", &key)], Some(&body))
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert!(
+            Instant::now() < deadline,
+            "no request went through the SOCKS5 proxy"
+        );
+    }
+    assert_eq!(socks_proxy.targets()[0], mock.addr.to_string());
+    e.process.stop().await;
+}

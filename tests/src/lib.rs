@@ -5,3 +5,4 @@
 pub mod client;
 pub mod harness;
 pub mod mock;
+pub mod proxies;
