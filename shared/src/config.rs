@@ -445,6 +445,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/aiproxy.example.toml");
+        let c = Config::load_from(Some(&path), |_| None).unwrap();
+        assert_eq!(c.proxy.idle_timeout, 300);
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
     fn secrets_never_print() {
         let c = load(
             None,
