@@ -49,6 +49,23 @@ mod tests;
 pub(crate) const BUMP_VERSION: &str =
     "UPDATE snapshot_version SET version = version + 1 WHERE id = 1";
 
+impl Store {
+    /// Deletes one row with `sql` (a `DELETE … WHERE id = ?`) and bumps the
+    /// snapshot version in the same transaction.
+    pub(crate) async fn delete_by_id(&self, sql: &'static str, id: i64) -> StoreResult<()> {
+        db::with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}
+
 /// Id of the row an INSERT created, on either backend.
 pub(crate) trait LastId {
     fn last_id(&self) -> i64;

@@ -1,6 +1,5 @@
 //! Client-facing errors, rendered in the native shape of the API called.
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderValue, Response, StatusCode};
 use serde_json::json;
 
 use crate::body::RelayBody;
@@ -123,16 +122,7 @@ impl RelayError {
     }
 
     pub fn into_response(self, shape: ErrorShape, request_id: &HeaderValue) -> Response<RelayBody> {
-        let body = serde_json::to_vec(&self.body(shape)).expect("json serializes");
-        let mut resp = Response::new(RelayBody::full(Bytes::from(body)));
-        *resp.status_mut() = self.status;
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        resp.headers_mut()
-            .insert("x-request-id", request_id.clone());
-        resp
+        RelayBody::json_response(self.status, &self.body(shape), request_id)
     }
 }
 

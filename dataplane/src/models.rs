@@ -1,7 +1,6 @@
 //! Model listings answered by the node itself: the models a key may use,
 //! in the shape of the API the client speaks.
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Response, header};
+use http::{HeaderMap, HeaderValue, Response};
 use serde_json::{Value, json};
 
 use crate::auth::authenticate;
@@ -55,14 +54,7 @@ pub fn list(
         (Listing::V1, true) => anthropic_list(&models),
         (Listing::V1, false) => openai(&models),
     };
-    let mut resp = Response::new(RelayBody::full(Bytes::from(body.to_string())));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.headers_mut()
-        .insert("x-request-id", request_id.clone());
-    resp
+    RelayBody::json_response(http::StatusCode::OK, &body, request_id)
 }
 
 fn openai(models: &[&str]) -> Value {

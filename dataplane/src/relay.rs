@@ -403,14 +403,11 @@ async fn fold_stream(
     meter.finish(tap.observed(), true);
     let response =
         terminal.ok_or_else(|| RelayError::upstream("upstream stream ended without a response"))?;
-    let mut resp = Response::new(RelayBody::full(Bytes::from(response.to_string())));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.headers_mut()
-        .insert("x-request-id", request_id.clone());
-    Ok(resp)
+    Ok(RelayBody::json_response(
+        StatusCode::OK,
+        &response,
+        request_id,
+    ))
 }
 
 /// The `response` object of the last terminal Responses event in `sse`.

@@ -73,25 +73,9 @@ fn message_body(model: &str, stream: bool) -> Value {
 
 /// Waits until `request_id` appears in request logs and returns it.
 pub async fn logged(admin: &Admin, request_id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let logs = admin
-            .expect("GET", "/request-logs?page_size=500", None, 200)
-            .await;
-        if let Some(row) = logs["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["request_id"] == request_id)
-        {
-            return row.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "request {request_id} never reached request_logs"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    admin
+        .wait_for_log(request_id, Duration::from_secs(10))
+        .await
 }
 
 fn assert_billed(row: &Value, stream: bool) {

@@ -1,9 +1,6 @@
 //! The official Python SDKs against the all-in-one, from a venv the test makes.
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use aiproxy_tests::client::Http;
-use aiproxy_tests::harness::{ADMIN_PASSWORD, Admin, Process, wait_ready};
 use aiproxy_tests::mock::MockUpstream;
 use aiproxy_tests::mock::USAGE;
 use serde_json::{Value, json};
@@ -74,26 +71,8 @@ fn check<'a>(checks: &'a [Value], name: &str) -> &'a Value {
 async fn official_sdks_against_the_relay() {
     let python = tokio::task::spawn_blocking(sdk_python).await.unwrap();
     let mock = MockUpstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
-        ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
-        ("AIPROXY_PROXY_LISTEN", "127.0.0.1:0".to_string()),
-        ("AIPROXY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
-        ("AIPROXY_GRPC_LISTEN", "127.0.0.1:0".to_string()),
-    ];
-    let process = Process::spawn(
-        &crate::bin(),
-        &[],
-        &env,
-        &["admin", "proxy"],
-        dir.path().join("aiproxy.log"),
-    )
-    .await;
-    let http = Http::default();
-    let proxy = process.url("proxy");
-    wait_ready(&http, &format!("{proxy}/readyz"), Duration::from_secs(30)).await;
-    let admin = Admin::login(&http, &process.url("admin"), "admin", ADMIN_PASSWORD).await;
+    let e = crate::embedded::start().await;
+    let (http, admin, proxy) = (&e.http, &e.admin, e.proxy.clone());
     for (kind, creds) in [
         ("claude-api", json!({"api_key": "sk-ant-sdk"})),
         ("openai", json!({"api_key": "sk-openai-sdk"})),
@@ -106,7 +85,7 @@ async fn official_sdks_against_the_relay() {
     let user = admin.create_user("sdk-user").await;
     let (_, key) = admin.create_key(user["id"].as_i64().unwrap(), "sdk").await;
     crate::embedded::wait_for_status(
-        &http,
+        http,
         &format!("{proxy}/v1/messages"),
         &[("x-api-key", &key)],
         &json!({"model": "claude-sonnet-4-5", "max_tokens": 1, "messages": []}),
@@ -163,5 +142,5 @@ async fn official_sdks_against_the_relay() {
     assert_eq!(check(&genai, "count")["total"], 42);
     assert_eq!(check(&genai, "bad_key")["status"], 401);
     assert_eq!(check(&genai, "bad_key")["message"], "invalid api key");
-    process.stop().await;
+    e.process.stop().await;
 }

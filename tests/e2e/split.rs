@@ -139,28 +139,6 @@ async fn until_all(
     served
 }
 
-async fn log_of(admin: &Admin, request_id: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let logs = admin
-            .expect("GET", "/request-logs?page_size=500", None, 200)
-            .await;
-        if let Some(row) = logs["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["request_id"] == request_id)
-        {
-            return row.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "request {request_id} not in request_logs after {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test]
 async fn controlplane_with_two_dataplanes() {
     let dir = tempfile::tempdir().unwrap();
@@ -199,12 +177,12 @@ async fn controlplane_with_two_dataplanes() {
             .await;
         assert_eq!(reply.status, 200);
         served += 1;
-        let row = log_of(
-            &admin,
-            reply.headers["x-request-id"].to_str().unwrap(),
-            Duration::from_secs(10),
-        )
-        .await;
+        let row = admin
+            .wait_for_log(
+                reply.headers["x-request-id"].to_str().unwrap(),
+                Duration::from_secs(10),
+            )
+            .await;
         assert_eq!(row["node_id"], node);
         assert_eq!(row["input_tokens"], aiproxy_tests::mock::USAGE.input);
     }
@@ -257,7 +235,9 @@ async fn controlplane_with_two_dataplanes() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let cp = controlplane(&db.url, dir.path(), &grpc.to_string()).await;
     let admin = Admin::login(&http, &cp.url("admin"), "admin", ADMIN_PASSWORD).await;
-    let row = log_of(&admin, &served_while_down, Duration::from_secs(20)).await;
+    let row = admin
+        .wait_for_log(&served_while_down, Duration::from_secs(20))
+        .await;
     assert_eq!(row["node_id"], "dp1");
     let key_row = admin
         .expect("GET", &format!("/api-keys/{key_id}"), None, 200)

@@ -179,6 +179,25 @@ impl Admin {
         }
     }
 
+    /// Waits up to `within` for `request_id` to reach request logs and returns its row.
+    pub async fn wait_for_log(&self, request_id: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let logs = self
+                .expect("GET", "/request-logs?page_size=500", None, 200)
+                .await;
+            let items = logs["items"].as_array().expect("items");
+            if let Some(row) = items.iter().find(|r| r["request_id"] == request_id) {
+                return row.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "request {request_id} not in request_logs after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn create_account(&self, name: &str, base_url: &str, api_key: &str) -> Value {
         self.expect(
             "POST",

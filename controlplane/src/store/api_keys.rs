@@ -171,15 +171,7 @@ impl Store {
     }
 
     pub async fn delete_api_key(&self, id: i64) -> StoreResult<()> {
-        with_pool!(self, p => {
-            let mut tx = p.begin().await?;
-            let done = sqlx::query("DELETE FROM api_keys WHERE id = ?").bind(id).execute(&mut *tx).await?;
-            if done.rows_affected() == 0 {
-                return Err(StoreError::NotFound);
-            }
-            sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
-            tx.commit().await?;
-        });
-        Ok(())
+        self.delete_by_id("DELETE FROM api_keys WHERE id = ?", id)
+            .await
     }
 }
