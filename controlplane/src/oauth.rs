@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aiproxy_shared::config::OAuthSettings;
 use aiproxy_shared::domain::AccountKind;
-use aiproxy_shared::http::{HttpClient, call_json, jwt_claims};
+use aiproxy_shared::http::{HttpClient, Payload, call_json, jwt_claims};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -20,10 +20,17 @@ use crate::store::{AccountPatch, Store, StoreError};
 pub const CLAUDE_CLIENT_ID: &str = "9d1c250a-e61b-44d9-88ed-5944d1962f5e";
 /// Client id of Codex CLI's OAuth application.
 pub const OPENAI_CLIENT_ID: &str = "app_EMoamEEZ73f0CkXaXp7hrann";
+/// Gemini CLI's OAuth application. Google issues installed applications a
+/// client secret that is public by design; Gemini CLI ships these two.
+pub const GEMINI_CLIENT_ID: &str =
+    "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com";
+pub const GEMINI_CLIENT_SECRET: &str = "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";
 /// Tokens expiring within this many seconds are refreshed.
 const REFRESH_MARGIN_SECS: i64 = 300;
 const SCAN_INTERVAL: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const ONBOARD_POLLS: usize = 10;
+const ONBOARD_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 pub type Credentials = BTreeMap<String, String>;
 
@@ -53,7 +60,7 @@ pub enum RefreshError {
 pub fn is_oauth(kind: AccountKind) -> bool {
     matches!(
         kind,
-        AccountKind::ClaudeOauth | AccountKind::OpenAiResponses
+        AccountKind::ClaudeOauth | AccountKind::OpenAiResponses | AccountKind::GeminiOauth
     )
 }
 
@@ -166,10 +173,124 @@ impl Refresher {
         };
         let _serial = lock.lock().await;
         let name = format!("aiproxy-oauth-refresh-{id}");
-        self.inner
-            .store
-            .with_named_lock(&name, self.refresh_locked(id, refused))
-            .await?
+        let work = async {
+            let outcome = self.refresh_locked(id, refused).await?;
+            self.discover_project_locked(id).await?;
+            Ok(outcome)
+        };
+        self.inner.store.with_named_lock(&name, work).await?
+    }
+
+    /// A Gemini (Code Assist) account calls with a Google Cloud project:
+    /// find it with `loadCodeAssist`, or set one up with `onboardUser` for an
+    /// account that has none yet, and keep it as `project_id`.
+    async fn discover_project_locked(&self, id: i64) -> Result<(), RefreshError> {
+        let store = &self.inner.store;
+        let account = store.get_account(id).await?;
+        if AccountKind::parse(&account.kind) != Some(AccountKind::GeminiOauth) {
+            return Ok(());
+        }
+        let mut creds = self.open(&account.credentials_sealed)?;
+        if creds.get("project_id").is_some_and(|p| !p.is_empty()) {
+            return Ok(());
+        }
+        let Some(token) = creds.get("access_token").cloned() else {
+            return Ok(());
+        };
+        let base = account
+            .base_url
+            .clone()
+            .unwrap_or_else(|| AccountKind::GeminiOauth.default_base_url().to_string());
+        let bearer = format!("Bearer {token}");
+        let headers = [
+            ("authorization", bearer.as_str()),
+            ("accept", "application/json"),
+        ];
+        let metadata = json!({"ideType": "IDE_UNSPECIFIED", "platform": "PLATFORM_UNSPECIFIED", "pluginType": "GEMINI"});
+        let call = |method: &'static str, body: Value| {
+            let url = format!("{base}/v1internal:{method}");
+            let http = self.inner.http.clone();
+            async move {
+                let reply = call_json(
+                    &http,
+                    http::Method::POST,
+                    &url,
+                    &headers,
+                    Payload::Json(&body),
+                    CALL_TIMEOUT,
+                )
+                .await
+                .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+                match reply.json() {
+                    Some(v) if reply.status == 200 => Ok(v),
+                    _ => Err(RefreshError::Unavailable(format!(
+                        "{method} answered {}",
+                        reply.status
+                    ))),
+                }
+            }
+        };
+        let loaded = call("loadCodeAssist", json!({"metadata": metadata})).await?;
+        let mut project = loaded
+            .get("cloudaicompanionProject")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        if project.is_none() {
+            let tier = loaded
+                .get("allowedTiers")
+                .and_then(Value::as_array)
+                .and_then(|tiers| {
+                    tiers
+                        .iter()
+                        .find(|t| t.get("isDefault").and_then(Value::as_bool) == Some(true))
+                })
+                .and_then(|t| t.get("id").and_then(Value::as_str))
+                .unwrap_or("free-tier")
+                .to_string();
+            // Onboarding is a long-running operation; asking again reports its state.
+            for _ in 0..ONBOARD_POLLS {
+                let op = call("onboardUser", json!({"tierId": tier, "metadata": metadata})).await?;
+                if op.get("done").and_then(Value::as_bool) == Some(true) {
+                    project = op
+                        .pointer("/response/cloudaicompanionProject/id")
+                        .and_then(Value::as_str)
+                        .map(str::to_string);
+                    break;
+                }
+                tokio::time::sleep(ONBOARD_POLL_INTERVAL).await;
+            }
+        }
+        let Some(project) = project else {
+            return Err(RefreshError::Unavailable(
+                "Code Assist gave no project for this account".into(),
+            ));
+        };
+        tracing::info!(account_id = id, project = %project, "Code Assist project found");
+        creds.insert("project_id".into(), project);
+        let sealed = self
+            .inner
+            .sealer
+            .seal(&serde_json::to_vec(&creds).expect("map serializes"));
+        store
+            .update_account(
+                id,
+                &AccountPatch {
+                    credentials_sealed: Some(sealed),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        self.inner.publisher.notify();
+        Ok(())
+    }
+
+    fn open(&self, sealed: &str) -> Result<Credentials, RefreshError> {
+        let plain = self
+            .inner
+            .sealer
+            .open(sealed)
+            .map_err(|e| RefreshError::Credentials(e.to_string()))?;
+        serde_json::from_slice(&plain).map_err(|e| RefreshError::Credentials(e.to_string()))
     }
 
     async fn refresh_locked(
@@ -182,13 +303,7 @@ impl Refresher {
         let kind = AccountKind::parse(&account.kind)
             .filter(|k| is_oauth(*k))
             .ok_or(RefreshError::NotOAuth(id))?;
-        let plain = self
-            .inner
-            .sealer
-            .open(&account.credentials_sealed)
-            .map_err(|e| RefreshError::Credentials(e.to_string()))?;
-        let mut creds: Credentials =
-            serde_json::from_slice(&plain).map_err(|e| RefreshError::Credentials(e.to_string()))?;
+        let mut creds = self.open(&account.credentials_sealed)?;
         let current = creds.get("access_token").cloned().unwrap_or_default();
         let now = chrono::Utc::now().timestamp();
         let expires_at = creds.get("expires_at").and_then(|v| v.parse::<i64>().ok());
@@ -206,15 +321,38 @@ impl Refresher {
         else {
             return Ok(Outcome::NoRefreshToken);
         };
-        let (default_url, body) = match kind {
-            AccountKind::OpenAiResponses => (
-                &self.inner.endpoints.openai_token_url,
-                json!({"client_id": OPENAI_CLIENT_ID, "grant_type": "refresh_token", "refresh_token": refresh_token, "scope": "openid profile email"}),
-            ),
-            _ => (
-                &self.inner.endpoints.claude_token_url,
-                json!({"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": CLAUDE_CLIENT_ID}),
-            ),
+        let client_id = creds
+            .get("client_id")
+            .cloned()
+            .unwrap_or_else(|| GEMINI_CLIENT_ID.to_string());
+        let client_secret = creds
+            .get("client_secret")
+            .cloned()
+            .unwrap_or_else(|| GEMINI_CLIENT_SECRET.to_string());
+        let json_body = match kind {
+            AccountKind::OpenAiResponses => json!({
+                "client_id": OPENAI_CLIENT_ID,
+                "grant_type": "refresh_token",
+                "refresh_token": refresh_token,
+                "scope": "openid profile email",
+            }),
+            _ => {
+                json!({"grant_type": "refresh_token", "refresh_token": refresh_token, "client_id": CLAUDE_CLIENT_ID})
+            }
+        };
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.as_str()),
+            ("client_id", client_id.as_str()),
+            ("client_secret", client_secret.as_str()),
+        ];
+        let endpoints = &self.inner.endpoints;
+        let (default_url, payload) = match kind {
+            AccountKind::GeminiOauth => (&endpoints.google_token_url, Payload::Form(&form)),
+            AccountKind::OpenAiResponses => {
+                (&endpoints.openai_token_url, Payload::Json(&json_body))
+            }
+            _ => (&endpoints.claude_token_url, Payload::Json(&json_body)),
         };
         let url = creds
             .get("token_url")
@@ -225,11 +363,11 @@ impl Refresher {
             http::Method::POST,
             &url,
             &[("accept", "application/json")],
-            Some(&body),
+            payload,
             CALL_TIMEOUT,
         )
         .await
-        .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+        .map_err(|e| RefreshError::Unavailable(format!("{url}: {e}")))?;
         let answer = reply.json().unwrap_or(Value::Null);
         let access = answer
             .get("access_token")

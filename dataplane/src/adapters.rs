@@ -42,6 +42,21 @@ pub fn build(
         (AccountKind::OpenAiResponses, Endpoint::OpenAiResponses) => {
             (format!("{}/responses", account.base_url), codex_header)
         }
+        (AccountKind::GeminiOauth, Endpoint::GeminiGenerate { stream, .. }) => {
+            let action = if *stream {
+                "streamGenerateContent?alt=sse"
+            } else {
+                "generateContent"
+            };
+            (
+                format!("{}/v1internal:{action}", account.base_url),
+                gemini_header,
+            )
+        }
+        (AccountKind::GeminiOauth, Endpoint::GeminiCountTokens { .. }) => (
+            format!("{}/v1internal:countTokens", account.base_url),
+            gemini_header,
+        ),
         (AccountKind::OpenAi, Endpoint::OpenAiChat | Endpoint::OpenAiResponses) => (
             join_v1(&account.base_url, out.endpoint.name()),
             openai_header,
@@ -74,6 +89,7 @@ pub fn build(
         .map_err(|_| RelayError::upstream("account base_url is not a valid URL"))?;
     let body = match account.kind {
         AccountKind::OpenAiResponses => codex_body(&out.body)?,
+        AccountKind::GeminiOauth => code_assist_body(account, out)?,
         _ => out.body.clone(),
     };
     let mut req = Request::new(Full::new(body));
@@ -133,6 +149,15 @@ pub fn build(
                 account.api_key.clone().ok_or_else(|| missing("api_key"))?,
             );
         }
+        AccountKind::GeminiOauth => {
+            headers.insert(
+                header::AUTHORIZATION,
+                account
+                    .bearer
+                    .clone()
+                    .ok_or_else(|| missing("access_token"))?,
+            );
+        }
         AccountKind::OpenAiResponses => {
             headers.insert(
                 header::AUTHORIZATION,
@@ -169,6 +194,40 @@ fn codex_body(body: &Bytes) -> Result<Bytes, RelayError> {
     obj.insert("store".into(), serde_json::Value::Bool(false));
     Ok(Bytes::from(
         serde_json::to_vec(&v).expect("JSON serializes"),
+    ))
+}
+
+/// Code Assist wraps the Gemini request: `{model, project, user_prompt_id,
+/// request}` to generate, `{request: {model: "models/…", contents}}` to count.
+fn code_assist_body(account: &AccountEntry, out: &Outgoing<'_>) -> Result<Bytes, RelayError> {
+    let request: serde_json::Value = serde_json::from_slice(&out.body)
+        .map_err(|e| RelayError::bad_request(format!("invalid JSON body: {e}")))?;
+    let wrapped = match out.endpoint {
+        Endpoint::GeminiCountTokens { model } => serde_json::json!({
+            "request": { "model": format!("models/{model}"), "contents": request.get("contents").cloned().unwrap_or_default() },
+        }),
+        Endpoint::GeminiGenerate { model, .. } => {
+            let project = account.project.as_deref().ok_or_else(|| {
+                RelayError::upstream(format!(
+                    "account {} has no Code Assist project yet",
+                    account.id
+                ))
+            })?;
+            serde_json::json!({
+                "model": model,
+                "project": project,
+                "user_prompt_id": uuid::Uuid::now_v7().to_string(),
+                "request": request,
+            })
+        }
+        _ => {
+            return Err(RelayError::upstream(
+                "Code Assist accounts serve only Gemini endpoints",
+            ));
+        }
+    };
+    Ok(Bytes::from(
+        serde_json::to_vec(&wrapped).expect("JSON serializes"),
     ))
 }
 
@@ -259,6 +318,7 @@ mod tests {
             api_key: Some(HeaderValue::from_static("upstream-key")),
             bearer: Some(HeaderValue::from_static("Bearer upstream-token")),
             proxy_url: None,
+            project: None,
             extra_headers: vec![(
                 HeaderName::from_static("chatgpt-account-id"),
                 HeaderValue::from_static("acc-1"),
@@ -419,6 +479,60 @@ mod tests {
             (v["stream"].as_bool(), v["store"].as_bool()),
             (Some(true), Some(false))
         );
+    }
+
+    #[test]
+    fn code_assist_account_wraps_the_request() {
+        let headers = client_headers();
+        let mut acc = account(
+            AccountKind::GeminiOauth,
+            "https://cloudcode-pa.googleapis.com",
+        );
+        acc.project = Some("proj-1".into());
+        let body = Bytes::from_static(br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#);
+        let endpoint = Endpoint::GeminiGenerate {
+            model: "gemini-2.5-pro".into(),
+            stream: true,
+        };
+        let out = Outgoing {
+            endpoint: &endpoint,
+            query: Some("alt=sse&key=sk-aiproxy-client"),
+            headers: &headers,
+            body: body.clone(),
+        };
+        let req = build(&acc, &out).unwrap();
+        assert_eq!(
+            req.uri(),
+            "https://cloudcode-pa.googleapis.com/v1internal:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(req.headers()["authorization"], "Bearer upstream-token");
+        assert_no_client_secrets(&req);
+        let sent: serde_json::Value =
+            serde_json::from_slice(&code_assist_body(&acc, &out).unwrap()).unwrap();
+        assert_eq!(sent["model"], "gemini-2.5-pro");
+        assert_eq!(sent["project"], "proj-1");
+        assert_eq!(sent["request"]["contents"][0]["parts"][0]["text"], "hi");
+        let count = Endpoint::GeminiCountTokens {
+            model: "gemini-2.5-pro".into(),
+        };
+        let out = Outgoing {
+            endpoint: &count,
+            query: None,
+            headers: &headers,
+            body,
+        };
+        let sent: serde_json::Value =
+            serde_json::from_slice(&code_assist_body(&acc, &out).unwrap()).unwrap();
+        assert_eq!(sent["request"]["model"], "models/gemini-2.5-pro");
+        // Without a project the account cannot generate yet.
+        acc.project = None;
+        let out = Outgoing {
+            endpoint: &endpoint,
+            query: None,
+            headers: &headers,
+            body: Bytes::from_static(b"{}"),
+        };
+        assert!(build(&acc, &out).is_err());
     }
 
     #[test]

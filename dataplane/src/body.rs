@@ -10,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::meter::Meter;
-use crate::tap::{Decoder, UsageTap};
+use crate::tap::{Decoder, Unwrapper, UsageTap};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -91,18 +91,53 @@ pub struct TapBody {
     idle: Duration,
     /// The first chunk, read before the response head was sent.
     first: Option<Bytes>,
-    decoder: Option<Decoder>,
-    tap: UsageTap,
+    pipeline: Pipeline,
     meter: Option<Meter>,
     done: bool,
+}
+
+/// What upstream bytes go through on their way out: decompression, Code
+/// Assist unwrapping where the account needs it, then the usage tap.
+pub struct Pipeline {
+    pub decoder: Option<Decoder>,
+    pub unwrap: Option<Unwrapper>,
+    pub tap: UsageTap,
+}
+
+impl Pipeline {
+    fn feed(&mut self, raw: Bytes) -> Result<Bytes, BoxError> {
+        let mut bytes = match &mut self.decoder {
+            Some(d) => d.feed(&raw)?,
+            None => raw,
+        };
+        if let Some(u) = &mut self.unwrap {
+            bytes = u.feed(&bytes);
+        }
+        self.tap.feed(&bytes);
+        Ok(bytes)
+    }
+
+    /// Whatever the stages still hold at the end of the body.
+    fn finish(&mut self) -> Result<Bytes, BoxError> {
+        let mut tail = match self.decoder.take() {
+            Some(d) => d.finish()?,
+            None => Bytes::new(),
+        };
+        if let Some(u) = &mut self.unwrap {
+            let mut rest = u.feed(&tail).to_vec();
+            rest.extend_from_slice(&u.finish());
+            tail = Bytes::from(rest);
+        }
+        self.tap.feed(&tail);
+        Ok(tail)
+    }
 }
 
 impl TapBody {
     pub fn new(
         upstream: Incoming,
         first: Option<Bytes>,
-        decoder: Option<Decoder>,
-        tap: UsageTap,
+        pipeline: Pipeline,
         meter: Meter,
         idle: Duration,
     ) -> Self {
@@ -111,28 +146,18 @@ impl TapBody {
             quiet: Box::pin(tokio::time::sleep(idle)),
             idle,
             first,
-            decoder,
-            tap,
+            pipeline,
             meter: Some(meter),
             done: false,
         }
     }
 
-    fn decode(&mut self, raw: Bytes) -> Result<Bytes, BoxError> {
-        let bytes = match &mut self.decoder {
-            Some(d) => d.feed(&raw)?,
-            None => raw,
-        };
-        self.tap.feed(&bytes);
-        Ok(bytes)
-    }
-
     fn end(&mut self, ended: bool) {
         if let Some(meter) = self.meter.take() {
             if ended {
-                self.tap.finish();
+                self.pipeline.tap.finish();
             }
-            meter.finish(self.tap.observed(), ended);
+            meter.finish(self.pipeline.tap.observed(), ended);
         }
     }
 }
@@ -150,7 +175,7 @@ impl Body for TapBody {
             return Poll::Ready(None);
         }
         if let Some(first) = this.first.take() {
-            let bytes = this.decode(first)?;
+            let bytes = this.pipeline.feed(first)?;
             if !bytes.is_empty() {
                 return Poll::Ready(Some(Ok(Frame::data(bytes))));
             }
@@ -178,7 +203,7 @@ impl Body for TapBody {
             match ready!(polled) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(raw) => {
-                        let bytes = this.decode(raw)?;
+                        let bytes = this.pipeline.feed(raw)?;
                         // A compressed chunk can decode to nothing yet.
                         if !bytes.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(bytes))));
@@ -196,13 +221,7 @@ impl Body for TapBody {
                 }
                 None => {
                     this.done = true;
-                    let tail = match this.decoder.take() {
-                        Some(d) => d.finish()?,
-                        None => Bytes::new(),
-                    };
-                    if !tail.is_empty() {
-                        this.tap.feed(&tail);
-                    }
+                    let tail = this.pipeline.finish()?;
                     this.end(true);
                     return Poll::Ready(if tail.is_empty() {
                         None

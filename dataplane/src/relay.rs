@@ -15,13 +15,13 @@ use sha2::{Digest, Sha256};
 
 use crate::adapters::{self, Outgoing};
 use crate::auth::{Caller, authenticate, model_allowed, query_without_key};
-use crate::body::{RelayBody, TapBody};
+use crate::body::{Pipeline, RelayBody, TapBody};
 use crate::errors::RelayError;
 use crate::meter::Meter;
 use crate::routes::Endpoint;
 use crate::scheduler::{Lease, Scheduler};
 use crate::snapshot::{AccountEntry, Snapshot, SnapshotHolder};
-use crate::tap::{Decoder, Observed, UsageFormat, UsageTap};
+use crate::tap::{Decoder, Observed, Unwrapper, UsageFormat, UsageTap};
 use crate::usage::UsageSink;
 use aiproxy_shared::http::HttpClient;
 
@@ -294,7 +294,14 @@ impl Relay {
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         }
         head.headers.insert("x-request-id", request_id.clone());
-        let body = TapBody::new(body, first, decoder, tap, meter, self.idle_timeout);
+        let unwrap =
+            (account.kind == AccountKind::GeminiOauth).then(|| Unwrapper::new(tap.is_sse()));
+        let pipeline = Pipeline {
+            decoder,
+            unwrap,
+            tap,
+        };
+        let body = TapBody::new(body, first, pipeline, meter, self.idle_timeout);
         Ok(Response::from_parts(
             head,
             RelayBody::Tapped(Box::new(body)),

@@ -89,7 +89,9 @@ impl Endpoint {
             }
             Endpoint::OpenAiChat => &[OpenAi],
             Endpoint::OpenAiResponses => &[OpenAiResponses, OpenAi],
-            Endpoint::GeminiGenerate { .. } | Endpoint::GeminiCountTokens { .. } => &[GeminiApi],
+            Endpoint::GeminiGenerate { .. } | Endpoint::GeminiCountTokens { .. } => {
+                &[GeminiApi, GeminiOauth]
+            }
         }
     }
 
@@ -206,6 +208,7 @@ mod tests {
                     bearer: Some(http::HeaderValue::from_static("Bearer t")),
                     extra_headers: Vec::new(),
                     proxy_url: None,
+                    project: Some("p".into()),
                     priority: 0,
                     max_concurrency: 0,
                     schedulable: true,

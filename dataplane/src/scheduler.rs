@@ -129,6 +129,7 @@ mod tests {
             bearer: None,
             extra_headers: Vec::new(),
             proxy_url: None,
+            project: None,
             priority,
             max_concurrency: max,
             schedulable: true,

@@ -40,6 +40,8 @@ pub struct AccountEntry {
     pub bearer: Option<HeaderValue>,
     /// Outbound proxy for this account's upstream calls.
     pub proxy_url: Option<String>,
+    /// Google Cloud project a Code Assist (gemini-oauth) account calls with.
+    pub project: Option<String>,
     /// Headers this account adds to every upstream call (e.g. `chatgpt-account-id`).
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     pub priority: i32,
@@ -169,6 +171,11 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 api_key,
                 bearer,
                 proxy_url: (!a.proxy_url.is_empty()).then_some(a.proxy_url),
+                project: a
+                    .credentials
+                    .get("project_id")
+                    .filter(|p| !p.is_empty())
+                    .cloned(),
                 extra_headers,
                 priority: a.priority,
                 max_concurrency: a.max_concurrency.max(0) as u32,

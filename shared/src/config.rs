@@ -129,6 +129,7 @@ impl Default for JwtSettings {
 pub struct OAuthSettings {
     pub claude_token_url: String,
     pub openai_token_url: String,
+    pub google_token_url: String,
 }
 
 impl Default for OAuthSettings {
@@ -136,6 +137,7 @@ impl Default for OAuthSettings {
         Self {
             claude_token_url: "https://platform.claude.com/v1/oauth/token".into(),
             openai_token_url: "https://auth.openai.com/oauth/token".into(),
+            google_token_url: "https://oauth2.googleapis.com/token".into(),
         }
     }
 }
@@ -284,6 +286,11 @@ impl Config {
             &get,
             "AIPROXY_OPENAI_TOKEN_URL",
             &mut self.oauth.openai_token_url,
+        )?;
+        parse_env(
+            &get,
+            "AIPROXY_GOOGLE_TOKEN_URL",
+            &mut self.oauth.google_token_url,
         )?;
         Ok(())
     }

@@ -157,6 +157,21 @@ fn build(connector: Connector) -> HttpClient {
         .build(https)
 }
 
+/// Form-urlencodes one name or value.
+fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let hex = |b: u8| (b as char).to_digit(16);
@@ -218,26 +233,45 @@ impl JsonReply {
     }
 }
 
-/// Sends `method url` with `headers` and an optional JSON body, reads the
-/// whole answer (at most 4 MiB), within `timeout`.
+/// A request body for [`call_json`].
+pub enum Payload<'a> {
+    Empty,
+    Json(&'a serde_json::Value),
+    /// `application/x-www-form-urlencoded`.
+    Form(&'a [(&'a str, &'a str)]),
+}
+
+/// Sends `method url` with `headers` and `payload`, reads the whole answer
+/// (at most 4 MiB), within `timeout`.
 pub async fn call_json(
     client: &HttpClient,
     method: http::Method,
     url: &str,
     headers: &[(&str, &str)],
-    body: Option<&serde_json::Value>,
+    payload: Payload<'_>,
     timeout: Duration,
 ) -> Result<JsonReply, CallError> {
     let mut req = http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let bytes = match body {
-        Some(v) => {
+    let bytes = match payload {
+        Payload::Json(v) => {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
             Bytes::from(serde_json::to_vec(v).expect("JSON serializes"))
         }
-        None => Bytes::new(),
+        Payload::Form(fields) => {
+            req = req.header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            );
+            let encoded: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
+                .collect();
+            Bytes::from(encoded.join("&"))
+        }
+        Payload::Empty => Bytes::new(),
     };
     req = req.header(http::header::ACCEPT_ENCODING, "identity");
     let req = req
@@ -310,6 +344,7 @@ mod tests {
         assert_eq!(base64_encode(b"ab"), "YWI=");
         assert_eq!(percent_decode("p%40ss"), "p@ss");
         assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(form_encode("a b/c=d"), "a+b%2Fc%3Dd");
     }
 
     #[test]

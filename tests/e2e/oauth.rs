@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use aiproxy_tests::mock::{
-    CHATGPT_ACCOUNT_ID, MockUpstream, Recorded, USAGE, responses_events, unsigned_jwt,
+    CHATGPT_ACCOUNT_ID, CODE_ASSIST_PROJECT, MockUpstream, Recorded, USAGE, gemini_events,
+    responses_events, unsigned_jwt,
 };
 use serde_json::{Value, json};
 
@@ -20,6 +21,7 @@ async fn setup() -> (Embedded, MockUpstream, String) {
             "AIPROXY_OPENAI_TOKEN_URL",
             format!("{}/oauth/token", mock.url()),
         ),
+        ("AIPROXY_GOOGLE_TOKEN_URL", format!("{}/token", mock.url())),
     ])
     .await;
     let user = e.admin.create_user("oauth-user").await;
@@ -227,5 +229,104 @@ async fn codex_accounts_refresh_ahead_of_expiry_and_serve_responses() {
         )
         .await;
     assert_eq!(streamed.text(), responses_events("gpt-5-codex").concat());
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn gemini_code_assist_accounts_find_their_project_and_unwrap_answers() {
+    let (e, mock, key) = setup().await;
+    let soon = (chrono::Utc::now().timestamp() + 60).to_string();
+    let account = e
+        .admin
+        .expect(
+            "POST",
+            "/accounts",
+            Some(json!({"name": "google", "type": "gemini-oauth", "base_url": mock.url(),
+                        "credentials": {"access_token": "expired-token", "refresh_token": "g1", "expires_at": soon}})),
+            201,
+        )
+        .await;
+    // Refreshed with Gemini CLI's client, then onboarded to a Code Assist project.
+    let call = eventually("the Google token refresh", async || {
+        token_calls(&mock, "/token").pop()
+    })
+    .await;
+    assert_eq!(call.body["grant_type"], "refresh_token");
+    assert_eq!(call.body["refresh_token"], "g1");
+    assert_eq!(
+        call.body["client_id"],
+        "681255809395-oo8ft2oprdrnp9e3aqf6av3hmdib135j.apps.googleusercontent.com"
+    );
+    assert!(
+        call.body["client_secret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("GOCSPX-"))
+    );
+
+    let base = format!("{}/v1beta/models/gemini-2.5-flash", e.proxy);
+    let headers = [("x-goog-api-key", key.as_str())];
+    let body = json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]});
+    let reply = eventually("a Code Assist answer", async || {
+        let reply = e
+            .http
+            .send(
+                "POST",
+                &format!("{base}:generateContent"),
+                &headers,
+                Some(&body),
+            )
+            .await;
+        (reply.status == 200).then_some(reply)
+    })
+    .await;
+    let answer = reply.json();
+    assert!(
+        answer.get("response").is_none(),
+        "Code Assist wrapping removed: {answer}"
+    );
+    assert_eq!(
+        answer["candidates"][0]["content"]["parts"][0]["text"],
+        " from the mock."
+    );
+    let row = logged(&e.admin, reply.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(row["cost"], "0.000105");
+    assert_eq!(row["account_id"], account["id"]);
+
+    let upstream = mock
+        .received()
+        .into_iter()
+        .rfind(|r| r.path_and_query == "/v1internal:generateContent")
+        .unwrap();
+    assert_eq!(upstream.headers["authorization"], "Bearer fresh-g1");
+    assert_eq!(upstream.body["project"], CODE_ASSIST_PROJECT);
+    assert_eq!(upstream.body["model"], "gemini-2.5-flash");
+    assert_eq!(
+        upstream.body["request"]["contents"][0]["parts"][0]["text"],
+        "hi"
+    );
+
+    let streamed = e
+        .http
+        .send(
+            "POST",
+            &format!("{base}:streamGenerateContent?alt=sse"),
+            &headers,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(streamed.status, 200);
+    assert_eq!(streamed.text(), gemini_events("gemini-2.5-flash").concat());
+    let row = logged(&e.admin, streamed.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(row["output_tokens"], USAGE.output);
+    let counted = e
+        .http
+        .send(
+            "POST",
+            &format!("{base}:countTokens"),
+            &headers,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(counted.json(), json!({"totalTokens": 42}));
     e.process.stop().await;
 }

@@ -8,6 +8,7 @@
 //! - `mock-gzip`: the body gzip-compressed with no `content-encoding`;
 //! - `expired-token`: 401, as for an OAuth access token past its life;
 //! - `mock-slow`: streams that pause two seconds after the first event;
+//! - Code Assist (`/v1internal:…`) answers only for its one project, wrapped in `{"response": …}`;
 //! - anything else: a normal answer.
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -57,6 +58,7 @@ struct State {
     latency: Duration,
     /// Streams whose reader went away before the last event.
     cancelled: Arc<std::sync::atomic::AtomicUsize>,
+    onboard_calls: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub struct MockUpstream {
@@ -77,6 +79,7 @@ impl MockUpstream {
             received: Arc::default(),
             latency,
             cancelled: Arc::default(),
+            onboard_calls: Arc::default(),
         };
         let serve_state = state.clone();
         tokio::spawn(async move {
@@ -141,7 +144,14 @@ async fn handle(
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let form = headers
+        .get("content-type")
+        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+    let body: Value = if form {
+        form_to_json(&body)
+    } else {
+        serde_json::from_slice(&body).unwrap_or(Value::Null)
+    };
     let key = headers
         .get("x-api-key")
         .or_else(|| headers.get("x-goog-api-key"))
@@ -195,7 +205,61 @@ async fn handle(
             None if stream => sse_response(sse_events(&model), gzip),
             None => json_or_gzip(message_body(&model), gzip),
         },
-        "/v1/oauth/token" | "/oauth/token" => token_response(&path, &body),
+        "/v1/oauth/token" | "/oauth/token" | "/token" => token_response(&path, &body),
+        "/v1internal:loadCodeAssist" => json_response(
+            StatusCode::OK,
+            json!({"allowedTiers": [{"id": "free-tier", "isDefault": true}]}),
+        ),
+        "/v1internal:onboardUser" => {
+            // Done on the second ask, as a long-running operation.
+            let asked = state
+                .onboard_calls
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if asked == 0 {
+                json_response(
+                    StatusCode::OK,
+                    json!({"name": "operations/onboard", "done": false}),
+                )
+            } else {
+                json_response(
+                    StatusCode::OK,
+                    json!({"name": "operations/onboard", "done": true,
+                           "response": {"cloudaicompanionProject": {"id": CODE_ASSIST_PROJECT, "name": "Mock"}}}),
+                )
+            }
+        }
+        p if p.starts_with("/v1internal:") => match failure {
+            Some(status) => gemini_error(status),
+            None if body
+                .get("project")
+                .is_some_and(|p| p != CODE_ASSIST_PROJECT) =>
+            {
+                gemini_error(StatusCode::FORBIDDEN)
+            }
+            None => {
+                let model = body
+                    .get("model")
+                    .and_then(Value::as_str)
+                    .unwrap_or("gemini-2.5-pro")
+                    .to_string();
+                let wrap = |chunk: Value| json!({"response": chunk, "traceId": "trace-mock"});
+                match &p["/v1internal:".len()..] {
+                    "generateContent" => json_response(
+                        StatusCode::OK,
+                        wrap(gemini_chunks(&model).pop().expect("chunks")),
+                    ),
+                    "streamGenerateContent" => {
+                        let events = gemini_chunks(&model)
+                            .into_iter()
+                            .map(|c| format!("data: {}\r\n\r\n", wrap(c)))
+                            .collect();
+                        sse_response(events, gzip)
+                    }
+                    "countTokens" => json_response(StatusCode::OK, json!({"totalTokens": 42})),
+                    _ => gemini_error(StatusCode::NOT_FOUND),
+                }
+            }
+        },
         "/backend-api/codex/responses" => match failure {
             Some(status) => openai_error(status),
             None if key_header_missing(&state, "chatgpt-account-id") => json_response(
@@ -252,6 +316,24 @@ fn key_header_missing(state: &State, header: &str) -> bool {
     received
         .last()
         .is_none_or(|r| !r.headers.contains_key(header))
+}
+
+/// The Code Assist project the mock sets up for a new Google account.
+pub const CODE_ASSIST_PROJECT: &str = "mock-project-1";
+
+fn form_to_json(body: &[u8]) -> Value {
+    let text = String::from_utf8_lossy(body);
+    let fields: serde_json::Map<String, Value> = text
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::String(v.replace('+', " ").replace("%2F", "/")),
+            )
+        })
+        .collect();
+    Value::Object(fields)
 }
 
 /// The account id the mock's OpenAI id tokens carry.
