@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aiproxy_shared::config::OAuthSettings;
 use aiproxy_shared::domain::AccountKind;
-use aiproxy_shared::http::{HttpClient, Payload, call_json, jwt_claims};
+use aiproxy_shared::http::{HttpClient, Payload, base64url_encode, call_json, jwt_claims};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -60,9 +60,15 @@ pub enum RefreshError {
 pub fn is_oauth(kind: AccountKind) -> bool {
     matches!(
         kind,
-        AccountKind::ClaudeOauth | AccountKind::OpenAiResponses | AccountKind::GeminiOauth
+        AccountKind::ClaudeOauth
+            | AccountKind::ClaudeSessionKey
+            | AccountKind::OpenAiResponses
+            | AccountKind::GeminiOauth
     )
 }
+
+/// Where claude.ai sends the authorization code for Claude Code's client.
+const CLAUDE_REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
 
 /// Fills what can be derived from the tokens: `expires_at` from the access
 /// token's `exp`, and for ChatGPT accounts `account_id` from the id token.
@@ -174,11 +180,207 @@ impl Refresher {
         let _serial = lock.lock().await;
         let name = format!("aiproxy-oauth-refresh-{id}");
         let work = async {
+            if self.exchange_session_key_locked(id).await? {
+                return Ok(Outcome::Refreshed);
+            }
             let outcome = self.refresh_locked(id, refused).await?;
             self.discover_project_locked(id).await?;
             Ok(outcome)
         };
         self.inner.store.with_named_lock(&name, work).await?
+    }
+
+    /// A claude.ai `sessionKey` account without OAuth tokens gets them the way
+    /// a browser would: pick the organization that can chat, authorize Claude
+    /// Code's client for it with PKCE, and exchange the code. Returns whether
+    /// it exchanged; afterwards the account refreshes like `claude-oauth`.
+    async fn exchange_session_key_locked(&self, id: i64) -> Result<bool, RefreshError> {
+        let store = &self.inner.store;
+        let account = store.get_account(id).await?;
+        if AccountKind::parse(&account.kind) != Some(AccountKind::ClaudeSessionKey) {
+            return Ok(false);
+        }
+        let mut creds = self.open(&account.credentials_sealed)?;
+        if creds.get("access_token").is_some_and(|t| !t.is_empty()) {
+            return Ok(false);
+        }
+        let session_key = creds.get("session_key").cloned().unwrap_or_default();
+        let web = self
+            .inner
+            .endpoints
+            .claude_web_url
+            .trim_end_matches('/')
+            .to_string();
+        let cookie = format!("sessionKey={session_key}");
+        let browser = [
+            ("cookie", cookie.as_str()),
+            ("accept", "application/json"),
+            ("origin", web.as_str()),
+        ];
+        let http = &self.inner.http;
+
+        let orgs = call_json(
+            http,
+            http::Method::GET,
+            &format!("{web}/api/organizations"),
+            &browser,
+            Payload::Empty,
+            CALL_TIMEOUT,
+        )
+        .await
+        .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+        if matches!(orgs.status, 401 | 403) {
+            return self
+                .session_key_refused(id, "organizations", orgs.status)
+                .await;
+        }
+        let organization = orgs
+            .json()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|o| {
+                o.get("capabilities")
+                    .and_then(Value::as_array)
+                    .is_some_and(|c| c.iter().any(|c| c == "chat"))
+            })
+            .max_by_key(|o| {
+                o.get("capabilities")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+            })
+            .and_then(|o| o.get("uuid").and_then(Value::as_str).map(str::to_string))
+            .ok_or_else(|| {
+                RefreshError::Unavailable("no claude.ai organization that can chat".into())
+            })?;
+
+        let verifier = base64url_encode(&random_bytes::<32>());
+        let challenge = base64url_encode(&Sha256::digest(verifier.as_bytes()));
+        let state = base64url_encode(&random_bytes::<32>());
+        let authorize = json!({
+            "response_type": "code",
+            "client_id": CLAUDE_CLIENT_ID,
+            "organization_uuid": organization,
+            "redirect_uri": CLAUDE_REDIRECT_URI,
+            "scope": "user:profile user:inference",
+            "state": state,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+        });
+        let url = format!("{web}/v1/oauth/{organization}/authorize");
+        let granted = call_json(
+            http,
+            http::Method::POST,
+            &url,
+            &browser,
+            Payload::Json(&authorize),
+            CALL_TIMEOUT,
+        )
+        .await
+        .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+        if matches!(granted.status, 401 | 403) {
+            return self
+                .session_key_refused(id, "authorize", granted.status)
+                .await;
+        }
+        let redirect = granted.json().and_then(|v| {
+            v.get("redirect_uri")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        });
+        let code = redirect
+            .as_deref()
+            .and_then(|r| r.split_once('?'))
+            .and_then(|(_, q)| q.split('&').find_map(|p| p.strip_prefix("code=")))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                RefreshError::Unavailable(format!(
+                    "authorize answered {} without a code",
+                    granted.status
+                ))
+            })?;
+
+        let exchange = json!({
+            "grant_type": "authorization_code",
+            "code": code,
+            "client_id": CLAUDE_CLIENT_ID,
+            "redirect_uri": CLAUDE_REDIRECT_URI,
+            "code_verifier": verifier,
+            "state": state,
+        });
+        let token_url = creds
+            .get("token_url")
+            .cloned()
+            .unwrap_or_else(|| self.inner.endpoints.claude_token_url.clone());
+        let headers = [("accept", "application/json")];
+        let tokens = call_json(
+            http,
+            http::Method::POST,
+            &token_url,
+            &headers,
+            Payload::Json(&exchange),
+            CALL_TIMEOUT,
+        )
+        .await
+        .map_err(|e| RefreshError::Unavailable(format!("{token_url}: {e}")))?;
+        let answer = tokens.json().unwrap_or(Value::Null);
+        let Some(access) = answer
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|_| tokens.status == 200)
+        else {
+            return Err(RefreshError::Unavailable(format!(
+                "code exchange answered {}",
+                tokens.status
+            )));
+        };
+        let now = chrono::Utc::now().timestamp();
+        creds.insert("access_token".into(), access.to_string());
+        if let Some(rt) = answer.get("refresh_token").and_then(Value::as_str) {
+            creds.insert("refresh_token".into(), rt.to_string());
+        }
+        if let Some(secs) = answer.get("expires_in").and_then(Value::as_i64) {
+            creds.insert("expires_at".into(), (now + secs).to_string());
+        }
+        creds.insert("organization_uuid".into(), organization);
+        let sealed = self
+            .inner
+            .sealer
+            .seal(&serde_json::to_vec(&creds).expect("map serializes"));
+        store
+            .update_account(
+                id,
+                &AccountPatch {
+                    credentials_sealed: Some(sealed),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        self.inner.publisher.notify();
+        tracing::info!(account_id = id, "sessionKey exchanged for OAuth tokens");
+        Ok(true)
+    }
+
+    /// claude.ai refused the sessionKey: flag the account for the operator.
+    async fn session_key_refused(
+        &self,
+        id: i64,
+        step: &str,
+        status: u16,
+    ) -> Result<bool, RefreshError> {
+        let patch = AccountPatch {
+            status: Some("invalid".into()),
+            disabled_reason: Some(Some(format!(
+                "sessionKey refused by claude.ai {step} ({status})"
+            ))),
+            ..Default::default()
+        };
+        self.inner.store.update_account(id, &patch).await?;
+        self.inner.publisher.notify();
+        Err(RefreshError::Refused {
+            status,
+            message: format!("claude.ai {step} refused the sessionKey"),
+        })
     }
 
     /// A Gemini (Code Assist) account calls with a Google Cloud project:
@@ -443,6 +645,12 @@ impl Refresher {
         self.inner.publisher.notify();
         Ok(Outcome::Refreshed)
     }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut buf = [0u8; N];
+    getrandom::getrandom(&mut buf).expect("operating system RNG unavailable");
+    buf
 }
 
 #[cfg(test)]

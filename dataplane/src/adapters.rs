@@ -30,7 +30,7 @@ pub fn build(
 ) -> Result<Request<Full<Bytes>>, RelayError> {
     let (url, allowed): (String, fn(&HeaderName) -> bool) = match (account.kind, out.endpoint) {
         (
-            AccountKind::ClaudeApi | AccountKind::ClaudeOauth,
+            AccountKind::ClaudeApi | AccountKind::ClaudeOauth | AccountKind::ClaudeSessionKey,
             Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens,
         ) => (
             with_query(
@@ -120,7 +120,7 @@ pub fn build(
                 .entry("anthropic-version")
                 .or_insert(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
         }
-        AccountKind::ClaudeOauth => {
+        AccountKind::ClaudeOauth | AccountKind::ClaudeSessionKey => {
             let bearer = account
                 .bearer
                 .clone()
@@ -174,7 +174,6 @@ pub fn build(
                 .entry("originator")
                 .or_insert(HeaderValue::from_static("codex_cli_rs"));
         }
-        _ => {}
     }
     for (name, value) in &account.extra_headers {
         headers.insert(name.clone(), value.clone());

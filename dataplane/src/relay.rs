@@ -356,7 +356,10 @@ impl Relay {
 fn uses_oauth(account: &AccountEntry) -> bool {
     matches!(
         account.kind,
-        AccountKind::ClaudeOauth | AccountKind::OpenAiResponses
+        AccountKind::ClaudeOauth
+            | AccountKind::ClaudeSessionKey
+            | AccountKind::OpenAiResponses
+            | AccountKind::GeminiOauth
     )
 }
 

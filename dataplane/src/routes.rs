@@ -85,7 +85,7 @@ impl Endpoint {
         use AccountKind::*;
         match self {
             Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens => {
-                &[ClaudeApi, ClaudeOauth]
+                &[ClaudeApi, ClaudeOauth, ClaudeSessionKey]
             }
             Endpoint::OpenAiChat => &[OpenAi],
             Endpoint::OpenAiResponses => &[OpenAiResponses, OpenAi],

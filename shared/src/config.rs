@@ -128,6 +128,8 @@ impl Default for JwtSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct OAuthSettings {
     pub claude_token_url: String,
+    /// claude.ai, where session-key accounts are exchanged for OAuth tokens.
+    pub claude_web_url: String,
     pub openai_token_url: String,
     pub google_token_url: String,
 }
@@ -136,6 +138,7 @@ impl Default for OAuthSettings {
     fn default() -> Self {
         Self {
             claude_token_url: "https://platform.claude.com/v1/oauth/token".into(),
+            claude_web_url: "https://claude.ai".into(),
             openai_token_url: "https://auth.openai.com/oauth/token".into(),
             google_token_url: "https://oauth2.googleapis.com/token".into(),
         }
@@ -291,6 +294,11 @@ impl Config {
             &get,
             "AIPROXY_GOOGLE_TOKEN_URL",
             &mut self.oauth.google_token_url,
+        )?;
+        parse_env(
+            &get,
+            "AIPROXY_CLAUDE_WEB_URL",
+            &mut self.oauth.claude_web_url,
         )?;
         Ok(())
     }

@@ -192,6 +192,14 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Unpadded base64url (JWT segments, PKCE).
+pub fn base64url_encode(bytes: &[u8]) -> String {
+    base64_encode(bytes)
+        .trim_end_matches('=')
+        .replace('+', "-")
+        .replace('/', "_")
+}
+
 /// Standard base64 with padding (for `Proxy-Authorization: Basic`).
 pub fn base64_encode(bytes: &[u8]) -> String {
     const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -342,6 +350,7 @@ mod tests {
         assert_eq!(base64_encode(b"user:pass"), "dXNlcjpwYXNz");
         assert_eq!(base64_encode(b"a"), "YQ==");
         assert_eq!(base64_encode(b"ab"), "YWI=");
+        assert_eq!(base64url_encode(&[0xfb, 0xff]), "-_8");
         assert_eq!(percent_decode("p%40ss"), "p@ss");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(form_encode("a b/c=d"), "a+b%2Fc%3Dd");

@@ -22,6 +22,7 @@ async fn setup() -> (Embedded, MockUpstream, String) {
             format!("{}/oauth/token", mock.url()),
         ),
         ("AIPROXY_GOOGLE_TOKEN_URL", format!("{}/token", mock.url())),
+        ("AIPROXY_CLAUDE_WEB_URL", mock.url()),
     ])
     .await;
     let user = e.admin.create_user("oauth-user").await;
@@ -328,5 +329,76 @@ async fn gemini_code_assist_accounts_find_their_project_and_unwrap_answers() {
         )
         .await;
     assert_eq!(counted.json(), json!({"totalTokens": 42}));
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn claude_session_keys_are_exchanged_for_oauth_tokens() {
+    let (e, mock, key) = setup().await;
+    let good = e
+        .admin
+        .expect(
+            "POST",
+            "/accounts",
+            Some(
+                json!({"name": "web", "type": "claude-session-key", "base_url": mock.url(),
+                        "credentials": {"session_key": aiproxy_tests::mock::GOOD_SESSION_KEY}}),
+            ),
+            201,
+        )
+        .await;
+    let url = format!("{}/v1/messages", e.proxy);
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    eventually("a request served by the exchanged token", async || {
+        let reply = e
+            .http
+            .send("POST", &url, &[("x-api-key", &key)], Some(&body))
+            .await;
+        (reply.status == 200).then_some(())
+    })
+    .await;
+    let exchange = token_calls(&mock, "/v1/oauth/token").pop().unwrap();
+    assert_eq!(exchange.body["grant_type"], "authorization_code");
+    assert_eq!(
+        exchange.body["redirect_uri"],
+        "https://platform.claude.com/oauth/code/callback"
+    );
+    let upstream = mock
+        .received()
+        .into_iter()
+        .rfind(|r| r.path_and_query == "/v1/messages")
+        .unwrap();
+    assert_eq!(upstream.headers["authorization"], "Bearer from-session");
+    assert!(upstream.headers["anthropic-beta"].contains("oauth-2025-04-20"));
+    let view = e
+        .admin
+        .expect("GET", &format!("/accounts/{}", good["id"]), None, 200)
+        .await;
+    assert_eq!(view["status"], "valid");
+    assert!(!view.to_string().contains("from-session"));
+
+    // A session claude.ai no longer accepts flags the account.
+    let bad = e
+        .admin
+        .expect(
+            "POST",
+            "/accounts",
+            Some(
+                json!({"name": "stale", "type": "claude-session-key", "base_url": mock.url(),
+                        "credentials": {"session_key": "sk-ant-sid01-expired"}}),
+            ),
+            201,
+        )
+        .await;
+    let path = format!("/accounts/{}", bad["id"]);
+    let view: Value = eventually("the stale session to be flagged", async || {
+        let view = e.admin.expect("GET", &path, None, 200).await;
+        (view["status"] == "invalid").then_some(view)
+    })
+    .await;
+    assert_eq!(
+        view["disabled_reason"],
+        "sessionKey refused by claude.ai organizations (403)"
+    );
     e.process.stop().await;
 }

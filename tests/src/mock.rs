@@ -59,6 +59,8 @@ struct State {
     /// Streams whose reader went away before the last event.
     cancelled: Arc<std::sync::atomic::AtomicUsize>,
     onboard_calls: Arc<std::sync::atomic::AtomicUsize>,
+    /// The PKCE challenge of the last claude.ai authorization.
+    pkce_challenge: Arc<Mutex<Option<String>>>,
 }
 
 pub struct MockUpstream {
@@ -80,6 +82,7 @@ impl MockUpstream {
             latency,
             cancelled: Arc::default(),
             onboard_calls: Arc::default(),
+            pkce_challenge: Arc::default(),
         };
         let serve_state = state.clone();
         tokio::spawn(async move {
@@ -152,6 +155,7 @@ async fn handle(
     } else {
         serde_json::from_slice(&body).unwrap_or(Value::Null)
     };
+    let cookie = headers.get("cookie").cloned().unwrap_or_default();
     let key = headers
         .get("x-api-key")
         .or_else(|| headers.get("x-goog-api-key"))
@@ -205,7 +209,25 @@ async fn handle(
             None if stream => sse_response(sse_events(&model), gzip),
             None => json_or_gzip(message_body(&model), gzip),
         },
+        "/v1/oauth/token"
+            if body.get("grant_type").and_then(Value::as_str) == Some("authorization_code") =>
+        {
+            code_exchange(&state, &body)
+        }
         "/v1/oauth/token" | "/oauth/token" | "/token" => token_response(&path, &body),
+        "/api/organizations" if !good_session(&cookie) => {
+            json_response(StatusCode::FORBIDDEN, json!({"error": "invalid session"}))
+        }
+        "/api/organizations" => json_response(
+            StatusCode::OK,
+            json!([
+                {"uuid": "org-api-only", "capabilities": ["api"]},
+                {"uuid": CLAUDE_ORG, "capabilities": ["chat", "claude_max"]},
+            ]),
+        ),
+        p if p.starts_with("/v1/oauth/") && p.ends_with("/authorize") => {
+            authorize(&state, &cookie, p, &body)
+        }
         "/v1internal:loadCodeAssist" => json_response(
             StatusCode::OK,
             json!({"allowedTiers": [{"id": "free-tier", "isDefault": true}]}),
@@ -339,24 +361,26 @@ fn form_to_json(body: &[u8]) -> Value {
 /// The account id the mock's OpenAI id tokens carry.
 pub const CHATGPT_ACCOUNT_ID: &str = "acc-mock-1";
 
+/// Unpadded base64url.
+fn b64url(bytes: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
 /// An unsigned JWT with `claims`, as the mock's token endpoint issues.
 pub fn unsigned_jwt(claims: &Value) -> String {
-    fn b64(bytes: &[u8]) -> String {
-        const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk.iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b))
-                << (8 * (3 - chunk.len()));
-            for i in 0..=chunk.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            }
-        }
-        out
-    }
     format!(
         "{}.{}.",
-        b64(br#"{"alg":"none"}"#),
-        b64(claims.to_string().as_bytes())
+        b64url(br#"{"alg":"none"}"#),
+        b64url(claims.to_string().as_bytes())
     )
 }
 
@@ -386,6 +410,53 @@ fn token_response(path: &str, body: &Value) -> Response<MockBody> {
         ));
     }
     json_response(StatusCode::OK, answer)
+}
+
+/// The claude.ai organization that can chat, and the sessionKey it accepts.
+pub const CLAUDE_ORG: &str = "org-chat-1";
+pub const GOOD_SESSION_KEY: &str = "sk-ant-sid01-good";
+
+fn good_session(cookie: &str) -> bool {
+    cookie
+        .split(';')
+        .any(|c| c.trim() == format!("sessionKey={GOOD_SESSION_KEY}"))
+}
+
+fn authorize(state: &State, cookie: &str, path: &str, body: &Value) -> Response<MockBody> {
+    if !good_session(cookie) {
+        return json_response(StatusCode::FORBIDDEN, json!({"error": "invalid session"}));
+    }
+    let org_ok = path == format!("/v1/oauth/{CLAUDE_ORG}/authorize")
+        && body["organization_uuid"] == CLAUDE_ORG;
+    if !org_ok || body["code_challenge_method"] != "S256" || body["response_type"] != "code" {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "bad authorize request"}),
+        );
+    }
+    *state.pkce_challenge.lock().expect("mock lock") =
+        body["code_challenge"].as_str().map(str::to_string);
+    let redirect = format!(
+        "{}?code=mock-code&state={}",
+        body["redirect_uri"].as_str().unwrap_or_default(),
+        body["state"].as_str().unwrap_or_default()
+    );
+    json_response(StatusCode::OK, json!({"redirect_uri": redirect}))
+}
+
+/// Checks the code and the PKCE verifier against the authorization.
+fn code_exchange(state: &State, body: &Value) -> Response<MockBody> {
+    use sha2::Digest;
+    let verifier = body["code_verifier"].as_str().unwrap_or_default();
+    let challenge = b64url(&sha2::Sha256::digest(verifier.as_bytes()));
+    let expected = state.pkce_challenge.lock().expect("mock lock").clone();
+    if body["code"] != "mock-code" || expected.as_deref() != Some(challenge.as_str()) {
+        return json_response(StatusCode::BAD_REQUEST, json!({"error": "invalid_grant"}));
+    }
+    json_response(
+        StatusCode::OK,
+        json!({"access_token": "from-session", "refresh_token": "session-refresh", "expires_in": 28800}),
+    )
 }
 
 fn anthropic_error(status: StatusCode) -> Response<MockBody> {
