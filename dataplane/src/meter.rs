@@ -42,7 +42,8 @@ impl Meter {
         if !self.billed {
             return;
         }
-        let source = if observed.usage_seen && (ended || observed.complete) {
+        // Counts are final only once the response reached its natural end.
+        let source = if observed.usage_seen && observed.complete {
             UsageSource::Reported
         } else {
             UsageSource::Missing
@@ -53,6 +54,8 @@ impl Meter {
                 error_class = e.clone();
             } else if !ended {
                 error_class = "client_disconnected".into();
+            } else if !observed.complete {
+                error_class = "upstream_incomplete".into();
             }
         }
         let model = observed

@@ -289,13 +289,19 @@ async fn failover_gzip_and_no_account() {
     .await;
     assert_eq!(reply.json()["error"]["message"], "account not available");
 
-    // A failing account is tried first, then the request moves on.
-    let failing = e.admin.expect(
-        "POST",
-        "/accounts",
-        Some(json!({"name": "limited", "type": "claude-api", "base_url": mock.url(), "priority": 1, "credentials": {"api_key": "mock-429"}})),
-        201,
-    ).await;
+    // Failing accounts are tried first (a 429, then an overloaded 529), then
+    // the request moves on.
+    for (name, priority, api_key) in [("limited", 1, "mock-429"), ("overloaded", 2, "mock-529")] {
+        e.admin
+            .expect(
+                "POST",
+                "/accounts",
+                Some(json!({"name": name, "type": "claude-api", "base_url": mock.url(), "priority": priority,
+                            "credentials": {"api_key": api_key}})),
+                201,
+            )
+            .await;
+    }
     let gzip = e
         .admin
         .create_account("gzip", &mock.url(), "mock-gzip")
@@ -318,7 +324,10 @@ async fn failover_gzip_and_no_account() {
         .iter()
         .map(|r| r.headers["x-api-key"].clone())
         .collect();
-    assert_eq!(&keys[keys.len() - 2..], ["mock-429", "mock-gzip"]);
+    assert_eq!(
+        &keys[keys.len() - 3..],
+        ["mock-429", "mock-529", "mock-gzip"]
+    );
     let row = logged(&e.admin, reply.headers["x-request-id"].to_str().unwrap()).await;
     assert_eq!(row["account_id"], gzip["id"]);
     assert_eq!(row["input_tokens"], USAGE.input);
@@ -336,7 +345,22 @@ async fn failover_gzip_and_no_account() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), sse_events("claude-sonnet-4-5").concat());
 
-    // With only the failing account left, its own answer is passed through.
+    // With only failing accounts left, the last answer is passed through as it was.
+    let overloaded = e.admin.expect("GET", "/accounts", None, 200).await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "overloaded")
+        .unwrap()["id"]
+        .clone();
+    e.admin
+        .expect(
+            "PATCH",
+            &format!("/accounts/{overloaded}"),
+            Some(json!({"enabled": false})),
+            200,
+        )
+        .await;
     e.admin
         .expect(
             "PATCH",
@@ -354,7 +378,10 @@ async fn failover_gzip_and_no_account() {
     )
     .await;
     assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
-    let _ = failing;
+    assert_eq!(
+        reply.headers["retry-after"], "30",
+        "the upstream's retry hint reaches the client"
+    );
     e.process.stop().await;
 }
 

@@ -219,3 +219,88 @@ async fn accounts_reach_their_upstream_through_their_proxy() {
     assert_eq!(socks_proxy.targets()[0], mock.addr.to_string());
     e.process.stop().await;
 }
+
+#[tokio::test]
+async fn slow_first_bytes_fail_over_then_time_out() {
+    let slow = MockUpstream::with_latency(Duration::from_secs(3)).await;
+    let fast = MockUpstream::start().await;
+    let e = start_with(&[("AIPROXY_PROXY_TIMEOUT", "1".to_string())]).await;
+    e.admin
+        .expect(
+            "POST",
+            "/accounts",
+            Some(json!({"name": "slow", "type": "claude-api", "base_url": slow.url(), "priority": 1, "credentials": {"api_key": "k"}})),
+            201,
+        )
+        .await;
+    let quick = e
+        .admin
+        .expect(
+            "POST",
+            "/accounts",
+            Some(json!({"name": "fast", "type": "claude-api", "base_url": fast.url(), "priority": 2, "credentials": {"api_key": "k"}})),
+            201,
+        )
+        .await;
+    let user = e.admin.create_user("patient").await;
+    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let url = format!("{}/v1/messages", e.proxy);
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []});
+
+    // The slow account misses the first-byte deadline; the fast one answers.
+    let reply = wait_for_status(&e.http, &url, &[("x-api-key", &key)], &body, 200).await;
+    let row = logged(&e.admin, reply.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(row["account_id"], quick["id"]);
+    assert!(
+        !slow.received().is_empty(),
+        "the slow account was tried first"
+    );
+
+    // With only the slow account left, the caller gets a 504 in its own shape.
+    e.admin
+        .expect(
+            "PATCH",
+            &format!("/accounts/{}", quick["id"]),
+            Some(json!({"enabled": false})),
+            200,
+        )
+        .await;
+    let reply = wait_for_status(&e.http, &url, &[("x-api-key", &key)], &body, 504).await;
+    assert_eq!(reply.json()["error"]["message"], "upstream timed out");
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn streams_cut_short_are_recorded_as_incomplete() {
+    let mock = MockUpstream::start().await;
+    let e = start_with(&[]).await;
+    e.admin.create_account("cut", &mock.url(), "mock-cut").await;
+    let user = e.admin.create_user("cutter").await;
+    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let url = format!("{}/v1/messages", e.proxy);
+    wait_for_status(
+        &e.http,
+        &url,
+        &[("x-api-key", &key)],
+        &json!({"model": "claude-sonnet-4-5", "messages": []}),
+        200,
+    )
+    .await;
+    let reply = e
+        .http
+        .send("POST", &url, &[("x-api-key", &key)], Some(&stream_body()))
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(reply.text().contains("message_start") && !reply.text().contains("message_stop"));
+    let row = logged(&e.admin, reply.headers["x-request-id"].to_str().unwrap()).await;
+    assert_eq!(
+        row["usage_source"], "missing",
+        "counts of a cut stream are not final: {row}"
+    );
+    assert_eq!(row["error_class"], "upstream_incomplete");
+    assert_eq!(
+        row["input_tokens"], USAGE.input,
+        "what was seen is still recorded"
+    );
+    e.process.stop().await;
+}

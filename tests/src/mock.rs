@@ -8,6 +8,7 @@
 //! - `mock-gzip`: the body gzip-compressed with no `content-encoding`;
 //! - `expired-token`: 401, as for an OAuth access token past its life;
 //! - `mock-slow`: streams that pause two seconds after the first event;
+//! - `mock-cut`: streams that end early, cleanly, before their final event;
 //! - Code Assist (`/v1internal:…`) answers only for its one project, wrapped in `{"response": …}`;
 //! - anything else: a normal answer.
 use std::collections::HashMap;
@@ -200,7 +201,12 @@ async fn handle(
     } else {
         Duration::from_millis(5)
     };
-    let sse_response = |events: Vec<String>, gzip: bool| {
+    // `mock-cut` ends its streams early, cleanly, before any final event.
+    let cut = key == "mock-cut";
+    let sse_response = |mut events: Vec<String>, gzip: bool| {
+        if cut {
+            events.truncate(3);
+        }
         sse_response(events, gzip, pause, state.cancelled.clone())
     };
     let resp = match path.as_str() {
@@ -466,10 +472,15 @@ fn anthropic_error(status: StatusCode) -> Response<MockBody> {
         529 => "overloaded_error",
         _ => "api_error",
     };
-    json_response(
+    let mut resp = json_response(
         status,
         json!({"type":"error","error":{"type":kind,"message":format!("mock {kind}")}}),
-    )
+    );
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        resp.headers_mut()
+            .insert("retry-after", "30".parse().expect("header"));
+    }
+    resp
 }
 
 fn openai_error(status: StatusCode) -> Response<MockBody> {
