@@ -116,6 +116,8 @@ fn dataplane_settings(
         spool_dir: config.data_dir.join("spool"),
         proxy_timeout: config.proxy_timeout(),
         idle_timeout: Duration::from_secs(config.proxy.idle_timeout),
+        connect_timeout: Duration::from_secs(config.proxy.connect_timeout),
+        max_attempts: config.proxy.max_attempts as usize,
         max_body_bytes: config.proxy.max_body_bytes,
     }
 }

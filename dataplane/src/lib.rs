@@ -42,6 +42,9 @@ pub struct Settings {
     pub proxy_timeout: Duration,
     /// Longest silence allowed inside a response body.
     pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Accounts tried for one request before giving up.
+    pub max_attempts: usize,
     pub max_body_bytes: usize,
 }
 
@@ -104,13 +107,14 @@ pub async fn start(
     let relay = Arc::new(Relay {
         snapshot: snapshot.clone(),
         scheduler: Default::default(),
-        client: aiproxy_shared::http::client(Duration::from_secs(10)),
+        client: aiproxy_shared::http::client(settings.connect_timeout),
         proxied: Default::default(),
         sink,
         timeout: settings.proxy_timeout,
         idle_timeout: settings.idle_timeout,
         max_body_bytes: settings.max_body_bytes,
-        max_attempts: 3,
+        max_attempts: settings.max_attempts.max(1),
+        connect_timeout: settings.connect_timeout,
         control: client,
         node_id: settings.node_id.clone(),
     });

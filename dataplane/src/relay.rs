@@ -42,6 +42,8 @@ pub struct Relay {
     pub max_body_bytes: usize,
     /// Accounts tried per request before giving up.
     pub max_attempts: usize,
+    /// Connect timeout for clients made for account proxies.
+    pub connect_timeout: Duration,
     /// The control plane, told when an OAuth token is refused.
     pub control: crate::control::Client,
     pub node_id: String,
@@ -323,7 +325,7 @@ impl Relay {
         if let Some(c) = proxied.get(proxy) {
             return Ok(c.clone());
         }
-        let client = aiproxy_shared::http::client_via(proxy, Duration::from_secs(10))?;
+        let client = aiproxy_shared::http::client_via(proxy, self.connect_timeout)?;
         proxied.insert(proxy.clone(), client.clone());
         Ok(client)
     }

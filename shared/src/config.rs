@@ -78,6 +78,10 @@ pub struct ProxySettings {
     pub timeout: u64,
     /// Seconds a response may go without a byte before it is cut off.
     pub idle_timeout: u64,
+    /// Seconds to open a connection to an upstream (or its proxy).
+    pub connect_timeout: u64,
+    /// Accounts tried for one request before giving up.
+    pub max_attempts: u64,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: usize,
 }
@@ -87,6 +91,8 @@ impl Default for ProxySettings {
         Self {
             timeout: 600,
             idle_timeout: 300,
+            connect_timeout: 10,
+            max_attempts: 3,
             max_body_bytes: 32 * 1024 * 1024,
         }
     }
@@ -268,6 +274,12 @@ impl Config {
             &mut self.proxy.max_body_bytes,
         )?;
         parse_env(&get, "AIPROXY_IDLE_TIMEOUT", &mut self.proxy.idle_timeout)?;
+        parse_env(
+            &get,
+            "AIPROXY_CONNECT_TIMEOUT",
+            &mut self.proxy.connect_timeout,
+        )?;
+        parse_env(&get, "AIPROXY_MAX_ATTEMPTS", &mut self.proxy.max_attempts)?;
         parse_env(&get, "AIPROXY_SESSION_TTL", &mut self.cache.session_ttl)?;
         parse_env(
             &get,
@@ -332,6 +344,8 @@ impl Config {
         for (name, value) in [
             ("proxy.timeout", self.proxy.timeout),
             ("proxy.idle_timeout", self.proxy.idle_timeout),
+            ("proxy.connect_timeout", self.proxy.connect_timeout),
+            ("proxy.max_attempts", self.proxy.max_attempts),
             ("cache.session_ttl", self.cache.session_ttl),
             ("cache.concurrency_ttl", self.cache.concurrency_ttl),
             ("cache.unavailable_ttl", self.cache.unavailable_ttl),

@@ -304,3 +304,29 @@ async fn streams_cut_short_are_recorded_as_incomplete() {
     );
     e.process.stop().await;
 }
+
+#[tokio::test]
+async fn failover_stops_after_the_configured_attempts() {
+    let mock = MockUpstream::start().await;
+    let e = start_with(&[("AIPROXY_MAX_ATTEMPTS", "2".to_string())]).await;
+    for name in ["a", "b", "c"] {
+        e.admin.create_account(name, &mock.url(), "mock-500").await;
+    }
+    let user = e.admin.create_user("unlucky").await;
+    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let url = format!("{}/v1/messages", e.proxy);
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []});
+    wait_for_status(&e.http, &url, &[("x-api-key", &key)], &body, 500).await;
+    let before = mock.received().len();
+    let reply = e
+        .http
+        .send("POST", &url, &[("x-api-key", &key)], Some(&body))
+        .await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(
+        mock.received().len() - before,
+        2,
+        "two accounts tried, not three"
+    );
+    e.process.stop().await;
+}

@@ -302,3 +302,95 @@ async fn claude_oauth_accounts_and_token_counting() {
     assert_eq!(openai_style["object"], "list");
     e.process.stop().await;
 }
+
+#[tokio::test]
+async fn rate_limit_signals_reach_the_client_unchanged() {
+    use aiproxy_tests::mock::RESET_AT;
+    let mock = MockUpstream::start().await;
+    let e = crate::embedded::start().await;
+    for (name, kind, priority, creds) in [
+        ("claude", "claude-api", 1, json!({"api_key": "mock-429"})),
+        ("openai", "openai", 1, json!({"api_key": "mock-429"})),
+        (
+            "codex",
+            "openai-responses",
+            2,
+            json!({"access_token": "mock-429", "account_id": "acc"}),
+        ),
+        ("gemini", "gemini-api", 1, json!({"api_key": "mock-429"})),
+    ] {
+        let base_url = if kind == "openai-responses" {
+            format!("{}/backend-api/codex", mock.url())
+        } else {
+            mock.url()
+        };
+        e.admin
+            .expect(
+                "POST",
+                "/accounts",
+                Some(json!({"name": name, "type": kind, "base_url": base_url, "priority": priority, "credentials": creds})),
+                201,
+            )
+            .await;
+    }
+    let user = e.admin.create_user("limited").await;
+    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let auth = format!("Bearer {key}");
+    let headers = [("authorization", auth.as_str())];
+
+    let claude = wait_for_status(
+        &e.http,
+        &format!("{}/v1/messages", e.proxy),
+        &headers,
+        &json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []}),
+        429,
+    )
+    .await;
+    assert_eq!(
+        claude.headers["anthropic-ratelimit-unified-reset"],
+        RESET_AT.to_string().as_str()
+    );
+    assert_eq!(claude.headers["retry-after"], "30");
+
+    let chat = e
+        .http
+        .send(
+            "POST",
+            &format!("{}/v1/chat/completions", e.proxy),
+            &headers,
+            Some(&json!({"model": "gpt-4o", "messages": []})),
+        )
+        .await;
+    assert_eq!(chat.status, 429);
+    assert_eq!(chat.headers["x-ratelimit-reset-requests"], "6m0s");
+
+    let codex = e
+        .http
+        .send(
+            "POST",
+            &format!("{}/v1/responses", e.proxy),
+            &headers,
+            Some(&json!({"model": "gpt-5-codex", "input": "hi"})),
+        )
+        .await;
+    assert_eq!(codex.status, 429);
+    assert_eq!(codex.json()["error"]["type"], "usage_limit_reached");
+    assert_eq!(codex.json()["error"]["resets_at"], RESET_AT);
+    assert_eq!(
+        codex.headers["x-codex-primary-reset-at"],
+        RESET_AT.to_string().as_str()
+    );
+
+    let gemini = e
+        .http
+        .send(
+            "POST",
+            &format!("{}/v1beta/models/gemini-2.5-pro:generateContent", e.proxy),
+            &headers,
+            Some(&json!({"contents": []})),
+        )
+        .await;
+    assert_eq!(gemini.status, 429);
+    assert_eq!(gemini.json()["error"]["details"][0]["retryDelay"], "58s");
+    e.process.stop().await;
+}

@@ -4,7 +4,9 @@
 //! Behaviour is chosen by the upstream credential a request carries
 //! (`x-api-key`, `Authorization: Bearer` or `x-goog-api-key`), so one mock
 //! serves healthy and failing accounts at once:
-//! - `mock-429`, `mock-529`, `mock-500`: that status, Anthropic error shape;
+//! - `mock-429`, `mock-529`, `mock-500`: that status in the platform's error
+//!   shape; a 429 carries the platform's reset signal (unified-reset headers,
+//!   `x-ratelimit-reset-*`, Codex `resets_at`, Gemini `RetryInfo`);
 //! - `mock-gzip`: the body gzip-compressed with no `content-encoding`;
 //! - `expired-token`: 401, as for an OAuth access token past its life;
 //! - `mock-slow`: streams that pause two seconds after the first event;
@@ -289,6 +291,7 @@ async fn handle(
             }
         },
         "/backend-api/codex/responses" => match failure {
+            Some(StatusCode::TOO_MANY_REQUESTS) => codex_limited(),
             Some(status) => openai_error(status),
             None if key_header_missing(&state, "chatgpt-account-id") => json_response(
                 StatusCode::BAD_REQUEST,
@@ -477,24 +480,60 @@ fn anthropic_error(status: StatusCode) -> Response<MockBody> {
         json!({"type":"error","error":{"type":kind,"message":format!("mock {kind}")}}),
     );
     if status == StatusCode::TOO_MANY_REQUESTS {
-        resp.headers_mut()
-            .insert("retry-after", "30".parse().expect("header"));
+        let h = resp.headers_mut();
+        h.insert("retry-after", "30".parse().expect("header"));
+        h.insert(
+            "anthropic-ratelimit-unified-status",
+            "rejected".parse().expect("header"),
+        );
+        h.insert(
+            "anthropic-ratelimit-unified-reset",
+            RESET_AT.to_string().parse().expect("header"),
+        );
     }
     resp
 }
 
+/// The epoch second every mock rate limit resets at.
+pub const RESET_AT: u64 = 1_900_000_000;
+
+/// Codex's 429: the limit and its reset in the body, and in headers.
+fn codex_limited() -> Response<MockBody> {
+    let mut resp = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        json!({"error": {"type": "usage_limit_reached", "message": "The usage limit has been reached", "resets_at": RESET_AT}}),
+    );
+    resp.headers_mut().insert(
+        "x-codex-primary-reset-at",
+        RESET_AT.to_string().parse().expect("header"),
+    );
+    resp
+}
+
 fn openai_error(status: StatusCode) -> Response<MockBody> {
-    json_response(
+    let mut resp = json_response(
         status,
         json!({"error":{"message":"mock error","type":"mock_error","code":status.as_u16()}}),
-    )
+    );
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let h = resp.headers_mut();
+        h.insert(
+            "x-ratelimit-reset-requests",
+            "6m0s".parse().expect("header"),
+        );
+        h.insert("x-ratelimit-reset-tokens", "1s".parse().expect("header"));
+    }
+    resp
 }
 
 fn gemini_error(status: StatusCode) -> Response<MockBody> {
-    json_response(
-        status,
-        json!({"error":{"code":status.as_u16(),"message":"mock error","status":"RESOURCE_EXHAUSTED"}}),
-    )
+    let mut error =
+        json!({"code": status.as_u16(), "message": "mock error", "status": "RESOURCE_EXHAUSTED"});
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        error["details"] =
+            json!([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "58s"}]);
+    }
+    json_response(status, json!({ "error": error }))
 }
 
 fn json_or_gzip(body: Value, compress: bool) -> Response<MockBody> {
