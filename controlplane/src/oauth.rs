@@ -335,28 +335,9 @@ impl Refresher {
             )));
         };
         let now = chrono::Utc::now().timestamp();
-        creds.insert("access_token".into(), access.to_string());
-        if let Some(rt) = answer.get("refresh_token").and_then(Value::as_str) {
-            creds.insert("refresh_token".into(), rt.to_string());
-        }
-        if let Some(secs) = answer.get("expires_in").and_then(Value::as_i64) {
-            creds.insert("expires_at".into(), (now + secs).to_string());
-        }
+        take_tokens(&mut creds, access, &answer, now);
         creds.insert("organization_uuid".into(), organization);
-        let sealed = self
-            .inner
-            .sealer
-            .seal(&serde_json::to_vec(&creds).expect("map serializes"));
-        store
-            .update_account(
-                id,
-                &AccountPatch {
-                    credentials_sealed: Some(sealed),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        self.inner.publisher.notify();
+        self.save(id, &creds).await?;
         tracing::info!(account_id = id, "sessionKey exchanged for OAuth tokens");
         Ok(true)
     }
@@ -368,15 +349,11 @@ impl Refresher {
         step: &str,
         status: u16,
     ) -> Result<bool, RefreshError> {
-        let patch = AccountPatch {
-            status: Some("invalid".into()),
-            disabled_reason: Some(Some(format!(
-                "sessionKey refused by claude.ai {step} ({status})"
-            ))),
-            ..Default::default()
-        };
-        self.inner.store.update_account(id, &patch).await?;
-        self.inner.publisher.notify();
+        self.flag_invalid(
+            id,
+            format!("sessionKey refused by claude.ai {step} ({status})"),
+        )
+        .await?;
         Err(RefreshError::Refused {
             status,
             message: format!("claude.ai {step} refused the sessionKey"),
@@ -469,19 +446,33 @@ impl Refresher {
         };
         tracing::info!(account_id = id, project = %project, "Code Assist project found");
         creds.insert("project_id".into(), project);
+        self.save(id, &creds).await?;
+        Ok(())
+    }
+
+    /// Stores new credentials and pushes them to the nodes.
+    async fn save(&self, id: i64, creds: &Credentials) -> Result<(), RefreshError> {
         let sealed = self
             .inner
             .sealer
-            .seal(&serde_json::to_vec(&creds).expect("map serializes"));
-        store
-            .update_account(
-                id,
-                &AccountPatch {
-                    credentials_sealed: Some(sealed),
-                    ..Default::default()
-                },
-            )
-            .await?;
+            .seal(&serde_json::to_vec(creds).expect("map serializes"));
+        let patch = AccountPatch {
+            credentials_sealed: Some(sealed),
+            ..Default::default()
+        };
+        self.inner.store.update_account(id, &patch).await?;
+        self.inner.publisher.notify();
+        Ok(())
+    }
+
+    /// Takes the account out of scheduling, saying why, for the operator.
+    async fn flag_invalid(&self, id: i64, reason: String) -> Result<(), RefreshError> {
+        let patch = AccountPatch {
+            status: Some("invalid".into()),
+            disabled_reason: Some(Some(reason)),
+            ..Default::default()
+        };
+        self.inner.store.update_account(id, &patch).await?;
         self.inner.publisher.notify();
         Ok(())
     }
@@ -593,16 +584,11 @@ impl Refresher {
                 });
             if matches!(reply.status, 400 | 401 | 403) {
                 // The refresh token is dead: the operator must re-authorize.
-                let patch = AccountPatch {
-                    status: Some("invalid".into()),
-                    disabled_reason: Some(Some(format!(
-                        "OAuth refresh refused ({}): {message}",
-                        reply.status
-                    ))),
-                    ..Default::default()
-                };
-                store.update_account(id, &patch).await?;
-                self.inner.publisher.notify();
+                self.flag_invalid(
+                    id,
+                    format!("OAuth refresh refused ({}): {message}", reply.status),
+                )
+                .await?;
                 return Err(RefreshError::Refused {
                     status: reply.status,
                     message,
@@ -613,37 +599,29 @@ impl Refresher {
                 reply.status
             )));
         };
-        creds.insert("access_token".into(), access.to_string());
-        if let Some(rt) = answer
-            .get("refresh_token")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
-            creds.insert("refresh_token".into(), rt.to_string());
-        }
-        if let Some(it) = answer.get("id_token").and_then(Value::as_str) {
-            creds.insert("id_token".into(), it.to_string());
-        }
-        creds.remove("expires_at");
-        if let Some(secs) = answer.get("expires_in").and_then(Value::as_i64) {
-            creds.insert("expires_at".into(), (now + secs).to_string());
-        }
+        take_tokens(&mut creds, access, &answer, now);
         complete_credentials(kind, &mut creds);
-        let sealed = self
-            .inner
-            .sealer
-            .seal(&serde_json::to_vec(&creds).expect("map serializes"));
-        store
-            .update_account(
-                id,
-                &AccountPatch {
-                    credentials_sealed: Some(sealed),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        self.inner.publisher.notify();
+        self.save(id, &creds).await?;
         Ok(Outcome::Refreshed)
+    }
+}
+
+/// Stores what a token endpoint answered: the access token, a rotated
+/// refresh token and id token when given, and the new expiry.
+fn take_tokens(creds: &mut Credentials, access: &str, answer: &Value, now: i64) {
+    creds.insert("access_token".into(), access.to_string());
+    for field in ["refresh_token", "id_token"] {
+        if let Some(v) = answer
+            .get(field)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+        {
+            creds.insert(field.into(), v.to_string());
+        }
+    }
+    creds.remove("expires_at");
+    if let Some(secs) = answer.get("expires_in").and_then(Value::as_i64) {
+        creds.insert("expires_at".into(), (now + secs).to_string());
     }
 }
 
