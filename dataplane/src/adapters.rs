@@ -42,38 +42,30 @@ pub fn build(
         (AccountKind::OpenAiResponses, Endpoint::OpenAiResponses) => {
             (format!("{}/responses", account.base_url), codex_header)
         }
-        (AccountKind::GeminiOauth, Endpoint::GeminiGenerate { stream, .. }) => {
-            let action = if *stream {
-                "streamGenerateContent?alt=sse"
-            } else {
-                "generateContent"
-            };
-            (
-                format!("{}/v1internal:{action}", account.base_url),
-                gemini_header,
-            )
-        }
-        (AccountKind::GeminiOauth, Endpoint::GeminiCountTokens { .. }) => (
-            format!("{}/v1internal:countTokens", account.base_url),
+        (
+            AccountKind::GeminiOauth,
+            Endpoint::GeminiGenerate { .. } | Endpoint::GeminiCountTokens { .. },
+        ) => (
+            format!(
+                "{}/v1internal:{}",
+                account.base_url,
+                gemini_action(out.endpoint)
+            ),
             gemini_header,
         ),
         (AccountKind::OpenAi, Endpoint::OpenAiChat | Endpoint::OpenAiResponses) => (
             join_v1(&account.base_url, out.endpoint.name()),
             openai_header,
         ),
-        (AccountKind::GeminiApi, Endpoint::GeminiGenerate { model, stream }) => {
-            let action = if *stream {
-                "streamGenerateContent?alt=sse"
-            } else {
-                "generateContent"
-            };
-            (
-                format!("{}/v1beta/models/{model}:{action}", account.base_url),
-                gemini_header,
-            )
-        }
-        (AccountKind::GeminiApi, Endpoint::GeminiCountTokens { model }) => (
-            format!("{}/v1beta/models/{model}:countTokens", account.base_url),
+        (
+            AccountKind::GeminiApi,
+            Endpoint::GeminiGenerate { model, .. } | Endpoint::GeminiCountTokens { model },
+        ) => (
+            format!(
+                "{}/v1beta/models/{model}:{}",
+                account.base_url,
+                gemini_action(out.endpoint)
+            ),
             gemini_header,
         ),
         (kind, endpoint) => {
@@ -228,6 +220,15 @@ fn code_assist_body(account: &AccountEntry, out: &Outgoing<'_>) -> Result<Bytes,
     Ok(Bytes::from(
         serde_json::to_vec(&wrapped).expect("JSON serializes"),
     ))
+}
+
+/// The Gemini method (and stream flag) an endpoint calls.
+fn gemini_action(endpoint: &Endpoint) -> &'static str {
+    match endpoint {
+        Endpoint::GeminiGenerate { stream: true, .. } => "streamGenerateContent?alt=sse",
+        Endpoint::GeminiCountTokens { .. } => "countTokens",
+        _ => "generateContent",
+    }
 }
 
 fn with_query(url: String, query: Option<&str>) -> String {

@@ -19,6 +19,17 @@ pub async fn start() -> Embedded {
     start_with(&[]).await
 }
 
+impl Embedded {
+    /// A new user with one API key; returns the plaintext key.
+    pub async fn user_key(&self, username: &str) -> String {
+        let user = self.admin.create_user(username).await;
+        self.admin
+            .create_key(user["id"].as_i64().expect("user id"), "k")
+            .await
+            .1
+    }
+}
+
 /// The all-in-one with extra environment variables.
 pub async fn start_with(extra: &[(&str, String)]) -> Embedded {
     let dir = tempfile::tempdir().unwrap();
@@ -273,8 +284,7 @@ async fn bad_keys_and_disabled_keys_are_refused_in_anthropic_shape() {
 async fn failover_gzip_and_no_account() {
     let mock = MockUpstream::start().await;
     let e = start().await;
-    let user = e.admin.create_user("carol").await;
-    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let key = e.user_key("carol").await;
     let url = format!("{}/v1/messages", e.proxy);
     let headers = [("x-api-key", key.as_str())];
 

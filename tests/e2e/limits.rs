@@ -30,8 +30,7 @@ async fn a_client_that_leaves_cancels_the_upstream_and_is_still_billed() {
     e.admin
         .create_account("slow", &mock.url(), "mock-slow")
         .await;
-    let user = e.admin.create_user("leaver").await;
-    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let key = e.user_key("leaver").await;
     let url = format!("{}/v1/messages", e.proxy);
     wait_for_status(
         &e.http,
@@ -93,8 +92,7 @@ async fn silent_upstreams_are_cut_off_and_big_bodies_refused() {
             201,
         )
         .await;
-    let user = e.admin.create_user("waiter").await;
-    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let key = e.user_key("waiter").await;
     let url = format!("{}/v1/messages", e.proxy);
     wait_for_status(
         &e.http,
@@ -168,8 +166,7 @@ async fn accounts_reach_their_upstream_through_their_proxy() {
     let http_proxy = TestProxy::http_connect().await;
     let socks_proxy = TestProxy::socks5().await;
     let e = start_with(&[]).await;
-    let user = e.admin.create_user("proxied").await;
-    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let key = e.user_key("proxied").await;
     let via_http = e
         .admin
         .expect(
@@ -238,8 +235,7 @@ async fn slow_first_bytes_fail_over_then_time_out() {
             201,
         )
         .await;
-    let user = e.admin.create_user("patient").await;
-    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let key = e.user_key("patient").await;
     let url = format!("{}/v1/messages", e.proxy);
     let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []});
 
@@ -271,8 +267,7 @@ async fn streams_cut_short_are_recorded_as_incomplete() {
     let mock = MockUpstream::start().await;
     let e = start_with(&[]).await;
     e.admin.create_account("cut", &mock.url(), "mock-cut").await;
-    let user = e.admin.create_user("cutter").await;
-    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let key = e.user_key("cutter").await;
     let url = format!("{}/v1/messages", e.proxy);
     wait_for_status(
         &e.http,
@@ -308,8 +303,7 @@ async fn failover_stops_after_the_configured_attempts() {
     for name in ["a", "b", "c"] {
         e.admin.create_account(name, &mock.url(), "mock-500").await;
     }
-    let user = e.admin.create_user("unlucky").await;
-    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let key = e.user_key("unlucky").await;
     let url = format!("{}/v1/messages", e.proxy);
     let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []});
     wait_for_status(&e.http, &url, &[("x-api-key", &key)], &body, 500).await;

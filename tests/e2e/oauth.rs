@@ -25,8 +25,7 @@ async fn setup() -> (Embedded, MockUpstream, String) {
         ("AIPROXY_CLAUDE_WEB_URL", mock.url()),
     ])
     .await;
-    let user = e.admin.create_user("oauth-user").await;
-    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let key = e.user_key("oauth-user").await;
     (e, mock, key)
 }
 

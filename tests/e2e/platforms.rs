@@ -24,8 +24,7 @@ async fn setup() -> (Embedded, MockUpstream, String) {
             .expect("POST", "/accounts", Some(json!({"name": name, "type": kind, "base_url": mock.url(), "credentials": creds})), 201)
             .await;
     }
-    let user = e.admin.create_user("plato").await;
-    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let key = e.user_key("plato").await;
     (e, mock, key)
 }
 
@@ -333,8 +332,7 @@ async fn rate_limit_signals_reach_the_client_unchanged() {
             )
             .await;
     }
-    let user = e.admin.create_user("limited").await;
-    let (_, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let key = e.user_key("limited").await;
     let auth = format!("Bearer {key}");
     let headers = [("authorization", auth.as_str())];
 
