@@ -180,6 +180,9 @@ impl Relay {
                     });
                 }
                 Ok(Ok(response)) if is_retryable(response.status()) => {
+                    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                        self.note_rate_limit(&account, response.headers());
+                    }
                     tracing::warn!(
                         account_id = account.id,
                         status = response.status().as_u16(),
@@ -312,6 +315,19 @@ impl Relay {
 }
 
 impl Relay {
+    /// A 429 whose headers say when the account is usable again keeps it
+    /// out of this node's picks until then.
+    fn note_rate_limit(&self, account: &AccountEntry, headers: &http::HeaderMap) {
+        let now = chrono::Utc::now();
+        if let Some(reset) =
+            aiproxy_shared::ratelimit::reset_after_429(account.kind, headers, None, now)
+        {
+            tracing::info!(account_id = account.id, reset_at = %reset.to_rfc3339(), "account rate-limited upstream");
+            self.scheduler
+                .mark_limited(account.id, reset.timestamp_millis());
+        }
+    }
+
     /// The client for an account: direct, or through its proxy (one pooled
     /// client per proxy URL, made on first use).
     fn client_for(

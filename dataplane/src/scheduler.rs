@@ -1,7 +1,7 @@
 //! Account selection on this node: priority first, then least recently used,
 //! skipping accounts that are off, rate-limited or at their concurrency limit.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use aiproxy_shared::domain::AccountKind;
@@ -11,6 +11,8 @@ use crate::snapshot::{AccountEntry, Snapshot};
 #[derive(Default)]
 struct AccountRuntime {
     in_flight: AtomicU32,
+    /// Epoch ms until which an upstream rate limit keeps this account out.
+    limited_until_ms: AtomicI64,
     /// Monotonic pick counter value of the last pick; lower = longer ago.
     last_pick: AtomicU64,
 }
@@ -44,6 +46,13 @@ impl Scheduler {
             .entry(id)
             .or_default()
             .clone()
+    }
+
+    /// Keeps an account out of this node's picks until `until_ms` (epoch ms).
+    pub fn mark_limited(&self, id: i64, until_ms: i64) {
+        self.runtime(id)
+            .limited_until_ms
+            .fetch_max(until_ms, Ordering::AcqRel);
     }
 
     /// In-flight requests on an account, on this node.
@@ -80,7 +89,11 @@ impl Scheduler {
                 candidates.clear();
             }
             level = Some(account.priority);
-            candidates.push((account, self.runtime(account.id)));
+            let runtime = self.runtime(account.id);
+            if runtime.limited_until_ms.load(Ordering::Acquire) > now_ms {
+                continue;
+            }
+            candidates.push((account, runtime));
         }
         self.take_least_recent(&mut candidates)
     }
@@ -191,8 +204,11 @@ mod tests {
             "1 excluded, 2 full"
         );
         drop(lease_b);
+        // A node-local rate-limit mark keeps it out until its reset.
+        sched.mark_limited(3, 20_000);
+        assert_eq!(sched.pick(&s, CLAUDE, &[], 15_000).unwrap().0.id, 1);
         // After the reset time the limited account is the first choice again.
-        assert_eq!(sched.pick(&s, CLAUDE, &[], 10_000).unwrap().0.id, 3);
+        assert_eq!(sched.pick(&s, CLAUDE, &[], 20_000).unwrap().0.id, 3);
         assert!(
             sched
                 .pick(&s, &[AccountKind::OpenAi], &[], 10_000)

@@ -7,5 +7,6 @@ pub mod domain;
 pub mod http;
 pub mod keys;
 pub mod pricing;
+pub mod ratelimit;
 pub mod shutdown;
 pub mod telemetry;

@@ -355,7 +355,37 @@ async fn failover_gzip_and_no_account() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), sse_events("claude-sonnet-4-5").concat());
 
-    // With only failing accounts left, the last answer is passed through as it was.
+    // The 429 said when to come back (retry-after: 30), so this node leaves
+    // that account alone meanwhile; with only the overloaded one left, its
+    // own answer is passed through as it was.
+    e.admin
+        .expect(
+            "PATCH",
+            &format!("/accounts/{}", gzip["id"]),
+            Some(json!({"enabled": false})),
+            200,
+        )
+        .await;
+    let reply = wait_for_status(
+        &e.http,
+        &url,
+        &headers,
+        &message_body("claude-sonnet-4-5", false),
+        529,
+    )
+    .await;
+    assert_eq!(reply.json()["error"]["type"], "overloaded_error");
+    let limited_calls = mock
+        .received()
+        .iter()
+        .filter(|r| r.headers["x-api-key"] == "mock-429")
+        .count();
+    assert_eq!(
+        limited_calls, 1,
+        "the rate-limited account is not retried before its reset"
+    );
+
+    // When every usable account is out, the seed's answer.
     let overloaded = e.admin.expect("GET", "/accounts", None, 200).await["items"]
         .as_array()
         .unwrap()
@@ -371,27 +401,15 @@ async fn failover_gzip_and_no_account() {
             200,
         )
         .await;
-    e.admin
-        .expect(
-            "PATCH",
-            &format!("/accounts/{}", gzip["id"]),
-            Some(json!({"enabled": false})),
-            200,
-        )
-        .await;
     let reply = wait_for_status(
         &e.http,
         &url,
         &headers,
         &message_body("claude-sonnet-4-5", false),
-        429,
+        503,
     )
     .await;
-    assert_eq!(reply.json()["error"]["type"], "rate_limit_error");
-    assert_eq!(
-        reply.headers["retry-after"], "30",
-        "the upstream's retry hint reaches the client"
-    );
+    assert_eq!(reply.json()["error"]["message"], "account not available");
     e.process.stop().await;
 }
 
