@@ -79,15 +79,17 @@ async fn route(relay: &Relay, req: Request<Incoming>) -> Response<RelayBody> {
             req.uri().query(),
             &request_id,
         ),
-        Route::Healthz => text(StatusCode::OK, "ok"),
+        Route::Healthz => text(StatusCode::OK, "ok", &request_id),
         Route::Readyz => match relay.snapshot.load() {
             Some(s) => text(
                 StatusCode::OK,
                 &format!("ready: snapshot version {}", s.version),
+                &request_id,
             ),
             None => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: no snapshot yet",
+                &request_id,
             ),
         },
         Route::NotFound => {
@@ -109,12 +111,14 @@ async fn route(relay: &Relay, req: Request<Incoming>) -> Response<RelayBody> {
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<RelayBody> {
+fn text(status: StatusCode, body: &str, request_id: &HeaderValue) -> Response<RelayBody> {
     let mut resp = Response::new(RelayBody::full(Bytes::copy_from_slice(body.as_bytes())));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
+    let headers = resp.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    headers.insert("x-request-id", request_id.clone());
     resp
 }

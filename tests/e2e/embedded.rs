@@ -223,6 +223,15 @@ async fn bad_keys_and_disabled_keys_are_refused_in_anthropic_shape() {
         )
         .await;
     assert_eq!(reply.status, 401);
+    assert!(
+        reply.headers.contains_key("x-request-id"),
+        "every response carries x-request-id"
+    );
+    let health = e
+        .http
+        .send("GET", &format!("{}/healthz", e.proxy), &[], None)
+        .await;
+    assert!(health.headers.contains_key("x-request-id"));
     assert_eq!(
         reply.json(),
         json!({"type":"error","error":{"type":"authentication_error","message":"invalid api key"}})
