@@ -367,14 +367,7 @@ async fn failover_gzip_and_no_account() {
     // The 429 said when to come back (retry-after: 30), so this node leaves
     // that account alone meanwhile; with only the overloaded one left, its
     // own answer is passed through as it was.
-    e.admin
-        .expect(
-            "PATCH",
-            &format!("/accounts/{}", gzip["id"]),
-            Some(json!({"enabled": false})),
-            200,
-        )
-        .await;
+    e.admin.disable_account(&gzip["id"]).await;
     let reply = wait_for_status(
         &e.http,
         &url,
@@ -402,14 +395,7 @@ async fn failover_gzip_and_no_account() {
         .find(|a| a["name"] == "overloaded")
         .unwrap()["id"]
         .clone();
-    e.admin
-        .expect(
-            "PATCH",
-            &format!("/accounts/{overloaded}"),
-            Some(json!({"enabled": false})),
-            200,
-        )
-        .await;
+    e.admin.disable_account(&overloaded).await;
     let reply = wait_for_status(
         &e.http,
         &url,

@@ -249,14 +249,7 @@ async fn slow_first_bytes_fail_over_then_time_out() {
     );
 
     // With only the slow account left, the caller gets a 504 in its own shape.
-    e.admin
-        .expect(
-            "PATCH",
-            &format!("/accounts/{}", quick["id"]),
-            Some(json!({"enabled": false})),
-            200,
-        )
-        .await;
+    e.admin.disable_account(&quick["id"]).await;
     let reply = wait_for_status(&e.http, &url, &[("x-api-key", &key)], &body, 504).await;
     assert_eq!(reply.json()["error"]["message"], "upstream timed out");
     e.process.stop().await;

@@ -198,6 +198,17 @@ impl Admin {
         }
     }
 
+    /// Takes an account out of scheduling (`PATCH {"enabled": false}`).
+    pub async fn disable_account(&self, id: &Value) {
+        self.expect(
+            "PATCH",
+            &format!("/accounts/{id}"),
+            Some(json!({"enabled": false})),
+            200,
+        )
+        .await;
+    }
+
     pub async fn create_account(&self, name: &str, base_url: &str, api_key: &str) -> Value {
         self.expect(
             "POST",
