@@ -9,4 +9,5 @@ pub mod keys;
 pub mod pricing;
 pub mod ratelimit;
 pub mod shutdown;
+pub mod state;
 pub mod telemetry;
