@@ -2,9 +2,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aiproxy_shared::config::{Config, ConfigError, EXIT_CONFIG, Secret};
+use aiproxy_shared::state::{MemoryStore, RedisStore, Resilient, StateStore};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,11 +42,6 @@ fn main() -> ExitCode {
         Err(e) => return config_error(e),
     };
     aiproxy_shared::telemetry::init(config.log_format);
-    if config.redis_url.is_some() {
-        tracing::warn!(
-            "AIPROXY_REDIS_URL is set, but this version keeps scheduling state on each node; Redis is not used"
-        );
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,10 +80,26 @@ fn config_error(e: ConfigError) -> ExitCode {
     ExitCode::from(EXIT_CONFIG as u8)
 }
 
+/// Redis when configured (with a node-local fallback while it is away),
+/// else this process's memory.
+fn state_store(config: &Config) -> Result<Arc<dyn StateStore>, Failure> {
+    let Some(url) = &config.redis_url else {
+        return Ok(Arc::new(MemoryStore::default()));
+    };
+    let redis = RedisStore::open(
+        url.expose(),
+        &config.redis_namespace,
+        Duration::from_millis(config.cache.redis_timeout_ms),
+    )
+    .map_err(|e| Failure::Config(ConfigError::Invalid(format!("AIPROXY_REDIS_URL: {e}"))))?;
+    Ok(Arc::new(Resilient::new(redis)))
+}
+
 fn controlplane_settings(
     config: &Config,
     secret_key: Secret,
     node_token: Secret,
+    state: Arc<dyn StateStore>,
 ) -> aiproxy_controlplane::Settings {
     aiproxy_controlplane::Settings {
         database_url: config.database_url(),
@@ -100,6 +113,7 @@ fn controlplane_settings(
             request_timeout_ms: config.proxy.timeout * 1000,
         },
         oauth: config.oauth.clone(),
+        state,
     }
 }
 
@@ -107,6 +121,7 @@ fn dataplane_settings(
     config: &Config,
     controlplane_url: String,
     node_token: Secret,
+    state: Arc<dyn StateStore>,
 ) -> aiproxy_dataplane::Settings {
     aiproxy_dataplane::Settings {
         controlplane_url,
@@ -119,6 +134,13 @@ fn dataplane_settings(
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout),
         max_attempts: config.proxy.max_attempts as usize,
         max_body_bytes: config.proxy.max_body_bytes,
+        scheduling: aiproxy_dataplane::scheduler::SchedulerSettings {
+            lease_ttl: Duration::from_secs(config.cache.concurrency_ttl),
+            session_ttl: Duration::from_secs(config.cache.session_ttl),
+            wait_timeout: Duration::from_secs(config.cache.wait_timeout),
+            unavailable_cap: Duration::from_secs(config.cache.unavailable_ttl),
+        },
+        state,
     }
 }
 
@@ -134,10 +156,12 @@ async fn all_in_one(config: Config) -> Result<(), Failure> {
         .clone()
         .unwrap_or_else(|| Secret::new(aiproxy_shared::keys::random_hex(32)));
 
+    // One store for both planes: the admin views see what the relay does.
+    let state = state_store(&config)?;
     let cp_cancel = CancellationToken::new();
     let cp_tasks = TaskTracker::new();
     let cp = aiproxy_controlplane::start(
-        controlplane_settings(&config, secret_key, node_token.clone()),
+        controlplane_settings(&config, secret_key, node_token.clone(), state.clone()),
         cp_cancel.clone(),
         &cp_tasks,
     )
@@ -149,7 +173,7 @@ async fn all_in_one(config: Config) -> Result<(), Failure> {
     let dp_tasks = TaskTracker::new();
     let url = format!("http://{}", loopback_if_unspecified(cp.grpc_addr));
     let dp = aiproxy_dataplane::start(
-        dataplane_settings(&config, url, node_token),
+        dataplane_settings(&config, url, node_token, state),
         dp_cancel.clone(),
         &dp_tasks,
     )
@@ -178,10 +202,16 @@ async fn controlplane(config: Config) -> Result<(), Failure> {
     if config.database_url.is_none() {
         ensure_dir(&config.data_dir)?;
     }
+    if config.redis_url.is_none() {
+        tracing::warn!(
+            "AIPROXY_REDIS_URL is not set: data planes keep their scheduling state to themselves and the cache views here stay empty"
+        );
+    }
+    let state = state_store(&config)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let cp = aiproxy_controlplane::start(
-        controlplane_settings(&config, secret_key, node_token),
+        controlplane_settings(&config, secret_key, node_token, state),
         cancel.clone(),
         &tasks,
     )
@@ -206,10 +236,16 @@ async fn dataplane(config: Config) -> Result<(), Failure> {
         ))
     })?;
     ensure_dir(&config.data_dir)?;
+    if config.redis_url.is_none() {
+        tracing::warn!(
+            "AIPROXY_REDIS_URL is not set: stickiness, concurrency and rate limits are this node's alone"
+        );
+    }
+    let state = state_store(&config)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let dp = aiproxy_dataplane::start(
-        dataplane_settings(&config, url, node_token),
+        dataplane_settings(&config, url, node_token, state),
         cancel.clone(),
         &tasks,
     )

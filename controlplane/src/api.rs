@@ -1,6 +1,7 @@
 //! The admin REST API under `/api/v1`: routing, shared state, JSON errors.
 mod accounts;
 mod auth;
+mod cache;
 mod keys;
 mod logs;
 mod users;
@@ -26,6 +27,8 @@ pub struct ApiState {
     pub jwt: JwtKeys,
     pub publisher: Publisher,
     pub refresher: crate::oauth::Refresher,
+    /// The scheduling state the data planes share.
+    pub state: std::sync::Arc<dyn aiproxy_shared::state::StateStore>,
 }
 
 const OPENAPI: &str = include_str!("api/openapi.json");
@@ -54,6 +57,22 @@ pub fn router(state: ApiState) -> Router {
                 .delete(accounts::remove),
         )
         .route("/request-logs", get(logs::list))
+        .route(
+            "/cache/sessions",
+            get(cache::sessions).delete(cache::clear_sessions),
+        )
+        .route(
+            "/cache/concurrency",
+            get(cache::concurrency).delete(cache::clear_concurrency),
+        )
+        .route(
+            "/cache/unavailable",
+            get(cache::unavailable).delete(cache::clear_unavailable),
+        )
+        .route(
+            "/cache/rate-limited",
+            get(cache::rate_limited).delete(cache::clear_rate_limited),
+        )
         .route("/openapi.json", get(openapi))
         .fallback(not_found);
     Router::new()
@@ -87,6 +106,9 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     Conflict(String),
+    /// A dependency (the shared state store) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -99,6 +121,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

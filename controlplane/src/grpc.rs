@@ -12,7 +12,9 @@ use rust_decimal::Decimal;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::oauth::Refresher;
+use aiproxy_shared::state::{MarkKind, StateStore};
+
+use crate::oauth::{Outcome as RefreshOutcome, Refresher};
 use crate::publisher::Publisher;
 use crate::store::{Store, UsageRow};
 
@@ -34,15 +36,22 @@ pub struct NodeApi {
     store: Store,
     publisher: Publisher,
     refresher: Refresher,
+    state: Arc<dyn StateStore>,
     nodes: Arc<Mutex<HashMap<String, NodeStatus>>>,
 }
 
 impl NodeApi {
-    pub fn new(store: Store, publisher: Publisher, refresher: Refresher) -> Self {
+    pub fn new(
+        store: Store,
+        publisher: Publisher,
+        refresher: Refresher,
+        state: Arc<dyn StateStore>,
+    ) -> Self {
         Self {
             store,
             publisher,
             refresher,
+            state,
             nodes: Arc::default(),
         }
     }
@@ -172,19 +181,61 @@ impl NodeService for NodeApi {
             .map_err(|_| Status::invalid_argument("refused_token_sha256 must be 32 bytes"))?;
         tracing::info!(node_id = %req.node_id, account_id = req.account_id, "node reports a refused OAuth token");
         let refresher = self.refresher.clone();
+        let state = self.state.clone();
         tokio::spawn(async move {
             match refresher.refresh(req.account_id, Some(refused)).await {
-                Ok(outcome) => tracing::info!(
-                    account_id = req.account_id,
-                    ?outcome,
-                    "refresh on node report"
-                ),
+                Ok(outcome) => {
+                    tracing::info!(
+                        account_id = req.account_id,
+                        ?outcome,
+                        "refresh on node report"
+                    );
+                    // The nodes marked it unavailable when its token was
+                    // refused; a new token makes it usable again at once.
+                    if outcome != RefreshOutcome::NoRefreshToken
+                        && let Err(e) = state
+                            .clear_marks(Some(MarkKind::Unavailable), Some(req.account_id))
+                            .await
+                    {
+                        tracing::warn!(account_id = req.account_id, error = %e, "could not clear the account's unavailable mark");
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(account_id = req.account_id, error = %e, "refresh on node report failed")
                 }
             }
         });
         Ok(Response::new(pb::RefreshAccountResponse {}))
+    }
+
+    async fn report_account_state(
+        &self,
+        request: Request<pb::AccountStateReport>,
+    ) -> Result<Response<pb::AccountStateAck>, Status> {
+        let req = request.into_inner();
+        if req.rate_limit_reset_at_ms > 0 {
+            let reset = chrono::DateTime::from_timestamp_millis(req.rate_limit_reset_at_ms)
+                .ok_or_else(|| Status::invalid_argument("rate_limit_reset_at_ms out of range"))?;
+            let changed = self
+                .store
+                .note_rate_limit(req.account_id, reset)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            if changed {
+                tracing::info!(node_id = %req.node_id, account_id = req.account_id, reset_at = %reset.to_rfc3339(), "account rate-limited upstream");
+                self.publisher.notify();
+            }
+        }
+        if !req.suspected_ban.is_empty() {
+            let message: String = req.suspected_ban.chars().take(300).collect();
+            self.store
+                .flag_suspected_ban(req.account_id, &message)
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            tracing::warn!(node_id = %req.node_id, account_id = req.account_id, %message, "upstream refused the account with permission_error: flagged as likely banned");
+            self.publisher.notify();
+        }
+        Ok(Response::new(pb::AccountStateAck {}))
     }
 
     async fn report_usage(

@@ -23,7 +23,7 @@ use crate::publisher::Publisher;
 use crate::store::{NewUser, Store, StoreError};
 
 /// What the control plane needs to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub database_url: String,
     pub secret_key: Secret,
@@ -34,6 +34,9 @@ pub struct Settings {
     pub grpc_listen: SocketAddr,
     pub relay: pb::RelaySettings,
     pub oauth: aiproxy_shared::config::OAuthSettings,
+    /// The scheduling state the data planes share (Redis, or the embedded
+    /// data plane's memory).
+    pub state: std::sync::Arc<dyn aiproxy_shared::state::StateStore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +117,7 @@ pub async fn start(
         jwt,
         publisher: publisher.clone(),
         refresher: refresher.clone(),
+        state: settings.state.clone(),
     });
     let admin_cancel = cancel.clone();
     tracker.spawn(async move {
@@ -125,7 +129,12 @@ pub async fn start(
         }
     });
 
-    let node_api = grpc::NodeApi::new(store.clone(), publisher, refresher);
+    tracker.spawn(recover_rate_limits(
+        store.clone(),
+        publisher.clone(),
+        cancel.clone(),
+    ));
+    let node_api = grpc::NodeApi::new(store.clone(), publisher, refresher, settings.state.clone());
     let service = node_api.into_server(settings.node_token.expose().to_string());
     let grpc_cancel = cancel.clone();
     tracker.spawn(async move {
@@ -146,6 +155,29 @@ pub async fn start(
         grpc_addr,
         store,
     })
+}
+
+/// How often expired rate limits are lifted from accounts.
+const RATE_LIMIT_RECOVERY_EVERY: Duration = Duration::from_secs(5);
+
+/// Lifts rate limits whose reset time has passed, so accounts come back on
+/// their own (nodes already skip the limit once it lapses; this makes the
+/// stored state and the admin views agree).
+async fn recover_rate_limits(store: Store, publisher: Publisher, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(RATE_LIMIT_RECOVERY_EVERY) => {}
+        }
+        match store.clear_expired_rate_limits(chrono::Utc::now()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(accounts = n, "rate limits lapsed; accounts back in service");
+                publisher.notify();
+            }
+            Err(e) => tracing::warn!(error = %e, "rate-limit recovery failed"),
+        }
+    }
 }
 
 /// Creates the `admin` user on first start. The password comes from

@@ -110,6 +110,9 @@ impl Publisher {
                     max_concurrency: a.max_concurrency,
                     schedulable: a.enabled && a.status == "valid",
                     rate_limit_reset_at_ms: a.rate_limit_reset_at.map(|t| t.timestamp_millis()).unwrap_or(0),
+                    weight: a.weight.max(1) as u32,
+                    bound_api_key_ids: a.bound_api_key_ids,
+                    bound_user_ids: a.bound_user_ids,
                 })
             })
             .collect();
@@ -126,6 +129,7 @@ impl Publisher {
                     rate_limit: k.rate_limit.max(0) as u32,
                     expires_at_ms: k.expires_at.map(|t| t.timestamp_millis()).unwrap_or(0),
                     billing_type: k.billing_type,
+                    max_concurrency: k.max_concurrency.max(0) as u32,
                 })
             })
             .collect();
@@ -135,6 +139,7 @@ impl Publisher {
                 id: u.id,
                 active: u.status == "active",
                 price_rate: u.price_rate.to_string(),
+                max_concurrency: u.max_concurrency.max(0) as u32,
             })
             .collect();
         let prices = prices

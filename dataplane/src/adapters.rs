@@ -311,22 +311,14 @@ mod tests {
 
     fn account(kind: AccountKind, base: &str) -> AccountEntry {
         AccountEntry {
-            id: 1,
-            name: "a".into(),
-            kind,
             base_url: base.into(),
             api_key: Some(HeaderValue::from_static("upstream-key")),
             bearer: Some(HeaderValue::from_static("Bearer upstream-token")),
-            proxy_url: None,
-            project: None,
             extra_headers: vec![(
                 HeaderName::from_static("chatgpt-account-id"),
                 HeaderValue::from_static("acc-1"),
             )],
-            priority: 0,
-            max_concurrency: 0,
-            schedulable: true,
-            rate_limit_reset_at_ms: 0,
+            ..AccountEntry::for_tests(kind)
         }
     }
 

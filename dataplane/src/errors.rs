@@ -19,6 +19,8 @@ pub struct RelayError {
     pub message: String,
     /// Short class recorded in usage logs (`auth`, `model_not_allowed`, …).
     pub class: &'static str,
+    /// Seconds, sent as `retry-after`.
+    pub retry_after: Option<u64>,
 }
 
 impl RelayError {
@@ -27,6 +29,40 @@ impl RelayError {
             status,
             class,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// The key's requests-per-minute limit.
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after_secs.max(1)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "rate limit exceeded",
+            )
+        }
+    }
+    /// The key's or user's concurrent-request limit.
+    pub fn concurrency_exceeded(whose: &str) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "concurrency_limited",
+                format!("concurrency limit exceeded: too many requests in flight for this {whose}"),
+            )
+        }
+    }
+    /// Every usable account stayed at its concurrency limit while we waited.
+    pub fn accounts_busy() -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "accounts_busy",
+                "account not available: every account is at its concurrency limit",
+            )
         }
     }
     pub fn invalid_key() -> Self {
@@ -122,7 +158,13 @@ impl RelayError {
     }
 
     pub fn into_response(self, shape: ErrorShape, request_id: &HeaderValue) -> Response<RelayBody> {
-        RelayBody::json_response(self.status, &self.body(shape), request_id)
+        let mut response = RelayBody::json_response(self.status, &self.body(shape), request_id);
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
     }
 }
 

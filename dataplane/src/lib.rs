@@ -7,12 +7,16 @@ pub mod auth;
 pub mod body;
 pub mod control;
 pub mod errors;
+pub mod failure;
 pub mod meter;
 pub mod models;
 pub mod relay;
+pub mod request;
+pub mod response;
 pub mod routes;
 pub mod scheduler;
 pub mod server;
+pub mod session;
 pub mod snapshot;
 pub mod tap;
 pub mod usage;
@@ -31,7 +35,7 @@ use crate::snapshot::SnapshotHolder;
 use crate::usage::{Spool, UsageSink};
 
 /// What a data plane needs to start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     pub controlplane_url: String,
     pub node_token: Secret,
@@ -46,6 +50,9 @@ pub struct Settings {
     /// Accounts tried for one request before giving up.
     pub max_attempts: usize,
     pub max_body_bytes: usize,
+    pub scheduling: scheduler::SchedulerSettings,
+    /// Sticky sessions, leases and marks shared with the other nodes.
+    pub state: Arc<dyn aiproxy_shared::state::StateStore>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,9 +111,15 @@ pub async fn start(
         reporter_stop.clone(),
     ));
 
+    let scheduler = Arc::new(scheduler::Scheduler::new(
+        settings.state.clone(),
+        settings.scheduling.clone(),
+        &settings.node_id,
+    ));
+    tracker.spawn(scheduler.clone().run_renewals(cancel.clone()));
     let relay = Arc::new(Relay {
         snapshot: snapshot.clone(),
-        scheduler: Default::default(),
+        scheduler,
         client: aiproxy_shared::http::client(settings.connect_timeout),
         proxied: Default::default(),
         sink,

@@ -33,11 +33,18 @@ pub struct Meter {
     /// Held until the response ends, then released.
     pub lease: Option<Lease>,
     pub error_class: String,
+    /// The sticky session the request belongs to; empty when none.
+    pub session_hash: String,
 }
 
 impl Meter {
     /// Emits the record. `ended` is false when the client went away first.
     pub fn finish(mut self, observed: &Observed, ended: bool) {
+        // A Responses id opens a session for the request that will name it
+        // as `previous_response_id`, on this account.
+        if let (Some(id), Some(lease)) = (&observed.response_id, self.lease.as_mut()) {
+            lease.bind_session(crate::session::response_session(id));
+        }
         drop(self.lease.take());
         if !self.billed {
             return;
@@ -125,7 +132,7 @@ fn record(
             .map(|d| d.as_millis().min(u32::MAX as u128) as u32)
             .unwrap_or(0),
         stream: m.stream,
-        session_hash: String::new(),
+        session_hash: m.session_hash.clone(),
         error_class,
         usage_source: source.as_str().to_string(),
         created_at_ms: chrono::Utc::now().timestamp_millis(),

@@ -1,34 +1,39 @@
-//! The relay: authenticate, check, pick an account that serves the
+//! The relay: authenticate, check, lease an account that serves the
 //! endpoint, forward, fail over before the first byte, stream back, meter.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aiproxy_shared::domain::AccountKind;
+use aiproxy_shared::http::HttpClient;
+use aiproxy_shared::state::Mark;
 use bytes::Bytes;
-use http::header::{self, HeaderName};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::header;
+use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::adapters::{self, Outgoing};
 use crate::auth::{Caller, authenticate, model_allowed, query_without_key};
 use crate::body::{Pipeline, RelayBody, TapBody};
 use crate::errors::RelayError;
+use crate::failure::{self, Verdict};
 use crate::meter::Meter;
+use crate::request::{self, Parsed};
+use crate::response::{fold_stream, strip_response_headers};
 use crate::routes::Endpoint;
-use crate::scheduler::{Lease, Scheduler};
+use crate::scheduler::{Ask, Lease, Scheduler};
 use crate::snapshot::{AccountEntry, Snapshot, SnapshotHolder};
 use crate::tap::{Decoder, Observed, Unwrapper, UsageFormat, UsageTap};
 use crate::usage::UsageSink;
-use aiproxy_shared::http::HttpClient;
+
+/// Largest error body read from an account that failed, to judge it.
+const MAX_FAILURE_BODY: usize = 1 << 20;
 
 /// Shared by every request on a node.
 pub struct Relay {
     pub snapshot: Arc<SnapshotHolder>,
-    pub scheduler: Scheduler,
+    pub scheduler: Arc<Scheduler>,
     /// Direct upstream client.
     pub client: HttpClient,
     /// Clients through each account proxy in use, by proxy URL.
@@ -44,32 +49,43 @@ pub struct Relay {
     pub max_attempts: usize,
     /// Connect timeout for clients made for account proxies.
     pub connect_timeout: Duration,
-    /// The control plane, told when an OAuth token is refused.
+    /// The control plane, told about refused tokens and rate limits.
     pub control: crate::control::Client,
     pub node_id: String,
 }
 
-/// The few request fields the relay needs; the body is forwarded as sent.
-#[derive(Deserialize)]
-struct RequestHead {
-    model: Option<String>,
-    #[serde(default)]
-    stream: bool,
-    stream_options: Option<Value>,
-}
-
-/// What the relay learned from the request body.
-struct Parsed {
-    model: String,
-    stream: bool,
-    body: Bytes,
-}
-
-/// A response from an account, with the slot it holds.
+/// A response from an account, with the leases it holds.
 struct Attempt {
     response: Response<Incoming>,
     account: Arc<AccountEntry>,
     lease: Lease,
+}
+
+/// How one call to an account went.
+enum Called {
+    /// An answer for the client (success, or the request's own fault).
+    Answered(Response<Incoming>),
+    /// The account refused; its answer is kept in case no other account can serve.
+    Refused {
+        head: http::response::Parts,
+        body: Bytes,
+        verdict: Verdict,
+    },
+    /// No answer at all.
+    Failed {
+        error: RelayError,
+        mark: Option<Mark>,
+    },
+}
+
+/// What the client gets when every account failed.
+enum LastFailure {
+    Refused {
+        head: http::response::Parts,
+        body: Bytes,
+        account_id: i64,
+    },
+    Failed(RelayError),
 }
 
 /// Who asked, for which model: the parts of a usage record known up front.
@@ -79,6 +95,7 @@ struct Asked {
     price_rate: rust_decimal::Decimal,
     model: String,
     stream: bool,
+    session_hash: String,
 }
 
 impl Relay {
@@ -108,8 +125,8 @@ impl Relay {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let (parts, body) = req.into_parts();
         let caller = authenticate(&snapshot, &parts.headers, parts.uri.query(), now_ms)?;
-        let body = read_body(body, &parts.headers, self.max_body_bytes).await?;
-        let parsed = parse(endpoint, body)?;
+        let body = request::read_body(body, &parts.headers, self.max_body_bytes).await?;
+        let parsed = request::parse(endpoint, &parts.headers, body)?;
         if !model_allowed(&caller.key, &parsed.model) {
             return Err(RelayError::model_not_allowed());
         }
@@ -118,6 +135,15 @@ impl Relay {
             ms => Duration::from_millis(ms),
         };
         let asked = asked(&caller, &parsed);
+        let ask = Ask {
+            key: &caller.key,
+            user: caller.user,
+            kinds: endpoint.kinds(),
+            session: parsed.session.as_ref().map(|s| s.hash.as_str()),
+            pool: endpoint.name(),
+            now_ms,
+        };
+        let (mut account, mut lease) = self.scheduler.acquire(&snapshot, &ask).await?;
         let query = query_without_key(parts.uri.query());
         let outgoing = Outgoing {
             endpoint,
@@ -127,74 +153,12 @@ impl Relay {
         };
 
         let mut tried: Vec<i64> = Vec::new();
-        let mut last_failure: Option<RelayError> = None;
-        let mut last_refusal: Option<Attempt> = None;
-        for _ in 0..self.max_attempts {
-            let Some((account, lease)) =
-                self.scheduler
-                    .pick(&snapshot, endpoint.kinds(), &tried, now_ms)
-            else {
-                break;
-            };
+        let mut last: Option<LastFailure> = None;
+        for attempt in 1..=self.max_attempts {
             tried.push(account.id);
-            let upstream = match adapters::build(&account, &outgoing) {
-                Ok(req) => req,
-                Err(e) => {
-                    tracing::warn!(account_id = account.id, error = %e.message, "account cannot be called; trying another");
-                    last_failure = Some(e);
-                    continue;
-                }
-            };
-            let client = match self.client_for(&account) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(account_id = account.id, error = %e, "account proxy unusable; trying another");
-                    last_failure = Some(RelayError::upstream("account proxy is misconfigured"));
-                    continue;
-                }
-            };
-            match tokio::time::timeout(timeout, client.request(upstream)).await {
-                Err(_) => {
-                    tracing::warn!(
-                        account_id = account.id,
-                        "upstream timed out before responding; trying another account"
-                    );
-                    last_failure = Some(RelayError::timeout());
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(account_id = account.id, error = %e, "upstream request failed; trying another account");
-                    last_failure = Some(RelayError::upstream("upstream connection failed"));
-                }
-                Ok(Ok(response))
-                    if response.status() == StatusCode::UNAUTHORIZED && uses_oauth(&account) =>
-                {
-                    tracing::warn!(
-                        account_id = account.id,
-                        "upstream refused the OAuth token; asking for a refresh and trying another account"
-                    );
-                    self.report_refused_token(&account);
-                    last_refusal = Some(Attempt {
-                        response,
-                        account,
-                        lease,
-                    });
-                }
-                Ok(Ok(response)) if is_retryable(response.status()) => {
-                    if response.status() == StatusCode::TOO_MANY_REQUESTS {
-                        self.note_rate_limit(&account, response.headers());
-                    }
-                    tracing::warn!(
-                        account_id = account.id,
-                        status = response.status().as_u16(),
-                        "upstream refused; trying another account"
-                    );
-                    last_refusal = Some(Attempt {
-                        response,
-                        account,
-                        lease,
-                    });
-                }
-                Ok(Ok(response)) => {
+            let mut report = None;
+            let mark = match self.call(&account, &outgoing, timeout).await {
+                Called::Answered(response) => {
                     let attempt = Attempt {
                         response,
                         account,
@@ -206,17 +170,159 @@ impl Relay {
                         )
                         .await;
                 }
+                Called::Refused {
+                    head,
+                    body,
+                    verdict,
+                } => {
+                    tracing::warn!(
+                        account_id = account.id,
+                        status = head.status.as_u16(),
+                        reason = verdict.mark.as_ref().map(|m| m.reason.as_str()),
+                        "upstream refused; trying another account"
+                    );
+                    last = Some(LastFailure::Refused {
+                        head,
+                        body,
+                        account_id: account.id,
+                    });
+                    let mark = verdict.mark.clone();
+                    report = Some(verdict);
+                    mark
+                }
+                Called::Failed { error, mark } => {
+                    tracing::warn!(account_id = account.id, error = %error.message, "upstream call failed; trying another account");
+                    last = Some(LastFailure::Failed(error));
+                    mark
+                }
+            };
+            // The control plane hears of a refusal only once the mark is
+            // set, so a refresh it makes can lift the mark for good.
+            if attempt == self.max_attempts {
+                self.mark_then_report(&account, mark, report);
+                break;
+            }
+            let ask = Ask {
+                now_ms: chrono::Utc::now().timestamp_millis(),
+                ..ask
+            };
+            let next = self
+                .scheduler
+                .fail_over(&snapshot, &ask, &mut lease, &tried, mark)
+                .await;
+            if let Some(verdict) = &report {
+                self.tell_control_plane(&account, verdict);
+            }
+            match next {
+                Some(next) => account = next,
+                None => break,
             }
         }
-        // Every account failed: pass the last upstream answer through as it was.
-        if let Some(attempt) = last_refusal {
-            return self
-                .respond(
-                    endpoint, attempt, asked, &snapshot, started, timeout, request_id,
-                )
-                .await;
+        match last {
+            // Every account refused: pass the last answer through as it was.
+            Some(LastFailure::Refused {
+                head,
+                body,
+                account_id,
+            }) => Ok(self.pass_through(
+                endpoint, head, body, account_id, asked, &snapshot, started, request_id,
+            )),
+            Some(LastFailure::Failed(e)) => Err(e),
+            None => Err(RelayError::no_account()),
         }
-        Err(last_failure.unwrap_or_else(RelayError::no_account))
+    }
+
+    /// One call to one account, judged: answered, refused, or failed.
+    async fn call(
+        &self,
+        account: &AccountEntry,
+        outgoing: &Outgoing<'_>,
+        timeout: Duration,
+    ) -> Called {
+        let now = chrono::Utc::now();
+        let cap = self.scheduler.settings().unavailable_cap;
+        let upstream = match adapters::build(account, outgoing) {
+            Ok(req) => req,
+            // Not ready yet (e.g. a Code Assist project still being found):
+            // the fix arrives in a snapshot, so no mark.
+            Err(error) => return Called::Failed { error, mark: None },
+        };
+        let client = match self.client_for(account) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(account_id = account.id, error = %e, "account proxy unusable");
+                return Called::Failed {
+                    error: RelayError::upstream("account proxy is misconfigured"),
+                    mark: Some(failure::unreachable(
+                        account.id,
+                        "proxy_misconfigured",
+                        now,
+                        cap,
+                    )),
+                };
+            }
+        };
+        let started = Instant::now();
+        let response = match tokio::time::timeout(timeout, client.request(upstream)).await {
+            Err(_) => {
+                return Called::Failed {
+                    error: RelayError::timeout(),
+                    mark: Some(failure::unreachable(
+                        account.id,
+                        "upstream_timeout",
+                        now,
+                        cap,
+                    )),
+                };
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(account_id = account.id, error = %e, "upstream connection failed");
+                return Called::Failed {
+                    error: RelayError::upstream("upstream connection failed"),
+                    mark: Some(failure::unreachable(
+                        account.id,
+                        "upstream_unreachable",
+                        now,
+                        cap,
+                    )),
+                };
+            }
+            Ok(Ok(response)) => response,
+        };
+        if !failure::is_account_failure(response.status()) {
+            return Called::Answered(response);
+        }
+        // Limits and refusals are often spelled out in the body: read it.
+        let (mut head, body) = response.into_parts();
+        let left = timeout.saturating_sub(started.elapsed());
+        let raw = match tokio::time::timeout(left, Limited::new(body, MAX_FAILURE_BODY).collect())
+            .await
+        {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            _ => Bytes::new(),
+        };
+        let encoding = head
+            .headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok());
+        let body = match Decoder::detect(encoding, &raw) {
+            Some(mut d) => {
+                let mut out = d.feed(&raw).map(|b| b.to_vec()).unwrap_or_default();
+                out.extend_from_slice(&d.finish().unwrap_or_default());
+                strip_response_headers(&mut head.headers, true);
+                Bytes::from(out)
+            }
+            None => {
+                strip_response_headers(&mut head.headers, false);
+                raw
+            }
+        };
+        let verdict = failure::judge(account, head.status, &head.headers, &body, now, cap);
+        Called::Refused {
+            head,
+            body,
+            verdict,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -239,25 +345,16 @@ impl Relay {
             && !asked.stream
             && response.status().is_success();
         let (mut head, mut body) = response.into_parts();
-        let mut meter = Meter {
-            request_id: request_id.to_str().unwrap_or_default().to_string(),
-            key_id: asked.key_id,
-            user_id: asked.user_id,
-            account_id: account.id,
-            requested_model: asked.model,
-            platform: endpoint.platform(),
-            endpoint: endpoint.name(),
-            billed: endpoint.is_billed(),
-            stream: asked.stream,
-            status: head.status.as_u16(),
+        let mut meter = self.meter(
+            endpoint,
+            asked,
+            account.id,
+            head.status.as_u16(),
+            snapshot,
             started,
-            ttfb: None,
-            snapshot: snapshot.clone(),
-            price_rate: asked.price_rate,
-            sink: self.sink.clone(),
-            lease: Some(lease),
-            error_class: String::new(),
-        };
+            request_id,
+        );
+        meter.lease = Some(lease);
         // Wait for the first bytes: they tell whether the body is gzip
         // even when no header says so, and they time the first byte.
         let first = match tokio::time::timeout(timeout, body.frame()).await {
@@ -312,19 +409,68 @@ impl Relay {
             RelayBody::Tapped(Box::new(body)),
         ))
     }
-}
 
-impl Relay {
-    /// A 429 whose headers say when the account is usable again keeps it
-    /// out of this node's picks until then.
-    fn note_rate_limit(&self, account: &AccountEntry, headers: &http::HeaderMap) {
-        let now = chrono::Utc::now();
-        if let Some(reset) =
-            aiproxy_shared::ratelimit::reset_after_429(account.kind, headers, None, now)
-        {
-            tracing::info!(account_id = account.id, reset_at = %reset.to_rfc3339(), "account rate-limited upstream");
-            self.scheduler
-                .mark_limited(account.id, reset.timestamp_millis());
+    /// The last refusal, as the upstream sent it, recorded like any request.
+    #[allow(clippy::too_many_arguments)]
+    fn pass_through(
+        &self,
+        endpoint: &Endpoint,
+        mut head: http::response::Parts,
+        body: Bytes,
+        account_id: i64,
+        asked: Asked,
+        snapshot: &Arc<Snapshot>,
+        started: Instant,
+        request_id: &HeaderValue,
+    ) -> Response<RelayBody> {
+        let mut meter = self.meter(
+            endpoint,
+            asked,
+            account_id,
+            head.status.as_u16(),
+            snapshot,
+            started,
+            request_id,
+        );
+        meter.ttfb = Some(started.elapsed());
+        let mut tap = UsageTap::new(usage_format(endpoint), None);
+        tap.feed(&body);
+        tap.finish();
+        meter.finish(tap.observed(), true);
+        head.headers.insert("x-request-id", request_id.clone());
+        Response::from_parts(head, RelayBody::full(body))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn meter(
+        &self,
+        endpoint: &Endpoint,
+        asked: Asked,
+        account_id: i64,
+        status: u16,
+        snapshot: &Arc<Snapshot>,
+        started: Instant,
+        request_id: &HeaderValue,
+    ) -> Meter {
+        Meter {
+            request_id: request_id.to_str().unwrap_or_default().to_string(),
+            key_id: asked.key_id,
+            user_id: asked.user_id,
+            account_id,
+            requested_model: asked.model,
+            platform: endpoint.platform(),
+            endpoint: endpoint.name(),
+            billed: endpoint.is_billed(),
+            stream: asked.stream,
+            status,
+            started,
+            ttfb: None,
+            snapshot: snapshot.clone(),
+            price_rate: asked.price_rate,
+            sink: self.sink.clone(),
+            lease: None,
+            error_class: String::new(),
+            session_hash: asked.session_hash,
         }
     }
 
@@ -346,110 +492,85 @@ impl Relay {
         Ok(client)
     }
 
-    /// Tells the control plane which token was refused; it refreshes the
-    /// account unless that happened meanwhile. Never delays the request.
-    fn report_refused_token(&self, account: &AccountEntry) {
-        let Some(token) = account
-            .bearer
-            .as_ref()
-            .and_then(|b| b.to_str().ok())
-            .and_then(|b| b.strip_prefix("Bearer "))
-        else {
-            return;
-        };
-        let request = aiproxy_proto::v1::RefreshAccountRequest {
-            node_id: self.node_id.clone(),
-            account_id: account.id,
-            refused_token_sha256: Sha256::digest(token.as_bytes()).to_vec(),
-        };
-        let mut control = self.control.clone();
+    /// Marks the account, then tells the control plane, in the background.
+    fn mark_then_report(
+        &self,
+        account: &Arc<AccountEntry>,
+        mark: Option<Mark>,
+        report: Option<Verdict>,
+    ) {
+        let scheduler = self.scheduler.clone();
+        let account = account.clone();
+        let control = self.control.clone();
+        let node_id = self.node_id.clone();
         tokio::spawn(async move {
-            if let Err(e) = control.refresh_account(request).await {
-                tracing::warn!(error = %e, "could not ask the control plane for a token refresh");
+            if let Some(mark) = mark {
+                scheduler.mark(&mark).await;
+            }
+            if let Some(verdict) = report {
+                tell_control_plane(control, node_id, &account, &verdict);
             }
         });
     }
+
+    fn tell_control_plane(&self, account: &AccountEntry, verdict: &Verdict) {
+        tell_control_plane(self.control.clone(), self.node_id.clone(), account, verdict);
+    }
 }
 
-fn uses_oauth(account: &AccountEntry) -> bool {
-    matches!(
-        account.kind,
-        AccountKind::ClaudeOauth
-            | AccountKind::ClaudeSessionKey
-            | AccountKind::OpenAiResponses
-            | AccountKind::GeminiOauth
-    )
-}
-
-/// Largest folded stream, as for any JSON body.
-const MAX_FOLDED: usize = 64 << 20;
-
-/// A stream answered to a client that asked for one JSON body: read it all,
-/// meter it, and answer with the final `response` object.
-async fn fold_stream(
-    head: http::response::Parts,
-    first: Option<Bytes>,
-    body: Incoming,
-    meter: Meter,
-    timeout: Duration,
-    request_id: &HeaderValue,
-) -> Result<Response<RelayBody>, RelayError> {
-    let rest = tokio::time::timeout(timeout, Limited::new(body, MAX_FOLDED).collect()).await;
-    let rest = match rest {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(_)) | Err(_) => {
-            meter.finish(&Observed::default(), false);
-            return Err(RelayError::upstream(
-                "upstream stream failed before it completed",
-            ));
-        }
+/// Tells the control plane what an account's refusal means: refresh its
+/// token, persist its rate limit, flag a likely ban. Never delays the request.
+fn tell_control_plane(
+    control: crate::control::Client,
+    node_id: String,
+    account: &AccountEntry,
+    verdict: &Verdict,
+) {
+    if verdict.refresh_token {
+        report_refused_token(control.clone(), node_id.clone(), account);
+    }
+    if verdict.rate_limit_reset.is_none() && verdict.suspected_ban.is_none() {
+        return;
+    }
+    if let Some(reset) = verdict.rate_limit_reset {
+        tracing::info!(account_id = account.id, reset_at = %reset.to_rfc3339(), "account rate-limited upstream");
+    }
+    let report = aiproxy_proto::v1::AccountStateReport {
+        node_id,
+        account_id: account.id,
+        rate_limit_reset_at_ms: verdict.rate_limit_reset.map_or(0, |r| r.timestamp_millis()),
+        suspected_ban: verdict.suspected_ban.clone().unwrap_or_default(),
     };
-    let mut raw = first.map(|b| b.to_vec()).unwrap_or_default();
-    raw.extend_from_slice(&rest);
-    let encoding = head
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok());
-    let bytes = match Decoder::detect(encoding, &raw) {
-        Some(mut d) => {
-            let mut out = d
-                .feed(&raw)
-                .map_err(|_| RelayError::upstream("upstream body is corrupt"))?
-                .to_vec();
-            out.extend_from_slice(
-                &d.finish()
-                    .map_err(|_| RelayError::upstream("upstream body is corrupt"))?,
-            );
-            out
+    let mut control = control;
+    tokio::spawn(async move {
+        if let Err(e) = control.report_account_state(report).await {
+            tracing::warn!(error = %e, "could not report an account's state to the control plane");
         }
-        None => raw,
-    };
-    let mut tap = UsageTap::new(UsageFormat::OpenAiResponses, Some("text/event-stream"));
-    tap.feed(&bytes);
-    tap.finish();
-    let terminal = terminal_response(&bytes);
-    meter.finish(tap.observed(), true);
-    let response =
-        terminal.ok_or_else(|| RelayError::upstream("upstream stream ended without a response"))?;
-    Ok(RelayBody::json_response(
-        StatusCode::OK,
-        &response,
-        request_id,
-    ))
+    });
 }
 
-/// The `response` object of the last terminal Responses event in `sse`.
-fn terminal_response(sse: &[u8]) -> Option<Value> {
-    sse.rsplit(|&b| b == b'\n')
-        .filter_map(|line| line.strip_prefix(b"data:"))
-        .filter_map(|data| serde_json::from_slice::<Value>(data.trim_ascii()).ok())
-        .find(|event| {
-            matches!(
-                event.get("type").and_then(Value::as_str),
-                Some("response.completed" | "response.incomplete" | "response.failed")
-            )
-        })
-        .and_then(|mut event| event.get_mut("response").map(Value::take))
+/// Tells the control plane which token was refused; it refreshes the
+/// account unless that happened meanwhile.
+fn report_refused_token(control: crate::control::Client, node_id: String, account: &AccountEntry) {
+    let Some(token) = account
+        .bearer
+        .as_ref()
+        .and_then(|b| b.to_str().ok())
+        .and_then(|b| b.strip_prefix("Bearer "))
+    else {
+        return;
+    };
+    let request = aiproxy_proto::v1::RefreshAccountRequest {
+        node_id,
+        account_id: account.id,
+        refused_token_sha256: Sha256::digest(token.as_bytes()).to_vec(),
+    };
+    let mut control = control;
+    tokio::spawn(async move {
+        if let Err(e) = control.refresh_account(request).await {
+            tracing::warn!(error = %e, "could not ask the control plane for a token refresh");
+        }
+    });
 }
 
 fn asked(caller: &Caller<'_>, parsed: &Parsed) -> Asked {
@@ -459,6 +580,11 @@ fn asked(caller: &Caller<'_>, parsed: &Parsed) -> Asked {
         price_rate: caller.user.price_rate,
         model: parsed.model.clone(),
         stream: parsed.stream,
+        session_hash: parsed
+            .session
+            .as_ref()
+            .map(|s| s.hash.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -468,214 +594,5 @@ fn usage_format(endpoint: &Endpoint) -> UsageFormat {
         Endpoint::OpenAiChat => UsageFormat::OpenAiChat,
         Endpoint::OpenAiResponses => UsageFormat::OpenAiResponses,
         Endpoint::GeminiGenerate { .. } | Endpoint::GeminiCountTokens { .. } => UsageFormat::Gemini,
-    }
-}
-
-/// Reads the model and stream flag; for a streamed chat completion asks
-/// the upstream to report usage (`stream_options.include_usage`) so the
-/// stream can be billed.
-fn parse(endpoint: &Endpoint, body: Bytes) -> Result<Parsed, RelayError> {
-    let invalid = |e: serde_json::Error| RelayError::bad_request(format!("invalid JSON body: {e}"));
-    match endpoint {
-        Endpoint::GeminiGenerate { model, stream } => {
-            serde_json::from_slice::<serde_json::Map<String, Value>>(&body).map_err(invalid)?;
-            Ok(Parsed {
-                model: model.clone(),
-                stream: *stream,
-                body,
-            })
-        }
-        Endpoint::GeminiCountTokens { model } => {
-            serde_json::from_slice::<serde_json::Map<String, Value>>(&body).map_err(invalid)?;
-            Ok(Parsed {
-                model: model.clone(),
-                stream: false,
-                body,
-            })
-        }
-        _ => {
-            let head: RequestHead = serde_json::from_slice(&body).map_err(invalid)?;
-            let model = head
-                .model
-                .filter(|m| !m.is_empty())
-                .ok_or_else(|| RelayError::bad_request("model is required"))?;
-            let wants_usage = head
-                .stream_options
-                .as_ref()
-                .and_then(|o| o.get("include_usage"))
-                .and_then(Value::as_bool);
-            let body =
-                if *endpoint == Endpoint::OpenAiChat && head.stream && wants_usage != Some(true) {
-                    let mut v: Value = serde_json::from_slice(&body).map_err(invalid)?;
-                    v["stream_options"] = serde_json::json!({ "include_usage": true });
-                    Bytes::from(serde_json::to_vec(&v).expect("JSON serializes"))
-                } else {
-                    body
-                };
-            Ok(Parsed {
-                model,
-                stream: head.stream,
-                body,
-            })
-        }
-    }
-}
-
-/// 429, 529 and 5xx mean "this account, not this request".
-fn is_retryable(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504 | 529)
-}
-
-/// Reads the request body up to `max` bytes; larger bodies get a 413.
-async fn read_body(body: Incoming, headers: &HeaderMap, max: usize) -> Result<Bytes, RelayError> {
-    let too_large = || {
-        RelayError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("request body larger than {max} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(RelayError::bad_request("could not read the request body")),
-    }
-}
-
-/// Removes hop-by-hop headers (and those `connection` names), lengths
-/// that no longer hold, and upstream details clients must not see.
-fn strip_response_headers(headers: &mut HeaderMap, decoded: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "set-cookie",
-        "anthropic-organization-id",
-        "openai-organization",
-        "openai-project",
-        "alt-svc",
-    ] {
-        headers.remove(name);
-    }
-    if decoded {
-        headers.remove(header::CONTENT_ENCODING);
-    }
-    let cf: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("cf-"))
-        .cloned()
-        .collect();
-    for name in cf {
-        headers.remove(name);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn response_headers_are_cleaned() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
-            ("connection", "keep-alive, x-secret-hop"),
-            ("x-secret-hop", "1"),
-            ("content-length", "10"),
-            ("content-encoding", "gzip"),
-            ("set-cookie", "__cf_bm=1"),
-            ("cf-ray", "abc"),
-            ("request-id", "req_1"),
-            ("anthropic-organization-id", "org"),
-        ] {
-            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
-        }
-        strip_response_headers(&mut h, true);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, vec!["request-id"]);
-    }
-
-    #[test]
-    fn streamed_chat_completions_ask_for_usage() {
-        let body = Bytes::from_static(br#"{"model":"gpt-4o","stream":true,"messages":[]}"#);
-        let parsed = parse(&Endpoint::OpenAiChat, body).unwrap();
-        let v: Value = serde_json::from_slice(&parsed.body).unwrap();
-        assert_eq!(v["stream_options"]["include_usage"], true);
-        assert_eq!(v["model"], "gpt-4o");
-        // A client that asked already, and non-streamed requests, go as sent.
-        let asked = Bytes::from_static(
-            br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#,
-        );
-        assert_eq!(
-            parse(&Endpoint::OpenAiChat, asked.clone()).unwrap().body,
-            asked
-        );
-        let plain = Bytes::from_static(br#"{"model":"gpt-4o","messages":[]}"#);
-        assert_eq!(
-            parse(&Endpoint::OpenAiChat, plain.clone()).unwrap().body,
-            plain
-        );
-    }
-
-    #[test]
-    fn folded_streams_answer_with_the_terminal_response() {
-        let sse = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"status\":\"in_progress\"}}\n\n\
-event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"status\":\"completed\"}}\n\n";
-        assert_eq!(terminal_response(sse).unwrap()["status"], "completed");
-        assert!(terminal_response(b"data: {\"type\":\"response.created\"}\n").is_none());
-    }
-
-    #[test]
-    fn bad_bodies_are_400s() {
-        for (endpoint, body) in [
-            (Endpoint::AnthropicMessages, &b"{not json"[..]),
-            (Endpoint::AnthropicMessages, b"[1,2]"),
-            (Endpoint::OpenAiChat, b"{\"messages\":[]}"),
-            (
-                Endpoint::GeminiGenerate {
-                    model: "m".into(),
-                    stream: false,
-                },
-                b"\"text\"",
-            ),
-        ] {
-            let err = parse(&endpoint, Bytes::from_static(body))
-                .err()
-                .expect("rejected");
-            assert_eq!(err.status, StatusCode::BAD_REQUEST);
-        }
-        let gemini = parse(
-            &Endpoint::GeminiGenerate {
-                model: "gemini-2.5-pro".into(),
-                stream: true,
-            },
-            Bytes::from_static(b"{}"),
-        )
-        .unwrap();
-        assert_eq!(
-            (gemini.model.as_str(), gemini.stream),
-            ("gemini-2.5-pro", true)
-        );
     }
 }

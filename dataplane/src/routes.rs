@@ -200,19 +200,8 @@ mod tests {
             for kind in endpoint.kinds() {
                 assert_eq!(kind.platform(), endpoint.platform());
                 let account = crate::snapshot::AccountEntry {
-                    id: 1,
-                    name: "a".into(),
-                    kind: *kind,
-                    base_url: "http://up".into(),
-                    api_key: Some(http::HeaderValue::from_static("k")),
-                    bearer: Some(http::HeaderValue::from_static("Bearer t")),
-                    extra_headers: Vec::new(),
-                    proxy_url: None,
                     project: Some("p".into()),
-                    priority: 0,
-                    max_concurrency: 0,
-                    schedulable: true,
-                    rate_limit_reset_at_ms: 0,
+                    ..crate::snapshot::AccountEntry::for_tests(*kind)
                 };
                 let headers = http::HeaderMap::new();
                 let out = Outgoing {

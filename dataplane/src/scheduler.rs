@@ -1,218 +1,392 @@
-//! Account selection on this node: priority first, then least recently used,
-//! skipping accounts that are off, rate-limited or at their concurrency limit.
+//! Account selection for one request: candidates from the snapshot, one
+//! state-store round trip to pick and lease (sticky session, priority, least
+//! recently used), a fair wait when every account is full, fail-over, and the
+//! leases held until the response ends.
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aiproxy_shared::domain::AccountKind;
+use aiproxy_shared::state::{
+    Bind, Candidate, Held, Mark, Outcome, Release, Retry, ScheduleRequest, StateStore, Switch,
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use crate::snapshot::{AccountEntry, Snapshot};
+use crate::errors::RelayError;
+use crate::snapshot::{AccountEntry, KeyEntry, Snapshot, UserEntry};
 
-#[derive(Default)]
-struct AccountRuntime {
-    in_flight: AtomicU32,
-    /// Epoch ms until which an upstream rate limit keeps this account out.
-    limited_until_ms: AtomicI64,
-    /// Monotonic pick counter value of the last pick; lower = longer ago.
-    last_pick: AtomicU64,
+/// How often a waiting request asks again when no local release wakes it.
+const WAIT_POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+pub struct SchedulerSettings {
+    /// Lease lifetime without renewal (`concurrency_ttl`).
+    pub lease_ttl: Duration,
+    pub session_ttl: Duration,
+    /// Longest wait for a slot when every usable account is full.
+    pub wait_timeout: Duration,
+    /// Cap of every unavailable mark (`unavailable_ttl`).
+    pub unavailable_cap: Duration,
 }
 
-/// Per-node account state that outlives snapshots.
-#[derive(Default)]
 pub struct Scheduler {
-    accounts: RwLock<HashMap<i64, Arc<AccountRuntime>>>,
-    picks: AtomicU64,
+    store: Arc<dyn StateStore>,
+    settings: SchedulerSettings,
+    /// Leases of this node's requests in flight, renewed in one call per beat.
+    live: Mutex<HashMap<String, Held>>,
+    /// Wakes local waiters when a local request ends.
+    released: Notify,
+    lease_prefix: String,
+    next_lease: AtomicU64,
 }
 
-/// A concurrency slot on an account, released on drop.
+/// What a request asks of the scheduler.
+pub struct Ask<'a> {
+    pub key: &'a KeyEntry,
+    pub user: &'a UserEntry,
+    pub kinds: &'a [AccountKind],
+    /// Session hash, when the request belongs to one.
+    pub session: Option<&'a str>,
+    /// Name of the wait line of the accounts this request can use.
+    pub pool: &'static str,
+    pub now_ms: i64,
+}
+
+/// The leases one request holds. Dropping it gives them back (in the
+/// background), binding `bind` and applying `mark` in the same call.
 pub struct Lease {
-    runtime: Arc<AccountRuntime>,
+    scheduler: Arc<Scheduler>,
+    held: Held,
+    pub bind: Option<Bind>,
+    pub mark: Option<Mark>,
+}
+
+impl Lease {
+    pub fn account_id(&self) -> i64 {
+        self.held.account_id
+    }
+
+    /// Binds `session` to the leased account when the request ends.
+    pub fn bind_session(&mut self, session: String) {
+        if self.held.account_id != 0 {
+            self.bind = Some(Bind {
+                session,
+                account_id: self.held.account_id,
+                ttl_ms: self.scheduler.settings.session_ttl.as_millis() as u64,
+            });
+        }
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.runtime.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let scheduler = self.scheduler.clone();
+        scheduler
+            .live
+            .lock()
+            .expect("live leases")
+            .remove(&self.held.lease);
+        let (held, bind, mark) = (self.held.clone(), self.bind.take(), self.mark.take());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Shutting down: the lease lapses after its TTL.
+            return;
+        };
+        runtime.spawn(async move {
+            let end = Release {
+                now_ms: now_ms(),
+                held: Some(&held),
+                bind: bind.as_ref(),
+                mark: mark.as_ref(),
+            };
+            if let Err(e) = scheduler.store.release(&end).await {
+                tracing::warn!(error = %e, "could not give back a lease; it lapses after concurrency_ttl");
+            }
+            scheduler.released.notify_waiters();
+        });
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn log_switch(switch: Option<Switch>, to: i64, session: Option<&str>) {
+    if let Some(s) = switch {
+        tracing::info!(
+            session = session.unwrap_or_default(),
+            from_account = s.from,
+            to_account = to,
+            reason = s.reason.as_str(),
+            "sticky session moved to another account"
+        );
     }
 }
 
 impl Scheduler {
-    fn runtime(&self, id: i64) -> Arc<AccountRuntime> {
-        if let Some(r) = self.accounts.read().expect("scheduler lock").get(&id) {
-            return r.clone();
+    pub fn new(store: Arc<dyn StateStore>, settings: SchedulerSettings, node_id: &str) -> Self {
+        // Unique across nodes and restarts of one node.
+        let lease_prefix = format!("{node_id}:{}", aiproxy_shared::keys::random_hex(4));
+        Scheduler {
+            store,
+            settings,
+            live: Mutex::default(),
+            released: Notify::new(),
+            lease_prefix,
+            next_lease: AtomicU64::new(0),
         }
-        self.accounts
-            .write()
-            .expect("scheduler lock")
-            .entry(id)
-            .or_default()
-            .clone()
     }
 
-    /// Keeps an account out of this node's picks until `until_ms` (epoch ms).
-    pub fn mark_limited(&self, id: i64, until_ms: i64) {
-        self.runtime(id)
-            .limited_until_ms
-            .fetch_max(until_ms, Ordering::AcqRel);
+    pub fn settings(&self) -> &SchedulerSettings {
+        &self.settings
     }
 
-    /// In-flight requests on an account, on this node.
-    pub fn in_flight(&self, id: i64) -> u32 {
-        self.accounts
-            .read()
-            .expect("scheduler lock")
-            .get(&id)
-            .map_or(0, |r| r.in_flight.load(Ordering::Acquire))
+    /// Accounts of a compatible kind that are in service: those reserved for
+    /// this key or user if any, else the shared ones, by priority.
+    fn candidates(snapshot: &Snapshot, ask: &Ask<'_>) -> (Vec<Candidate>, bool) {
+        let usable = |a: &&Arc<AccountEntry>| {
+            a.schedulable && ask.kinds.contains(&a.kind) && a.rate_limit_reset_at_ms <= ask.now_ms
+        };
+        let to_candidate = |a: &Arc<AccountEntry>| Candidate {
+            id: a.id,
+            priority: a.priority,
+            max_concurrency: a.max_concurrency,
+            weight: a.weight,
+        };
+        let dedicated: Vec<Candidate> = snapshot
+            .accounts
+            .iter()
+            .filter(usable)
+            .filter(|a| {
+                a.bound_key_ids.contains(&ask.key.id) || a.bound_user_ids.contains(&ask.user.id)
+            })
+            .map(to_candidate)
+            .collect();
+        if !dedicated.is_empty() {
+            return (dedicated, true);
+        }
+        let shared = snapshot
+            .accounts
+            .iter()
+            .filter(usable)
+            .filter(|a| !a.is_dedicated())
+            .map(to_candidate)
+            .collect();
+        (shared, false)
     }
 
-    /// Picks an account of one of `kinds`, not in `exclude`, and takes a slot on it.
-    pub fn pick(
+    fn request<'a>(
+        &self,
+        ask: &'a Ask<'a>,
+        lease: &'a str,
+        candidates: &'a [Candidate],
+        queue: Option<&'a str>,
+    ) -> ScheduleRequest<'a> {
+        ScheduleRequest {
+            now_ms: ask.now_ms,
+            lease,
+            lease_ttl_ms: self.settings.lease_ttl.as_millis() as u64,
+            key_id: ask.key.id,
+            key_rpm: ask.key.rate_limit,
+            key_concurrency: ask.key.max_concurrency,
+            user_id: ask.user.id,
+            user_concurrency: ask.user.max_concurrency,
+            session: ask.session,
+            session_ttl_ms: self.settings.session_ttl.as_millis() as u64,
+            candidates,
+            exclude: &[],
+            queue,
+            queue_ttl_ms: (WAIT_POLL * 10).as_millis() as u64,
+            retry: None,
+            random: random_unit(),
+        }
+    }
+
+    fn account(snapshot: &Snapshot, id: i64) -> Option<Arc<AccountEntry>> {
+        snapshot.accounts.iter().find(|a| a.id == id).cloned()
+    }
+
+    fn hold(self: &Arc<Self>, held: Held) -> Lease {
+        self.live
+            .lock()
+            .expect("live leases")
+            .insert(held.lease.clone(), held.clone());
+        Lease {
+            scheduler: self.clone(),
+            held,
+            bind: None,
+            mark: None,
+        }
+    }
+
+    /// Picks an account and takes the leases, waiting (first come, first
+    /// served) up to `wait_timeout` while every usable account is full.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        snapshot: &Snapshot,
+        ask: &Ask<'_>,
+    ) -> Result<(Arc<AccountEntry>, Lease), RelayError> {
+        let (candidates, dedicated) = Self::candidates(snapshot, ask);
+        if candidates.is_empty() {
+            return Err(RelayError::no_account());
+        }
+        let lease = format!(
+            "{}:{}",
+            self.lease_prefix,
+            self.next_lease.fetch_add(1, Ordering::Relaxed)
+        );
+        let pool_name;
+        let queue = if self.settings.wait_timeout.is_zero() {
+            None
+        } else if dedicated {
+            pool_name = format!("{}:k{}", ask.pool, ask.key.id);
+            Some(pool_name.as_str())
+        } else {
+            Some(ask.pool)
+        };
+        let deadline = Instant::now() + self.settings.wait_timeout;
+        let mut req = self.request(ask, &lease, &candidates, queue);
+        loop {
+            let outcome = self.store.schedule(&req).await.map_err(|e| {
+                tracing::error!(error = %e, "state store failed");
+                RelayError::no_account()
+            })?;
+            match outcome {
+                Outcome::Picked {
+                    account_id,
+                    switched,
+                } => {
+                    log_switch(switched, account_id, ask.session);
+                    let lease = self.hold(Held {
+                        lease: lease.clone(),
+                        account_id,
+                        user_id: ask.user.id,
+                        key_id: ask.key.id,
+                    });
+                    // The snapshot that listed the candidate still holds it.
+                    let account =
+                        Self::account(snapshot, account_id).ok_or_else(RelayError::no_account)?;
+                    return Ok((account, lease));
+                }
+                Outcome::KeyRateLimited { retry_after_ms } => {
+                    return Err(RelayError::rate_limited(retry_after_ms.div_ceil(1000)));
+                }
+                Outcome::KeyBusy => return Err(RelayError::concurrency_exceeded("API key")),
+                Outcome::UserBusy => return Err(RelayError::concurrency_exceeded("user")),
+                Outcome::NoAccount => return Err(RelayError::no_account()),
+                Outcome::Full => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() || queue.is_none() {
+                        if let Some(q) = queue {
+                            let _ = self.store.leave_queue(q, &lease).await;
+                        }
+                        return Err(RelayError::accounts_busy());
+                    }
+                    tokio::select! {
+                        _ = self.released.notified() => {}
+                        _ = tokio::time::sleep(WAIT_POLL.min(left)) => {}
+                    }
+                    req.now_ms = now_ms();
+                    req.random = random_unit();
+                }
+            }
+        }
+    }
+
+    /// Gives back the failed account's slot, marks it, and picks another
+    /// account in the same round trip. `None` when no other can serve.
+    pub async fn fail_over(
         &self,
         snapshot: &Snapshot,
-        kinds: &[AccountKind],
-        exclude: &[i64],
-        now_ms: i64,
-    ) -> Option<(Arc<AccountEntry>, Lease)> {
-        let eligible = |a: &&Arc<AccountEntry>| {
-            a.schedulable
-                && kinds.contains(&a.kind)
-                && a.rate_limit_reset_at_ms <= now_ms
-                && !exclude.contains(&a.id)
+        ask: &Ask<'_>,
+        lease: &mut Lease,
+        tried: &[i64],
+        mark: Option<Mark>,
+    ) -> Option<Arc<AccountEntry>> {
+        let (candidates, _) = Self::candidates(snapshot, ask);
+        let lease_id = lease.held.lease.clone();
+        let mut req = self.request(ask, &lease_id, &candidates, None);
+        req.now_ms = now_ms();
+        req.exclude = tried;
+        req.retry = Some(Retry {
+            account_id: lease.held.account_id,
+            mark,
+        });
+        let outcome = self.store.schedule(&req).await;
+        let picked = match outcome {
+            Ok(Outcome::Picked {
+                account_id,
+                switched,
+            }) => {
+                log_switch(switched, account_id, ask.session);
+                Some(account_id)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "state store failed during fail-over");
+                None
+            }
         };
-        // Accounts are sorted by priority; try one priority level at a time.
-        let mut candidates: Vec<(&Arc<AccountEntry>, Arc<AccountRuntime>)> = Vec::new();
-        let mut level = None;
-        for account in snapshot.accounts.iter().filter(eligible) {
-            if level.is_some_and(|p| p != account.priority) {
-                if let Some(found) = self.take_least_recent(&mut candidates) {
-                    return Some(found);
-                }
-                candidates.clear();
-            }
-            level = Some(account.priority);
-            let runtime = self.runtime(account.id);
-            if runtime.limited_until_ms.load(Ordering::Acquire) > now_ms {
-                continue;
-            }
-            candidates.push((account, runtime));
-        }
-        self.take_least_recent(&mut candidates)
+        lease.held.account_id = picked.unwrap_or(0);
+        self.live
+            .lock()
+            .expect("live leases")
+            .insert(lease_id, lease.held.clone());
+        picked.and_then(|id| Self::account(snapshot, id))
     }
 
-    fn take_least_recent(
-        &self,
-        candidates: &mut [(&Arc<AccountEntry>, Arc<AccountRuntime>)],
-    ) -> Option<(Arc<AccountEntry>, Lease)> {
-        candidates.sort_by_key(|(a, r)| (r.last_pick.load(Ordering::Relaxed), a.id));
-        for (account, runtime) in candidates.iter() {
-            let max = account.max_concurrency;
-            let reserved = runtime
-                .in_flight
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (max == 0 || n < max).then_some(n + 1)
-                })
-                .is_ok();
-            if reserved {
-                runtime.last_pick.store(
-                    self.picks.fetch_add(1, Ordering::Relaxed) + 1,
-                    Ordering::Relaxed,
-                );
-                return Some((
-                    (*account).clone(),
-                    Lease {
-                        runtime: runtime.clone(),
-                    },
-                ));
+    /// Marks an account for every node (a failure with no fail-over call).
+    pub async fn mark(&self, mark: &Mark) {
+        if let Err(e) = aiproxy_shared::state::mark_account(&*self.store, mark, now_ms()).await {
+            tracing::warn!(account_id = mark.account_id, error = %e, "could not mark an account");
+        }
+    }
+
+    /// Renews this node's leases every third of their TTL, so requests that
+    /// outlive `concurrency_ttl` keep their slots while a dead node's lapse.
+    pub async fn run_renewals(self: Arc<Self>, cancel: CancellationToken) {
+        let every = (self.settings.lease_ttl / 3).max(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let held: Vec<Held> = self
+                .live
+                .lock()
+                .expect("live leases")
+                .values()
+                .cloned()
+                .collect();
+            if held.is_empty() {
+                continue;
+            }
+            let ttl = self.settings.lease_ttl.as_millis() as u64;
+            if let Err(e) = self.store.renew(&held, now_ms(), ttl).await {
+                tracing::warn!(error = %e, leases = held.len(), "could not renew leases");
             }
         }
-        None
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn account(id: i64, priority: i32, max: u32) -> Arc<AccountEntry> {
-        Arc::new(AccountEntry {
-            id,
-            name: format!("a{id}"),
-            kind: AccountKind::ClaudeApi,
-            base_url: "http://x".into(),
-            api_key: None,
-            bearer: None,
-            extra_headers: Vec::new(),
-            proxy_url: None,
-            project: None,
-            priority,
-            max_concurrency: max,
-            schedulable: true,
-            rate_limit_reset_at_ms: 0,
-        })
+/// Uniform in [0, 1) from a cheap thread-local generator (no crypto needed).
+fn random_unit() -> f64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            let _ = getrandom::getrandom(&mut seed);
+            u64::from_le_bytes(seed) | 1
+        });
     }
-
-    fn snapshot(accounts: Vec<Arc<AccountEntry>>) -> Snapshot {
-        Snapshot {
-            version: 1,
-            keys: HashMap::new(),
-            users: HashMap::new(),
-            accounts,
-            prices: Default::default(),
-            request_timeout_ms: 0,
-        }
-    }
-
-    const CLAUDE: &[AccountKind] = &[AccountKind::ClaudeApi];
-
-    #[test]
-    fn spreads_over_equal_accounts_and_prefers_priority() {
-        let s = snapshot(vec![
-            account(1, 10, 0),
-            account(2, 10, 0),
-            account(3, 20, 0),
-        ]);
-        let sched = Scheduler::default();
-        let mut counts = HashMap::new();
-        for _ in 0..100 {
-            let (a, _lease) = sched.pick(&s, CLAUDE, &[], 0).unwrap();
-            *counts.entry(a.id).or_insert(0) += 1;
-        }
-        assert_eq!(counts.get(&1), Some(&50));
-        assert_eq!(counts.get(&2), Some(&50));
-        assert_eq!(counts.get(&3), None);
-    }
-
-    #[test]
-    fn full_excluded_and_limited_accounts_are_skipped() {
-        let mut limited = (*account(3, 5, 0)).clone();
-        limited.rate_limit_reset_at_ms = 10_000;
-        let s = snapshot(vec![
-            Arc::new(limited),
-            account(1, 10, 1),
-            account(2, 20, 1),
-        ]);
-        let sched = Scheduler::default();
-        let (a, lease_a) = sched.pick(&s, CLAUDE, &[], 5_000).unwrap();
-        assert_eq!(a.id, 1);
-        let (b, lease_b) = sched.pick(&s, CLAUDE, &[], 5_000).unwrap();
-        assert_eq!(b.id, 2, "account 1 is full, so the lower priority serves");
-        assert!(sched.pick(&s, CLAUDE, &[], 5_000).is_none(), "all full");
-        drop(lease_a);
-        assert_eq!(sched.in_flight(1), 0);
-        assert_eq!(
-            sched.pick(&s, CLAUDE, &[1], 5_000).map(|(a, _)| a.id),
-            None,
-            "1 excluded, 2 full"
-        );
-        drop(lease_b);
-        // A node-local rate-limit mark keeps it out until its reset.
-        sched.mark_limited(3, 20_000);
-        assert_eq!(sched.pick(&s, CLAUDE, &[], 15_000).unwrap().0.id, 1);
-        // After the reset time the limited account is the first choice again.
-        assert_eq!(sched.pick(&s, CLAUDE, &[], 20_000).unwrap().0.id, 3);
-        assert!(
-            sched
-                .pick(&s, &[AccountKind::OpenAi], &[], 10_000)
-                .is_none()
-        );
-    }
+    STATE.with(|s| {
+        // xorshift64*
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    })
 }

@@ -19,12 +19,17 @@ pub struct KeyEntry {
     pub allowed_models: Vec<String>,
     pub rate_limit: u32,
     pub expires_at_ms: i64,
+    /// Requests in flight at once; 0 is unlimited.
+    pub max_concurrency: u32,
 }
 
 #[derive(Debug)]
 pub struct UserEntry {
+    pub id: i64,
     pub active: bool,
     pub price_rate: Decimal,
+    /// Requests in flight at once across the user's keys; 0 is unlimited.
+    pub max_concurrency: u32,
 }
 
 /// An upstream account with its credentials ready to put on the wire.
@@ -46,8 +51,42 @@ pub struct AccountEntry {
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     pub priority: i32,
     pub max_concurrency: u32,
+    pub weight: u32,
+    /// When either is set, the account serves only these keys and users.
+    pub bound_key_ids: Vec<i64>,
+    pub bound_user_ids: Vec<i64>,
     pub schedulable: bool,
     pub rate_limit_reset_at_ms: i64,
+}
+
+impl AccountEntry {
+    /// Reserved for some keys or users.
+    pub fn is_dedicated(&self) -> bool {
+        !self.bound_key_ids.is_empty() || !self.bound_user_ids.is_empty()
+    }
+
+    /// A plain account of `kind` with id 1, for tests to adjust.
+    #[cfg(test)]
+    pub(crate) fn for_tests(kind: AccountKind) -> Self {
+        AccountEntry {
+            id: 1,
+            name: "a".into(),
+            kind,
+            base_url: "http://up".into(),
+            api_key: Some(HeaderValue::from_static("k")),
+            bearer: Some(HeaderValue::from_static("Bearer t")),
+            proxy_url: None,
+            project: None,
+            extra_headers: Vec::new(),
+            priority: 0,
+            max_concurrency: 0,
+            weight: 1,
+            bound_key_ids: Vec::new(),
+            bound_user_ids: Vec::new(),
+            schedulable: true,
+            rate_limit_reset_at_ms: 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -102,6 +141,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                     allowed_models: k.allowed_models,
                     rate_limit: k.rate_limit,
                     expires_at_ms: k.expires_at_ms,
+                    max_concurrency: k.max_concurrency,
                 }),
             );
         }
@@ -111,8 +151,10 @@ impl TryFrom<pb::Snapshot> for Snapshot {
             users.insert(
                 u.id,
                 UserEntry {
+                    id: u.id,
                     active: u.active,
                     price_rate,
+                    max_concurrency: u.max_concurrency,
                 },
             );
         }
@@ -179,6 +221,9 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 extra_headers,
                 priority: a.priority,
                 max_concurrency: a.max_concurrency.max(0) as u32,
+                weight: a.weight.max(1),
+                bound_key_ids: a.bound_api_key_ids,
+                bound_user_ids: a.bound_user_ids,
                 schedulable: a.schedulable,
                 rate_limit_reset_at_ms: a.rate_limit_reset_at_ms,
             }));
@@ -233,6 +278,7 @@ mod tests {
                 id: 2,
                 active: true,
                 price_rate: "1.5".into(),
+                ..Default::default()
             }],
             accounts: vec![
                 pb::Account {

@@ -34,6 +34,8 @@ pub struct Observed {
     pub complete: bool,
     /// `error.type` (or status) of an error event or body.
     pub error: Option<String>,
+    /// A Responses `id`, which a later `previous_response_id` names.
+    pub response_id: Option<String>,
 }
 
 fn u64_at(v: &Value, pointer: &str) -> Option<u64> {
@@ -44,6 +46,12 @@ impl Observed {
     fn set_model(&mut self, v: Option<&Value>) {
         if let Some(m) = v.and_then(Value::as_str) {
             self.model = Some(m.to_string());
+        }
+    }
+
+    fn set_response_id(&mut self, v: Option<&Value>) {
+        if let Some(id) = v.and_then(Value::as_str).filter(|id| !id.is_empty()) {
+            self.response_id = Some(id.to_string());
         }
     }
 
@@ -156,12 +164,14 @@ impl Observed {
             }
             UsageFormat::OpenAiResponses => match event.get("type").and_then(Value::as_str) {
                 Some("response.created") | Some("response.in_progress") => {
-                    self.set_model(event.pointer("/response/model"))
+                    self.set_model(event.pointer("/response/model"));
+                    self.set_response_id(event.pointer("/response/id"));
                 }
                 Some("response.completed")
                 | Some("response.incomplete")
                 | Some("response.failed") => {
                     self.set_model(event.pointer("/response/model"));
+                    self.set_response_id(event.pointer("/response/id"));
                     if let Some(u) = event.pointer("/response/usage").filter(|u| u.is_object()) {
                         self.openai_usage(
                             u,
@@ -228,6 +238,7 @@ impl Observed {
             }
             UsageFormat::OpenAiResponses => {
                 self.set_model(inner.get("model"));
+                self.set_response_id(inner.get("id"));
                 if let Some(u) = inner.get("usage").filter(|u| u.is_object()) {
                     self.openai_usage(
                         u,
@@ -536,6 +547,7 @@ data: [DONE]\n\n";
 event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\n\
 event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"model\":\"gpt-5-codex\",\"usage\":{\"input_tokens\":500,\"input_tokens_details\":{\"cached_tokens\":300},\"output_tokens\":40,\"output_tokens_details\":{\"reasoning_tokens\":12},\"total_tokens\":540}}}\n\n";
         let o = run(UsageFormat::OpenAiResponses, "text/event-stream", body);
+        assert_eq!(o.response_id.as_deref(), Some("r"));
         assert_eq!(
             o.usage,
             TokenUsage {

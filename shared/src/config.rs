@@ -102,9 +102,17 @@ impl Default for ProxySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSettings {
+    /// A sticky session's binding lives this long after its last request.
     pub session_ttl: u64,
+    /// A concurrency lease lapses this long after its node last renewed it
+    /// (nodes renew theirs; a crashed node's slots come back after this).
     pub concurrency_ttl: u64,
+    /// Upper bound of any unavailable mark (each error class has its own, shorter TTL).
     pub unavailable_ttl: u64,
+    /// Longest wait for a slot when every usable account is full.
+    pub wait_timeout: u64,
+    /// Longest wait for one Redis call before falling back to node-local state, ms.
+    pub redis_timeout_ms: u64,
 }
 
 impl Default for CacheSettings {
@@ -113,6 +121,8 @@ impl Default for CacheSettings {
             session_ttl: 3600,
             concurrency_ttl: 600,
             unavailable_ttl: 300,
+            wait_timeout: 10,
+            redis_timeout_ms: 250,
         }
     }
 }
@@ -159,6 +169,8 @@ pub struct Config {
     pub database_url: Option<Secret>,
     /// Unset means the in-memory state store.
     pub redis_url: Option<Secret>,
+    /// Prefix of every Redis key, so deployments can share one Redis.
+    pub redis_namespace: String,
     /// Encrypts credentials at rest and signs JWTs.
     pub secret_key: Option<Secret>,
     /// Shared secret between the planes.
@@ -183,6 +195,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             database_url: None,
             redis_url: None,
+            redis_namespace: "aiproxy".into(),
             secret_key: None,
             node_token: None,
             admin_password: None,
@@ -242,6 +255,9 @@ impl Config {
         if let Some(v) = secret("AIPROXY_REDIS_URL") {
             self.redis_url = Some(v);
         }
+        if let Some(v) = get("AIPROXY_REDIS_NAMESPACE") {
+            self.redis_namespace = v;
+        }
         if let Some(v) = secret("AIPROXY_SECRET_KEY") {
             self.secret_key = Some(v);
         }
@@ -290,6 +306,12 @@ impl Config {
             &get,
             "AIPROXY_UNAVAILABLE_TTL",
             &mut self.cache.unavailable_ttl,
+        )?;
+        parse_env(&get, "AIPROXY_WAIT_TIMEOUT", &mut self.cache.wait_timeout)?;
+        parse_env(
+            &get,
+            "AIPROXY_REDIS_TIMEOUT_MS",
+            &mut self.cache.redis_timeout_ms,
         )?;
         parse_env(&get, "AIPROXY_JWT_EXPIRE_HOURS", &mut self.jwt.expire_hours)?;
         parse_env(
@@ -349,6 +371,7 @@ impl Config {
             ("cache.session_ttl", self.cache.session_ttl),
             ("cache.concurrency_ttl", self.cache.concurrency_ttl),
             ("cache.unavailable_ttl", self.cache.unavailable_ttl),
+            ("cache.redis_timeout_ms", self.cache.redis_timeout_ms),
             ("jwt.expire_hours", self.jwt.expire_hours),
         ] {
             if value == 0 {

@@ -364,10 +364,44 @@ async fn failover_gzip_and_no_account() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.text(), sse_events("claude-sonnet-4-5").concat());
 
-    // The 429 said when to come back (retry-after: 30), so this node leaves
-    // that account alone meanwhile; with only the overloaded one left, its
-    // own answer is passed through as it was.
+    // The 429 said when to come back (retry-after: 30) and the 529 keeps its
+    // account out for a while, so with the gzip account gone none is left:
+    // the seed's answer, and neither failing account is called meanwhile.
     e.admin.disable_account(&gzip["id"]).await;
+    let reply = wait_for_status(
+        &e.http,
+        &url,
+        &headers,
+        &message_body("claude-sonnet-4-5", false),
+        503,
+    )
+    .await;
+    assert_eq!(reply.json()["error"]["message"], "account not available");
+    let calls = |key: &str| {
+        mock.received()
+            .iter()
+            .filter(|r| r.headers["x-api-key"] == key)
+            .count()
+    };
+    assert_eq!(calls("mock-429"), 1, "not retried before its reset");
+    assert_eq!(calls("mock-529"), 1, "not retried while unavailable");
+
+    // The operator sees why, and can put the overloaded account back: its
+    // own answer then passes through as it was.
+    let unavailable = e.admin.expect("GET", "/cache/unavailable", None, 200).await;
+    assert_eq!(
+        unavailable["items"][0]["reason"], "overloaded",
+        "{unavailable}"
+    );
+    let limited = e
+        .admin
+        .expect("GET", "/cache/rate-limited", None, 200)
+        .await;
+    assert_eq!(limited["items"][0]["name"], "limited", "{limited}");
+    assert!(limited["items"][0]["reset_at"].is_string());
+    e.admin
+        .expect("DELETE", "/cache/unavailable", None, 200)
+        .await;
     let reply = wait_for_status(
         &e.http,
         &url,
@@ -377,15 +411,7 @@ async fn failover_gzip_and_no_account() {
     )
     .await;
     assert_eq!(reply.json()["error"]["type"], "overloaded_error");
-    let limited_calls = mock
-        .received()
-        .iter()
-        .filter(|r| r.headers["x-api-key"] == "mock-429")
-        .count();
-    assert_eq!(
-        limited_calls, 1,
-        "the rate-limited account is not retried before its reset"
-    );
+    assert_eq!(calls("mock-429"), 1);
 
     // When every usable account is out, the seed's answer.
     let overloaded = e.admin.expect("GET", "/accounts", None, 200).await["items"]

@@ -217,7 +217,11 @@ async fn accounts_reach_their_upstream_through_their_proxy() {
 async fn slow_first_bytes_fail_over_then_time_out() {
     let slow = MockUpstream::with_latency(Duration::from_secs(3)).await;
     let fast = MockUpstream::start().await;
-    let e = start_with(&[("AIPROXY_PROXY_TIMEOUT", "1".to_string())]).await;
+    let e = start_with(&[
+        ("AIPROXY_PROXY_TIMEOUT", "1".to_string()),
+        ("AIPROXY_UNAVAILABLE_TTL", "1".to_string()),
+    ])
+    .await;
     e.admin
         .expect(
             "POST",
@@ -248,7 +252,8 @@ async fn slow_first_bytes_fail_over_then_time_out() {
         "the slow account was tried first"
     );
 
-    // With only the slow account left, the caller gets a 504 in its own shape.
+    // With only the slow account left, the caller gets a 504 in its own
+    // shape (once the mark its timeout earned has lapsed).
     e.admin.disable_account(&quick["id"]).await;
     let reply = wait_for_status(&e.http, &url, &[("x-api-key", &key)], &body, 504).await;
     assert_eq!(reply.json()["error"]["message"], "upstream timed out");
@@ -292,7 +297,12 @@ async fn streams_cut_short_are_recorded_as_incomplete() {
 #[tokio::test]
 async fn failover_stops_after_the_configured_attempts() {
     let mock = MockUpstream::start().await;
-    let e = start_with(&[("AIPROXY_MAX_ATTEMPTS", "2".to_string())]).await;
+    // Failed accounts stay out of picks for at most a second here.
+    let e = start_with(&[
+        ("AIPROXY_MAX_ATTEMPTS", "2".to_string()),
+        ("AIPROXY_UNAVAILABLE_TTL", "1".to_string()),
+    ])
+    .await;
     for name in ["a", "b", "c"] {
         e.admin.create_account(name, &mock.url(), "mock-500").await;
     }
@@ -300,6 +310,7 @@ async fn failover_stops_after_the_configured_attempts() {
     let url = format!("{}/v1/messages", e.proxy);
     let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "messages": []});
     wait_for_status(&e.http, &url, &[("x-api-key", &key)], &body, 500).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     let before = mock.received().len();
     let reply = e
         .http

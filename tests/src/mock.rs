@@ -8,6 +8,8 @@
 //!   shape; a 429 carries the platform's reset signal (unified-reset headers,
 //!   `x-ratelimit-reset-*`, Codex `resets_at`, Gemini `RetryInfo`);
 //! - `mock-gzip`: the body gzip-compressed with no `content-encoding`;
+//! - `mock-429-in-N`: an Anthropic 429 whose unified reset is N seconds away;
+//! - `mock-403-banned`: an Anthropic 403 `permission_error`, as for a banned account;
 //! - `expired-token`: 401, as for an OAuth access token past its life;
 //! - `mock-slow`: streams that pause two seconds after the first event;
 //! - `mock-cut`: streams that end early, cleanly, before their final event;
@@ -184,7 +186,22 @@ async fn handle(
         .next()
         .unwrap_or_default()
         .to_string();
+    let reset_in: Option<u64> = key
+        .strip_prefix("mock-429-in-")
+        .and_then(|n| n.parse().ok());
+    let reset_at = match reset_in {
+        Some(secs) => {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_secs()
+                + secs
+        }
+        None => RESET_AT,
+    };
     let failure = match key.as_str() {
+        _ if reset_in.is_some() => Some(StatusCode::TOO_MANY_REQUESTS),
+        "mock-403-banned" => Some(StatusCode::FORBIDDEN),
         "mock-429" => Some(StatusCode::TOO_MANY_REQUESTS),
         "mock-529" => Some(StatusCode::from_u16(529).expect("529")),
         "mock-500" => Some(StatusCode::INTERNAL_SERVER_ERROR),
@@ -213,7 +230,7 @@ async fn handle(
     };
     let resp = match path.as_str() {
         "/v1/messages" => match failure {
-            Some(status) => anthropic_error(status),
+            Some(status) => anthropic_error(status, reset_at),
             None if stream => sse_response(sse_events(&model), gzip),
             None => json_or_gzip(message_body(&model), gzip),
         },
@@ -468,9 +485,10 @@ fn code_exchange(state: &State, body: &Value) -> Response<MockBody> {
     )
 }
 
-fn anthropic_error(status: StatusCode) -> Response<MockBody> {
+fn anthropic_error(status: StatusCode, reset_at: u64) -> Response<MockBody> {
     let kind = match status.as_u16() {
         401 => "authentication_error",
+        403 => "permission_error",
         429 => "rate_limit_error",
         529 => "overloaded_error",
         _ => "api_error",
@@ -481,14 +499,27 @@ fn anthropic_error(status: StatusCode) -> Response<MockBody> {
     );
     if status == StatusCode::TOO_MANY_REQUESTS {
         let h = resp.headers_mut();
-        h.insert("retry-after", "30".parse().expect("header"));
+        // A near reset (`mock-429-in-N`) is announced the same way in both headers.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        let retry_after = if reset_at == RESET_AT {
+            30
+        } else {
+            reset_at.saturating_sub(now)
+        };
+        h.insert(
+            "retry-after",
+            retry_after.to_string().parse().expect("header"),
+        );
         h.insert(
             "anthropic-ratelimit-unified-status",
             "rejected".parse().expect("header"),
         );
         h.insert(
             "anthropic-ratelimit-unified-reset",
-            RESET_AT.to_string().parse().expect("header"),
+            reset_at.to_string().parse().expect("header"),
         );
     }
     resp

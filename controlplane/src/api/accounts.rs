@@ -2,6 +2,7 @@
 use std::collections::BTreeMap;
 
 use aiproxy_shared::domain::AccountKind;
+use aiproxy_shared::state::MarkKind;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -27,8 +28,27 @@ pub struct CreateAccount {
     priority: i32,
     #[serde(default)]
     max_concurrency: i32,
+    #[serde(default = "default_weight")]
+    weight: i32,
+    #[serde(default)]
+    bound_api_key_ids: Vec<i64>,
+    #[serde(default)]
+    bound_user_ids: Vec<i64>,
     #[serde(default = "default_true")]
     enabled: bool,
+}
+
+fn default_weight() -> i32 {
+    1
+}
+
+fn check_weight(weight: i32) -> ApiResult<()> {
+    if !(1..=1000).contains(&weight) {
+        return Err(ApiError::BadRequest(
+            "weight must be between 1 and 1000".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn default_priority() -> i32 {
@@ -53,6 +73,9 @@ pub struct UpdateAccount {
     proxy_url: Option<Option<String>>,
     priority: Option<i32>,
     max_concurrency: Option<i32>,
+    weight: Option<i32>,
+    bound_api_key_ids: Option<Vec<i64>>,
+    bound_user_ids: Option<Vec<i64>>,
     #[serde(default, deserialize_with = "double_option")]
     rate_limit_reset_at: Option<Option<DateTime<Utc>>>,
     consecutive_error_count: Option<i32>,
@@ -179,6 +202,7 @@ pub async fn create(
         &req.proxy_url,
         &["http", "https", "socks5", "socks5h"],
     )?;
+    check_weight(req.weight)?;
     let mut credentials = req.credentials;
     check_credentials(kind, &credentials)?;
     crate::oauth::complete_credentials(kind, &mut credentials);
@@ -192,6 +216,9 @@ pub async fn create(
             proxy_url: req.proxy_url,
             priority: req.priority,
             max_concurrency: req.max_concurrency.max(0),
+            weight: req.weight,
+            bound_api_key_ids: req.bound_api_key_ids,
+            bound_user_ids: req.bound_user_ids,
             enabled: req.enabled,
         })
         .await?;
@@ -223,6 +250,9 @@ pub async fn update(
             &["http", "https", "socks5", "socks5h"],
         )?;
     }
+    if let Some(weight) = req.weight {
+        check_weight(weight)?;
+    }
     if let Some(status) = &req.status
         && !matches!(status.as_str(), "valid" | "invalid" | "banned")
     {
@@ -253,6 +283,8 @@ pub async fn update(
         None => None,
     };
     let re_enabled = req.enabled == Some(true);
+    let limit_cleared = matches!(req.rate_limit_reset_at, Some(None));
+    let back_in_service = re_enabled || req.status.as_deref() == Some("valid");
     let patch = AccountPatch {
         name: req.name.map(|n| n.trim().to_string()),
         enabled: req.enabled,
@@ -264,12 +296,21 @@ pub async fn update(
         proxy_url: req.proxy_url,
         priority: req.priority,
         max_concurrency: req.max_concurrency.map(|c| c.max(0)),
+        weight: req.weight,
+        bound_api_key_ids: req.bound_api_key_ids,
+        bound_user_ids: req.bound_user_ids,
         rate_limit_reset_at: req.rate_limit_reset_at,
         consecutive_error_count: req.consecutive_error_count.map(|c| c.max(0)),
         disabled_reason: re_enabled.then_some(None),
     };
     let account = state.store.update_account(id, &patch).await?;
     state.publisher.notify();
+    if limit_cleared {
+        super::cache::clear_account_marks(&state, id, MarkKind::RateLimited).await;
+    }
+    if back_in_service {
+        super::cache::clear_account_marks(&state, id, MarkKind::Unavailable).await;
+    }
     if let Some(kind) = AccountKind::parse(&account.kind) {
         refresh_if_due(&state, kind, account.id);
     }

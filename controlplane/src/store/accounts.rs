@@ -3,7 +3,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::db::{Usd, impl_from_row, with_pool};
+use super::db::{Usd, impl_from_row, list_from_column, list_to_column, with_pool};
 use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Serialize)]
@@ -21,6 +21,11 @@ pub struct Account {
     pub proxy_url: Option<String>,
     pub priority: i32,
     pub max_concurrency: i32,
+    /// Share of picks among accounts of equal priority when weights differ.
+    pub weight: i32,
+    /// When set, the account serves only these keys and users.
+    pub bound_api_key_ids: Vec<i64>,
+    pub bound_user_ids: Vec<i64>,
     pub rate_limit_reset_at: Option<DateTime<Utc>>,
     pub total_cost: Decimal,
     pub current_load: i32,
@@ -44,6 +49,9 @@ impl_from_row!(Account, |r| {
         proxy_url: r.try_get("proxy_url")?,
         priority: r.try_get("priority")?,
         max_concurrency: r.try_get("max_concurrency")?,
+        weight: r.try_get("weight")?,
+        bound_api_key_ids: list_from_column(r.try_get("bound_api_key_ids")?),
+        bound_user_ids: list_from_column(r.try_get("bound_user_ids")?),
         rate_limit_reset_at: r.try_get("rate_limit_reset_at")?,
         total_cost: r.try_get::<Usd, _>("total_cost")?.0,
         current_load: r.try_get("current_load")?,
@@ -65,6 +73,9 @@ pub struct NewAccount {
     pub proxy_url: Option<String>,
     pub priority: i32,
     pub max_concurrency: i32,
+    pub weight: i32,
+    pub bound_api_key_ids: Vec<i64>,
+    pub bound_user_ids: Vec<i64>,
     pub enabled: bool,
 }
 
@@ -78,6 +89,9 @@ pub struct AccountPatch {
     pub proxy_url: Option<Option<String>>,
     pub priority: Option<i32>,
     pub max_concurrency: Option<i32>,
+    pub weight: Option<i32>,
+    pub bound_api_key_ids: Option<Vec<i64>>,
+    pub bound_user_ids: Option<Vec<i64>>,
     pub rate_limit_reset_at: Option<Option<DateTime<Utc>>>,
     pub consecutive_error_count: Option<i32>,
     pub disabled_reason: Option<Option<String>>,
@@ -87,7 +101,7 @@ macro_rules! select_accounts {
     ($tail:literal) => {
         concat!(
             "SELECT id, name, type, enabled, status, credentials, base_url, proxy_url, priority, max_concurrency, \
-             rate_limit_reset_at, total_cost, current_load, daily_requests, consecutive_error_count, disabled_reason, \
+             weight, bound_api_key_ids, bound_user_ids, rate_limit_reset_at, total_cost, current_load, daily_requests, consecutive_error_count, disabled_reason, \
              last_used_at, created_at, updated_at FROM accounts",
             $tail
         )
@@ -101,7 +115,7 @@ impl Store {
             let mut tx = p.begin().await?;
             let done = sqlx::query(
                 "INSERT INTO accounts (name, type, enabled, status, credentials, base_url, proxy_url, priority, max_concurrency, \
-                 created_at, updated_at) VALUES (?, ?, ?, 'valid', ?, ?, ?, ?, ?, ?, ?)",
+                 weight, bound_api_key_ids, bound_user_ids, created_at, updated_at) VALUES (?, ?, ?, 'valid', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&new.name)
             .bind(&new.kind)
@@ -111,6 +125,9 @@ impl Store {
             .bind(&new.proxy_url)
             .bind(new.priority)
             .bind(new.max_concurrency)
+            .bind(new.weight)
+            .bind(list_to_column(&new.bound_api_key_ids))
+            .bind(list_to_column(&new.bound_user_ids))
             .bind(now)
             .bind(now)
             .execute(&mut *tx)
@@ -142,7 +159,7 @@ impl Store {
             let mut tx = p.begin().await?;
             sqlx::query(
                 "UPDATE accounts SET name = ?, enabled = ?, status = ?, credentials = ?, base_url = ?, proxy_url = ?, priority = ?, \
-                 max_concurrency = ?, rate_limit_reset_at = ?, consecutive_error_count = ?, disabled_reason = ?, updated_at = ? WHERE id = ?",
+                 max_concurrency = ?, weight = ?, bound_api_key_ids = ?, bound_user_ids = ?, rate_limit_reset_at = ?, consecutive_error_count = ?, disabled_reason = ?, updated_at = ? WHERE id = ?",
             )
             .bind(patch.name.as_ref().unwrap_or(&cur.name))
             .bind(patch.enabled.unwrap_or(cur.enabled))
@@ -152,6 +169,9 @@ impl Store {
             .bind(patch.proxy_url.clone().unwrap_or(cur.proxy_url.clone()))
             .bind(patch.priority.unwrap_or(cur.priority))
             .bind(patch.max_concurrency.unwrap_or(cur.max_concurrency))
+            .bind(patch.weight.unwrap_or(cur.weight))
+            .bind(list_to_column(patch.bound_api_key_ids.as_ref().unwrap_or(&cur.bound_api_key_ids)))
+            .bind(list_to_column(patch.bound_user_ids.as_ref().unwrap_or(&cur.bound_user_ids)))
             .bind(patch.rate_limit_reset_at.unwrap_or(cur.rate_limit_reset_at))
             .bind(patch.consecutive_error_count.unwrap_or(cur.consecutive_error_count))
             .bind(patch.disabled_reason.clone().unwrap_or(cur.disabled_reason.clone()))
@@ -168,5 +188,78 @@ impl Store {
     pub async fn delete_account(&self, id: i64) -> StoreResult<()> {
         self.delete_by_id("DELETE FROM accounts WHERE id = ?", id)
             .await
+    }
+
+    /// Records an upstream rate limit; a later reset already stored wins.
+    pub async fn note_rate_limit(&self, id: i64, reset_at: DateTime<Utc>) -> StoreResult<bool> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query(
+                "UPDATE accounts SET rate_limit_reset_at = ?, updated_at = ? \
+                 WHERE id = ? AND (rate_limit_reset_at IS NULL OR rate_limit_reset_at < ?)",
+            )
+            .bind(reset_at)
+            .bind(Utc::now())
+            .bind(id)
+            .bind(reset_at)
+            .execute(&mut *tx)
+            .await?;
+            let changed = done.rows_affected() > 0;
+            if changed {
+                sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(changed)
+        })
+    }
+
+    /// Clears rate limits whose reset time has passed; returns the accounts cleared.
+    pub async fn clear_expired_rate_limits(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = sqlx::query(
+                "UPDATE accounts SET rate_limit_reset_at = NULL WHERE rate_limit_reset_at IS NOT NULL AND rate_limit_reset_at <= ?",
+            )
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() > 0 {
+                sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    /// An operator lifts the stored rate limit of one account, or of all.
+    pub async fn clear_rate_limits(&self, id: Option<i64>) -> StoreResult<u64> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let done = match id {
+                Some(id) => sqlx::query("UPDATE accounts SET rate_limit_reset_at = NULL WHERE id = ? AND rate_limit_reset_at IS NOT NULL")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?,
+                None => sqlx::query("UPDATE accounts SET rate_limit_reset_at = NULL WHERE rate_limit_reset_at IS NOT NULL")
+                    .execute(&mut *tx)
+                    .await?,
+            };
+            sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    /// Takes an account out of service as likely banned, for the operator to
+    /// check; it stays out until re-enabled or set back to `valid`.
+    pub async fn flag_suspected_ban(&self, id: i64, message: &str) -> StoreResult<()> {
+        let patch = AccountPatch {
+            status: Some("banned".into()),
+            disabled_reason: Some(Some(format!(
+                "upstream refused the account (403 permission_error): {message}"
+            ))),
+            ..Default::default()
+        };
+        self.update_account(id, &patch).await.map(|_| ())
     }
 }

@@ -3,7 +3,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::db::{Usd, impl_from_row, models_from_column, models_to_column, with_pool};
+use super::db::{Usd, impl_from_row, list_from_column, list_to_column, with_pool};
 use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,7 +41,7 @@ impl_from_row!(ApiKey, |r| {
         cost_used: r.try_get::<Usd, _>("cost_used")?.0,
         cost_limit: r.try_get::<Option<Usd>, _>("cost_limit")?.map(|u| u.0),
         rate_limit: r.try_get("rate_limit")?,
-        allowed_models: models_from_column(r.try_get("allowed_models")?),
+        allowed_models: list_from_column(r.try_get("allowed_models")?),
         max_concurrency: r.try_get("max_concurrency")?,
         expires_at: r.try_get("expires_at")?,
         last_used_at: r.try_get("last_used_at")?,
@@ -109,7 +109,7 @@ impl Store {
             .bind(&new.billing_type)
             .bind(new.cost_limit.map(Usd))
             .bind(new.rate_limit)
-            .bind(models_to_column(&new.allowed_models))
+            .bind(list_to_column(&new.allowed_models))
             .bind(new.max_concurrency)
             .bind(new.expires_at)
             .bind(now)
@@ -157,7 +157,7 @@ impl Store {
             .bind(patch.billing_type.as_ref().unwrap_or(&cur.billing_type))
             .bind(patch.cost_limit.unwrap_or(cur.cost_limit).map(Usd))
             .bind(patch.rate_limit.unwrap_or(cur.rate_limit))
-            .bind(models_to_column(patch.allowed_models.as_ref().unwrap_or(&cur.allowed_models)))
+            .bind(list_to_column(patch.allowed_models.as_ref().unwrap_or(&cur.allowed_models)))
             .bind(patch.max_concurrency.unwrap_or(cur.max_concurrency))
             .bind(patch.expires_at.unwrap_or(cur.expires_at))
             .bind(now)

@@ -149,16 +149,30 @@ impl Store {
 
 type EmbeddedMigration = (i64, &'static str, &'static str);
 
-const MYSQL_MIGRATIONS: &[EmbeddedMigration] = &[(
-    1,
-    "init",
-    include_str!("../../../migrations/mysql/0001_init.sql"),
-)];
-const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[(
-    1,
-    "init",
-    include_str!("../../../migrations/sqlite/0001_init.sql"),
-)];
+const MYSQL_MIGRATIONS: &[EmbeddedMigration] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/mysql/0001_init.sql"),
+    ),
+    (
+        2,
+        "scheduling",
+        include_str!("../../../migrations/mysql/0002_scheduling.sql"),
+    ),
+];
+const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "scheduling",
+        include_str!("../../../migrations/sqlite/0002_scheduling.sql"),
+    ),
+];
 
 /// Migrations compiled into the binary, so it needs no files at run time.
 #[derive(Debug)]
@@ -246,12 +260,12 @@ impl<'r> Decode<'r, Sqlite> for Usd {
     }
 }
 
-/// JSON array column of model names (`allowed_models`); NULL means all.
-pub(crate) fn models_to_column(models: &[String]) -> Option<String> {
-    (!models.is_empty()).then(|| serde_json::to_string(models).expect("strings serialize"))
+/// JSON array column (`allowed_models`, bound ids); NULL means none.
+pub(crate) fn list_to_column<T: serde::Serialize>(items: &[T]) -> Option<String> {
+    (!items.is_empty()).then(|| serde_json::to_string(items).expect("lists serialize"))
 }
 
-pub(crate) fn models_from_column(column: Option<String>) -> Vec<String> {
+pub(crate) fn list_from_column<T: serde::de::DeserializeOwned>(column: Option<String>) -> Vec<T> {
     column
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default()

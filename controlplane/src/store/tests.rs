@@ -127,6 +127,9 @@ async fn account(store: &Store) -> Account {
             proxy_url: None,
             priority: 10,
             max_concurrency: 3,
+            weight: 1,
+            bound_api_key_ids: Vec::new(),
+            bound_user_ids: Vec::new(),
             enabled: true,
         })
         .await

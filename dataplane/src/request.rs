@@ -1,0 +1,167 @@
+//! The client's request as the relay reads it: the body (bounded), its model,
+//! stream flag and session, and the one rewrite billing needs.
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::errors::RelayError;
+use crate::routes::Endpoint;
+use crate::session::{self, Format, RequestHead, Session};
+
+/// What the relay learned from the request.
+pub struct Parsed {
+    pub model: String,
+    pub stream: bool,
+    pub body: Bytes,
+    pub session: Option<Session>,
+}
+
+fn format(endpoint: &Endpoint) -> Format {
+    match endpoint {
+        Endpoint::AnthropicMessages | Endpoint::AnthropicCountTokens => Format::Anthropic,
+        Endpoint::OpenAiChat => Format::OpenAiChat,
+        Endpoint::OpenAiResponses => Format::OpenAiResponses,
+        Endpoint::GeminiGenerate { .. } | Endpoint::GeminiCountTokens { .. } => Format::Gemini,
+    }
+}
+
+/// Reads the model, stream flag and session; for a streamed chat completion
+/// asks the upstream to report usage (`stream_options.include_usage`) so
+/// the stream can be billed. The body is parsed once.
+pub fn parse(endpoint: &Endpoint, headers: &HeaderMap, body: Bytes) -> Result<Parsed, RelayError> {
+    let invalid = |e: serde_json::Error| RelayError::bad_request(format!("invalid JSON body: {e}"));
+    let head = RequestHead::parse(&body).map_err(invalid)?;
+    let session = session::session(format(endpoint), headers, &head);
+    let (model, stream) = match endpoint {
+        Endpoint::GeminiGenerate { model, stream } => (model.clone(), *stream),
+        Endpoint::GeminiCountTokens { model } => (model.clone(), false),
+        _ => {
+            let model = head
+                .model
+                .as_deref()
+                .filter(|m| !m.is_empty())
+                .ok_or_else(|| RelayError::bad_request("model is required"))?
+                .to_string();
+            (model, head.stream)
+        }
+    };
+    let add_usage =
+        *endpoint == Endpoint::OpenAiChat && stream && head.include_usage() != Some(true);
+    drop(head);
+    let body = if add_usage {
+        let mut v: Value = serde_json::from_slice(&body).map_err(invalid)?;
+        v["stream_options"] = serde_json::json!({ "include_usage": true });
+        Bytes::from(serde_json::to_vec(&v).expect("JSON serializes"))
+    } else {
+        body
+    };
+    Ok(Parsed {
+        model,
+        stream,
+        body,
+        session,
+    })
+}
+
+/// Reads the request body up to `max` bytes; larger bodies get a 413.
+pub async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    max: usize,
+) -> Result<Bytes, RelayError> {
+    let too_large = || {
+        RelayError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body larger than {max} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(_) => Err(RelayError::bad_request("could not read the request body")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_body(endpoint: &Endpoint, body: &'static [u8]) -> Result<Parsed, RelayError> {
+        parse(endpoint, &HeaderMap::new(), Bytes::from_static(body))
+    }
+
+    #[test]
+    fn streamed_chat_completions_ask_for_usage() {
+        let parsed = parse_body(
+            &Endpoint::OpenAiChat,
+            br#"{"model":"gpt-4o","stream":true,"messages":[]}"#,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&parsed.body).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "gpt-4o");
+        // A client that asked already, and non-streamed requests, go as sent.
+        let asked: &[u8] =
+            br#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true}}"#;
+        assert_eq!(
+            parse_body(&Endpoint::OpenAiChat, asked).unwrap().body,
+            asked
+        );
+        let plain: &[u8] = br#"{"model":"gpt-4o","messages":[]}"#;
+        assert_eq!(
+            parse_body(&Endpoint::OpenAiChat, plain).unwrap().body,
+            plain
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_400s() {
+        for (endpoint, body) in [
+            (Endpoint::AnthropicMessages, &b"{not json"[..]),
+            (Endpoint::AnthropicMessages, b"[1,2]"),
+            (Endpoint::OpenAiChat, b"{\"messages\":[]}"),
+            (
+                Endpoint::GeminiGenerate {
+                    model: "m".into(),
+                    stream: false,
+                },
+                b"\"text\"",
+            ),
+        ] {
+            let err = parse_body(&endpoint, body).err().expect("rejected");
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+        }
+        let gemini = parse_body(
+            &Endpoint::GeminiGenerate {
+                model: "gemini-2.5-pro".into(),
+                stream: true,
+            },
+            b"{}",
+        )
+        .unwrap();
+        assert_eq!(
+            (gemini.model.as_str(), gemini.stream),
+            ("gemini-2.5-pro", true)
+        );
+    }
+
+    #[test]
+    fn claude_code_sessions_are_read() {
+        let body: &[u8] = br#"{"model":"claude-sonnet-4-5","metadata":{"user_id":"{\"device_id\":\"d\",\"account_uuid\":\"a\",\"session_id\":\"0b7c1e52-7d1f-4a39-9a57-3c0e2f6a1d11\"}"},"messages":[]}"#;
+        let a = parse_body(&Endpoint::AnthropicMessages, body).unwrap();
+        let b = parse_body(&Endpoint::AnthropicMessages, body).unwrap();
+        let session = a.session.expect("a session");
+        assert_eq!(session.source, "claude_code");
+        assert_eq!(Some(session), b.session);
+    }
+}

@@ -1,0 +1,162 @@
+//! Upstream answers made fit for the client: hop-by-hop and private headers
+//! removed, and a stream folded into one JSON body when one was asked for.
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use crate::body::RelayBody;
+use crate::errors::RelayError;
+use crate::meter::Meter;
+use crate::tap::{Decoder, Observed, UsageFormat, UsageTap};
+
+/// Largest folded stream, as for any JSON body.
+const MAX_FOLDED: usize = 64 << 20;
+
+/// A stream answered to a client that asked for one JSON body: read it all,
+/// meter it, and answer with the final `response` object.
+pub async fn fold_stream(
+    head: http::response::Parts,
+    first: Option<Bytes>,
+    body: Incoming,
+    meter: Meter,
+    timeout: Duration,
+    request_id: &HeaderValue,
+) -> Result<Response<RelayBody>, RelayError> {
+    let rest = tokio::time::timeout(timeout, Limited::new(body, MAX_FOLDED).collect()).await;
+    let rest = match rest {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(_)) | Err(_) => {
+            meter.finish(&Observed::default(), false);
+            return Err(RelayError::upstream(
+                "upstream stream failed before it completed",
+            ));
+        }
+    };
+    let mut raw = first.map(|b| b.to_vec()).unwrap_or_default();
+    raw.extend_from_slice(&rest);
+    let encoding = head
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    let bytes = match Decoder::detect(encoding, &raw) {
+        Some(mut d) => {
+            let mut out = d
+                .feed(&raw)
+                .map_err(|_| RelayError::upstream("upstream body is corrupt"))?
+                .to_vec();
+            out.extend_from_slice(
+                &d.finish()
+                    .map_err(|_| RelayError::upstream("upstream body is corrupt"))?,
+            );
+            out
+        }
+        None => raw,
+    };
+    let mut tap = UsageTap::new(UsageFormat::OpenAiResponses, Some("text/event-stream"));
+    tap.feed(&bytes);
+    tap.finish();
+    let terminal = terminal_response(&bytes);
+    meter.finish(tap.observed(), true);
+    let response =
+        terminal.ok_or_else(|| RelayError::upstream("upstream stream ended without a response"))?;
+    Ok(RelayBody::json_response(
+        StatusCode::OK,
+        &response,
+        request_id,
+    ))
+}
+
+/// The `response` object of the last terminal Responses event in `sse`.
+fn terminal_response(sse: &[u8]) -> Option<Value> {
+    sse.rsplit(|&b| b == b'\n')
+        .filter_map(|line| line.strip_prefix(b"data:"))
+        .filter_map(|data| serde_json::from_slice::<Value>(data.trim_ascii()).ok())
+        .find(|event| {
+            matches!(
+                event.get("type").and_then(Value::as_str),
+                Some("response.completed" | "response.incomplete" | "response.failed")
+            )
+        })
+        .and_then(|mut event| event.get_mut("response").map(Value::take))
+}
+
+/// Removes hop-by-hop headers (and those `connection` names), lengths
+/// that no longer hold, and upstream details clients must not see.
+pub fn strip_response_headers(headers: &mut HeaderMap, decoded: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "set-cookie",
+        "anthropic-organization-id",
+        "openai-organization",
+        "openai-project",
+        "alt-svc",
+    ] {
+        headers.remove(name);
+    }
+    if decoded {
+        headers.remove(header::CONTENT_ENCODING);
+    }
+    let cf: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().starts_with("cf-"))
+        .cloned()
+        .collect();
+    for name in cf {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_headers_are_cleaned() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("content-length", "10"),
+            ("content-encoding", "gzip"),
+            ("set-cookie", "__cf_bm=1"),
+            ("cf-ray", "abc"),
+            ("request-id", "req_1"),
+            ("anthropic-organization-id", "org"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_response_headers(&mut h, true);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["request-id"]);
+    }
+
+    #[test]
+    fn folded_streams_answer_with_the_terminal_response() {
+        let sse = b"event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"r\",\"status\":\"in_progress\"}}\n\n\
+event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"status\":\"completed\"}}\n\n";
+        assert_eq!(terminal_response(sse).unwrap()["status"], "completed");
+        assert!(terminal_response(b"data: {\"type\":\"response.created\"}\n").is_none());
+    }
+}
