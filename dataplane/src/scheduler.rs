@@ -227,10 +227,9 @@ impl Scheduler {
         snapshot: &Snapshot,
         ask: &Ask<'_>,
     ) -> Result<(Arc<AccountEntry>, Lease), RelayError> {
+        // Even with no candidate the store is asked: the key's rate limit
+        // answers first.
         let (candidates, dedicated) = Self::candidates(snapshot, ask);
-        if candidates.is_empty() {
-            return Err(RelayError::no_account());
-        }
         let lease = format!(
             "{}:{}",
             self.lease_prefix,

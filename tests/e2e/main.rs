@@ -3,6 +3,7 @@ mod embedded;
 mod limits;
 mod oauth;
 mod platforms;
+mod scheduling;
 mod sdk;
 mod split;
 

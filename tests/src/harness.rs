@@ -219,6 +219,11 @@ impl Admin {
         .await
     }
 
+    /// Creates an account from a full request body (priority, limits, bindings).
+    pub async fn create_account_with(&self, body: Value) -> Value {
+        self.expect("POST", "/accounts", Some(body), 201).await
+    }
+
     pub async fn create_user(&self, username: &str) -> Value {
         self.expect(
             "POST",

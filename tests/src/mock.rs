@@ -764,8 +764,8 @@ pub fn sse_events(model: &str) -> Vec<String> {
         .collect()
 }
 
-/// Streams the events one chunk each, `pause` apart (after the first), as a
-/// real upstream does; counts streams whose reader left early.
+/// Streams the events one chunk each, `pause` after the first and a few ms
+/// apart after that, as a real upstream does; counts streams whose reader left early.
 fn sse_response(
     events: Vec<String>,
     compress: bool,
@@ -777,13 +777,19 @@ fn sse_response(
     } else {
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
         tokio::spawn(async move {
-            for event in events {
+            for (i, event) in events.into_iter().enumerate() {
                 if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
                     cancelled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     return;
                 }
+                // `pause` after the first event, then the usual pace.
+                let wait = if i == 0 {
+                    pause
+                } else {
+                    Duration::from_millis(5)
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = tx.closed() => {
                         cancelled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         return;
