@@ -1,6 +1,7 @@
 //! End-to-end suites: the real `aiproxy` binary against the mock upstream.
 mod embedded;
 mod limits;
+mod multinode;
 mod oauth;
 mod platforms;
 mod scheduling;

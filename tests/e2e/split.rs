@@ -10,16 +10,17 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 
 const SECRET_KEY: &str = "split-test-secret-key-0123456789abcdef";
-const NODE_TOKEN: &str = "split-test-node-token-0123456789";
+pub(crate) const NODE_TOKEN: &str = "split-test-node-token-0123456789";
 
 /// A database for one test run; a MySQL one is dropped afterwards.
-struct TestDatabase {
-    url: String,
+pub(crate) struct TestDatabase {
+    pub url: String,
     mysql: Option<(String, String)>,
 }
 
 impl TestDatabase {
-    async fn new(dir: &std::path::Path) -> TestDatabase {
+    /// `tag` keeps the databases of tests running at once apart.
+    pub async fn new(dir: &std::path::Path, tag: &str) -> TestDatabase {
         let Some(admin_url) = std::env::var("AIPROXY_TEST_MYSQL_URL")
             .ok()
             .filter(|s| !s.is_empty())
@@ -29,7 +30,7 @@ impl TestDatabase {
                 mysql: None,
             };
         };
-        let name = format!("aiproxy_e2e_{}", std::process::id());
+        let name = format!("aiproxy_e2e_{tag}_{}", std::process::id());
         let mut conn = sqlx::MySqlConnection::connect(&admin_url)
             .await
             .unwrap_or_else(|e| {
@@ -51,7 +52,7 @@ impl TestDatabase {
         }
     }
 
-    async fn drop(self) {
+    pub async fn drop(self) {
         if let Some((admin_url, name)) = self.mysql {
             let mut conn = sqlx::MySqlConnection::connect(&admin_url).await.unwrap();
             sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS `{name}`"))
@@ -62,8 +63,13 @@ impl TestDatabase {
     }
 }
 
-async fn controlplane(db: &str, dir: &std::path::Path, grpc: &str) -> Process {
-    let env = [
+pub(crate) async fn controlplane(
+    db: &str,
+    dir: &std::path::Path,
+    grpc: &str,
+    extra: &[(&str, String)],
+) -> Process {
+    let mut env = vec![
         ("AIPROXY_DATABASE_URL", db.to_string()),
         ("AIPROXY_DATA_DIR", dir.display().to_string()),
         ("AIPROXY_SECRET_KEY", SECRET_KEY.to_string()),
@@ -72,6 +78,7 @@ async fn controlplane(db: &str, dir: &std::path::Path, grpc: &str) -> Process {
         ("AIPROXY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
         ("AIPROXY_GRPC_LISTEN", grpc.to_string()),
     ];
+    env.extend(extra.iter().cloned());
     Process::spawn(
         &crate::bin(),
         &["controlplane"],
@@ -82,16 +89,23 @@ async fn controlplane(db: &str, dir: &std::path::Path, grpc: &str) -> Process {
     .await
 }
 
-async fn dataplane(grpc: SocketAddr, dir: &std::path::Path, node_id: &str, token: &str) -> Process {
+pub(crate) async fn dataplane(
+    grpc: SocketAddr,
+    dir: &std::path::Path,
+    node_id: &str,
+    token: &str,
+    extra: &[(&str, String)],
+) -> Process {
     let dir = dir.join(node_id);
     std::fs::create_dir_all(&dir).unwrap();
-    let env = [
+    let mut env = vec![
         ("AIPROXY_CONTROLPLANE_URL", format!("http://{grpc}")),
         ("AIPROXY_NODE_TOKEN", token.to_string()),
         ("AIPROXY_NODE_ID", node_id.to_string()),
         ("AIPROXY_DATA_DIR", dir.display().to_string()),
         ("AIPROXY_PROXY_LISTEN", "127.0.0.1:0".to_string()),
     ];
+    env.extend(extra.iter().cloned());
     Process::spawn(
         &crate::bin(),
         &["dataplane"],
@@ -142,14 +156,14 @@ async fn until_all(
 #[tokio::test]
 async fn controlplane_with_two_dataplanes() {
     let dir = tempfile::tempdir().unwrap();
-    let db = TestDatabase::new(dir.path()).await;
+    let db = TestDatabase::new(dir.path(), "split").await;
     let mock = MockUpstream::start().await;
     let http = Http::default();
 
-    let cp = controlplane(&db.url, dir.path(), "127.0.0.1:0").await;
+    let cp = controlplane(&db.url, dir.path(), "127.0.0.1:0", &[]).await;
     let grpc = cp.addrs["grpc"];
-    let dp1 = dataplane(grpc, dir.path(), "dp1", NODE_TOKEN).await;
-    let dp2 = dataplane(grpc, dir.path(), "dp2", NODE_TOKEN).await;
+    let dp1 = dataplane(grpc, dir.path(), "dp1", NODE_TOKEN, &[]).await;
+    let dp2 = dataplane(grpc, dir.path(), "dp2", NODE_TOKEN, &[]).await;
     for dp in [&dp1, &dp2] {
         wait_ready(
             &http,
@@ -208,7 +222,14 @@ async fn controlplane_with_two_dataplanes() {
     served += until_all(&http, &[&dp1, &dp2], &key, 200, Duration::from_secs(2)).await;
 
     // A node with the wrong token gets no snapshot, so it never serves.
-    let rogue = dataplane(grpc, dir.path(), "rogue", "wrong-token-0123456789abcdef").await;
+    let rogue = dataplane(
+        grpc,
+        dir.path(),
+        "rogue",
+        "wrong-token-0123456789abcdef",
+        &[],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         http.send("GET", &format!("{}/readyz", rogue.url("proxy")), &[], None)
@@ -233,7 +254,7 @@ async fn controlplane_with_two_dataplanes() {
     served += 1;
     let served_while_down = reply.headers["x-request-id"].to_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let cp = controlplane(&db.url, dir.path(), &grpc.to_string()).await;
+    let cp = controlplane(&db.url, dir.path(), &grpc.to_string(), &[]).await;
     let admin = Admin::login(&http, &cp.url("admin"), "admin", ADMIN_PASSWORD).await;
     let row = admin
         .wait_for_log(&served_while_down, Duration::from_secs(20))
