@@ -389,3 +389,174 @@ fn random_unit() -> f64 {
         (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicUsize;
+
+    use aiproxy_shared::state::{
+        Filter, InUse, MarkKind, MemoryStore, Scope, SessionEntry, StoreFuture,
+    };
+
+    use super::*;
+
+    /// Counts the calls that would each be one Redis round trip.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryStore,
+        schedules: AtomicUsize,
+        releases: AtomicUsize,
+    }
+
+    impl StateStore for Counting {
+        fn schedule<'a>(&'a self, req: &'a ScheduleRequest<'a>) -> StoreFuture<'a, Outcome> {
+            self.schedules.fetch_add(1, Ordering::SeqCst);
+            self.inner.schedule(req)
+        }
+        fn release<'a>(&'a self, end: &'a Release<'a>) -> StoreFuture<'a, ()> {
+            self.releases.fetch_add(1, Ordering::SeqCst);
+            self.inner.release(end)
+        }
+        fn renew<'a>(&'a self, held: &'a [Held], now_ms: i64, ttl_ms: u64) -> StoreFuture<'a, ()> {
+            self.inner.renew(held, now_ms, ttl_ms)
+        }
+        fn leave_queue<'a>(&'a self, queue: &'a str, lease: &'a str) -> StoreFuture<'a, ()> {
+            self.inner.leave_queue(queue, lease)
+        }
+        fn sessions(&self, key_id: Option<i64>, now_ms: i64) -> StoreFuture<'_, Vec<SessionEntry>> {
+            self.inner.sessions(key_id, now_ms)
+        }
+        fn clear_sessions<'a>(&'a self, filter: &'a Filter) -> StoreFuture<'a, u64> {
+            self.inner.clear_sessions(filter)
+        }
+        fn in_use(&self, now_ms: i64) -> StoreFuture<'_, Vec<InUse>> {
+            self.inner.in_use(now_ms)
+        }
+        fn clear_in_use(&self, scope: Option<Scope>, id: Option<i64>) -> StoreFuture<'_, u64> {
+            self.inner.clear_in_use(scope, id)
+        }
+        fn marks(&self, now_ms: i64) -> StoreFuture<'_, Vec<Mark>> {
+            self.inner.marks(now_ms)
+        }
+        fn clear_marks(
+            &self,
+            kind: Option<MarkKind>,
+            account_id: Option<i64>,
+        ) -> StoreFuture<'_, u64> {
+            self.inner.clear_marks(kind, account_id)
+        }
+        fn ping(&self) -> StoreFuture<'_, ()> {
+            self.inner.ping()
+        }
+    }
+
+    fn snapshot(accounts: Vec<AccountEntry>) -> Snapshot {
+        Snapshot {
+            version: 1,
+            keys: HashMap::new(),
+            users: HashMap::new(),
+            accounts: accounts.into_iter().map(Arc::new).collect(),
+            prices: Default::default(),
+            request_timeout_ms: 0,
+        }
+    }
+
+    fn account(id: i64, bound_keys: Vec<i64>) -> AccountEntry {
+        AccountEntry {
+            id,
+            bound_key_ids: bound_keys,
+            ..AccountEntry::for_tests(AccountKind::ClaudeApi)
+        }
+    }
+
+    fn key(id: i64) -> KeyEntry {
+        KeyEntry {
+            id,
+            user_id: 1,
+            active: true,
+            allowed_models: Vec::new(),
+            rate_limit: 0,
+            expires_at_ms: 0,
+            max_concurrency: 0,
+        }
+    }
+
+    fn user() -> UserEntry {
+        UserEntry {
+            id: 1,
+            active: true,
+            price_rate: rust_decimal::Decimal::ONE,
+            max_concurrency: 0,
+        }
+    }
+
+    fn scheduler(store: Arc<dyn StateStore>) -> Arc<Scheduler> {
+        Arc::new(Scheduler::new(
+            store,
+            SchedulerSettings {
+                lease_ttl: Duration::from_secs(60),
+                session_ttl: Duration::from_secs(60),
+                wait_timeout: Duration::ZERO,
+                unavailable_cap: Duration::from_secs(300),
+            },
+            "node",
+        ))
+    }
+
+    fn ask<'a>(key: &'a KeyEntry, user: &'a UserEntry) -> Ask<'a> {
+        Ask {
+            key,
+            user,
+            kinds: &[AccountKind::ClaudeApi],
+            session: None,
+            pool: "anthropic_messages",
+            now_ms: chrono::Utc::now().timestamp_millis(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_store_call_before_the_upstream_and_one_after() {
+        let store = Arc::new(Counting::default());
+        let sched = scheduler(store.clone());
+        let s = snapshot(vec![account(1, vec![]), account(2, vec![])]);
+        let (k, u) = (key(5), user());
+        let (picked, lease) = sched.acquire(&s, &ask(&k, &u)).await.unwrap();
+        assert_eq!(picked.id, lease.account_id());
+        assert_eq!(store.schedules.load(Ordering::SeqCst), 1);
+        assert_eq!(store.releases.load(Ordering::SeqCst), 0);
+        drop(lease);
+        for _ in 0..50 {
+            if store.releases.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store.releases.load(Ordering::SeqCst), 1);
+        assert_eq!(store.schedules.load(Ordering::SeqCst), 1);
+        assert!(store.in_use(0).await.unwrap().is_empty(), "all given back");
+    }
+
+    #[tokio::test]
+    async fn dedicated_accounts_serve_only_their_keys() {
+        let sched = scheduler(Arc::new(MemoryStore::default()));
+        let s = snapshot(vec![account(1, vec![]), account(2, vec![7])]);
+        let u = user();
+        let (owner, other) = (key(7), key(8));
+        for _ in 0..4 {
+            let (a, _lease) = sched.acquire(&s, &ask(&owner, &u)).await.unwrap();
+            assert_eq!(a.id, 2, "a bound key uses its own account");
+            let (b, _lease) = sched.acquire(&s, &ask(&other, &u)).await.unwrap();
+            assert_eq!(b.id, 1, "other keys never get a dedicated account");
+        }
+        // A fail-over from the only shared account finds nothing else.
+        let (_, mut lease) = sched.acquire(&s, &ask(&other, &u)).await.unwrap();
+        assert!(
+            sched
+                .fail_over(&s, &ask(&other, &u), &mut lease, &[1], None)
+                .await
+                .is_none()
+        );
+        assert_eq!(lease.account_id(), 0);
+    }
+}

@@ -535,12 +535,22 @@ async fn admin_api_guards_roles_and_secrets() {
         )
         .await;
     assert_eq!(reply.status, 403);
+    for path in [
+        "/cache/sessions",
+        "/cache/concurrency",
+        "/cache/unavailable",
+        "/cache/rate-limited",
+    ] {
+        assert_eq!(dave.call("GET", path, None).await.status, 403, "{path}");
+        assert_eq!(dave.call("DELETE", path, None).await.status, 403, "{path}");
+    }
 
     let spec = http
         .send("GET", &format!("{base}/openapi.json"), &[], None)
         .await;
     assert_eq!(spec.status, 200);
     assert!(spec.json()["paths"]["/request-logs"].is_object());
+    assert!(spec.json()["paths"]["/cache/sessions"]["delete"].is_object());
     e.process.stop().await;
 }
 

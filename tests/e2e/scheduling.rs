@@ -85,6 +85,15 @@ async fn sessions_stick_and_load_spreads_evenly() {
             ))
             .await;
     }
+    let reply = e
+        .admin
+        .call(
+            "POST",
+            "/accounts",
+            Some(account("heavy", &mock, "x", json!({"weight": 0}))),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "weights run from 1 to 1000");
     let (key_id, key) = key_with(&e.admin, "spreader", json!({})).await;
     wait_for_status(
         &e.http,
@@ -150,7 +159,7 @@ async fn sessions_stick_and_load_spreads_evenly() {
             .all(|s| s["ttl_seconds"].as_i64().unwrap() > 3500)
     );
 
-    // Distinct conversations spread evenly: 999 over 3 accounts, ±10 %.
+    // Distinct conversations spread evenly: 1,000 over 3 accounts, ±10 %.
     let before = mock.received().len();
     let mut tasks = tokio::task::JoinSet::new();
     for worker in 0..8 {
@@ -158,7 +167,7 @@ async fn sessions_stick_and_load_spreads_evenly() {
         let url = format!("{}/v1/messages", e.proxy);
         let key = key.clone();
         tasks.spawn(async move {
-            for i in (worker..999).step_by(8) {
+            for i in (worker..1000).step_by(8) {
                 let reply = http
                     .send(
                         "POST",
@@ -178,11 +187,11 @@ async fn sessions_stick_and_load_spreads_evenly() {
     for k in &upstream_keys(&mock)[before..] {
         *counts.entry(k.clone()).or_default() += 1;
     }
-    assert_eq!(counts.values().sum::<usize>(), 999);
+    assert_eq!(counts.values().sum::<usize>(), 1000);
     for (account, n) in &counts {
         assert!(
-            (300..=366).contains(n),
-            "{account} served {n} of 999: {counts:?}"
+            (300..=367).contains(n),
+            "{account} served {n} of 1000: {counts:?}"
         );
     }
 
