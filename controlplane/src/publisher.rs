@@ -152,6 +152,12 @@ impl Publisher {
                 cache_write_1h: p.cache_write_1h_price.to_string(),
                 cache_read: p.cache_read_price.to_string(),
                 version: p.version as u64,
+                long_context_threshold: p.long_context_threshold.max(0) as u64,
+                long_input: p.long_input_price.to_string(),
+                long_output: p.long_output_price.to_string(),
+                long_cache_write_5m: p.long_cache_write_5m_price.to_string(),
+                long_cache_write_1h: p.long_cache_write_1h_price.to_string(),
+                long_cache_read: p.long_cache_read_price.to_string(),
             })
             .collect();
         Ok(pb::Snapshot {

@@ -9,7 +9,7 @@ mod users;
 pub use accounts::{Account, AccountPatch, NewAccount};
 pub use api_keys::{ApiKey, ApiKeyPatch, NewApiKey};
 pub use db::{Backend, Store};
-pub use prices::PriceRow;
+pub use prices::{PriceRow, PriceVersion, shipped_prices};
 pub use usage::{DailyUsage, IngestOutcome, RequestLog, RequestLogFilter, UsageRow};
 pub use users::{NewUser, User, UserPatch};
 

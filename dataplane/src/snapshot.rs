@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use aiproxy_proto::v1 as pb;
 use aiproxy_shared::domain::AccountKind;
-use aiproxy_shared::pricing::{ModelPrice, PriceTable};
+use aiproxy_shared::pricing::{LongContext, ModelPrice, PriceTable};
 use arc_swap::ArcSwapOption;
 use http::{HeaderName, HeaderValue};
 use rust_decimal::Decimal;
@@ -167,6 +167,17 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 cache_write_5m: field(&p.cache_write_5m)?,
                 cache_write_1h: field(&p.cache_write_1h)?,
                 cache_read: field(&p.cache_read)?,
+                long_context: match p.long_context_threshold {
+                    0 => None,
+                    threshold => Some(LongContext {
+                        threshold,
+                        input: field(&p.long_input)?,
+                        output: field(&p.long_output)?,
+                        cache_write_5m: field(&p.long_cache_write_5m)?,
+                        cache_write_1h: field(&p.long_cache_write_1h)?,
+                        cache_read: field(&p.long_cache_read)?,
+                    }),
+                },
                 version: p.version,
             };
             prices.insert(p.model, price);

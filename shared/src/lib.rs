@@ -2,6 +2,7 @@
 //! pricing maths, key hashing, the outbound HTTP client, telemetry and shutdown.
 #![forbid(unsafe_code)]
 
+pub mod billing;
 pub mod config;
 pub mod domain;
 pub mod http;

@@ -15,8 +15,22 @@ pub struct ModelPrice {
     pub cache_write_5m: Decimal,
     pub cache_write_1h: Decimal,
     pub cache_read: Decimal,
-    /// Version of the price row, recorded with every request billed by it.
+    /// Higher prices for every token of a request whose prompt is long.
+    pub long_context: Option<LongContext>,
+    /// Price version, recorded with every request billed by it.
     pub version: u64,
+}
+
+/// A long-context tier: when a request's prompt (input, cache writes and
+/// cache reads) exceeds `threshold` tokens, all its tokens cost these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct LongContext {
+    pub threshold: u64,
+    pub input: Decimal,
+    pub output: Decimal,
+    pub cache_write_5m: Decimal,
+    pub cache_write_1h: Decimal,
+    pub cache_read: Decimal,
 }
 
 /// Token counts of one request, in the Anthropic convention: `input`
@@ -34,6 +48,11 @@ impl TokenUsage {
     pub fn total(&self) -> u64 {
         self.input + self.output + self.cache_creation + self.cache_read
     }
+
+    /// Tokens of the prompt, whatever the cache did with them.
+    pub fn prompt(&self) -> u64 {
+        self.input + self.cache_creation + self.cache_read
+    }
 }
 
 /// Rounds an amount to the stored precision.
@@ -42,16 +61,33 @@ pub fn round_money(amount: Decimal) -> Decimal {
 }
 
 impl ModelPrice {
-    /// Upstream cost of `usage` at these prices.
+    /// Upstream cost of `usage` at these prices (the long-context tier's
+    /// when the prompt is above its threshold).
     pub fn cost(&self, usage: &TokenUsage) -> Decimal {
+        let (input, output, write_5m_price, write_1h_price, read) = match &self.long_context {
+            Some(long) if usage.prompt() > long.threshold => (
+                long.input,
+                long.output,
+                long.cache_write_5m,
+                long.cache_write_1h,
+                long.cache_read,
+            ),
+            _ => (
+                self.input,
+                self.output,
+                self.cache_write_5m,
+                self.cache_write_1h,
+                self.cache_read,
+            ),
+        };
         let per_million = Decimal::from(1_000_000u32);
         let write_1h = usage.cache_creation_1h.min(usage.cache_creation);
         let write_5m = usage.cache_creation - write_1h;
-        let sum = Decimal::from(usage.input) * self.input
-            + Decimal::from(usage.output) * self.output
-            + Decimal::from(write_5m) * self.cache_write_5m
-            + Decimal::from(write_1h) * self.cache_write_1h
-            + Decimal::from(usage.cache_read) * self.cache_read;
+        let sum = Decimal::from(usage.input) * input
+            + Decimal::from(usage.output) * output
+            + Decimal::from(write_5m) * write_5m_price
+            + Decimal::from(write_1h) * write_1h_price
+            + Decimal::from(usage.cache_read) * read;
         round_money(sum / per_million)
     }
 }
@@ -130,8 +166,36 @@ mod tests {
             cache_write_5m: d("3.75"),
             cache_write_1h: d("6"),
             cache_read: d("0.30"),
+            long_context: Some(LongContext {
+                threshold: 200_000,
+                input: d("6"),
+                output: d("22.5"),
+                cache_write_5m: d("7.5"),
+                cache_write_1h: d("12"),
+                cache_read: d("0.6"),
+            }),
             version: 1,
         }
+    }
+
+    #[test]
+    fn long_prompts_cost_the_long_context_tier_for_every_token() {
+        // 200,000 prompt tokens exactly: still the base tier.
+        let at = TokenUsage {
+            input: 150_000,
+            cache_read: 50_000,
+            output: 1_000,
+            ..Default::default()
+        };
+        // 150000*3 + 50000*0.3 + 1000*15 = 480000 per million
+        assert_eq!(sonnet().cost(&at), d("0.48"));
+        // One more cache-write token crosses it: all tokens at long prices.
+        let above = TokenUsage {
+            cache_creation: 1,
+            ..at
+        };
+        // 150000*6 + 50000*0.6 + 1000*22.5 + 1*7.5 = 952507.5 per million
+        assert_eq!(sonnet().cost(&above), d("0.9525075"));
     }
 
     #[test]

@@ -160,6 +160,11 @@ const MYSQL_MIGRATIONS: &[EmbeddedMigration] = &[
         "scheduling",
         include_str!("../../../migrations/mysql/0002_scheduling.sql"),
     ),
+    (
+        3,
+        "billing",
+        include_str!("../../../migrations/mysql/0003_billing.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
     (
@@ -171,6 +176,11 @@ const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
         2,
         "scheduling",
         include_str!("../../../migrations/sqlite/0002_scheduling.sql"),
+    ),
+    (
+        3,
+        "billing",
+        include_str!("../../../migrations/sqlite/0003_billing.sql"),
     ),
 ];
 
