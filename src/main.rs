@@ -111,9 +111,11 @@ fn controlplane_settings(
         grpc_listen: config.listen.grpc,
         relay: aiproxy_proto::v1::RelaySettings {
             request_timeout_ms: config.proxy.timeout * 1000,
+            billing_utc_offset_seconds: config.billing_tz().local_minus_utc(),
         },
         oauth: config.oauth.clone(),
         state,
+        billing_tz: config.billing_tz(),
     }
 }
 

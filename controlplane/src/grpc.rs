@@ -37,6 +37,8 @@ pub struct NodeApi {
     publisher: Publisher,
     refresher: Refresher,
     state: Arc<dyn StateStore>,
+    /// The zone package periods and daily usage are counted in.
+    billing_tz: chrono::FixedOffset,
     nodes: Arc<Mutex<HashMap<String, NodeStatus>>>,
 }
 
@@ -46,12 +48,14 @@ impl NodeApi {
         publisher: Publisher,
         refresher: Refresher,
         state: Arc<dyn StateStore>,
+        billing_tz: chrono::FixedOffset,
     ) -> Self {
         Self {
             store,
             publisher,
             refresher,
             state,
+            billing_tz,
             nodes: Arc::default(),
         }
     }
@@ -107,6 +111,7 @@ impl NodeService for NodeApi {
         let req = request.into_inner();
         tracing::info!(node_id = %req.node_id, last_version = req.last_version, "node watching");
         let mut rx = self.publisher.subscribe();
+        let mut usage = self.publisher.subscribe_usage();
         let (tx, out) = tokio::sync::mpsc::channel(2);
         tokio::spawn(async move {
             let mut sent = req.last_version;
@@ -127,6 +132,17 @@ impl NodeService for NodeApi {
                 }
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { return },
+                    update = usage.recv() => match update {
+                        Ok(update) => {
+                            let event = pb::WatchEvent { event: Some(pb::watch_event::Event::Usage((*update).clone())) };
+                            if tx.send(Ok(event)).await.is_err() {
+                                return;
+                            }
+                        }
+                        // Missed updates: the next ones carry the latest figures.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    },
                     _ = heartbeat.tick() => {
                         let beat = pb::Heartbeat { version: sent, server_time_ms: chrono::Utc::now().timestamp_millis() };
                         if tx.send(Ok(pb::WatchEvent { event: Some(pb::watch_event::Event::Heartbeat(beat)) })).await.is_err() {
@@ -253,10 +269,14 @@ impl NodeService for NodeApi {
             .into_iter()
             .map(|r| usage_row(&batch.node_id, r))
             .collect::<Result<Vec<_>, _>>()?;
-        let outcome = self.store.ingest_usage(&rows).await.map_err(|e| {
-            tracing::error!(error = %e, node_id = %batch.node_id, "usage ingestion failed");
-            Status::unavailable("usage ingestion failed; retry")
-        })?;
+        let outcome = self
+            .store
+            .ingest_usage(&rows, self.billing_tz)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, node_id = %batch.node_id, "usage ingestion failed");
+                Status::unavailable("usage ingestion failed; retry")
+            })?;
         tracing::debug!(node_id = %batch.node_id, inserted = outcome.inserted, duplicates = outcome.duplicates, "usage ingested");
         Ok(Response::new(pb::UsageAck {
             inserted: outcome.inserted,
@@ -309,5 +329,6 @@ fn usage_row(node_id: &str, r: pb::UsageRecord) -> Result<UsageRow, Status> {
         error_class: r.error_class,
         usage_source: r.usage_source,
         created_at,
+        package_id: (r.package_id != 0).then_some(r.package_id),
     })
 }

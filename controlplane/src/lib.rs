@@ -37,6 +37,8 @@ pub struct Settings {
     /// The scheduling state the data planes share (Redis, or the embedded
     /// data plane's memory).
     pub state: std::sync::Arc<dyn aiproxy_shared::state::StateStore>,
+    /// The zone package periods reset in and daily usage is counted in.
+    pub billing_tz: chrono::FixedOffset,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,7 @@ pub async fn start(
     let publisher = Publisher::new(store.clone(), sealer.clone(), settings.relay);
     publisher.refresh().await?;
     tracker.spawn(publisher.clone().run(cancel.clone()));
+    tracker.spawn(publisher.clone().run_usage(cancel.clone()));
 
     let admin = TcpListener::bind(settings.admin_listen)
         .await
@@ -134,7 +137,13 @@ pub async fn start(
         publisher.clone(),
         cancel.clone(),
     ));
-    let node_api = grpc::NodeApi::new(store.clone(), publisher, refresher, settings.state.clone());
+    let node_api = grpc::NodeApi::new(
+        store.clone(),
+        publisher,
+        refresher,
+        settings.state.clone(),
+        settings.billing_tz,
+    );
     let service = node_api.into_server(settings.node_token.expose().to_string());
     let grpc_cancel = cancel.clone();
     tracker.spawn(async move {

@@ -4,11 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aiproxy_proto::v1 as pb;
-use tokio::sync::{Notify, watch};
+use aiproxy_shared::billing::PackageUsage;
+use chrono::{DateTime, Datelike, Utc};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::crypto::Sealer;
-use crate::store::{Store, StoreResult};
+use crate::store::{Package, Store, StoreResult};
 
 /// How often the store's version is polled, so changes made by another
 /// control-plane replica reach this one's watchers too.
@@ -26,11 +28,18 @@ struct Inner {
     relay: pb::RelaySettings,
     latest: watch::Sender<Option<Arc<pb::Snapshot>>>,
     changed: Notify,
+    /// Package and key usage as it changes, for every watcher.
+    usage: broadcast::Sender<Arc<pb::UsageUpdate>>,
 }
+
+/// How far back each usage poll looks beyond the previous one, so clock
+/// skew between control-plane replicas loses no change (resending is harmless).
+const USAGE_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
 impl Publisher {
     pub fn new(store: Store, sealer: Sealer, relay: pb::RelaySettings) -> Self {
         let (latest, _) = watch::channel(None);
+        let (usage, _) = broadcast::channel(16);
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -38,6 +47,7 @@ impl Publisher {
                 relay,
                 latest,
                 changed: Notify::new(),
+                usage,
             }),
         }
     }
@@ -49,6 +59,52 @@ impl Publisher {
 
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<pb::Snapshot>>> {
         self.inner.latest.subscribe()
+    }
+
+    pub fn subscribe_usage(&self) -> broadcast::Receiver<Arc<pb::UsageUpdate>> {
+        self.inner.usage.subscribe()
+    }
+
+    /// Pushes package and key usage that changed (by this replica's
+    /// ingestion or another's) to every watcher, each `POLL_INTERVAL`.
+    pub async fn run_usage(self, cancel: CancellationToken) {
+        let mut since: DateTime<Utc> = Utc::now();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            }
+            let polled_at = Utc::now();
+            let store = &self.inner.store;
+            let from = since - USAGE_OVERLAP;
+            let update = async {
+                let packages = store.packages_used_since(from).await?;
+                let keys = store.keys_used_since(from).await?;
+                StoreResult::Ok(pb::UsageUpdate {
+                    packages: packages
+                        .iter()
+                        .map(|p| package_usage(p.id, &p.usage()))
+                        .collect(),
+                    keys: keys
+                        .into_iter()
+                        .map(|(key_id, cost)| pb::KeyUsage {
+                            key_id,
+                            cost_used: cost.to_string(),
+                        })
+                        .collect(),
+                })
+            };
+            match update.await {
+                Ok(update) => {
+                    since = polled_at;
+                    if !update.packages.is_empty() || !update.keys.is_empty() {
+                        // No watcher is fine: nodes get the figures in their next snapshot.
+                        let _ = self.inner.usage.send(Arc::new(update));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "usage poll failed"),
+            }
+        }
     }
 
     /// Builds once if nothing is published yet; then the loop keeps it fresh.
@@ -89,6 +145,7 @@ impl Publisher {
         let keys = store.list_api_keys(None).await?;
         let users = store.list_users().await?;
         let prices = store.list_prices().await?;
+        let packages = store.list_packages(None).await?;
         let accounts = accounts
             .into_iter()
             .filter_map(|a| {
@@ -130,6 +187,8 @@ impl Publisher {
                     expires_at_ms: k.expires_at.map(|t| t.timestamp_millis()).unwrap_or(0),
                     billing_type: k.billing_type,
                     max_concurrency: k.max_concurrency.max(0) as u32,
+                    cost_limit: k.cost_limit.map(|c| c.to_string()).unwrap_or_default(),
+                    cost_used: k.cost_used.to_string(),
                 })
             })
             .collect();
@@ -168,11 +227,45 @@ impl Publisher {
             users,
             prices,
             settings: Some(self.inner.relay),
+            packages: packages.iter().map(package).collect(),
         })
     }
 
     fn open_credentials(&self, sealed: &str) -> Result<HashMap<String, String>, String> {
         let plain = self.inner.sealer.open(sealed).map_err(|e| e.to_string())?;
         serde_json::from_slice(&plain).map_err(|e| e.to_string())
+    }
+}
+
+/// A package's usage on the wire.
+pub fn package_usage(id: i64, u: &PackageUsage) -> pb::PackageUsage {
+    pb::PackageUsage {
+        package_id: id,
+        daily_used: u.daily_used.to_string(),
+        weekly_used: u.weekly_used.to_string(),
+        monthly_used: u.monthly_used.to_string(),
+        day: u.day.map_or(0, |d| d.num_days_from_ce()),
+        week: u.week.unwrap_or(0),
+        month: u.month.unwrap_or(0),
+        quota_used: u.quota_used.to_string(),
+    }
+}
+
+fn package(p: &Package) -> pb::Package {
+    let amount = |v: Option<rust_decimal::Decimal>| v.map(|d| d.to_string()).unwrap_or_default();
+    let ms = |t: Option<DateTime<Utc>>| t.map_or(0, |t| t.timestamp_millis());
+    pb::Package {
+        id: p.id,
+        user_id: p.user_id,
+        kind: p.kind.clone(),
+        active: p.status == "active",
+        starts_at_ms: ms(p.starts_at),
+        expires_at_ms: ms(p.expires_at),
+        allowed_models: p.allowed_models.clone(),
+        daily_quota: amount(p.daily_quota),
+        weekly_quota: amount(p.weekly_quota),
+        monthly_quota: amount(p.monthly_quota),
+        quota_total: amount(p.quota_total),
+        usage: Some(package_usage(p.id, &p.usage())),
     }
 }

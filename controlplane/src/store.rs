@@ -2,6 +2,7 @@
 mod accounts;
 mod api_keys;
 mod db;
+mod packages;
 mod prices;
 mod usage;
 mod users;
@@ -9,6 +10,7 @@ mod users;
 pub use accounts::{Account, AccountPatch, NewAccount};
 pub use api_keys::{ApiKey, ApiKeyPatch, NewApiKey};
 pub use db::{Backend, Store};
+pub use packages::{NewPackage, Package, PackagePatch};
 pub use prices::{PriceRow, PriceVersion, shipped_prices};
 pub use usage::{DailyUsage, IngestOutcome, RequestLog, RequestLogFilter, UsageRow};
 pub use users::{NewUser, User, UserPatch};

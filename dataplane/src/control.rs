@@ -138,6 +138,7 @@ async fn watch_once(
                     }
                 });
             }
+            Some(pb::watch_event::Event::Usage(update)) => holder.spending.apply(&update),
             Some(pb::watch_event::Event::Heartbeat(_)) | None => {}
         }
     }

@@ -32,6 +32,15 @@ impl RelayError {
             retry_after: None,
         }
     }
+    /// The key's cost limit or the user's packages (the seed's messages).
+    pub fn quota(message: &'static str) -> Self {
+        let class = if message == "model not allowed" {
+            "model_not_allowed"
+        } else {
+            "quota_exceeded"
+        };
+        Self::new(StatusCode::FORBIDDEN, class, message)
+    }
     /// The key's requests-per-minute limit.
     pub fn rate_limited(retry_after_secs: u64) -> Self {
         Self {

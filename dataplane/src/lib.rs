@@ -18,6 +18,7 @@ pub mod scheduler;
 pub mod server;
 pub mod session;
 pub mod snapshot;
+pub mod spending;
 pub mod tap;
 pub mod usage;
 

@@ -8,7 +8,8 @@ use aiproxy_shared::pricing::{TokenUsage, user_cost};
 use rust_decimal::Decimal;
 
 use crate::scheduler::Lease;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{KeyEntry, Snapshot};
+use crate::spending::Spending;
 use crate::tap::Observed;
 use crate::usage::UsageSink;
 
@@ -35,6 +36,10 @@ pub struct Meter {
     pub error_class: String,
     /// The sticky session the request belongs to; empty when none.
     pub session_hash: String,
+    /// The package admitted against; 0 when none.
+    pub package_id: i64,
+    pub key: Arc<KeyEntry>,
+    pub spending: Arc<Spending>,
 }
 
 impl Meter {
@@ -85,6 +90,13 @@ impl Meter {
             }
         };
         let cost = user_cost(upstream_cost, self.price_rate);
+        self.spending.add(
+            &self.snapshot,
+            self.package_id,
+            &self.key,
+            cost,
+            chrono::Utc::now(),
+        );
         let record = record(
             &self,
             &model,
@@ -137,5 +149,6 @@ fn record(
         usage_source: source.as_str().to_string(),
         created_at_ms: chrono::Utc::now().timestamp_millis(),
         price_version,
+        package_id: m.package_id,
     }
 }

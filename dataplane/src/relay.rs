@@ -90,8 +90,11 @@ enum LastFailure {
 
 /// Who asked, for which model: the parts of a usage record known up front.
 struct Asked {
+    key: Arc<crate::snapshot::KeyEntry>,
     key_id: i64,
     user_id: i64,
+    /// The package admitted against; 0 when none.
+    package_id: i64,
     price_rate: rust_decimal::Decimal,
     model: String,
     stream: bool,
@@ -130,11 +133,17 @@ impl Relay {
         if !model_allowed(&caller.key, &parsed.model) {
             return Err(RelayError::model_not_allowed());
         }
+        let package_id = self.snapshot.spending.admit(
+            &snapshot,
+            &caller.key,
+            &parsed.model,
+            chrono::Utc::now(),
+        )?;
         let timeout = match snapshot.request_timeout_ms {
             0 => self.timeout,
             ms => Duration::from_millis(ms),
         };
-        let asked = asked(&caller, &parsed);
+        let asked = asked(&caller, &parsed, package_id);
         let ask = Ask {
             key: &caller.key,
             user: caller.user,
@@ -471,6 +480,9 @@ impl Relay {
             lease: None,
             error_class: String::new(),
             session_hash: asked.session_hash,
+            package_id: asked.package_id,
+            key: asked.key,
+            spending: self.snapshot.spending.clone(),
         }
     }
 
@@ -573,10 +585,12 @@ fn report_refused_token(control: crate::control::Client, node_id: String, accoun
     });
 }
 
-fn asked(caller: &Caller<'_>, parsed: &Parsed) -> Asked {
+fn asked(caller: &Caller<'_>, parsed: &Parsed, package_id: i64) -> Asked {
     Asked {
+        key: caller.key.clone(),
         key_id: caller.key.id,
         user_id: caller.key.user_id,
+        package_id,
         price_rate: caller.user.price_rate,
         model: parsed.model.clone(),
         stream: parsed.stream,

@@ -392,7 +392,6 @@ fn random_unit() -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::sync::atomic::AtomicUsize;
 
     use aiproxy_shared::state::{
@@ -453,12 +452,8 @@ mod tests {
 
     fn snapshot(accounts: Vec<AccountEntry>) -> Snapshot {
         Snapshot {
-            version: 1,
-            keys: HashMap::new(),
-            users: HashMap::new(),
             accounts: accounts.into_iter().map(Arc::new).collect(),
-            prices: Default::default(),
-            request_timeout_ms: 0,
+            ..Snapshot::for_tests()
         }
     }
 
@@ -471,15 +466,7 @@ mod tests {
     }
 
     fn key(id: i64) -> KeyEntry {
-        KeyEntry {
-            id,
-            user_id: 1,
-            active: true,
-            allowed_models: Vec::new(),
-            rate_limit: 0,
-            expires_at_ms: 0,
-            max_concurrency: 0,
-        }
+        KeyEntry::for_tests(id, 1)
     }
 
     fn user() -> UserEntry {

@@ -4,8 +4,12 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use aiproxy_proto::v1 as pb;
+use aiproxy_shared::billing::PackageState;
 use aiproxy_shared::domain::AccountKind;
 use aiproxy_shared::pricing::{LongContext, ModelPrice, PriceTable};
+use chrono::FixedOffset;
+
+use crate::spending::Spending;
 use arc_swap::ArcSwapOption;
 use http::{HeaderName, HeaderValue};
 use rust_decimal::Decimal;
@@ -21,6 +25,29 @@ pub struct KeyEntry {
     pub expires_at_ms: i64,
     /// Requests in flight at once; 0 is unlimited.
     pub max_concurrency: u32,
+    /// `billing_type = package`: draws on the user's packages.
+    pub bills_packages: bool,
+    pub cost_limit: Option<Decimal>,
+    pub cost_used: Decimal,
+}
+
+impl KeyEntry {
+    /// An active key with no limits, for tests to adjust.
+    #[cfg(test)]
+    pub(crate) fn for_tests(id: i64, user_id: i64) -> KeyEntry {
+        KeyEntry {
+            id,
+            user_id,
+            active: true,
+            allowed_models: Vec::new(),
+            rate_limit: 0,
+            expires_at_ms: 0,
+            max_concurrency: 0,
+            bills_packages: true,
+            cost_limit: None,
+            cost_used: Decimal::ZERO,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -98,6 +125,35 @@ pub struct Snapshot {
     pub accounts: Vec<Arc<AccountEntry>>,
     pub prices: PriceTable,
     pub request_timeout_ms: u64,
+    /// Packages by user.
+    pub packages: HashMap<i64, Vec<PackageState>>,
+    /// Package id → user id.
+    pub package_owner: HashMap<i64, i64>,
+    /// The zone package periods reset in.
+    pub billing_tz: FixedOffset,
+}
+
+impl Snapshot {
+    /// An empty snapshot, for tests to fill.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Snapshot {
+        Snapshot {
+            version: 1,
+            keys: HashMap::new(),
+            users: HashMap::new(),
+            accounts: Vec::new(),
+            prices: PriceTable::default(),
+            request_timeout_ms: 0,
+            packages: HashMap::new(),
+            package_owner: HashMap::new(),
+            billing_tz: FixedOffset::east_opt(0).expect("UTC"),
+        }
+    }
+
+    pub fn package(&self, id: i64) -> Option<&PackageState> {
+        let owner = self.package_owner.get(&id)?;
+        self.packages.get(owner)?.iter().find(|p| p.id == id)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +166,10 @@ pub enum SnapshotError {
     Price(String),
     #[error("account {0} has a credential that is not a valid header value")]
     Credential(i64),
+    #[error("api key {0} has a malformed cost")]
+    KeyCost(i64),
+    #[error("package {0} is malformed")]
+    Package(i64),
 }
 
 fn decimal(s: &str) -> Option<Decimal> {
@@ -142,6 +202,11 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                     rate_limit: k.rate_limit,
                     expires_at_ms: k.expires_at_ms,
                     max_concurrency: k.max_concurrency,
+                    bills_packages: k.billing_type == "package",
+                    cost_limit: (!k.cost_limit.is_empty())
+                        .then(|| decimal(&k.cost_limit).ok_or(SnapshotError::KeyCost(k.id)))
+                        .transpose()?,
+                    cost_used: decimal(&k.cost_used).ok_or(SnapshotError::KeyCost(k.id))?,
                 }),
             );
         }
@@ -240,21 +305,58 @@ impl TryFrom<pb::Snapshot> for Snapshot {
             }));
         }
         accounts.sort_by_key(|a| (a.priority, a.id));
+        let mut packages: HashMap<i64, Vec<PackageState>> = HashMap::new();
+        let mut package_owner = HashMap::with_capacity(s.packages.len());
+        for p in s.packages {
+            let bad = || SnapshotError::Package(p.id);
+            let limit = |v: &str| -> Result<Option<Decimal>, SnapshotError> {
+                if v.is_empty() {
+                    Ok(None)
+                } else {
+                    decimal(v).map(Some).ok_or_else(bad)
+                }
+            };
+            let state = PackageState {
+                id: p.id,
+                kind: p.kind.parse().map_err(|_| bad())?,
+                active: p.active,
+                starts_at_ms: p.starts_at_ms,
+                expires_at_ms: p.expires_at_ms,
+                allowed_models: p.allowed_models.clone(),
+                daily_quota: limit(&p.daily_quota)?,
+                weekly_quota: limit(&p.weekly_quota)?,
+                monthly_quota: limit(&p.monthly_quota)?,
+                quota_total: limit(&p.quota_total)?,
+                usage: p
+                    .usage
+                    .as_ref()
+                    .map(crate::spending::package_usage)
+                    .unwrap_or_default(),
+            };
+            package_owner.insert(p.id, p.user_id);
+            packages.entry(p.user_id).or_default().push(state);
+        }
+        let settings = s.settings.unwrap_or_default();
         Ok(Snapshot {
             version: s.version,
             keys,
             users,
             accounts,
             prices: PriceTable::new(prices),
-            request_timeout_ms: s.settings.map(|r| r.request_timeout_ms).unwrap_or(0),
+            request_timeout_ms: settings.request_timeout_ms,
+            packages,
+            package_owner,
+            billing_tz: FixedOffset::east_opt(settings.billing_utc_offset_seconds)
+                .unwrap_or_else(|| FixedOffset::east_opt(0).expect("UTC")),
         })
     }
 }
 
-/// The node's current snapshot, read once per request.
+/// The node's current snapshot, read once per request, and what was spent since.
 #[derive(Default)]
 pub struct SnapshotHolder {
     current: ArcSwapOption<Snapshot>,
+    pub spending: Arc<Spending>,
 }
 
 impl SnapshotHolder {
@@ -264,6 +366,7 @@ impl SnapshotHolder {
 
     pub fn store(&self, snapshot: Snapshot) {
         self.current.store(Some(Arc::new(snapshot)));
+        self.spending.clear();
     }
 
     pub fn version(&self) -> u64 {

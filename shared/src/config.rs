@@ -127,6 +127,23 @@ impl Default for CacheSettings {
     }
 }
 
+/// Money settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BillingSettings {
+    /// Zone package periods reset in and daily usage is counted in: `UTC`
+    /// or a fixed offset such as `+08:00`.
+    pub timezone: String,
+}
+
+impl Default for BillingSettings {
+    fn default() -> Self {
+        Self {
+            timezone: "UTC".into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtSettings {
@@ -185,6 +202,7 @@ pub struct Config {
     pub listen: Listen,
     pub proxy: ProxySettings,
     pub cache: CacheSettings,
+    pub billing: BillingSettings,
     pub jwt: JwtSettings,
     pub oauth: OAuthSettings,
 }
@@ -205,6 +223,7 @@ impl Default for Config {
             listen: Listen::default(),
             proxy: ProxySettings::default(),
             cache: CacheSettings::default(),
+            billing: BillingSettings::default(),
             jwt: JwtSettings::default(),
             oauth: OAuthSettings::default(),
         }
@@ -215,6 +234,12 @@ impl Default for Config {
 pub const MIN_SECRET_KEY_LEN: usize = 32;
 
 impl Config {
+    /// The billing zone (validated at load).
+    pub fn billing_tz(&self) -> chrono::FixedOffset {
+        crate::billing::parse_timezone(&self.billing.timezone)
+            .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("UTC"))
+    }
+
     /// Defaults, then `file` if given, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         Self::load_from(file, |name| std::env::var(name).ok())
@@ -313,6 +338,9 @@ impl Config {
             "AIPROXY_REDIS_TIMEOUT_MS",
             &mut self.cache.redis_timeout_ms,
         )?;
+        if let Some(v) = get("AIPROXY_BILLING_TIMEZONE") {
+            self.billing.timezone = v;
+        }
         parse_env(&get, "AIPROXY_JWT_EXPIRE_HOURS", &mut self.jwt.expire_hours)?;
         parse_env(
             &get,
@@ -362,6 +390,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "AIPROXY_NODE_TOKEN must be at least 16 characters".into(),
             ));
+        }
+        if crate::billing::parse_timezone(&self.billing.timezone).is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "billing.timezone must be UTC or an offset such as +08:00, not {:?}",
+                self.billing.timezone
+            )));
         }
         for (name, value) in [
             ("proxy.timeout", self.proxy.timeout),

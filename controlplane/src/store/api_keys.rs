@@ -174,4 +174,15 @@ impl Store {
         self.delete_by_id("DELETE FROM api_keys WHERE id = ?", id)
             .await
     }
+
+    /// Keys whose usage changed at or after `since`, with their cost used.
+    pub async fn keys_used_since(&self, since: DateTime<Utc>) -> StoreResult<Vec<(i64, Decimal)>> {
+        let rows: Vec<(i64, Usd)> = with_pool!(self, p => sqlx::query_as(
+            "SELECT id, cost_used FROM api_keys WHERE usage_updated_at >= ? ORDER BY id",
+        )
+        .bind(since)
+        .fetch_all(p)
+        .await?);
+        Ok(rows.into_iter().map(|(id, c)| (id, c.0)).collect())
+    }
 }

@@ -34,6 +34,9 @@ pub(crate) enum Pool {
 #[derive(Clone)]
 pub struct Store {
     pub(crate) pool: Pool,
+    /// Ingestion batches run one at a time in this process (package usage is
+    /// read, charged and written back; MySQL also locks the rows for other replicas).
+    pub(crate) ingest_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Runs `$body` with `$p` bound to the concrete pool; the body is compiled
@@ -113,7 +116,10 @@ impl Store {
                     .await?,
             )
         };
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            ingest_lock: Default::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {

@@ -136,6 +136,10 @@ async fn account(store: &Store) -> Account {
         .unwrap()
 }
 
+fn utc() -> chrono::FixedOffset {
+    chrono::FixedOffset::east_opt(0).unwrap()
+}
+
 fn usage_row(request_id: &str, user_id: i64, key_id: i64, account_id: i64) -> UsageRow {
     UsageRow {
         request_id: request_id.into(),
@@ -162,6 +166,7 @@ fn usage_row(request_id: &str, user_id: i64, key_id: i64, account_id: i64) -> Us
         error_class: String::new(),
         usage_source: "reported".into(),
         created_at: Utc::now(),
+        package_id: None,
     }
 }
 
@@ -274,7 +279,7 @@ on_every_backend!(ingestion_is_idempotent_and_updates_totals, |store| {
     let rows: Vec<UsageRow> = (0..3)
         .map(|i| usage_row(&format!("req-{i}"), u.id, k.id, a.id))
         .collect();
-    let first = store.ingest_usage(&rows).await.unwrap();
+    let first = store.ingest_usage(&rows, utc()).await.unwrap();
     assert_eq!(
         first,
         IngestOutcome {
@@ -285,7 +290,7 @@ on_every_backend!(ingestion_is_idempotent_and_updates_totals, |store| {
     // A replayed batch, partly new, bills only the new row.
     let mut replay = rows.clone();
     replay.push(usage_row("req-3", u.id, k.id, a.id));
-    let second = store.ingest_usage(&replay).await.unwrap();
+    let second = store.ingest_usage(&replay, utc()).await.unwrap();
     assert_eq!(
         second,
         IngestOutcome {

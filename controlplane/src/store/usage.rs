@@ -4,7 +4,13 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::QueryBuilder;
 
+use std::collections::{HashMap, HashSet};
+
+use aiproxy_shared::billing::{Draw, Periods, draw};
+use chrono::FixedOffset;
+
 use super::db::{Dialect, Usd, impl_from_row, with_pool};
+use super::packages::{Package, SELECT_PACKAGES};
 use super::{Store, StoreResult};
 
 /// One relayed request, as the data plane reported it.
@@ -34,6 +40,9 @@ pub struct UsageRow {
     pub error_class: String,
     pub usage_source: String,
     pub created_at: DateTime<Utc>,
+    /// The package the node admitted the request against; `None` when the
+    /// key bills on its own or the user has no packages.
+    pub package_id: Option<i64>,
 }
 
 impl UsageRow {
@@ -143,8 +152,8 @@ macro_rules! insert_log_sql {
     () => {
         " (request_id, user_id, api_key_id, account_id, node_id, model, platform, endpoint, status_code, input_tokens, \
          output_tokens, cache_creation_tokens, cache_creation_1h_tokens, cache_read_tokens, total_tokens, upstream_cost, cost, \
-         price_version, duration_ms, ttfb_ms, stream, session_hash, error_class, usage_source, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+         price_version, duration_ms, ttfb_ms, stream, session_hash, error_class, usage_source, created_at, package_id) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     };
 }
 
@@ -157,17 +166,111 @@ const INSERT_LOG: Dialect = Dialect {
     ),
 };
 
+/// Package rows of the users in a batch, read (and on MySQL locked) once.
+struct Charges {
+    packages: HashMap<i64, Vec<Package>>,
+    changed: HashSet<i64>,
+}
+
+impl Charges {
+    /// The package that pays for `row`: the one the node admitted it against
+    /// if it is still the user's, else the first in draw order (even when
+    /// used up: the request was served). `None`: nothing to charge.
+    fn payer(&self, row: &UsageRow, tz: FixedOffset) -> Option<i64> {
+        let packages = self.packages.get(&row.user_id)?;
+        if let Some(id) = row.package_id
+            && packages.iter().any(|p| p.id == id)
+        {
+            return Some(id);
+        }
+        let states: Vec<_> = packages.iter().map(Package::state).collect();
+        let at = Periods::at(row.created_at, tz);
+        let ms = row.created_at.timestamp_millis();
+        match draw(&states, &row.model, ms, at, true) {
+            Ok(Draw::From(id)) => Some(id),
+            Ok(Draw::Unmetered) => None,
+            // Named differently than the package lists it: still charged.
+            Err(_) => {
+                let any_model: Vec<_> = states
+                    .into_iter()
+                    .map(|mut s| {
+                        s.allowed_models.clear();
+                        s
+                    })
+                    .collect();
+                match draw(&any_model, "", ms, at, true) {
+                    Ok(Draw::From(id)) => Some(id),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    fn charge(&mut self, row: &UsageRow, package_id: i64, tz: FixedOffset) {
+        let Some(p) = self
+            .packages
+            .get_mut(&row.user_id)
+            .and_then(|ps| ps.iter_mut().find(|p| p.id == package_id))
+        else {
+            return;
+        };
+        let mut usage = p.usage();
+        usage.charge(row.cost, Periods::at(row.created_at, tz));
+        p.daily_used = usage.daily_used;
+        p.weekly_used = usage.weekly_used;
+        p.monthly_used = usage.monthly_used;
+        p.quota_used = usage.quota_used;
+        p.last_reset_day = usage.day;
+        p.last_reset_week = usage.week;
+        p.last_reset_month = usage.month.map(Periods::month_label);
+        self.changed.insert(package_id);
+    }
+}
+
 impl Store {
-    /// Writes a batch of usage rows in one transaction. A row whose
-    /// `request_id` is already stored is skipped entirely, so a replayed
-    /// batch never bills twice.
-    pub async fn ingest_usage(&self, rows: &[UsageRow]) -> StoreResult<IngestOutcome> {
+    /// Writes a batch of usage rows in one transaction: the request logs,
+    /// `daily_usages` (by day in `tz`), the packages charged, the keys and
+    /// the accounts. A row whose `request_id` is already stored is skipped
+    /// entirely, so a replayed batch never bills twice.
+    pub async fn ingest_usage(
+        &self,
+        rows: &[UsageRow],
+        tz: FixedOffset,
+    ) -> StoreResult<IngestOutcome> {
+        let _serial = self.ingest_lock.lock().await;
         let mut outcome = IngestOutcome::default();
         let insert = INSERT_LOG.pick(self);
         let upsert_daily = UPSERT_DAILY.pick(self);
+        let lock_suffix = match self.backend() {
+            super::Backend::MySql => " FOR UPDATE",
+            super::Backend::Sqlite => "",
+        };
+        let now = Utc::now();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
+            // Keys billed on packages, and those users' packages.
+            let mut package_keys: HashMap<i64, bool> = HashMap::new();
+            let mut charges = Charges { packages: HashMap::new(), changed: HashSet::new() };
             for row in rows {
+                if let std::collections::hash_map::Entry::Vacant(e) = package_keys.entry(row.api_key_id) {
+                    let billing: Option<String> = sqlx::query_scalar("SELECT billing_type FROM api_keys WHERE id = ?")
+                        .bind(row.api_key_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    e.insert(billing.as_deref() == Some("package"));
+                }
+                if package_keys[&row.api_key_id] && !charges.packages.contains_key(&row.user_id) {
+                    let packages = sqlx::query_as::<_, Package>(&format!(
+                        "{SELECT_PACKAGES} WHERE user_id = ? ORDER BY id{lock_suffix}"
+                    ))
+                    .bind(row.user_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    charges.packages.insert(row.user_id, packages);
+                }
+            }
+            for row in rows {
+                let payer = if package_keys[&row.api_key_id] { charges.payer(row, tz) } else { None };
                 let done = sqlx::query(insert)
                     .bind(&row.request_id)
                     .bind(row.user_id)
@@ -194,6 +297,7 @@ impl Store {
                     .bind(&row.error_class)
                     .bind(&row.usage_source)
                     .bind(row.created_at)
+                    .bind(payer)
                     .execute(&mut *tx)
                     .await?;
                 if done.rows_affected() == 0 {
@@ -201,7 +305,10 @@ impl Store {
                     continue;
                 }
                 outcome.inserted += 1;
-                let day = row.created_at.date_naive();
+                if let Some(package_id) = payer {
+                    charges.charge(row, package_id, tz);
+                }
+                let day = Periods::at(row.created_at, tz).day;
                 sqlx::query(upsert_daily)
                     .bind(row.user_id)
                     .bind(day)
@@ -216,10 +323,12 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query(
-                    "UPDATE api_keys SET request_count = request_count + 1, cost_used = cost_used + ?, last_used_at = ? WHERE id = ?",
+                    "UPDATE api_keys SET request_count = request_count + 1, cost_used = cost_used + ?, last_used_at = ?, \
+                     usage_updated_at = ? WHERE id = ?",
                 )
                 .bind(Usd(row.cost))
                 .bind(row.created_at)
+                .bind(now)
                 .bind(row.api_key_id)
                 .execute(&mut *tx)
                 .await?;
@@ -237,6 +346,23 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                 }
+            }
+            for p in charges.packages.values().flatten().filter(|p| charges.changed.contains(&p.id)) {
+                sqlx::query(
+                    "UPDATE user_packages SET daily_used = ?, weekly_used = ?, monthly_used = ?, quota_used = ?, \
+                     last_reset_day = ?, last_reset_week = ?, last_reset_month = ?, usage_updated_at = ? WHERE id = ?",
+                )
+                .bind(Usd(p.daily_used))
+                .bind(Usd(p.weekly_used))
+                .bind(Usd(p.monthly_used))
+                .bind(Usd(p.quota_used))
+                .bind(p.last_reset_day)
+                .bind(p.last_reset_week)
+                .bind(&p.last_reset_month)
+                .bind(now)
+                .bind(p.id)
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await?;
         });

@@ -1,0 +1,142 @@
+//! What packages and keys have spent, as this node knows it: the snapshot's
+//! figures, raised by the control plane's usage pushes and by this node's own
+//! requests as they end; and the admission check built on them.
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use aiproxy_proto::v1 as pb;
+use aiproxy_shared::billing::{Draw, PackageUsage, Periods, draw};
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
+
+use crate::errors::RelayError;
+use crate::snapshot::{KeyEntry, Snapshot};
+
+/// Spending newer than the snapshot; cleared when a newer snapshot arrives.
+#[derive(Default)]
+pub struct Spending {
+    packages: Mutex<HashMap<i64, PackageUsage>>,
+    keys: Mutex<HashMap<i64, Decimal>>,
+}
+
+fn amount(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap_or_default()
+}
+
+/// A package's usage from the wire.
+pub fn package_usage(u: &pb::PackageUsage) -> PackageUsage {
+    PackageUsage {
+        daily_used: amount(&u.daily_used),
+        weekly_used: amount(&u.weekly_used),
+        monthly_used: amount(&u.monthly_used),
+        day: (u.day != 0)
+            .then(|| NaiveDate::from_num_days_from_ce_opt(u.day))
+            .flatten(),
+        week: (u.week != 0).then_some(u.week),
+        month: (u.month != 0).then_some(u.month),
+        quota_used: amount(&u.quota_used),
+    }
+}
+
+impl Spending {
+    /// A snapshot carries everything ingested before it was built.
+    pub fn clear(&self) {
+        self.packages.lock().expect("spending lock").clear();
+        self.keys.lock().expect("spending lock").clear();
+    }
+
+    /// Figures the control plane pushed.
+    pub fn apply(&self, update: &pb::UsageUpdate) {
+        let mut packages = self.packages.lock().expect("spending lock");
+        for u in &update.packages {
+            packages
+                .entry(u.package_id)
+                .or_default()
+                .merge(&package_usage(u));
+        }
+        drop(packages);
+        let mut keys = self.keys.lock().expect("spending lock");
+        for k in &update.keys {
+            let used = keys.entry(k.key_id).or_default();
+            *used = (*used).max(amount(&k.cost_used));
+        }
+    }
+
+    /// A request of this node ended: its cost counts at once, before the
+    /// control plane has ingested it.
+    pub fn add(
+        &self,
+        snapshot: &Snapshot,
+        package_id: i64,
+        key: &KeyEntry,
+        cost: Decimal,
+        at: DateTime<Utc>,
+    ) {
+        if cost.is_zero() {
+            return;
+        }
+        if package_id != 0
+            && let Some(p) = snapshot.package(package_id)
+        {
+            let mut packages = self.packages.lock().expect("spending lock");
+            let usage = packages.entry(package_id).or_default();
+            usage.merge(&p.usage);
+            usage.charge(cost, Periods::at(at, snapshot.billing_tz));
+        }
+        let mut keys = self.keys.lock().expect("spending lock");
+        let used = keys.entry(key.id).or_insert(key.cost_used);
+        *used = (*used).max(key.cost_used) + cost;
+    }
+
+    fn key_used(&self, key: &KeyEntry) -> Decimal {
+        let pushed = self
+            .keys
+            .lock()
+            .expect("spending lock")
+            .get(&key.id)
+            .copied();
+        pushed.map_or(key.cost_used, |u| u.max(key.cost_used))
+    }
+
+    /// Whether the key and the user's packages leave room for a request for
+    /// `model`; the package it draws on (0: none), or the seed's refusal.
+    pub fn admit(
+        &self,
+        snapshot: &Snapshot,
+        key: &KeyEntry,
+        model: &str,
+        now: DateTime<Utc>,
+    ) -> Result<i64, RelayError> {
+        if key
+            .cost_limit
+            .is_some_and(|limit| self.key_used(key) >= limit)
+        {
+            return Err(RelayError::quota("quota exceeded"));
+        }
+        if !key.bills_packages {
+            return Ok(0);
+        }
+        let Some(owned) = snapshot.packages.get(&key.user_id) else {
+            return Ok(0);
+        };
+        let pushed = self.packages.lock().expect("spending lock");
+        let states: Vec<_> = owned
+            .iter()
+            .map(|p| {
+                let mut p = p.clone();
+                if let Some(newer) = pushed.get(&p.id) {
+                    p.usage.merge(newer);
+                }
+                p
+            })
+            .collect();
+        drop(pushed);
+        let periods = Periods::at(now, snapshot.billing_tz);
+        match draw(&states, model, now.timestamp_millis(), periods, false) {
+            Ok(Draw::Unmetered) => Ok(0),
+            Ok(Draw::From(id)) => Ok(id),
+            Err(refusal) => Err(RelayError::quota(refusal.message())),
+        }
+    }
+}
