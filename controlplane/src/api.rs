@@ -4,6 +4,9 @@ mod auth;
 mod cache;
 mod keys;
 mod logs;
+mod packages;
+mod prices;
+mod usage;
 mod users;
 
 use axum::Json;
@@ -29,6 +32,8 @@ pub struct ApiState {
     pub refresher: crate::oauth::Refresher,
     /// The scheduling state the data planes share.
     pub state: std::sync::Arc<dyn aiproxy_shared::state::StateStore>,
+    /// The zone package periods and daily usage are counted in.
+    pub billing_tz: chrono::FixedOffset,
 }
 
 const OPENAPI: &str = include_str!("api/openapi.json");
@@ -57,6 +62,29 @@ pub fn router(state: ApiState) -> Router {
                 .delete(accounts::remove),
         )
         .route("/request-logs", get(logs::list))
+        .route("/request-logs/export", get(logs::export))
+        .route(
+            "/users/{id}/packages",
+            get(packages::list_for_user).post(packages::create),
+        )
+        .route("/users/{id}/packages/reset", post(packages::reset_for_user))
+        .route(
+            "/packages/{id}",
+            get(packages::get_one)
+                .patch(packages::update)
+                .delete(packages::remove),
+        )
+        .route("/packages/{id}/reset", post(packages::reset))
+        .route("/prices", get(prices::list))
+        .route("/prices/import", post(prices::import))
+        .route(
+            "/prices/{model}",
+            axum::routing::put(prices::put).delete(prices::remove),
+        )
+        .route("/prices/{model}/history", get(prices::history))
+        .route("/usage", get(usage::totals))
+        .route("/usage/consistency", get(usage::consistency))
+        .route("/usage/rerate", post(usage::rerate))
         .route(
             "/cache/sessions",
             get(cache::sessions).delete(cache::clear_sessions),

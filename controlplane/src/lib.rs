@@ -121,6 +121,7 @@ pub async fn start(
         publisher: publisher.clone(),
         refresher: refresher.clone(),
         state: settings.state.clone(),
+        billing_tz: settings.billing_tz,
     });
     let admin_cancel = cancel.clone();
     tracker.spawn(async move {

@@ -4,6 +4,7 @@ mod api_keys;
 mod db;
 mod packages;
 mod prices;
+mod reports;
 mod usage;
 mod users;
 
@@ -12,6 +13,7 @@ pub use api_keys::{ApiKey, ApiKeyPatch, NewApiKey};
 pub use db::{Backend, Store};
 pub use packages::{NewPackage, Package, PackagePatch};
 pub use prices::{PriceRow, PriceVersion, shipped_prices};
+pub use reports::{ConsistencyReport, GroupBy, RerateReport, RerateScope, UsageTotals};
 pub use usage::{DailyUsage, IngestOutcome, RequestLog, RequestLogFilter, UsageRow};
 pub use users::{NewUser, User, UserPatch};
 

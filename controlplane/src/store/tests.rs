@@ -354,3 +354,5 @@ on_every_backend!(prices_seed_once, |store| {
 on_every_backend!(migrations_are_rerunnable, |store| {
     store.migrate().await.unwrap();
 });
+
+mod billing;

@@ -398,7 +398,7 @@ impl Store {
 }
 
 /// Appends the filter's conditions; only static SQL and bound values.
-fn push_filters<'a, DB>(q: &mut QueryBuilder<'a, DB>, f: &'a RequestLogFilter)
+pub(crate) fn push_filters<'a, DB>(q: &mut QueryBuilder<'a, DB>, f: &'a RequestLogFilter)
 where
     DB: sqlx::Database,
     i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
