@@ -131,6 +131,7 @@ fn dataplane_settings(
         node_id: config.node_id.clone().unwrap_or_else(default_node_id),
         proxy_listen: config.listen.proxy,
         spool_dir: config.data_dir.join("spool"),
+        journal_max_bytes: config.proxy.journal_max_bytes,
         proxy_timeout: config.proxy_timeout(),
         idle_timeout: Duration::from_secs(config.proxy.idle_timeout),
         connect_timeout: Duration::from_secs(config.proxy.connect_timeout),

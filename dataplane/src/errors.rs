@@ -41,6 +41,15 @@ impl RelayError {
         };
         Self::new(StatusCode::FORBIDDEN, class, message)
     }
+    /// Usage could not be delivered for long enough that the journal is full:
+    /// serving more would go unbilled.
+    pub fn journal_full() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "journal_full",
+            "usage journal full: the control plane has been unreachable too long",
+        )
+    }
     /// The key's requests-per-minute limit.
     pub fn rate_limited(retry_after_secs: u64) -> Self {
         Self {

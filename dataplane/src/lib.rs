@@ -33,7 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::relay::Relay;
 use crate::snapshot::SnapshotHolder;
-use crate::usage::{Spool, UsageSink};
+use crate::usage::{Journal, UsageSink};
 
 /// What a data plane needs to start.
 #[derive(Clone)]
@@ -42,8 +42,10 @@ pub struct Settings {
     pub node_token: Secret,
     pub node_id: String,
     pub proxy_listen: SocketAddr,
-    /// Where the usage spool lives.
+    /// Where the usage journal lives.
     pub spool_dir: PathBuf,
+    /// Above this many journal bytes (undelivered usage) requests are refused.
+    pub journal_max_bytes: u64,
     pub proxy_timeout: Duration,
     /// Longest silence allowed inside a response body.
     pub idle_timeout: Duration,
@@ -65,8 +67,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("usage spool: {0}")]
-    Spool(std::io::Error),
+    #[error("usage journal: {0}")]
+    Journal(std::io::Error),
 }
 
 pub struct DataPlane {
@@ -82,7 +84,14 @@ pub async fn start(
     tracker: &TaskTracker,
 ) -> Result<DataPlane, StartError> {
     let client = control::client(&settings.controlplane_url, settings.node_token.expose())?;
-    let spool = Spool::new(&settings.spool_dir, &settings.node_id).map_err(StartError::Spool)?;
+    let journal = Arc::new(
+        Journal::open(
+            &settings.spool_dir,
+            &settings.node_id,
+            settings.journal_max_bytes,
+        )
+        .map_err(StartError::Journal)?,
+    );
     let listener = tokio::net::TcpListener::bind(settings.proxy_listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -102,13 +111,13 @@ pub async fn start(
         cancel.clone(),
     ));
 
-    let (sink, records) = UsageSink::channel();
+    let (sink, records) = UsageSink::new(journal.clone());
     let reporter_stop = CancellationToken::new();
     let reporter = tokio::spawn(usage::run_reporter(
         records,
         client.clone(),
         settings.node_id.clone(),
-        spool,
+        journal,
         reporter_stop.clone(),
     ));
 

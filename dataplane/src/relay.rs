@@ -128,6 +128,9 @@ impl Relay {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let (parts, body) = req.into_parts();
         let caller = authenticate(&snapshot, &parts.headers, parts.uri.query(), now_ms)?;
+        if !self.sink.has_room() {
+            return Err(RelayError::journal_full());
+        }
         let body = request::read_body(body, &parts.headers, self.max_body_bytes).await?;
         let parsed = request::parse(endpoint, &parts.headers, body)?;
         if !model_allowed(&caller.key, &parsed.model) {

@@ -1,8 +1,13 @@
-//! Usage reporting: records are batched to the control plane, and kept in
-//! an fsync'd on-disk spool whenever it cannot be reached, then replayed.
+//! Usage delivery: every record is appended to an on-disk journal before its
+//! response ends (so a killed node loses nothing it served), batched to the
+//! control plane, and replayed from disk whatever the control plane did not
+//! take, including after a restart.
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aiproxy_proto::v1 as pb;
 use prost::Message;
@@ -14,129 +19,277 @@ use crate::control::Client;
 const BATCH_MAX: usize = 500;
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// The spool refuses to grow past this; each refusal is logged as an error.
-const SPOOL_MAX_BYTES: u64 = 1 << 30;
+/// A segment is closed after this long (or this many records), so delivered
+/// records leave the disk soon.
+const SEGMENT_AGE: Duration = Duration::from_secs(2);
+const SEGMENT_RECORDS: u64 = 20_000;
 
-/// Handle the relay uses to hand over finished records.
-#[derive(Clone)]
-pub struct UsageSink {
-    tx: mpsc::UnboundedSender<pb::UsageRecord>,
+/// Delivery bookkeeping of one journal segment.
+#[derive(Debug, Default)]
+struct SegmentState {
+    written: u64,
+    /// Records the control plane took from memory.
+    acked: u64,
+    /// Records whose in-memory delivery was attempted (taken or not).
+    attempted: u64,
+    /// Left from an earlier run, or a delivery failed: replay from disk.
+    replay: bool,
 }
 
-impl UsageSink {
-    pub fn channel() -> (UsageSink, mpsc::UnboundedReceiver<pb::UsageRecord>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (UsageSink { tx }, rx)
-    }
-
-    pub fn report(&self, record: pb::UsageRecord) {
-        if self.tx.send(record).is_err() {
-            tracing::error!("usage reporter stopped; record lost");
-        }
-    }
+struct Current {
+    file: File,
+    seq: u64,
+    opened: Instant,
 }
 
-/// Append-only file of length-delimited `UsageRecord`s.
-pub struct Spool {
-    path: PathBuf,
+/// The append-only journal: numbered segment files in one directory.
+pub struct Journal {
+    dir: PathBuf,
+    prefix: String,
+    current: Mutex<Current>,
+    segments: Mutex<BTreeMap<u64, SegmentState>>,
+    /// Bytes on disk; above `max_bytes` new requests are refused.
+    bytes: std::sync::atomic::AtomicU64,
+    max_bytes: u64,
 }
 
-impl Spool {
-    pub fn new(dir: &Path, node_id: &str) -> std::io::Result<Spool> {
+fn safe_name(node_id: &str) -> String {
+    node_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+impl Journal {
+    /// Opens the journal in `dir`; segments left by an earlier run are
+    /// queued for replay.
+    pub fn open(dir: &Path, node_id: &str, max_bytes: u64) -> std::io::Result<Journal> {
         std::fs::create_dir_all(dir)?;
-        let safe: String = node_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        Ok(Spool {
-            path: dir.join(format!("usage-spool-{safe}.bin")),
+        let prefix = format!("usage-{}-", safe_name(node_id));
+        let mut segments = BTreeMap::new();
+        let mut bytes = 0;
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(seq) = name
+                .strip_prefix(&prefix)
+                .and_then(|s| s.strip_suffix(".log"))
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                bytes += entry.metadata()?.len();
+                segments.insert(
+                    seq,
+                    SegmentState {
+                        replay: true,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        let seq = segments.keys().next_back().map_or(1, |s| s + 1);
+        let file = Self::create(dir, &prefix, seq)?;
+        segments.insert(seq, SegmentState::default());
+        Ok(Journal {
+            dir: dir.to_path_buf(),
+            prefix,
+            current: Mutex::new(Current {
+                file,
+                seq,
+                opened: Instant::now(),
+            }),
+            segments: Mutex::new(segments),
+            bytes: bytes.into(),
+            max_bytes,
         })
     }
 
-    /// Appends and fsyncs; returns false when the spool is full or unwritable.
-    fn append(&self, records: &[pb::UsageRecord]) -> bool {
-        let mut buf = Vec::new();
-        for r in records {
-            r.encode_length_delimited(&mut buf).expect("Vec grows");
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{}{seq:012}.log", self.prefix))
+    }
+
+    fn create(dir: &Path, prefix: &str, seq: u64) -> std::io::Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{prefix}{seq:012}.log")))
+    }
+
+    /// Whether the journal has room for more records.
+    pub fn has_room(&self) -> bool {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed) < self.max_bytes
+    }
+
+    /// Appends one record (one write, no fsync: it survives the process
+    /// being killed; the beat fsyncs for power loss). Returns its segment.
+    fn append(&self, record: &pb::UsageRecord) -> std::io::Result<u64> {
+        let mut buf = Vec::with_capacity(record.encoded_len() + 5);
+        record.encode_length_delimited(&mut buf).expect("Vec grows");
+        let mut current = self.current.lock().expect("journal lock");
+        current.file.write_all(&buf)?;
+        let seq = current.seq;
+        drop(current);
+        self.bytes
+            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut segments = self.segments.lock().expect("journal lock");
+        let state = segments.entry(seq).or_default();
+        state.written += 1;
+        if state.written >= SEGMENT_RECORDS {
+            drop(segments);
+            self.rotate(false)?;
         }
-        let write = || -> std::io::Result<bool> {
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
-            if f.metadata()?.len() + buf.len() as u64 > SPOOL_MAX_BYTES {
-                return Ok(false);
-            }
-            f.write_all(&buf)?;
-            f.sync_data()?;
-            Ok(true)
-        };
-        match write() {
-            Ok(true) => true,
-            Ok(false) => {
-                tracing::error!(records = records.len(), path = %self.path.display(), "usage spool is full; records lost");
-                false
-            }
-            Err(e) => {
-                tracing::error!(records = records.len(), error = %e, path = %self.path.display(), "cannot write usage spool; records lost");
-                false
+        Ok(seq)
+    }
+
+    /// Closes the current segment (when old enough, or `force`) and opens the next.
+    fn rotate(&self, force: bool) -> std::io::Result<()> {
+        let mut current = self.current.lock().expect("journal lock");
+        let written = self
+            .segments
+            .lock()
+            .expect("journal lock")
+            .get(&current.seq)
+            .map_or(0, |s| s.written);
+        if written == 0
+            || (!force && current.opened.elapsed() < SEGMENT_AGE && written < SEGMENT_RECORDS)
+        {
+            return current.file.sync_data();
+        }
+        current.file.sync_data()?;
+        let next = current.seq + 1;
+        current.file = Self::create(&self.dir, &self.prefix, next)?;
+        current.seq = next;
+        current.opened = Instant::now();
+        self.segments
+            .lock()
+            .expect("journal lock")
+            .insert(next, SegmentState::default());
+        Ok(())
+    }
+
+    fn settle(&self, seq: u64, records: u64, taken: bool) {
+        let mut segments = self.segments.lock().expect("journal lock");
+        if let Some(s) = segments.get_mut(&seq) {
+            s.attempted += records;
+            if taken {
+                s.acked += records;
+            } else {
+                s.replay = true;
             }
         }
     }
 
-    /// Every complete record in the spool; a torn tail from a crash is ignored.
-    fn read_all(&self) -> std::io::Result<Vec<pb::UsageRecord>> {
+    /// Closed segments and what to do with each: delete (all delivered) or
+    /// replay from disk (earlier run, or a delivery failed).
+    fn closed(&self) -> Vec<(u64, bool)> {
+        let current = self.current.lock().expect("journal lock").seq;
+        self.segments
+            .lock()
+            .expect("journal lock")
+            .iter()
+            .filter(|(seq, _)| **seq < current)
+            .filter_map(|(seq, s)| {
+                if s.replay && s.attempted >= s.written {
+                    Some((*seq, false))
+                } else if !s.replay && s.acked >= s.written {
+                    Some((*seq, true))
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn remove(&self, seq: u64) {
+        let path = self.path(seq);
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                self.bytes
+                    .fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
+                self.segments.lock().expect("journal lock").remove(&seq);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), "cannot remove a delivered usage journal segment")
+            }
+        }
+    }
+
+    /// Every complete record of a segment; a torn tail from a crash is ignored.
+    fn read(&self, seq: u64) -> std::io::Result<Vec<pb::UsageRecord>> {
+        let path = self.path(seq);
         let mut bytes = Vec::new();
-        match std::fs::File::open(&self.path) {
-            Ok(mut f) => f.read_to_end(&mut bytes)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
+        File::open(&path)?.read_to_end(&mut bytes)?;
         let mut records = Vec::new();
         let mut rest = bytes.as_slice();
         while !rest.is_empty() {
             match pb::UsageRecord::decode_length_delimited(&mut rest) {
                 Ok(r) => records.push(r),
                 Err(_) => {
-                    tracing::warn!(path = %self.path.display(), "ignoring a torn record at the end of the usage spool");
+                    tracing::warn!(path = %path.display(), "ignoring a torn record at the end of a usage journal segment");
                     break;
                 }
             }
         }
         Ok(records)
     }
+}
 
-    fn clear(&self) -> std::io::Result<()> {
-        let f = std::fs::OpenOptions::new().write(true).open(&self.path)?;
-        f.set_len(0)?;
-        f.sync_data()
+/// Handle the relay uses to hand over finished records.
+#[derive(Clone)]
+pub struct UsageSink {
+    journal: Arc<Journal>,
+    tx: mpsc::UnboundedSender<(u64, pb::UsageRecord)>,
+}
+
+impl UsageSink {
+    pub fn new(
+        journal: Arc<Journal>,
+    ) -> (UsageSink, mpsc::UnboundedReceiver<(u64, pb::UsageRecord)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (UsageSink { journal, tx }, rx)
     }
 
-    fn is_empty(&self) -> bool {
-        std::fs::metadata(&self.path)
-            .map(|m| m.len() == 0)
-            .unwrap_or(true)
+    /// Whether records can still be kept; when not, requests are refused
+    /// rather than served unbilled.
+    pub fn has_room(&self) -> bool {
+        self.journal.has_room()
+    }
+
+    /// Journals the record, then queues it for delivery.
+    pub fn report(&self, record: pb::UsageRecord) {
+        match self.journal.append(&record) {
+            Ok(seq) => {
+                if self.tx.send((seq, record)).is_err() {
+                    // The reporter stopped (shutdown): the journal replays it next start.
+                    tracing::debug!("usage reporter stopped; record left in the journal");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, request_id = %record.request_id, "cannot journal a usage record; delivering from memory only");
+                let _ = self.tx.send((0, record));
+            }
+        }
     }
 }
 
-/// Batches records to the control plane until cancelled, then flushes what is left.
+/// Delivers journaled records until cancelled, then flushes what it holds.
 pub async fn run_reporter(
-    mut rx: mpsc::UnboundedReceiver<pb::UsageRecord>,
+    mut rx: mpsc::UnboundedReceiver<(u64, pb::UsageRecord)>,
     client: Client,
     node_id: String,
-    spool: Spool,
+    journal: Arc<Journal>,
     cancel: CancellationToken,
 ) {
     let reporter = Reporter {
         client,
         node_id,
-        spool,
+        journal,
     };
     let mut batch = Vec::with_capacity(BATCH_MAX);
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
@@ -156,24 +309,28 @@ pub async fn run_reporter(
                 if !batch.is_empty() {
                     reporter.flush(std::mem::take(&mut batch)).await;
                 }
-                reporter.replay_spool().await;
+                reporter.beat().await;
             }
             _ = cancel.cancelled() => break,
         }
     }
-    // Shutdown: whatever is still queued is sent, or spooled for the next start.
     while let Ok(r) = rx.try_recv() {
         batch.push(r);
     }
     for chunk in batch.chunks(BATCH_MAX) {
         reporter.flush(chunk.to_vec()).await;
     }
+    // What was not delivered stays journaled for the next start.
+    if let Err(e) = reporter.journal.rotate(true) {
+        tracing::error!(error = %e, "cannot sync the usage journal at shutdown");
+    }
+    reporter.beat().await;
 }
 
 struct Reporter {
     client: Client,
     node_id: String,
-    spool: Spool,
+    journal: Arc<Journal>,
 }
 
 impl Reporter {
@@ -189,55 +346,62 @@ impl Reporter {
         }
     }
 
-    async fn flush(&self, batch: Vec<pb::UsageRecord>) {
-        let n = batch.len();
-        match self.send(batch.clone()).await {
-            Ok(ack) => tracing::debug!(
-                records = n,
-                inserted = ack.inserted,
-                duplicates = ack.duplicates,
-                "usage reported"
-            ),
-            Err(e) => {
-                tracing::warn!(records = n, error = %e, "control plane unreachable; spooling usage");
-                let spool = Spool {
-                    path: self.spool.path.clone(),
-                };
-                let _ = tokio::task::spawn_blocking(move || spool.append(&batch)).await;
+    async fn flush(&self, batch: Vec<(u64, pb::UsageRecord)>) {
+        let mut per_segment: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut records = Vec::with_capacity(batch.len());
+        for (seq, r) in batch {
+            *per_segment.entry(seq).or_default() += 1;
+            records.push(r);
+        }
+        let n = records.len();
+        let taken = match self.send(records).await {
+            Ok(ack) => {
+                tracing::debug!(
+                    records = n,
+                    inserted = ack.inserted,
+                    duplicates = ack.duplicates,
+                    "usage reported"
+                );
+                true
             }
+            Err(e) => {
+                tracing::warn!(records = n, error = %e, "control plane unreachable; usage stays in the journal for replay");
+                false
+            }
+        };
+        for (seq, count) in per_segment {
+            self.journal.settle(seq, count, taken);
         }
     }
 
-    async fn replay_spool(&self) {
-        if self.spool.is_empty() {
-            return;
+    /// Closes an old segment, deletes delivered ones and replays the rest.
+    async fn beat(&self) {
+        if let Err(e) = self.journal.rotate(false) {
+            tracing::error!(error = %e, "cannot rotate the usage journal");
         }
-        let spool = Spool {
-            path: self.spool.path.clone(),
-        };
-        let records = match tokio::task::spawn_blocking(move || spool.read_all()).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read usage spool");
-                return;
+        for (seq, delivered) in self.journal.closed() {
+            if delivered {
+                self.journal.remove(seq);
+                continue;
             }
-            Err(_) => return,
-        };
-        let total = records.len();
-        for chunk in records.chunks(BATCH_MAX) {
-            if let Err(e) = self.send(chunk.to_vec()).await {
-                tracing::debug!(error = %e, "usage spool replay deferred");
-                return;
+            let records = match self.journal.read(seq) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, seq, "cannot read a usage journal segment");
+                    continue;
+                }
+            };
+            let total = records.len();
+            for chunk in records.chunks(BATCH_MAX) {
+                if let Err(e) = self.send(chunk.to_vec()).await {
+                    tracing::debug!(error = %e, "usage replay deferred");
+                    return;
+                }
             }
-        }
-        // Everything was accepted (ingestion is idempotent, so a crash
-        // before this clear only causes harmless duplicates).
-        let spool = Spool {
-            path: self.spool.path.clone(),
-        };
-        match tokio::task::spawn_blocking(move || spool.clear()).await {
-            Ok(Ok(())) => tracing::info!(records = total, "usage spool replayed"),
-            _ => tracing::error!("cannot truncate usage spool after replay"),
+            // All taken (ingestion is idempotent: a crash before this removal
+            // only replays duplicates, never bills twice).
+            self.journal.remove(seq);
+            tracing::info!(records = total, seq, "usage journal segment replayed");
         }
     }
 }
@@ -255,27 +419,57 @@ mod tests {
     }
 
     #[test]
-    fn spool_round_trips_and_ignores_a_torn_tail() {
+    fn segments_round_trip_ignore_torn_tails_and_survive_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Spool::new(dir.path(), "node/1").unwrap();
-        assert!(spool.is_empty());
-        assert!(spool.append(&[record("a"), record("b")]));
-        assert!(spool.append(&[record("c")]));
+        let journal = Journal::open(dir.path(), "node/1", 1 << 20).unwrap();
+        let seq = journal.append(&record("a")).unwrap();
+        journal.append(&record("b")).unwrap();
+        assert!(journal.closed().is_empty(), "the current segment is open");
         // A crash mid-write leaves a partial record.
-        let mut f = std::fs::OpenOptions::new()
+        let mut f = OpenOptions::new()
             .append(true)
-            .open(&spool.path)
+            .open(journal.path(seq))
             .unwrap();
         f.write_all(&[0x40, 1, 2]).unwrap();
-        let ids: Vec<_> = spool
-            .read_all()
+        let ids: Vec<_> = journal
+            .read(seq)
             .unwrap()
             .into_iter()
             .map(|r| r.request_id)
             .collect();
-        assert_eq!(ids, vec!["a", "b", "c"]);
-        spool.clear().unwrap();
-        assert!(spool.is_empty());
-        assert!(spool.read_all().unwrap().is_empty());
+        assert_eq!(ids, vec!["a", "b"]);
+        drop(journal);
+
+        // The next start replays what the previous one left.
+        let journal = Journal::open(dir.path(), "node/1", 1 << 20).unwrap();
+        assert_eq!(journal.closed(), vec![(seq, false)]);
+        journal.remove(seq);
+        assert!(journal.closed().is_empty());
+        // Another node's segments in the same directory are not ours.
+        let other = Journal::open(dir.path(), "node-2", 1 << 20).unwrap();
+        assert!(other.closed().is_empty());
+    }
+
+    #[test]
+    fn delivered_segments_are_deleted_and_failed_ones_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), "n", 1 << 20).unwrap();
+        let first = journal.append(&record("a")).unwrap();
+        journal.rotate(true).unwrap();
+        let second = journal.append(&record("b")).unwrap();
+        journal.rotate(true).unwrap();
+        assert!(journal.closed().is_empty(), "nothing attempted yet");
+        journal.settle(first, 1, true);
+        journal.settle(second, 1, false);
+        assert_eq!(journal.closed(), vec![(first, true), (second, false)]);
+    }
+
+    #[test]
+    fn a_full_journal_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), "n", 10).unwrap();
+        assert!(journal.has_room());
+        journal.append(&record("a-request-id-long-enough")).unwrap();
+        assert!(!journal.has_room());
     }
 }

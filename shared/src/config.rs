@@ -84,6 +84,8 @@ pub struct ProxySettings {
     pub max_attempts: u64,
     /// Largest request body accepted, bytes.
     pub max_body_bytes: usize,
+    /// Undelivered usage a data plane keeps on disk before refusing requests, bytes.
+    pub journal_max_bytes: u64,
 }
 
 impl Default for ProxySettings {
@@ -94,6 +96,7 @@ impl Default for ProxySettings {
             connect_timeout: 10,
             max_attempts: 3,
             max_body_bytes: 32 * 1024 * 1024,
+            journal_max_bytes: 1 << 30,
         }
     }
 }
@@ -321,6 +324,11 @@ impl Config {
             &mut self.proxy.connect_timeout,
         )?;
         parse_env(&get, "AIPROXY_MAX_ATTEMPTS", &mut self.proxy.max_attempts)?;
+        parse_env(
+            &get,
+            "AIPROXY_JOURNAL_MAX_BYTES",
+            &mut self.proxy.journal_max_bytes,
+        )?;
         parse_env(&get, "AIPROXY_SESSION_TTL", &mut self.cache.session_ttl)?;
         parse_env(
             &get,
