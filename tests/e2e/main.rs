@@ -1,4 +1,5 @@
 //! End-to-end suites: the real `aiproxy` binary against the mock upstream.
+mod billing;
 mod embedded;
 mod limits;
 mod multinode;

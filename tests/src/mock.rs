@@ -10,6 +10,7 @@
 //! - `mock-gzip`: the body gzip-compressed with no `content-encoding`;
 //! - `mock-429-in-N`: an Anthropic 429 whose unified reset is N seconds away;
 //! - `mock-403-banned`: an Anthropic 403 `permission_error`, as for a banned account;
+//! - `mock-long`: an Anthropic answer whose prompt is `LONG_INPUT` tokens (a long-context tier);
 //! - `expired-token`: 401, as for an OAuth access token past its life;
 //! - `mock-slow`: streams that pause two seconds after the first event;
 //! - `mock-cut`: streams that end early, cleanly, before their final event;
@@ -38,6 +39,9 @@ pub const USAGE: Usage = Usage {
     cache_creation_1h: 60,
     cache_read: 2000,
 };
+
+/// Input tokens `mock-long` reports: above the 200k long-context threshold.
+pub const LONG_INPUT: u64 = 250_000;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Usage {
@@ -232,6 +236,11 @@ async fn handle(
         "/v1/messages" => match failure {
             Some(status) => anthropic_error(status, reset_at),
             None if stream => sse_response(sse_events(&model), gzip),
+            None if key == "mock-long" => {
+                let mut body = message_body(&model);
+                body["usage"]["input_tokens"] = json!(LONG_INPUT);
+                json_response(StatusCode::OK, body)
+            }
             None => json_or_gzip(message_body(&model), gzip),
         },
         "/v1/oauth/token"

@@ -21,6 +21,8 @@ pub struct LogQuery {
     to: Option<DateTime<Utc>>,
     page: Option<u32>,
     page_size: Option<u32>,
+    /// `/usage` only: how totals are grouped.
+    pub(super) group_by: Option<String>,
 }
 
 pub async fn list(

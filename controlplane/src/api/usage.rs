@@ -13,26 +13,19 @@ use super::logs::{LogQuery, filter};
 use super::{ApiError, ApiResult, ApiState, AuthUser, JsonBody, QueryParams};
 use crate::store::{ConsistencyReport, GroupBy, PriceRow, RerateReport, RerateScope};
 
-#[derive(Deserialize)]
-pub struct TotalsQuery {
-    group_by: Option<String>,
-    #[serde(flatten)]
-    logs: LogQuery,
-}
-
 pub async fn totals(
     State(state): State<ApiState>,
     auth: AuthUser,
-    QueryParams(q): QueryParams<TotalsQuery>,
+    QueryParams(q): QueryParams<LogQuery>,
 ) -> ApiResult<Json<Value>> {
-    let group_name = q.group_by.as_deref().unwrap_or("model");
-    let group = GroupBy::parse(group_name).ok_or_else(|| {
+    let group_name = q.group_by.clone().unwrap_or_else(|| "model".into());
+    let group = GroupBy::parse(&group_name).ok_or_else(|| {
         ApiError::BadRequest("group_by must be user, key, model, account or day".into())
     })?;
     if !auth.is_admin() && group == GroupBy::Account {
         return Err(ApiError::Forbidden("only admins see usage by account"));
     }
-    let f = filter(&auth, q.logs);
+    let f = filter(&auth, q);
     let items = state.store.usage_totals(&f, group).await?;
     Ok(Json(json!({ "group_by": group_name, "items": items })))
 }

@@ -6,7 +6,7 @@ use sqlx::QueryBuilder;
 
 use std::collections::{HashMap, HashSet};
 
-use aiproxy_shared::billing::{Draw, Periods, draw};
+use aiproxy_shared::billing::Periods;
 use chrono::FixedOffset;
 
 use super::db::{Dialect, Usd, impl_from_row, with_pool};
@@ -173,37 +173,16 @@ struct Charges {
 }
 
 impl Charges {
-    /// The package that pays for `row`: the one the node admitted it against
-    /// if it is still the user's, else the first in draw order (even when
-    /// used up: the request was served). `None`: nothing to charge.
-    fn payer(&self, row: &UsageRow, tz: FixedOffset) -> Option<i64> {
-        let packages = self.packages.get(&row.user_id)?;
-        if let Some(id) = row.package_id
-            && packages.iter().any(|p| p.id == id)
-        {
-            return Some(id);
+    /// The package that pays for `row`: the one the node admitted it
+    /// against, if it is still the user's. The node decides, so a request
+    /// admitted with no package is never charged to one created later.
+    fn payer(&self, row: &UsageRow) -> Option<i64> {
+        let id = row.package_id?;
+        let owned = self.packages.get(&row.user_id)?.iter().any(|p| p.id == id);
+        if !owned {
+            tracing::warn!(package_id = id, request_id = %row.request_id, "usage names a package the user no longer has; not charged");
         }
-        let states: Vec<_> = packages.iter().map(Package::state).collect();
-        let at = Periods::at(row.created_at, tz);
-        let ms = row.created_at.timestamp_millis();
-        match draw(&states, &row.model, ms, at, true) {
-            Ok(Draw::From(id)) => Some(id),
-            Ok(Draw::Unmetered) => None,
-            // Named differently than the package lists it: still charged.
-            Err(_) => {
-                let any_model: Vec<_> = states
-                    .into_iter()
-                    .map(|mut s| {
-                        s.allowed_models.clear();
-                        s
-                    })
-                    .collect();
-                match draw(&any_model, "", ms, at, true) {
-                    Ok(Draw::From(id)) => Some(id),
-                    _ => None,
-                }
-            }
-        }
+        owned.then_some(id)
     }
 
     fn charge(&mut self, row: &UsageRow, package_id: i64, tz: FixedOffset) {
@@ -248,29 +227,21 @@ impl Store {
         let now = Utc::now();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
-            // Keys billed on packages, and those users' packages.
-            let mut package_keys: HashMap<i64, bool> = HashMap::new();
+            // The packages of users whose requests name one, locked on MySQL.
             let mut charges = Charges { packages: HashMap::new(), changed: HashSet::new() };
-            for row in rows {
-                if let std::collections::hash_map::Entry::Vacant(e) = package_keys.entry(row.api_key_id) {
-                    let billing: Option<String> = sqlx::query_scalar("SELECT billing_type FROM api_keys WHERE id = ?")
-                        .bind(row.api_key_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    e.insert(billing.as_deref() == Some("package"));
-                }
-                if package_keys[&row.api_key_id] && !charges.packages.contains_key(&row.user_id) {
+            for row in rows.iter().filter(|r| r.package_id.is_some()) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = charges.packages.entry(row.user_id) {
                     let packages = sqlx::query_as::<_, Package>(&format!(
                         "{SELECT_PACKAGES} WHERE user_id = ? ORDER BY id{lock_suffix}"
                     ))
                     .bind(row.user_id)
                     .fetch_all(&mut *tx)
                     .await?;
-                    charges.packages.insert(row.user_id, packages);
+                    slot.insert(packages);
                 }
             }
             for row in rows {
-                let payer = if package_keys[&row.api_key_id] { charges.payer(row, tz) } else { None };
+                let payer = charges.payer(row);
                 let done = sqlx::query(insert)
                     .bind(&row.request_id)
                     .bind(row.user_id)

@@ -70,13 +70,22 @@ on_every_backend!(packages_are_charged_across_period_boundaries, |store| {
     let top_up = quota(store, u.id, "50").await;
     let tz = cst();
     // Sunday evening and Monday morning in UTC+8, then past the daily limit.
+    let on = |r: UsageRow, p: &Package| UsageRow {
+        package_id: Some(p.id),
+        ..r
+    };
     let rows = vec![
-        row("r1", &u, &k, &a, "0.6", "2026-11-22T10:00:00Z"),
-        row("r2", &u, &k, &a, "0.5", "2026-11-22T15:00:00Z"),
-        // The daily limit is reached: the next request draws on the quota package.
-        row("r3", &u, &k, &a, "0.25", "2026-11-22T15:30:00Z"),
+        on(row("r1", &u, &k, &a, "0.6", "2026-11-22T10:00:00Z"), &sub),
+        on(row("r2", &u, &k, &a, "0.5", "2026-11-22T15:00:00Z"), &sub),
+        // The daily limit was reached: the node drew on the quota package.
+        on(
+            row("r3", &u, &k, &a, "0.25", "2026-11-22T15:30:00Z"),
+            &top_up,
+        ),
         // 00:30 Monday in UTC+8: a new day and a new ISO week.
-        row("r4", &u, &k, &a, "0.75", "2026-11-22T16:30:00Z"),
+        on(row("r4", &u, &k, &a, "0.75", "2026-11-22T16:30:00Z"), &sub),
+        // Admitted with no package (the key bills on its own): never charged to one.
+        row("r6", &u, &k, &a, "9", "2026-11-22T16:40:00Z"),
     ];
     store.ingest_usage(&rows, tz).await.unwrap();
     let sub = store.get_package(sub.id).await.unwrap();
@@ -100,7 +109,7 @@ on_every_backend!(packages_are_charged_across_period_boundaries, |store| {
         })
         .await
         .unwrap();
-    assert_eq!(logs.len(), 4);
+    assert_eq!(logs.len(), 5);
     // Daily usage is counted by day in the billing zone.
     let days: Vec<String> = store
         .daily_usage_for_user(u.id)
@@ -109,16 +118,22 @@ on_every_backend!(packages_are_charged_across_period_boundaries, |store| {
         .iter()
         .map(|d| format!("{} {}", d.date, d.request_count))
         .collect();
-    assert_eq!(days, ["2026-11-23 1", "2026-11-22 3"]);
+    assert_eq!(days, ["2026-11-23 2", "2026-11-22 3"]);
     let report = store.consistency(tz).await.unwrap();
     assert!(report.clean, "{:?}", report.differences);
-    assert_eq!(report.request_logs, 4);
+    assert_eq!(report.request_logs, 5);
 
     // A replay changes nothing; a late record of a closed day counts for
     // the week and the quota only.
     store.ingest_usage(&rows, tz).await.unwrap();
     store
-        .ingest_usage(&[row("r5", &u, &k, &a, "0.1", "2026-11-23T12:00:00Z")], tz)
+        .ingest_usage(
+            &[on(
+                row("r5", &u, &k, &a, "0.1", "2026-11-23T12:00:00Z"),
+                &sub,
+            )],
+            tz,
+        )
         .await
         .unwrap();
     let sub = store.get_package(sub.id).await.unwrap();
@@ -181,8 +196,14 @@ on_every_backend!(rerating_moves_every_aggregate_consistently, |store| {
     store
         .ingest_usage(
             &[
-                row("x1", &u, &k, &a, "0.3", "2026-11-20T01:00:00Z"),
-                row("x2", &u, &k, &a, "0.3", "2026-11-21T01:00:00Z"),
+                UsageRow {
+                    package_id: Some(top_up.id),
+                    ..row("x1", &u, &k, &a, "0.3", "2026-11-20T01:00:00Z")
+                },
+                UsageRow {
+                    package_id: Some(top_up.id),
+                    ..row("x2", &u, &k, &a, "0.3", "2026-11-21T01:00:00Z")
+                },
             ],
             tz,
         )
