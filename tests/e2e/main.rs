@@ -2,6 +2,7 @@
 mod billing;
 mod embedded;
 mod limits;
+mod loss;
 mod multinode;
 mod oauth;
 mod platforms;

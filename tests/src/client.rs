@@ -44,6 +44,20 @@ impl Http {
         headers: &[(&str, &str)],
         body: Option<&Value>,
     ) -> Reply {
+        self.try_send(method, url, headers, body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+    }
+
+    /// Like `send`, but a connection that fails (a node that is down) or a
+    /// body cut short is an error rather than a panic.
+    pub async fn try_send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Option<&Value>,
+    ) -> Result<Reply, String> {
         let mut req = Request::builder()
             .method(Method::from_bytes(method.as_bytes()).expect("method"))
             .uri(url);
@@ -61,15 +75,20 @@ impl Http {
             .client
             .request(req.body(Full::new(body)).expect("request"))
             .await
-            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+            .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        Reply {
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Reply {
             status,
             headers,
             body,
-        }
+        })
     }
 
     /// Sends a request and returns the response with its body unread, for streaming checks.
