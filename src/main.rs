@@ -33,6 +33,22 @@ enum Command {
     Dataplane,
     /// Apply database migrations and exit.
     Migrate,
+    /// Operate a running control plane over its management gRPC
+    /// (`AIPROXY_CONTROLPLANE_URL`, `AIPROXY_NODE_TOKEN`).
+    Ctl {
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Compare daily usage, keys, accounts and packages with the request
+    /// logs; exits 1 when anything differs.
+    Consistency,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +68,7 @@ fn main() -> ExitCode {
             Some(Command::Controlplane) => controlplane(config).await,
             Some(Command::Dataplane) => dataplane(config).await,
             Some(Command::Migrate) => migrate(config).await,
+            Some(Command::Ctl { json, command }) => ctl(config, json, command).await,
         }
     });
     match result {
@@ -268,6 +285,74 @@ async fn migrate(config: Config) -> Result<(), Failure> {
     let store = aiproxy_controlplane::migrate(&config.database_url()).await?;
     store.close().await;
     println!("aiproxy: migrations applied");
+    Ok(())
+}
+
+async fn ctl(config: Config, json: bool, command: CtlCommand) -> Result<(), Failure> {
+    use aiproxy_proto::v1::management_service_client::ManagementServiceClient;
+    let token = Config::require(&config.node_token, "AIPROXY_NODE_TOKEN", "ctl")
+        .map_err(Failure::Config)?
+        .clone();
+    let url = config
+        .controlplane_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", loopback_if_unspecified(config.listen.grpc)));
+    let mut client = ManagementServiceClient::connect(url.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the control plane at {url}: {e}"))?;
+    let request = |body| {
+        let mut req = tonic::Request::new(body);
+        let bearer = format!("Bearer {}", token.expose());
+        req.metadata_mut()
+            .insert("authorization", bearer.parse().expect("token is ASCII"));
+        req
+    };
+    match command {
+        CtlCommand::Consistency => {
+            let report = client
+                .check_consistency(request(aiproxy_proto::v1::ConsistencyRequest {}))
+                .await
+                .map_err(|e| anyhow::anyhow!("consistency check failed: {}", e.message()))?
+                .into_inner();
+            if json {
+                let differences: Vec<_> = report
+                    .differences
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({"table": d.table, "row": d.row, "field": d.field,
+                                           "expected": d.expected, "actual": d.actual})
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({"clean": report.clean, "request_logs": report.request_logs,
+                                       "differences": differences})
+                );
+            } else if report.clean {
+                println!(
+                    "consistent: {} request logs agree with daily usage, keys, accounts and packages",
+                    report.request_logs
+                );
+            } else {
+                println!(
+                    "{:<14} {:<40} {:<16} {:>22} {:>22}",
+                    "TABLE", "ROW", "FIELD", "FROM LOGS", "STORED"
+                );
+                for d in &report.differences {
+                    println!(
+                        "{:<14} {:<40} {:<16} {:>22} {:>22}",
+                        d.table, d.row, d.field, d.expected, d.actual
+                    );
+                }
+            }
+            if !report.clean {
+                return Err(Failure::Run(anyhow::anyhow!(
+                    "{} differences",
+                    report.differences.len()
+                )));
+            }
+        }
+    }
     Ok(())
 }
 

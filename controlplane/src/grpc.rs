@@ -80,21 +80,28 @@ impl NodeApi {
         NodeServiceServer<NodeApi>,
         impl tonic::service::Interceptor + Clone,
     > {
-        let expected = format!("Bearer {node_token}");
         let server = NodeServiceServer::new(self)
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024);
-        tonic::service::interceptor::InterceptedService::new(server, move |req: Request<()>| {
-            let ok = req
-                .metadata()
-                .get("authorization")
-                .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()));
-            if ok {
-                Ok(req)
-            } else {
-                Err(Status::unauthenticated("invalid node token"))
-            }
-        })
+        tonic::service::interceptor::InterceptedService::new(server, require_token(node_token))
+    }
+}
+
+/// Admits calls that carry `authorization: Bearer <node_token>`.
+pub fn require_token(
+    node_token: String,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    let expected = format!("Bearer {node_token}");
+    move |req: Request<()>| {
+        let ok = req
+            .metadata()
+            .get("authorization")
+            .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()));
+        if ok {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("invalid node token"))
+        }
     }
 }
 

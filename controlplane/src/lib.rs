@@ -5,6 +5,7 @@
 pub mod api;
 pub mod crypto;
 pub mod grpc;
+pub mod manage;
 pub mod oauth;
 pub mod publisher;
 pub mod store;
@@ -146,6 +147,8 @@ pub async fn start(
         settings.billing_tz,
     );
     let service = node_api.into_server(settings.node_token.expose().to_string());
+    let manage = manage::ManageApi::new(store.clone(), settings.billing_tz)
+        .into_server(settings.node_token.expose().to_string());
     let grpc_cancel = cancel.clone();
     tracker.spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
@@ -153,6 +156,7 @@ pub async fn start(
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .add_service(service)
+            .add_service(manage)
             .serve_with_incoming_shutdown(incoming, grpc_cancel.cancelled_owned())
             .await;
         if let Err(e) = served {

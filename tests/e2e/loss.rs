@@ -71,7 +71,8 @@ async fn nothing_served_is_lost_when_planes_die_under_load() {
         format!("{}/v1/messages", dp1.url("proxy")),
         format!("{}/v1/messages", dp2.url("proxy")),
     ]));
-    for url in urls.read().unwrap().iter() {
+    let start_urls = urls.read().unwrap().clone();
+    for url in &start_urls {
         let deadline = Instant::now() + Duration::from_secs(10);
         while http
             .send(
@@ -208,6 +209,30 @@ async fn nothing_served_is_lost_when_planes_die_under_load() {
         assert!(Instant::now() < deadline, "books never balanced: {report}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The same check from the command line.
+    let ctl = tokio::process::Command::new(crate::bin())
+        .args(["ctl", "consistency", "--json"])
+        .env("AIPROXY_CONTROLPLANE_URL", format!("http://{grpc}"))
+        .env("AIPROXY_NODE_TOKEN", NODE_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        ctl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ctl.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&ctl.stdout).unwrap();
+    assert_eq!(out["clean"], true);
+    assert!(out["request_logs"].as_u64().unwrap() >= served.len() as u64);
+    let refused = tokio::process::Command::new(crate::bin())
+        .args(["ctl", "consistency"])
+        .env("AIPROXY_CONTROLPLANE_URL", format!("http://{grpc}"))
+        .env("AIPROXY_NODE_TOKEN", "wrong-token-0123456789abcdef")
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success(), "a wrong token is refused");
     dp1.stop().await;
     dp2.stop().await;
     cp.stop().await;
