@@ -78,6 +78,11 @@ impl Process {
         Process { child, addrs, log }
     }
 
+    /// The process id, for reading its CPU time and memory.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running process")
+    }
+
     pub fn url(&self, listener: &str) -> String {
         format!("http://{}", self.addrs[listener])
     }

@@ -1,0 +1,626 @@
+//! The benchmark harness: aiproxy against a direct call and a bare hyper
+//! proxy (the floor), measured in one run with the arms interleaved in
+//! blocks, printed as markdown tables.
+//!
+//! `cargo run --release -p aiproxy-tests --bin bench` (builds the release
+//! binary first); `--smoke` runs tiny counts (CI); `--aiproxy PATH` uses a
+//! given binary; `--out FILE` also writes the tables there.
+mod control;
+mod load;
+mod procs;
+mod servers;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aiproxy_tests::harness::{ADMIN_PASSWORD, Admin, Process};
+use serde_json::json;
+use tokio::process::Child;
+
+use crate::load::{Client, Target, percentile};
+use crate::servers::{KEY_FAST, KEY_HOLD, KEY_STREAM, STREAM_CHUNKS};
+
+/// How much of everything to run.
+#[derive(Clone, Copy)]
+struct Plan {
+    warmup: usize,
+    blocks: usize,
+    per_block: usize,
+    saturate: usize,
+    rates: &'static [u64],
+    rate_secs: f64,
+    streams: usize,
+    held: &'static [usize],
+    smoke: bool,
+}
+
+const FULL: Plan = Plan {
+    warmup: 500,
+    blocks: 6,
+    per_block: 500,
+    saturate: 20_000,
+    rates: &[1_000, 2_000, 3_000, 4_000, 6_000, 8_000],
+    rate_secs: 2.0,
+    streams: 300,
+    held: &[1_000, 10_000],
+    smoke: false,
+};
+
+const SMOKE: Plan = Plan {
+    warmup: 20,
+    blocks: 2,
+    per_block: 20,
+    saturate: 200,
+    rates: &[200],
+    rate_secs: 0.5,
+    streams: 5,
+    held: &[20],
+    smoke: true,
+};
+
+/// One thing measured: where it is reached and which processes do its work.
+struct Arm {
+    name: String,
+    fast: Target,
+    stream: Target,
+    hold: Target,
+    /// Processes whose CPU and memory count for this arm (the relay under test).
+    pids: Vec<u32>,
+    /// Redis whose commands this arm issues, if any.
+    redis: Option<String>,
+    samples: Vec<u64>,
+    _keep: Keep,
+}
+
+/// What must stay alive while an arm is measured.
+#[allow(dead_code)]
+enum Keep {
+    Nothing,
+    Child(Child),
+    Processes(Vec<Process>, tempfile::TempDir),
+}
+
+#[derive(Default)]
+struct Row {
+    p50: u64,
+    p99: u64,
+    p999: u64,
+    cpu_us: Option<f64>,
+    max_rate: Option<u64>,
+    rate_p99: Vec<(u64, u64, usize)>,
+    ttfb_p99: u64,
+    chunks_ok: bool,
+    redis_per_request: Option<f64>,
+}
+
+fn arg_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        match args.first().map(String::as_str) {
+            Some("serve-upstream") => {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                println!("listening on {}", listener.local_addr().expect("addr"));
+                servers::serve_upstream(listener).await;
+            }
+            Some("serve-bare") => {
+                let target = args
+                    .get(1)
+                    .expect("target")
+                    .parse()
+                    .expect("target address");
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                println!("listening on {}", listener.local_addr().expect("addr"));
+                servers::serve_bare_proxy(listener, target).await;
+            }
+            _ => run(&args).await,
+        }
+    });
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The aiproxy binary to measure: given, or built in release mode now.
+fn aiproxy_binary(args: &[String]) -> PathBuf {
+    if let Some(path) = arg_value(args, "--aiproxy") {
+        return PathBuf::from(path);
+    }
+    eprintln!("bench: building aiproxy (release)…");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--release", "--bin", "aiproxy"])
+        .current_dir(workspace())
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "cargo build --release failed");
+    workspace().join("target/release/aiproxy")
+}
+
+fn taskset() -> Option<PathBuf> {
+    let path = PathBuf::from("/usr/bin/taskset");
+    path.exists().then_some(path)
+}
+
+/// Spawns aiproxy (pinned to `cpu` when taskset is there).
+async fn spawn_aiproxy(
+    bin: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, String)],
+    listeners: &[&str],
+    log: PathBuf,
+    cpu: usize,
+) -> Process {
+    match taskset() {
+        Some(ts) => {
+            let cpu = cpu.to_string();
+            let bin = bin.display().to_string();
+            let mut full: Vec<&str> = vec!["-c", &cpu, &bin];
+            full.extend_from_slice(args);
+            Process::spawn(&ts, &full, env, listeners, log).await
+        }
+        None => Process::spawn(bin, args, env, listeners, log).await,
+    }
+}
+
+/// Users, keys and dedicated accounts for the three upstream behaviours.
+async fn provision(admin: &Admin, upstream: &str) -> [String; 3] {
+    let user = admin.create_user("bench").await;
+    let user_id = user["id"].as_i64().expect("user id");
+    let mut keys = Vec::new();
+    for (name, upstream_key) in [
+        ("fast", KEY_FAST),
+        ("stream", KEY_STREAM),
+        ("hold", KEY_HOLD),
+    ] {
+        let (id, key) = admin.create_key(user_id, name).await;
+        admin
+            .create_account_with(
+                json!({"name": name, "type": "claude-api", "base_url": upstream,
+                "credentials": {"api_key": upstream_key}, "bound_api_key_ids": [id]}),
+            )
+            .await;
+        keys.push(key);
+    }
+    [keys[0].clone(), keys[1].clone(), keys[2].clone()]
+}
+
+async fn until_serving(client: &Client, t: &Target) {
+    for _ in 0..600 {
+        if client.one(t, load::body(false)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never served", t.url);
+}
+
+fn targets(url: &str, keys: &[String; 3]) -> (Target, Target, Target) {
+    let t = |key: &str| Target {
+        url: url.to_string(),
+        key: key.to_string(),
+    };
+    (t(&keys[0]), t(&keys[1]), t(&keys[2]))
+}
+
+async fn redis_reachable() -> bool {
+    tokio::time::timeout(
+        Duration::from_millis(300),
+        tokio::net::TcpStream::connect("127.0.0.1:6379"),
+    )
+    .await
+    .is_ok_and(|c| c.is_ok())
+}
+
+async fn run(args: &[String]) {
+    let plan = if args.iter().any(|a| a == "--smoke") {
+        SMOKE
+    } else {
+        FULL
+    };
+    let bin = aiproxy_binary(args);
+    let client = Client::new();
+    let (_upstream, up_port) = procs::spawn_helper(&["serve-upstream".into()], Some(0)).await;
+    let upstream = format!("http://127.0.0.1:{up_port}");
+    let (bare, bare_port) = procs::spawn_helper(
+        &["serve-bare".into(), format!("127.0.0.1:{up_port}")],
+        Some(1),
+    )
+    .await;
+
+    let direct_keys = [
+        KEY_FAST.to_string(),
+        KEY_STREAM.to_string(),
+        KEY_HOLD.to_string(),
+    ];
+    let mut arms = Vec::new();
+    let (f, s, h) = targets(&upstream, &direct_keys);
+    arms.push(Arm {
+        name: "direct".into(),
+        fast: f,
+        stream: s,
+        hold: h,
+        pids: vec![],
+        redis: None,
+        samples: vec![],
+        _keep: Keep::Nothing,
+    });
+    let (f, s, h) = targets(&format!("http://127.0.0.1:{bare_port}"), &direct_keys);
+    let bare_pid = bare.id().expect("bare pid");
+    arms.push(Arm {
+        name: "bare hyper proxy (floor)".into(),
+        fast: f,
+        stream: s,
+        hold: h,
+        pids: vec![bare_pid],
+        redis: None,
+        samples: vec![],
+        _keep: Keep::Child(bare),
+    });
+
+    // aiproxy all-in-one, in-memory state.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = vec![
+        ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
+        ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
+        ("AIPROXY_PROXY_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_GRPC_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_LOG_FORMAT", "json".to_string()),
+    ];
+    let p = spawn_aiproxy(
+        &bin,
+        &[],
+        &env,
+        &["admin", "grpc", "proxy"],
+        dir.path().join("aiproxy.log"),
+        1,
+    )
+    .await;
+    let admin = Admin::login(
+        &aiproxy_tests::client::Http::default(),
+        &p.url("admin"),
+        "admin",
+        ADMIN_PASSWORD,
+    )
+    .await;
+    let keys = provision(&admin, &upstream).await;
+    let (f, s, h) = targets(&p.url("proxy"), &keys);
+    let pid = p.pid();
+    arms.push(Arm {
+        name: "aiproxy all-in-one (memory)".into(),
+        fast: f,
+        stream: s,
+        hold: h,
+        pids: vec![pid],
+        redis: None,
+        samples: vec![],
+        _keep: Keep::Processes(vec![p], dir),
+    });
+
+    // aiproxy data plane + control plane, with Redis when it is there.
+    let redis = redis_reachable().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "bench-node-token-0123456789abcdef".to_string();
+    let mut cp_env = vec![
+        ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
+        ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
+        ("AIPROXY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_GRPC_LISTEN", "127.0.0.1:0".to_string()),
+        (
+            "AIPROXY_SECRET_KEY",
+            "bench-secret-key-0123456789abcdef0123".to_string(),
+        ),
+        ("AIPROXY_NODE_TOKEN", token.clone()),
+        ("AIPROXY_LOG_FORMAT", "json".to_string()),
+    ];
+    if redis {
+        cp_env.push(("AIPROXY_REDIS_URL", "redis://127.0.0.1:6379/".to_string()));
+        cp_env.push((
+            "AIPROXY_REDIS_NAMESPACE",
+            format!("aiproxy-bench-{}", std::process::id()),
+        ));
+    }
+    let cp = spawn_aiproxy(
+        &bin,
+        &["controlplane"],
+        &cp_env,
+        &["admin", "grpc"],
+        dir.path().join("cp.log"),
+        0,
+    )
+    .await;
+    let dp_dir = dir.path().join("dp");
+    std::fs::create_dir_all(&dp_dir).expect("dp dir");
+    let mut dp_env = vec![
+        ("AIPROXY_DATA_DIR", dp_dir.display().to_string()),
+        ("AIPROXY_CONTROLPLANE_URL", cp.url("grpc")),
+        ("AIPROXY_NODE_TOKEN", token),
+        ("AIPROXY_NODE_ID", "bench-dp".to_string()),
+        ("AIPROXY_PROXY_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_LOG_FORMAT", "json".to_string()),
+    ];
+    if redis {
+        dp_env.push(("AIPROXY_REDIS_URL", "redis://127.0.0.1:6379/".to_string()));
+        dp_env.push((
+            "AIPROXY_REDIS_NAMESPACE",
+            format!("aiproxy-bench-{}", std::process::id()),
+        ));
+    }
+    let dp = spawn_aiproxy(
+        &bin,
+        &["dataplane"],
+        &dp_env,
+        &["proxy"],
+        dp_dir.join("dp.log"),
+        1,
+    )
+    .await;
+    let admin = Admin::login(
+        &aiproxy_tests::client::Http::default(),
+        &cp.url("admin"),
+        "admin",
+        ADMIN_PASSWORD,
+    )
+    .await;
+    let keys = provision(&admin, &upstream).await;
+    let (f, s, h) = targets(&dp.url("proxy"), &keys);
+    let dp_pid = dp.pid();
+    let name = if redis {
+        "aiproxy data plane + Redis"
+    } else {
+        "aiproxy data plane (no Redis here)"
+    };
+    arms.push(Arm {
+        name: name.into(),
+        fast: f,
+        stream: s,
+        hold: h,
+        pids: vec![dp_pid],
+        redis: redis.then(|| "127.0.0.1:6379".to_string()),
+        samples: vec![],
+        _keep: Keep::Processes(vec![dp, cp], dir),
+    });
+
+    for arm in &arms {
+        until_serving(&client, &arm.fast).await;
+        client.sequential(&arm.fast, plan.warmup).await;
+    }
+
+    // Latency at concurrency 1, arms interleaved block by block.
+    let mut rows: Vec<Row> = arms.iter().map(|_| Row::default()).collect();
+    let mut redis_delta = vec![(0u64, 0u64); arms.len()];
+    for _ in 0..plan.blocks {
+        for (i, arm) in arms.iter_mut().enumerate() {
+            let before = match &arm.redis {
+                Some(r) => procs::redis_calls(r).await,
+                None => None,
+            };
+            let samples = client.sequential(&arm.fast, plan.per_block).await;
+            if let (Some(b), Some(r)) = (before, &arm.redis)
+                && let Some(after) = procs::redis_calls(r).await
+            {
+                redis_delta[i].0 += after.saturating_sub(b);
+                redis_delta[i].1 += samples.len() as u64;
+            }
+            arm.samples.extend(samples);
+        }
+    }
+    for (i, arm) in arms.iter_mut().enumerate() {
+        arm.samples.sort_unstable();
+        rows[i].p50 = percentile(&arm.samples, 50.0);
+        rows[i].p99 = percentile(&arm.samples, 99.0);
+        rows[i].p999 = percentile(&arm.samples, 99.9);
+        if redis_delta[i].1 > 0 {
+            rows[i].redis_per_request = Some(redis_delta[i].0 as f64 / redis_delta[i].1 as f64);
+        }
+    }
+
+    // CPU per request at saturation.
+    for (i, arm) in arms.iter().enumerate() {
+        if arm.pids.is_empty() {
+            continue;
+        }
+        let before: u64 = arm.pids.iter().map(|p| procs::cpu_us(*p)).sum();
+        client.saturate(&arm.fast, 16, plan.saturate).await;
+        let after: u64 = arm.pids.iter().map(|p| procs::cpu_us(*p)).sum();
+        rows[i].cpu_us = Some((after - before) as f64 / plan.saturate as f64);
+    }
+
+    // Fixed request rates (open loop).
+    for (i, arm) in arms.iter().enumerate() {
+        for &rate in plan.rates {
+            let (mut lat, errors) = client
+                .open_loop(&arm.fast, rate, Duration::from_secs_f64(plan.rate_secs))
+                .await;
+            lat.sort_unstable();
+            let p99 = percentile(&lat, 99.0);
+            rows[i].rate_p99.push((rate, p99, errors));
+            if errors == 0 && p99 < 5_000_000 {
+                rows[i].max_rate = Some(rate);
+            }
+        }
+    }
+
+    // Streaming: time to first byte, and every chunk as its own chunk.
+    for (i, arm) in arms.iter().enumerate() {
+        let mut ttfb = Vec::new();
+        let mut ok = true;
+        for _ in 0..plan.streams {
+            let (t, chunks) = client.stream_once(&arm.stream).await.expect("stream");
+            ttfb.push(t);
+            ok &= chunks == STREAM_CHUNKS;
+        }
+        ttfb.sort_unstable();
+        rows[i].ttfb_p99 = percentile(&ttfb, 99.0);
+        rows[i].chunks_ok = ok;
+    }
+
+    // Memory of the relay processes: idle, then per held-open stream.
+    let mut memory = String::new();
+    let fd_room = fd_limit().saturating_sub(500) / 2;
+    for arm in arms.iter().filter(|a| !a.pids.is_empty()) {
+        let pid = arm.pids[0];
+        let idle = procs::rss_kib(pid);
+        let mut cells = vec![format!("{} MiB", idle / 1024)];
+        for &n in plan.held {
+            let n = n.min(fd_room);
+            let held = client.hold(&arm.hold, n).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let rss = procs::rss_kib(pid);
+            cells.push(format!(
+                "{:.1} KiB ({n})",
+                rss.saturating_sub(idle) as f64 / n as f64
+            ));
+            drop(held);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let _ = writeln!(memory, "| {} | {} |", arm.name, cells.join(" | "));
+    }
+
+    let control = control::run(plan.smoke, &bin).await;
+    let report = report(&arms, &rows, &memory, plan, &control);
+    println!("{report}");
+    if let Some(out) = arg_value(args, "--out") {
+        std::fs::write(&out, &report).expect("write report");
+    }
+}
+
+/// The soft limit on open files (`ulimit -n`), raised to the hard limit.
+fn fd_limit() -> usize {
+    std::fs::read_to_string("/proc/self/limits")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .unwrap_or(1024)
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
+}
+
+fn report(arms: &[Arm], rows: &[Row], memory: &str, plan: Plan, control: &str) -> String {
+    let mut out = String::new();
+    let direct = &rows[0];
+    let floor = &rows[1];
+    let added = |r: &Row| {
+        (
+            r.p50.saturating_sub(direct.p50),
+            r.p99.saturating_sub(direct.p99),
+            r.p999.saturating_sub(direct.p999),
+        )
+    };
+    let (fa50, fa99, _) = added(floor);
+    let _ = writeln!(
+        out,
+        "### Latency at concurrency 1 ({} requests per arm, {} interleaved blocks)\n",
+        plan.blocks * plan.per_block,
+        plan.blocks
+    );
+    let _ = writeln!(
+        out,
+        "| arm | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | added p50 ÷ floor | added p99 ÷ floor | CPU µs/request |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    for (arm, r) in arms.iter().zip(rows) {
+        let (a50, a99, a999) = added(r);
+        let ratio = |a: u64, f: u64| {
+            if f == 0 {
+                "–".to_string()
+            } else {
+                format!("{:.2}", a as f64 / f as f64)
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            arm.name,
+            us(r.p50),
+            us(r.p99),
+            us(r.p999),
+            us(a50),
+            us(a99),
+            us(a999),
+            ratio(a50, fa50),
+            ratio(a99, fa99),
+            r.cpu_us
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_else(|| "–".into())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n### Fixed request rates (open loop, {} s each): p99 µs (errors)\n",
+        plan.rate_secs
+    );
+    let _ = write!(out, "| arm |");
+    for rate in plan.rates {
+        let _ = write!(out, " {rate}/s |");
+    }
+    let _ = writeln!(out, " highest rate with p99 < 5 ms |");
+    let _ = writeln!(out, "|---|{}---|", "---|".repeat(plan.rates.len()));
+    for (arm, r) in arms.iter().zip(rows) {
+        let _ = write!(out, "| {} |", arm.name);
+        for (_, p99, errors) in &r.rate_p99 {
+            let _ = write!(out, " {} ({errors}) |", us(*p99));
+        }
+        let _ = writeln!(
+            out,
+            " {} |",
+            r.max_rate
+                .map(|m| format!("≥ {m}/s"))
+                .unwrap_or_else(|| "–".into())
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n### Streaming ({} streams of {STREAM_CHUNKS} events 5 ms apart)\n",
+        plan.streams
+    );
+    let _ = writeln!(
+        out,
+        "| arm | time to first byte p99 µs | added p99 µs | every chunk arrived as sent | Redis round trips per request |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for (arm, r) in arms.iter().zip(rows) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            arm.name,
+            us(r.ttfb_p99),
+            us(r.ttfb_p99.saturating_sub(direct.ttfb_p99)),
+            if r.chunks_ok { "yes" } else { "NO" },
+            r.redis_per_request
+                .map(|x| format!("{x:.2}"))
+                .unwrap_or_else(|| "–".into())
+        );
+    }
+    let _ = writeln!(out, "\n### Memory of the relay process (RSS)\n");
+    let _ = write!(out, "| arm | idle |");
+    for n in plan.held {
+        let _ = write!(out, " per idle stream, {n} open |");
+    }
+    let _ = writeln!(out, "\n|---|---|{}", "---|".repeat(plan.held.len()));
+    out.push_str(memory);
+    out.push('\n');
+    out.push_str(control);
+    out
+}
