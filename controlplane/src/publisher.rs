@@ -141,11 +141,14 @@ impl Publisher {
 
     async fn build(&self, version: u64) -> StoreResult<pb::Snapshot> {
         let store = &self.inner.store;
-        let accounts = store.list_accounts().await?;
-        let keys = store.list_api_keys(None).await?;
-        let users = store.list_users().await?;
-        let prices = store.list_prices().await?;
-        let packages = store.list_packages(None).await?;
+        // Read side by side: the key table dominates, the rest overlaps it.
+        let (accounts, keys, users, prices, packages) = tokio::try_join!(
+            store.list_accounts(),
+            store.snapshot_keys(),
+            store.list_users(),
+            store.list_prices(),
+            store.list_packages(None),
+        )?;
         let accounts = accounts
             .into_iter()
             .filter_map(|a| {

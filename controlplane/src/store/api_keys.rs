@@ -185,4 +185,105 @@ impl Store {
         .await?);
         Ok(rows.into_iter().map(|(id, c)| (id, c.0)).collect())
     }
+
+    /// What the snapshot carries of every key, read with as little as possible.
+    pub async fn snapshot_keys(&self) -> StoreResult<Vec<SnapshotKey>> {
+        if let super::db::Pool::Sqlite(p) = &self.pool {
+            // SQLite hands rows over one by one between threads; with 100,000
+            // keys that handover is most of the time, so ask for one JSON row.
+            let json: Option<String> = sqlx::query_scalar(
+                "SELECT json_group_array(json_array(id, user_id, key_hash, billing_type, status, cost_used, cost_limit, \
+                 rate_limit, allowed_models, max_concurrency, expires_at)) FROM api_keys",
+            )
+            .fetch_one(p)
+            .await?;
+            return sqlite_keys(json.as_deref().unwrap_or("[]"));
+        }
+        with_pool!(self, p => Ok(sqlx::query_as::<_, SnapshotKey>(
+            "SELECT id, user_id, key_hash, billing_type, status, cost_used, cost_limit, rate_limit, allowed_models, \
+             max_concurrency, expires_at FROM api_keys",
+        )
+        .fetch_all(p)
+        .await?))
+    }
+}
+
+/// The fields of a key a data plane needs.
+#[derive(Debug, Clone)]
+pub struct SnapshotKey {
+    pub id: i64,
+    pub user_id: i64,
+    pub key_hash: String,
+    pub billing_type: String,
+    pub status: String,
+    pub cost_used: Decimal,
+    pub cost_limit: Option<Decimal>,
+    pub rate_limit: i32,
+    pub allowed_models: Vec<String>,
+    pub max_concurrency: i32,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl_from_row!(SnapshotKey, |r| {
+    Ok(SnapshotKey {
+        id: r.try_get("id")?,
+        user_id: r.try_get("user_id")?,
+        key_hash: r.try_get("key_hash")?,
+        billing_type: r.try_get("billing_type")?,
+        status: r.try_get("status")?,
+        cost_used: r.try_get::<Usd, _>("cost_used")?.0,
+        cost_limit: r.try_get::<Option<Usd>, _>("cost_limit")?.map(|u| u.0),
+        rate_limit: r.try_get("rate_limit")?,
+        allowed_models: list_from_column(r.try_get("allowed_models")?),
+        max_concurrency: r.try_get("max_concurrency")?,
+        expires_at: r.try_get("expires_at")?,
+    })
+});
+
+/// Keys from SQLite's one-row JSON (money in 10⁻¹⁰ USD units, times as text).
+fn sqlite_keys(json: &str) -> StoreResult<Vec<SnapshotKey>> {
+    type Row = (
+        i64,
+        i64,
+        String,
+        String,
+        String,
+        i64,
+        Option<i64>,
+        i32,
+        Option<String>,
+        i32,
+        Option<String>,
+    );
+    let rows: Vec<Row> =
+        serde_json::from_str(json).map_err(|e| StoreError::Corrupt(format!("api_keys: {e}")))?;
+    let usd = |units: i64| Decimal::new(units, super::db::SQLITE_SCALE).normalize();
+    rows.into_iter()
+        .map(|r| {
+            let expires_at = match r.10 {
+                Some(t) => Some(
+                    DateTime::parse_from_rfc3339(&t)
+                        .or_else(|_| DateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f%:z"))
+                        .map_err(|e| {
+                            StoreError::Corrupt(format!("api_keys.expires_at {t:?}: {e}"))
+                        })?
+                        .with_timezone(&Utc),
+                ),
+                None => None,
+            };
+            Ok(SnapshotKey {
+                id: r.0,
+                user_id: r.1,
+                key_hash: r.2,
+                billing_type: r.3,
+                status: r.4,
+                cost_used: usd(r.5),
+                cost_limit: r.6.map(usd),
+                rate_limit: r.7,
+                allowed_models: list_from_column(r.8),
+                max_concurrency: r.9,
+                expires_at,
+            })
+        })
+        .collect()
 }

@@ -219,7 +219,7 @@ impl<'s> MigrationSource<'s> for Embedded {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Usd(pub Decimal);
 
-const SQLITE_SCALE: u32 = 10;
+pub(crate) const SQLITE_SCALE: u32 = 10;
 
 impl Usd {
     fn to_units(self) -> Result<i64, BoxDynError> {

@@ -4,10 +4,10 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use sqlx::QueryBuilder;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aiproxy_shared::billing::Periods;
-use chrono::FixedOffset;
+use chrono::{FixedOffset, NaiveDate};
 
 use super::db::{Dialect, Usd, impl_from_row, with_pool};
 use super::packages::{Package, SELECT_PACKAGES};
@@ -134,37 +134,55 @@ pub struct RequestLogFilter {
 
 const UPSERT_DAILY: Dialect = Dialect {
     mysql: "INSERT INTO daily_usages (user_id, date, model, request_count, input_tokens, output_tokens, cache_creation_tokens, \
-            cache_read_tokens, total_tokens, upstream_cost, total_cost) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?) \
-            ON DUPLICATE KEY UPDATE request_count = request_count + 1, input_tokens = input_tokens + VALUES(input_tokens), \
+            cache_read_tokens, total_tokens, upstream_cost, total_cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+            ON DUPLICATE KEY UPDATE request_count = request_count + VALUES(request_count), input_tokens = input_tokens + VALUES(input_tokens), \
             output_tokens = output_tokens + VALUES(output_tokens), cache_creation_tokens = cache_creation_tokens + VALUES(cache_creation_tokens), \
             cache_read_tokens = cache_read_tokens + VALUES(cache_read_tokens), total_tokens = total_tokens + VALUES(total_tokens), \
             upstream_cost = upstream_cost + VALUES(upstream_cost), total_cost = total_cost + VALUES(total_cost)",
     sqlite: "INSERT INTO daily_usages (user_id, date, model, request_count, input_tokens, output_tokens, cache_creation_tokens, \
-             cache_read_tokens, total_tokens, upstream_cost, total_cost) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT(user_id, date, model) DO UPDATE SET request_count = request_count + 1, \
+             cache_read_tokens, total_tokens, upstream_cost, total_cost) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT(user_id, date, model) DO UPDATE SET request_count = request_count + excluded.request_count, \
              input_tokens = input_tokens + excluded.input_tokens, output_tokens = output_tokens + excluded.output_tokens, \
              cache_creation_tokens = cache_creation_tokens + excluded.cache_creation_tokens, \
              cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens, total_tokens = total_tokens + excluded.total_tokens, \
              upstream_cost = upstream_cost + excluded.upstream_cost, total_cost = total_cost + excluded.total_cost",
 };
 
-macro_rules! insert_log_sql {
-    () => {
-        " (request_id, user_id, api_key_id, account_id, node_id, model, platform, endpoint, status_code, input_tokens, \
-         output_tokens, cache_creation_tokens, cache_creation_1h_tokens, cache_read_tokens, total_tokens, upstream_cost, cost, \
-         price_version, duration_ms, ttfb_ms, stream, session_hash, error_class, usage_source, created_at, package_id) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    };
+const LOG_COLUMNS: &str = "INSERT INTO request_logs (request_id, user_id, api_key_id, account_id, node_id, model, platform, \
+     endpoint, status_code, input_tokens, output_tokens, cache_creation_tokens, cache_creation_1h_tokens, cache_read_tokens, \
+     total_tokens, upstream_cost, cost, price_version, duration_ms, ttfb_ms, stream, session_hash, error_class, usage_source, \
+     created_at, package_id) ";
+
+/// Rows per multi-row INSERT (26 values each, well under either backend's limit).
+const INSERT_CHUNK: usize = 200;
+
+/// Sums of one group of requests, written with one statement.
+#[derive(Default)]
+struct Totals {
+    requests: i64,
+    input: i64,
+    output: i64,
+    cache_creation: i64,
+    cache_read: i64,
+    total: i64,
+    upstream_cost: Decimal,
+    cost: Decimal,
+    last: Option<DateTime<Utc>>,
 }
 
-const INSERT_LOG: Dialect = Dialect {
-    mysql: concat!("INSERT IGNORE INTO request_logs", insert_log_sql!()),
-    sqlite: concat!(
-        "INSERT INTO request_logs",
-        insert_log_sql!(),
-        " ON CONFLICT(request_id) DO NOTHING"
-    ),
-};
+impl Totals {
+    fn add(&mut self, row: &UsageRow) {
+        self.requests += 1;
+        self.input += row.input_tokens;
+        self.output += row.output_tokens;
+        self.cache_creation += row.cache_creation_tokens;
+        self.cache_read += row.cache_read_tokens;
+        self.total += row.total_tokens();
+        self.upstream_cost += row.upstream_cost;
+        self.cost += row.cost;
+        self.last = self.last.max(Some(row.created_at));
+    }
+}
 
 /// Package rows of the users in a batch, read (and on MySQL locked) once.
 struct Charges {
@@ -217,19 +235,40 @@ impl Store {
         tz: FixedOffset,
     ) -> StoreResult<IngestOutcome> {
         let _serial = self.ingest_lock.lock().await;
-        let mut outcome = IngestOutcome::default();
-        let insert = INSERT_LOG.pick(self);
-        let upsert_daily = UPSERT_DAILY.pick(self);
         let lock_suffix = match self.backend() {
             super::Backend::MySql => " FOR UPDATE",
             super::Backend::Sqlite => "",
         };
+        let upsert_daily = UPSERT_DAILY.pick(self);
         let now = Utc::now();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
+            // Only rows not stored yet (nor repeated within the batch) count.
+            let mut existing = HashSet::new();
+            for chunk in rows.chunks(INSERT_CHUNK) {
+                let mut q = QueryBuilder::new("SELECT request_id FROM request_logs WHERE request_id IN (");
+                let mut ids = q.separated(", ");
+                for row in chunk {
+                    ids.push_bind(row.request_id.as_str());
+                }
+                q.push(")");
+                let found: Vec<String> = q.build_query_scalar().fetch_all(&mut *tx).await?;
+                existing.extend(found);
+            }
+            let mut fresh: Vec<&UsageRow> = Vec::with_capacity(rows.len());
+            for row in rows {
+                if existing.insert(row.request_id.clone()) {
+                    fresh.push(row);
+                }
+            }
+            let outcome = IngestOutcome {
+                inserted: fresh.len() as u32,
+                duplicates: (rows.len() - fresh.len()) as u32,
+            };
+
             // The packages of users whose requests name one, locked on MySQL.
             let mut charges = Charges { packages: HashMap::new(), changed: HashSet::new() };
-            for row in rows.iter().filter(|r| r.package_id.is_some()) {
+            for row in fresh.iter().filter(|r| r.package_id.is_some()) {
                 if let std::collections::hash_map::Entry::Vacant(slot) = charges.packages.entry(row.user_id) {
                     let packages = sqlx::query_as::<_, Package>(&format!(
                         "{SELECT_PACKAGES} WHERE user_id = ? ORDER BY id{lock_suffix}"
@@ -240,83 +279,108 @@ impl Store {
                     slot.insert(packages);
                 }
             }
-            for row in rows {
-                let payer = charges.payer(row);
-                let done = sqlx::query(insert)
-                    .bind(&row.request_id)
-                    .bind(row.user_id)
-                    .bind(row.api_key_id)
-                    .bind(row.account_id)
-                    .bind(&row.node_id)
-                    .bind(&row.model)
-                    .bind(&row.platform)
-                    .bind(&row.endpoint)
-                    .bind(row.status_code)
-                    .bind(row.input_tokens)
-                    .bind(row.output_tokens)
-                    .bind(row.cache_creation_tokens)
-                    .bind(row.cache_creation_1h_tokens)
-                    .bind(row.cache_read_tokens)
-                    .bind(row.total_tokens())
-                    .bind(Usd(row.upstream_cost))
-                    .bind(Usd(row.cost))
-                    .bind(row.price_version)
-                    .bind(row.duration_ms)
-                    .bind(row.ttfb_ms)
-                    .bind(row.stream)
-                    .bind(&row.session_hash)
-                    .bind(&row.error_class)
-                    .bind(&row.usage_source)
-                    .bind(row.created_at)
-                    .bind(payer)
-                    .execute(&mut *tx)
-                    .await?;
-                if done.rows_affected() == 0 {
-                    outcome.duplicates += 1;
-                    continue;
-                }
-                outcome.inserted += 1;
-                if let Some(package_id) = payer {
-                    charges.charge(row, package_id, tz);
-                }
+            let payers: Vec<Option<i64>> = fresh.iter().map(|r| charges.payer(r)).collect();
+
+            for (chunk, payers) in fresh.chunks(INSERT_CHUNK).zip(payers.chunks(INSERT_CHUNK)) {
+                let mut q = QueryBuilder::new(LOG_COLUMNS);
+                q.push_values(chunk.iter().zip(payers), |mut b, (row, payer)| {
+                    b.push_bind(row.request_id.as_str())
+                        .push_bind(row.user_id)
+                        .push_bind(row.api_key_id)
+                        .push_bind(row.account_id)
+                        .push_bind(row.node_id.as_str())
+                        .push_bind(row.model.as_str())
+                        .push_bind(row.platform.as_str())
+                        .push_bind(row.endpoint.as_str())
+                        .push_bind(row.status_code)
+                        .push_bind(row.input_tokens)
+                        .push_bind(row.output_tokens)
+                        .push_bind(row.cache_creation_tokens)
+                        .push_bind(row.cache_creation_1h_tokens)
+                        .push_bind(row.cache_read_tokens)
+                        .push_bind(row.total_tokens())
+                        .push_bind(Usd(row.upstream_cost))
+                        .push_bind(Usd(row.cost))
+                        .push_bind(row.price_version)
+                        .push_bind(row.duration_ms)
+                        .push_bind(row.ttfb_ms)
+                        .push_bind(row.stream)
+                        .push_bind(row.session_hash.as_str())
+                        .push_bind(row.error_class.as_str())
+                        .push_bind(row.usage_source.as_str())
+                        .push_bind(row.created_at)
+                        .push_bind(*payer);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+
+            // Aggregates, one statement per group.
+            let mut daily: BTreeMap<(i64, NaiveDate, &str), Totals> = BTreeMap::new();
+            let mut keys: BTreeMap<i64, Totals> = BTreeMap::new();
+            let mut accounts: BTreeMap<(i64, NaiveDate), Totals> = BTreeMap::new();
+            for (row, payer) in fresh.iter().zip(&payers) {
                 let day = Periods::at(row.created_at, tz).day;
+                daily.entry((row.user_id, day, row.model.as_str())).or_default().add(row);
+                keys.entry(row.api_key_id).or_default().add(row);
+                if let Some(account) = row.account_id {
+                    accounts.entry((account, day)).or_default().add(row);
+                }
+                if let Some(package_id) = payer {
+                    charges.charge(row, *package_id, tz);
+                }
+            }
+            for ((user, day, model), t) in &daily {
                 sqlx::query(upsert_daily)
-                    .bind(row.user_id)
+                    .bind(user)
                     .bind(day)
-                    .bind(&row.model)
-                    .bind(row.input_tokens)
-                    .bind(row.output_tokens)
-                    .bind(row.cache_creation_tokens)
-                    .bind(row.cache_read_tokens)
-                    .bind(row.total_tokens())
-                    .bind(Usd(row.upstream_cost))
-                    .bind(Usd(row.cost))
+                    .bind(*model)
+                    .bind(t.requests)
+                    .bind(t.input)
+                    .bind(t.output)
+                    .bind(t.cache_creation)
+                    .bind(t.cache_read)
+                    .bind(t.total)
+                    .bind(Usd(t.upstream_cost))
+                    .bind(Usd(t.cost))
                     .execute(&mut *tx)
                     .await?;
+            }
+            for (key, t) in &keys {
                 sqlx::query(
-                    "UPDATE api_keys SET request_count = request_count + 1, cost_used = cost_used + ?, last_used_at = ?, \
+                    "UPDATE api_keys SET request_count = request_count + ?, cost_used = cost_used + ?, \
+                     last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < ? THEN ? ELSE last_used_at END, \
                      usage_updated_at = ? WHERE id = ?",
                 )
-                .bind(Usd(row.cost))
-                .bind(row.created_at)
+                .bind(t.requests)
+                .bind(Usd(t.cost))
+                .bind(t.last)
+                .bind(t.last)
                 .bind(now)
-                .bind(row.api_key_id)
+                .bind(key)
                 .execute(&mut *tx)
                 .await?;
-                if let Some(account_id) = row.account_id {
-                    sqlx::query(
-                        "UPDATE accounts SET total_cost = total_cost + ?, \
-                         daily_requests = CASE WHEN daily_requests_date = ? THEN daily_requests + 1 ELSE 1 END, \
-                         daily_requests_date = ?, last_used_at = ? WHERE id = ?",
-                    )
-                    .bind(Usd(row.upstream_cost))
-                    .bind(day)
-                    .bind(day)
-                    .bind(row.created_at)
-                    .bind(account_id)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+            }
+            // By day in order, so `daily_requests` counts the latest day.
+            for ((account, day), t) in &accounts {
+                sqlx::query(
+                    "UPDATE accounts SET total_cost = total_cost + ?, \
+                     daily_requests = CASE WHEN daily_requests_date = ? THEN daily_requests + ? \
+                        WHEN daily_requests_date IS NULL OR daily_requests_date < ? THEN ? ELSE daily_requests END, \
+                     daily_requests_date = CASE WHEN daily_requests_date IS NULL OR daily_requests_date < ? THEN ? ELSE daily_requests_date END, \
+                     last_used_at = CASE WHEN last_used_at IS NULL OR last_used_at < ? THEN ? ELSE last_used_at END WHERE id = ?",
+                )
+                .bind(Usd(t.upstream_cost))
+                .bind(day)
+                .bind(t.requests)
+                .bind(day)
+                .bind(t.requests)
+                .bind(day)
+                .bind(day)
+                .bind(t.last)
+                .bind(t.last)
+                .bind(account)
+                .execute(&mut *tx)
+                .await?;
             }
             for p in charges.packages.values().flatten().filter(|p| charges.changed.contains(&p.id)) {
                 sqlx::query(
@@ -336,8 +400,8 @@ impl Store {
                 .await?;
             }
             tx.commit().await?;
-        });
-        Ok(outcome)
+            Ok(outcome)
+        })
     }
 
     /// One page of request logs, newest first, and the total matching.

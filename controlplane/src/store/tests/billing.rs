@@ -345,3 +345,36 @@ on_every_backend!(price_changes_are_versions_and_totals_group, |store| {
         .collect();
     assert_eq!(days, [("2026-11-20", 1), ("2026-11-21", 1)]);
 });
+
+on_every_backend!(snapshot_keys_read_what_the_keys_hold, |store| {
+    let u = user(store, "snap").await;
+    let k = key(store, u.id, &"e5".repeat(32)).await;
+    let expiring = store
+        .update_api_key(
+            k.id,
+            &ApiKeyPatch {
+                expires_at: Some(Some(at("2027-01-02T03:04:05.678Z"))),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let listed = store.snapshot_keys().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let s = &listed[0];
+    assert_eq!(
+        (s.id, s.user_id, s.key_hash.as_str()),
+        (k.id, u.id, expiring.key_hash.as_str())
+    );
+    assert_eq!(s.expires_at, expiring.expires_at);
+    assert_eq!(
+        (s.cost_used, s.cost_limit),
+        (expiring.cost_used, Some(dec("12.5")))
+    );
+    assert_eq!((s.rate_limit, s.max_concurrency), (60, 0));
+    assert_eq!(s.allowed_models, vec!["claude-sonnet-4-5".to_string()]);
+    assert_eq!(
+        (s.billing_type.as_str(), s.status.as_str()),
+        ("package", "active")
+    );
+});

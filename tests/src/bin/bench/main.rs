@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release -p aiproxy-tests --bin bench` (builds the release
 //! binary first); `--smoke` runs tiny counts (CI); `--aiproxy PATH` uses a
-//! given binary; `--out FILE` also writes the tables there.
+//! given binary; `--out FILE` also writes the tables there; `--control-only`
+//! measures only the control plane.
 mod control;
 mod load;
 mod procs;
@@ -236,6 +237,10 @@ async fn run(args: &[String]) {
         FULL
     };
     let bin = aiproxy_binary(args);
+    if args.iter().any(|a| a == "--control-only") {
+        println!("{}", control::run(plan.smoke, &bin).await);
+        return;
+    }
     let client = Client::new();
     let (_upstream, up_port) = procs::spawn_helper(&["serve-upstream".into()], Some(0)).await;
     let upstream = format!("http://127.0.0.1:{up_port}");
