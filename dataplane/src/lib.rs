@@ -111,10 +111,10 @@ pub async fn start(
         cancel.clone(),
     ));
 
-    let (sink, records) = UsageSink::new(journal.clone());
+    let (sink, queue) = UsageSink::new(journal.clone());
     let reporter_stop = CancellationToken::new();
     let reporter = tokio::spawn(usage::run_reporter(
-        records,
+        queue,
         client.clone(),
         settings.node_id.clone(),
         journal,

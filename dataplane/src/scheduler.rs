@@ -89,6 +89,23 @@ impl Drop for Lease {
             .expect("live leases")
             .remove(&self.held.lease);
         let (held, bind, mark) = (self.held.clone(), self.bind.take(), self.mark.take());
+        // The in-memory store answers at once: release here, without a task.
+        if scheduler.store.is_immediate() {
+            let end = Release {
+                now_ms: now_ms(),
+                held: Some(&held),
+                bind: bind.as_ref(),
+                mark: mark.as_ref(),
+            };
+            let mut release = scheduler.store.release(&end);
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            if let std::task::Poll::Ready(Err(e)) = release.as_mut().poll(&mut cx) {
+                tracing::warn!(error = %e, "could not give back a lease; it lapses after concurrency_ttl");
+            }
+            scheduler.released.notify_waiters();
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             // Shutting down: the lease lapses after its TTL.
             return;

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use aiproxy_proto::v1 as pb;
 use prost::Message;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::Client;
@@ -240,19 +239,38 @@ impl Journal {
     }
 }
 
+/// Records waiting for delivery. The reporter is not woken per record (a
+/// cross-thread wake costs more than the record): it drains on its beat, or
+/// early when a batch is full.
+#[derive(Default)]
+pub struct Queue {
+    items: Mutex<Vec<(u64, pb::UsageRecord)>>,
+    full: tokio::sync::Notify,
+}
+
+impl Queue {
+    fn take(&self) -> Vec<(u64, pb::UsageRecord)> {
+        std::mem::take(&mut *self.items.lock().expect("usage queue"))
+    }
+}
+
 /// Handle the relay uses to hand over finished records.
 #[derive(Clone)]
 pub struct UsageSink {
     journal: Arc<Journal>,
-    tx: mpsc::UnboundedSender<(u64, pb::UsageRecord)>,
+    queue: Arc<Queue>,
 }
 
 impl UsageSink {
-    pub fn new(
-        journal: Arc<Journal>,
-    ) -> (UsageSink, mpsc::UnboundedReceiver<(u64, pb::UsageRecord)>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (UsageSink { journal, tx }, rx)
+    pub fn new(journal: Arc<Journal>) -> (UsageSink, Arc<Queue>) {
+        let queue = Arc::new(Queue::default());
+        (
+            UsageSink {
+                journal,
+                queue: queue.clone(),
+            },
+            queue,
+        )
     }
 
     /// Whether records can still be kept; when not, requests are refused
@@ -263,24 +281,26 @@ impl UsageSink {
 
     /// Journals the record, then queues it for delivery.
     pub fn report(&self, record: pb::UsageRecord) {
-        match self.journal.append(&record) {
-            Ok(seq) => {
-                if self.tx.send((seq, record)).is_err() {
-                    // The reporter stopped (shutdown): the journal replays it next start.
-                    tracing::debug!("usage reporter stopped; record left in the journal");
-                }
-            }
+        let seq = match self.journal.append(&record) {
+            Ok(seq) => seq,
             Err(e) => {
                 tracing::error!(error = %e, request_id = %record.request_id, "cannot journal a usage record; delivering from memory only");
-                let _ = self.tx.send((0, record));
+                0
             }
+        };
+        let mut items = self.queue.items.lock().expect("usage queue");
+        items.push((seq, record));
+        let full = items.len() == BATCH_MAX;
+        drop(items);
+        if full {
+            self.queue.full.notify_one();
         }
     }
 }
 
 /// Delivers journaled records until cancelled, then flushes what it holds.
 pub async fn run_reporter(
-    mut rx: mpsc::UnboundedReceiver<(u64, pb::UsageRecord)>,
+    queue: Arc<Queue>,
     client: Client,
     node_id: String,
     journal: Arc<Journal>,
@@ -291,33 +311,23 @@ pub async fn run_reporter(
         node_id,
         journal,
     };
-    let mut batch = Vec::with_capacity(BATCH_MAX);
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     loop {
-        tokio::select! {
-            biased;
-            record = rx.recv() => match record {
-                Some(r) => {
-                    batch.push(r);
-                    if batch.len() >= BATCH_MAX {
-                        reporter.flush(std::mem::take(&mut batch)).await;
-                    }
-                }
-                None => break,
-            },
-            _ = tick.tick() => {
-                if !batch.is_empty() {
-                    reporter.flush(std::mem::take(&mut batch)).await;
-                }
-                reporter.beat().await;
-            }
+        let beat = tokio::select! {
+            _ = queue.full.notified() => false,
+            _ = tick.tick() => true,
             _ = cancel.cancelled() => break,
+        };
+        let pending = queue.take();
+        for chunk in pending.chunks(BATCH_MAX) {
+            reporter.flush(chunk.to_vec()).await;
+        }
+        if beat {
+            reporter.beat().await;
         }
     }
-    while let Ok(r) = rx.try_recv() {
-        batch.push(r);
-    }
-    for chunk in batch.chunks(BATCH_MAX) {
+    let pending = queue.take();
+    for chunk in pending.chunks(BATCH_MAX) {
         reporter.flush(chunk.to_vec()).await;
     }
     // What was not delivered stays journaled for the next start.

@@ -256,6 +256,11 @@ pub trait StateStore: Send + Sync {
     fn marks(&self, now_ms: i64) -> StoreFuture<'_, Vec<Mark>>;
     fn clear_marks(&self, kind: Option<MarkKind>, account_id: Option<i64>) -> StoreFuture<'_, u64>;
     fn ping(&self) -> StoreFuture<'_, ()>;
+    /// Whether every call completes on its first poll (no I/O), so callers
+    /// may run it inline instead of on a task.
+    fn is_immediate(&self) -> bool {
+        false
+    }
 }
 
 /// Marks an account on its own (an operator, or a failure with no lease).

@@ -496,4 +496,8 @@ impl StateStore for MemoryStore {
     fn ping(&self) -> StoreFuture<'_, ()> {
         ready(())
     }
+
+    fn is_immediate(&self) -> bool {
+        true
+    }
 }
