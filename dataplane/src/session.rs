@@ -333,6 +333,10 @@ fn first(raw: Option<&RawValue>) -> Option<&RawValue> {
 
 /// The elements of a JSON array, unparsed; none for anything else.
 fn items(raw: &RawValue) -> Vec<&RawValue> {
+    // Checked first: a failed parse builds an error message, which is not free.
+    if !raw.get().starts_with('[') {
+        return Vec::new();
+    }
     serde_json::from_str(raw.get()).unwrap_or_default()
 }
 

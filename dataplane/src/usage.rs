@@ -318,18 +318,12 @@ pub async fn run_reporter(
             _ = tick.tick() => true,
             _ = cancel.cancelled() => break,
         };
-        let pending = queue.take();
-        for chunk in pending.chunks(BATCH_MAX) {
-            reporter.flush(chunk.to_vec()).await;
-        }
+        reporter.flush_all(queue.take()).await;
         if beat {
             reporter.beat().await;
         }
     }
-    let pending = queue.take();
-    for chunk in pending.chunks(BATCH_MAX) {
-        reporter.flush(chunk.to_vec()).await;
-    }
+    reporter.flush_all(queue.take()).await;
     // What was not delivered stays journaled for the next start.
     if let Err(e) = reporter.journal.rotate(true) {
         tracing::error!(error = %e, "cannot sync the usage journal at shutdown");
@@ -353,6 +347,14 @@ impl Reporter {
         match tokio::time::timeout(SEND_TIMEOUT, client.report_usage(batch)).await {
             Ok(r) => r.map(|r| r.into_inner()),
             Err(_) => Err(tonic::Status::deadline_exceeded("usage report timed out")),
+        }
+    }
+
+    /// Sends everything in batches of at most `BATCH_MAX`.
+    async fn flush_all(&self, mut pending: Vec<(u64, pb::UsageRecord)>) {
+        while !pending.is_empty() {
+            let rest = pending.split_off(pending.len().min(BATCH_MAX));
+            self.flush(std::mem::replace(&mut pending, rest)).await;
         }
     }
 
