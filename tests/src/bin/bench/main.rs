@@ -7,6 +7,7 @@
 //! given binary; `--out FILE` also writes the tables there; `--control-only`
 //! measures only the control plane.
 mod control;
+mod litellm;
 mod load;
 mod procs;
 mod servers;
@@ -41,7 +42,7 @@ const FULL: Plan = Plan {
     blocks: 6,
     per_block: 500,
     saturate: 20_000,
-    rates: &[1_000, 2_000, 3_000, 4_000, 6_000, 8_000],
+    rates: &[100, 250, 500, 1_000, 2_000, 3_000, 4_000, 6_000, 8_000],
     rate_secs: 2.0,
     streams: 300,
     held: &[1_000, 10_000],
@@ -71,6 +72,8 @@ struct Arm {
     /// Redis whose commands this arm issues, if any.
     redis: Option<String>,
     samples: Vec<u64>,
+    /// A peer measured for comparison: lighter load, no memory figures.
+    peer: bool,
     _keep: Keep,
 }
 
@@ -80,6 +83,7 @@ enum Keep {
     Nothing,
     Child(Child),
     Processes(Vec<Process>, tempfile::TempDir),
+    PeerProcess(Child, tempfile::TempDir),
 }
 
 #[derive(Default)]
@@ -133,7 +137,7 @@ fn main() {
     });
 }
 
-fn workspace() -> PathBuf {
+pub(crate) fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
@@ -155,7 +159,7 @@ fn aiproxy_binary(args: &[String]) -> PathBuf {
     workspace().join("target/release/aiproxy")
 }
 
-fn taskset() -> Option<PathBuf> {
+pub(crate) fn taskset() -> Option<PathBuf> {
     let path = PathBuf::from("/usr/bin/taskset");
     path.exists().then_some(path)
 }
@@ -265,6 +269,7 @@ async fn run(args: &[String]) {
         pids: vec![],
         redis: None,
         samples: vec![],
+        peer: false,
         _keep: Keep::Nothing,
     });
     let (f, s, h) = targets(&format!("http://127.0.0.1:{bare_port}"), &direct_keys);
@@ -277,6 +282,7 @@ async fn run(args: &[String]) {
         pids: vec![bare_pid],
         redis: None,
         samples: vec![],
+        peer: false,
         _keep: Keep::Child(bare),
     });
 
@@ -317,6 +323,7 @@ async fn run(args: &[String]) {
         pids: vec![pid],
         redis: None,
         samples: vec![],
+        peer: false,
         _keep: Keep::Processes(vec![p], dir),
     });
 
@@ -401,8 +408,36 @@ async fn run(args: &[String]) {
         pids: vec![dp_pid],
         redis: redis.then(|| "127.0.0.1:6379".to_string()),
         samples: vec![],
+        peer: false,
         _keep: Keep::Processes(vec![dp, cp], dir),
     });
+
+    // The optional peer.
+    let mut peer_note = String::new();
+    if plan.smoke {
+        peer_note = "LiteLLM: not run in the smoke run.".into();
+    } else {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match litellm::start(&upstream, dir.path()).await {
+            Ok((url, child)) => {
+                let pid = child.id().expect("litellm pid");
+                let key = litellm::MASTER_KEY.to_string();
+                let (f, s, h) = targets(&url, &[key.clone(), key.clone(), key]);
+                arms.push(Arm {
+                    name: "LiteLLM proxy 1.106.12 (peer)".into(),
+                    fast: f,
+                    stream: s,
+                    hold: h,
+                    pids: vec![pid],
+                    redis: None,
+                    samples: vec![],
+                    peer: true,
+                    _keep: Keep::PeerProcess(child, dir),
+                });
+            }
+            Err(e) => peer_note = format!("LiteLLM: skipped ({e})."),
+        }
+    }
 
     for arm in &arms {
         until_serving(&client, &arm.fast).await;
@@ -444,9 +479,14 @@ async fn run(args: &[String]) {
             continue;
         }
         let before: u64 = arm.pids.iter().map(|p| procs::cpu_us(*p)).sum();
-        client.saturate(&arm.fast, 16, plan.saturate).await;
+        let total = if arm.peer {
+            plan.saturate / 10
+        } else {
+            plan.saturate
+        };
+        client.saturate(&arm.fast, 16, total).await;
         let after: u64 = arm.pids.iter().map(|p| procs::cpu_us(*p)).sum();
-        rows[i].cpu_us = Some((after - before) as f64 / plan.saturate as f64);
+        rows[i].cpu_us = Some((after - before) as f64 / total as f64);
     }
 
     // Fixed request rates (open loop).
@@ -460,6 +500,9 @@ async fn run(args: &[String]) {
             rows[i].rate_p99.push((rate, p99, errors));
             if errors == 0 && p99 < 5_000_000 {
                 rows[i].max_rate = Some(rate);
+            } else if arm.peer {
+                // A peer past its limit only builds a backlog from here on.
+                break;
             }
         }
     }
@@ -469,9 +512,18 @@ async fn run(args: &[String]) {
         let mut ttfb = Vec::new();
         let mut ok = true;
         for _ in 0..plan.streams {
-            let (t, chunks) = client.stream_once(&arm.stream).await.expect("stream");
-            ttfb.push(t);
-            ok &= chunks == STREAM_CHUNKS;
+            match client.stream_once(&arm.stream).await {
+                Ok((t, chunks)) => {
+                    ttfb.push(t);
+                    ok &= chunks == STREAM_CHUNKS;
+                }
+                Err(e) if arm.peer => {
+                    eprintln!("bench: {} stream failed: {e}", arm.name);
+                    ok = false;
+                    break;
+                }
+                Err(e) => panic!("{} stream: {e}", arm.name),
+            }
         }
         ttfb.sort_unstable();
         rows[i].ttfb_p99 = percentile(&ttfb, 99.0);
@@ -481,7 +533,7 @@ async fn run(args: &[String]) {
     // Memory of the relay processes: idle, then per held-open stream.
     let mut memory = String::new();
     let fd_room = fd_limit().saturating_sub(500) / 2;
-    for arm in arms.iter().filter(|a| !a.pids.is_empty()) {
+    for arm in arms.iter().filter(|a| !a.pids.is_empty() && !a.peer) {
         let pid = arm.pids[0];
         let idle = procs::rss_kib(pid);
         let mut cells = vec![format!("{} MiB", idle / 1024)];
@@ -501,7 +553,34 @@ async fn run(args: &[String]) {
     }
 
     let control = control::run(plan.smoke, &bin).await;
-    let report = report(&arms, &rows, &memory, plan, &control);
+    let mut report = report(&arms, &rows, &memory, plan, &control);
+    let best = |peer: bool| {
+        arms.iter()
+            .zip(&rows)
+            .filter(|(a, _)| a.peer == peer && !a.pids.is_empty())
+            .filter_map(|(_, r)| r.max_rate)
+            .max()
+    };
+    match (best(false), best(true)) {
+        (Some(ours), Some(theirs)) => {
+            let _ = writeln!(
+                report,
+                "\nHighest rate with p99 < 5 ms: aiproxy ≥ {ours}/s, LiteLLM ≥ {theirs}/s ({:.0} ×, bounded by the rates tried).",
+                ours as f64 / theirs as f64
+            );
+        }
+        (Some(ours), None) if peer_note.is_empty() => {
+            let _ = writeln!(
+                report,
+                "\nHighest rate with p99 < 5 ms: aiproxy ≥ {ours}/s; LiteLLM stayed under 5 ms at none of the rates tried (the lowest is {}/s).",
+                plan.rates[0]
+            );
+        }
+        _ => {}
+    }
+    if !peer_note.is_empty() {
+        let _ = writeln!(report, "\n{peer_note}");
+    }
     println!("{report}");
     if let Some(out) = arg_value(args, "--out") {
         std::fs::write(&out, &report).expect("write report");
@@ -586,6 +665,10 @@ fn report(arms: &[Arm], rows: &[Row], memory: &str, plan: Plan, control: &str) -
         let _ = write!(out, "| {} |", arm.name);
         for (_, p99, errors) in &r.rate_p99 {
             let _ = write!(out, " {} ({errors}) |", us(*p99));
+        }
+        // A peer stops at its first rate over the limit.
+        for _ in r.rate_p99.len()..plan.rates.len() {
+            let _ = write!(out, " – |");
         }
         let _ = writeln!(
             out,
