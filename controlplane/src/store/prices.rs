@@ -91,6 +91,25 @@ const PRICE_COLUMNS: &str = "model, input_price, output_price, cache_write_5m_pr
      long_context_threshold, long_input_price, long_output_price, long_cache_write_5m_price, long_cache_write_1h_price, \
      long_cache_read_price";
 
+/// Binds a row's values in `PRICE_COLUMNS` order.
+macro_rules! bind_prices {
+    ($query:expr, $row:expr) => {
+        $query
+            .bind(&$row.model)
+            .bind(Usd($row.input_price))
+            .bind(Usd($row.output_price))
+            .bind(Usd($row.cache_write_5m_price))
+            .bind(Usd($row.cache_write_1h_price))
+            .bind(Usd($row.cache_read_price))
+            .bind($row.long_context_threshold)
+            .bind(Usd($row.long_input_price))
+            .bind(Usd($row.long_output_price))
+            .bind(Usd($row.long_cache_write_5m_price))
+            .bind(Usd($row.long_cache_write_1h_price))
+            .bind(Usd($row.long_cache_read_price))
+    };
+}
+
 impl Store {
     pub async fn list_prices(&self) -> StoreResult<Vec<PriceRow>> {
         with_pool!(self, p => Ok(sqlx::query_as::<_, PriceRow>(&format!(
@@ -129,51 +148,29 @@ impl Store {
             let mut tx = p.begin().await?;
             let mut versions = Vec::with_capacity(rows.len());
             for row in rows {
-                let done = sqlx::query(&format!(
+                let sql = format!(
                     "INSERT INTO model_price_history ({PRICE_COLUMNS}, deleted, changed_by, created_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)"
-                ))
-                .bind(&row.model)
-                .bind(Usd(row.input_price))
-                .bind(Usd(row.output_price))
-                .bind(Usd(row.cache_write_5m_price))
-                .bind(Usd(row.cache_write_1h_price))
-                .bind(Usd(row.cache_read_price))
-                .bind(row.long_context_threshold)
-                .bind(Usd(row.long_input_price))
-                .bind(Usd(row.long_output_price))
-                .bind(Usd(row.long_cache_write_5m_price))
-                .bind(Usd(row.long_cache_write_1h_price))
-                .bind(Usd(row.long_cache_read_price))
-                .bind(changed_by)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)");
+                let query = sqlx::query(&sql);
+                let done = bind_prices!(query, row)
+                    .bind(changed_by)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
                 let version = done.last_id();
                 sqlx::query("DELETE FROM model_prices WHERE model = ?")
                     .bind(&row.model)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query(&format!(
+                let sql = format!(
                     "INSERT INTO model_prices ({PRICE_COLUMNS}, version, updated_at) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                ))
-                .bind(&row.model)
-                .bind(Usd(row.input_price))
-                .bind(Usd(row.output_price))
-                .bind(Usd(row.cache_write_5m_price))
-                .bind(Usd(row.cache_write_1h_price))
-                .bind(Usd(row.cache_read_price))
-                .bind(row.long_context_threshold)
-                .bind(Usd(row.long_input_price))
-                .bind(Usd(row.long_output_price))
-                .bind(Usd(row.long_cache_write_5m_price))
-                .bind(Usd(row.long_cache_write_1h_price))
-                .bind(Usd(row.long_cache_read_price))
-                .bind(version)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+                let query = sqlx::query(&sql);
+                bind_prices!(query, row)
+                    .bind(version)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
                 versions.push(version);
             }
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
@@ -187,26 +184,15 @@ impl Store {
         let current = self.get_price(model).await?;
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
-            sqlx::query(&format!(
+            let sql = format!(
                 "INSERT INTO model_price_history ({PRICE_COLUMNS}, deleted, changed_by, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
-            ))
-            .bind(&current.model)
-            .bind(Usd(current.input_price))
-            .bind(Usd(current.output_price))
-            .bind(Usd(current.cache_write_5m_price))
-            .bind(Usd(current.cache_write_1h_price))
-            .bind(Usd(current.cache_read_price))
-            .bind(current.long_context_threshold)
-            .bind(Usd(current.long_input_price))
-            .bind(Usd(current.long_output_price))
-            .bind(Usd(current.long_cache_write_5m_price))
-            .bind(Usd(current.long_cache_write_1h_price))
-            .bind(Usd(current.long_cache_read_price))
-            .bind(changed_by)
-            .bind(Utc::now())
-            .execute(&mut *tx)
-            .await?;
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)");
+            let query = sqlx::query(&sql);
+            bind_prices!(query, current)
+                .bind(changed_by)
+                .bind(Utc::now())
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("DELETE FROM model_prices WHERE model = ?")
                 .bind(model)
                 .execute(&mut *tx)
