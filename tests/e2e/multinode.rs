@@ -1,7 +1,7 @@
 //! Two data planes sharing Redis behave as one: sessions, concurrency,
 //! rate limits and leases are honoured by every node. Runs when
 //! `AIPROXY_TEST_REDIS_URL` is set (CI sets it).
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use aiproxy_tests::client::{Http, Reply};
@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
 use crate::scheduling::{
-    account, claude_code_body, claude_code_user_id, plain_body, upstream_keys,
+    account, claude_code_body, claude_code_user_id, plain_body, spread, upstream_keys,
 };
 use crate::split::{NODE_TOKEN, TestDatabase, controlplane, dataplane};
 
@@ -135,36 +135,11 @@ async fn two_nodes_share_sessions_limits_and_leases() {
         "one session, one account on both nodes: {used:?}"
     );
 
-    let before = mock.received().len();
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..6 {
-        let http = http.clone();
-        let url = format!(
-            "{}/v1/messages",
-            if worker % 2 == 0 { &dp1 } else { &dp2 }.url("proxy")
-        );
-        let key = key.clone();
-        tasks.spawn(async move {
-            for i in (worker..600).step_by(6) {
-                let reply = http
-                    .send(
-                        "POST",
-                        &url,
-                        &[("x-api-key", &key)],
-                        Some(&plain_body(&format!("chat {i}"))),
-                    )
-                    .await;
-                assert_eq!(reply.status, 200, "{}", reply.text());
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for k in &upstream_keys(&mock)[before..] {
-        *counts.entry(k.clone()).or_default() += 1;
-    }
+    let urls = [
+        format!("{}/v1/messages", dp1.url("proxy")),
+        format!("{}/v1/messages", dp2.url("proxy")),
+    ];
+    let counts = spread(&http, &mock, &urls, &key, 600, 6).await;
     assert_eq!(counts.values().sum::<usize>(), 600);
     for (account, n) in &counts {
         assert!(

@@ -37,6 +37,48 @@ pub fn upstream_keys(mock: &MockUpstream) -> Vec<String> {
         .collect()
 }
 
+/// Sends `total` distinct conversations with `workers` clients, worker `w`
+/// through `urls[w % urls.len()]`; how many each upstream key served.
+pub async fn spread(
+    http: &aiproxy_tests::client::Http,
+    mock: &MockUpstream,
+    urls: &[String],
+    key: &str,
+    total: usize,
+    workers: usize,
+) -> HashMap<String, usize> {
+    let before = mock.received().len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..workers {
+        let (http, url, key) = (
+            http.clone(),
+            urls[worker % urls.len()].clone(),
+            key.to_string(),
+        );
+        tasks.spawn(async move {
+            for i in (worker..total).step_by(workers) {
+                let reply = http
+                    .send(
+                        "POST",
+                        &url,
+                        &[("x-api-key", &key)],
+                        Some(&plain_body(&format!("conversation {i}"))),
+                    )
+                    .await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for k in &upstream_keys(mock)[before..] {
+        *counts.entry(k.clone()).or_default() += 1;
+    }
+    counts
+}
+
 pub fn account(name: &str, mock: &MockUpstream, upstream_key: &str, extra: Value) -> Value {
     let mut body = json!({"name": name, "type": "claude-api", "base_url": mock.url(),
                           "credentials": {"api_key": upstream_key}});
@@ -160,33 +202,8 @@ async fn sessions_stick_and_load_spreads_evenly() {
     );
 
     // Distinct conversations spread evenly: 1,000 over 3 accounts, ±10 %.
-    let before = mock.received().len();
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..8 {
-        let http = e.http.clone();
-        let url = format!("{}/v1/messages", e.proxy);
-        let key = key.clone();
-        tasks.spawn(async move {
-            for i in (worker..1000).step_by(8) {
-                let reply = http
-                    .send(
-                        "POST",
-                        &url,
-                        &[("x-api-key", &key)],
-                        Some(&plain_body(&format!("conversation {i}"))),
-                    )
-                    .await;
-                assert_eq!(reply.status, 200, "{}", reply.text());
-            }
-        });
-    }
-    while let Some(done) = tasks.join_next().await {
-        done.unwrap();
-    }
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for k in &upstream_keys(&mock)[before..] {
-        *counts.entry(k.clone()).or_default() += 1;
-    }
+    let urls = [format!("{}/v1/messages", e.proxy)];
+    let counts = spread(&e.http, &mock, &urls, &key, 1000, 8).await;
     assert_eq!(counts.values().sum::<usize>(), 1000);
     for (account, n) in &counts {
         assert!(
