@@ -8,6 +8,8 @@ use std::time::Duration;
 use aiproxy_shared::config::{Config, ConfigError, EXIT_CONFIG, Secret};
 use aiproxy_shared::state::{MemoryStore, RedisStore, Resilient, StateStore};
 use clap::{Parser, Subcommand};
+
+mod ctl;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,21 +36,15 @@ enum Command {
     /// Apply database migrations and exit.
     Migrate,
     /// Operate a running control plane over its management gRPC
-    /// (`AIPROXY_CONTROLPLANE_URL`, `AIPROXY_NODE_TOKEN`).
+    /// (`AIPROXY_CONTROLPLANE_URL`, `AIPROXY_ADMIN_TOKEN` or the token in
+    /// the data directory).
     Ctl {
         /// Print JSON instead of a table.
         #[arg(long, global = true)]
         json: bool,
         #[command(subcommand)]
-        command: CtlCommand,
+        command: ctl::CtlCommand,
     },
-}
-
-#[derive(Subcommand)]
-enum CtlCommand {
-    /// Compare daily usage, keys, accounts and packages with the request
-    /// logs; exits 1 when anything differs.
-    Consistency,
 }
 
 fn main() -> ExitCode {
@@ -68,7 +64,7 @@ fn main() -> ExitCode {
             Some(Command::Controlplane) => controlplane(config).await,
             Some(Command::Dataplane) => dataplane(config).await,
             Some(Command::Migrate) => migrate(config).await,
-            Some(Command::Ctl { json, command }) => ctl(config, json, command).await,
+            Some(Command::Ctl { json, command }) => ctl::run(config, json, command).await,
         }
     });
     match result {
@@ -117,8 +113,21 @@ fn controlplane_settings(
     secret_key: Secret,
     node_token: Secret,
     state: Arc<dyn StateStore>,
-) -> aiproxy_controlplane::Settings {
-    aiproxy_controlplane::Settings {
+) -> Result<aiproxy_controlplane::Settings, Failure> {
+    let admin_token = match &config.admin_token {
+        Some(t) => t.clone(),
+        None => load_or_create_secret(
+            &config.data_dir.join(ctl::ADMIN_TOKEN_FILE),
+            "management token",
+        )?,
+    };
+    let apply_document = match &config.apply_file {
+        Some(path) => Some(ctl::read_document(path, &|name| std::env::var(name).ok())?),
+        None => None,
+    };
+    Ok(aiproxy_controlplane::Settings {
+        admin_token,
+        apply_document,
         database_url: config.database_url(),
         secret_key,
         node_token,
@@ -126,14 +135,17 @@ fn controlplane_settings(
         jwt_expire_hours: config.jwt.expire_hours,
         admin_listen: config.listen.admin,
         grpc_listen: config.listen.grpc,
-        relay: aiproxy_proto::v1::RelaySettings {
-            request_timeout_ms: config.proxy.timeout * 1000,
-            billing_utc_offset_seconds: config.billing_tz().local_minus_utc(),
+        setting_defaults: aiproxy_controlplane::settings::Defaults {
+            request_timeout_secs: config.proxy.timeout,
+            session_ttl_secs: config.cache.session_ttl,
+            concurrency_ttl_secs: config.cache.concurrency_ttl,
+            unavailable_ttl_secs: config.cache.unavailable_ttl,
+            wait_timeout_secs: config.cache.wait_timeout,
         },
         oauth: config.oauth.clone(),
         state,
         billing_tz: config.billing_tz(),
-    }
+    })
 }
 
 fn dataplane_settings(
@@ -168,7 +180,7 @@ async fn all_in_one(config: Config) -> Result<(), Failure> {
     ensure_dir(&config.data_dir)?;
     let secret_key = match &config.secret_key {
         Some(k) => k.clone(),
-        None => load_or_create_secret(&config.data_dir.join("secret.key"))?,
+        None => load_or_create_secret(&config.data_dir.join("secret.key"), "secret key")?,
     };
     // Both planes live in this process, so a fresh token per start is enough.
     let node_token = config
@@ -181,7 +193,7 @@ async fn all_in_one(config: Config) -> Result<(), Failure> {
     let cp_cancel = CancellationToken::new();
     let cp_tasks = TaskTracker::new();
     let cp = aiproxy_controlplane::start(
-        controlplane_settings(&config, secret_key, node_token.clone(), state.clone()),
+        controlplane_settings(&config, secret_key, node_token.clone(), state.clone())?,
         cp_cancel.clone(),
         &cp_tasks,
     )
@@ -219,9 +231,8 @@ async fn controlplane(config: Config) -> Result<(), Failure> {
     let node_token = Config::require(&config.node_token, "AIPROXY_NODE_TOKEN", "controlplane")
         .map_err(Failure::Config)?
         .clone();
-    if config.database_url.is_none() {
-        ensure_dir(&config.data_dir)?;
-    }
+    // The data dir holds SQLite (when used) and the generated management token.
+    ensure_dir(&config.data_dir)?;
     if config.redis_url.is_none() {
         tracing::warn!(
             "AIPROXY_REDIS_URL is not set: data planes keep their scheduling state to themselves and the cache views here stay empty"
@@ -231,7 +242,7 @@ async fn controlplane(config: Config) -> Result<(), Failure> {
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let cp = aiproxy_controlplane::start(
-        controlplane_settings(&config, secret_key, node_token, state),
+        controlplane_settings(&config, secret_key, node_token, state)?,
         cancel.clone(),
         &tasks,
     )
@@ -288,74 +299,6 @@ async fn migrate(config: Config) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn ctl(config: Config, json: bool, command: CtlCommand) -> Result<(), Failure> {
-    use aiproxy_proto::v1::management_service_client::ManagementServiceClient;
-    let token = Config::require(&config.node_token, "AIPROXY_NODE_TOKEN", "ctl")
-        .map_err(Failure::Config)?
-        .clone();
-    let url = config
-        .controlplane_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", loopback_if_unspecified(config.listen.grpc)));
-    let mut client = ManagementServiceClient::connect(url.clone())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the control plane at {url}: {e}"))?;
-    let request = |body| {
-        let mut req = tonic::Request::new(body);
-        let bearer = format!("Bearer {}", token.expose());
-        req.metadata_mut()
-            .insert("authorization", bearer.parse().expect("token is ASCII"));
-        req
-    };
-    match command {
-        CtlCommand::Consistency => {
-            let report = client
-                .check_consistency(request(aiproxy_proto::v1::ConsistencyRequest {}))
-                .await
-                .map_err(|e| anyhow::anyhow!("consistency check failed: {}", e.message()))?
-                .into_inner();
-            if json {
-                let differences: Vec<_> = report
-                    .differences
-                    .iter()
-                    .map(|d| {
-                        serde_json::json!({"table": d.table, "row": d.row, "field": d.field,
-                                           "expected": d.expected, "actual": d.actual})
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::json!({"clean": report.clean, "request_logs": report.request_logs,
-                                       "differences": differences})
-                );
-            } else if report.clean {
-                println!(
-                    "consistent: {} request logs agree with daily usage, keys, accounts and packages",
-                    report.request_logs
-                );
-            } else {
-                println!(
-                    "{:<14} {:<40} {:<16} {:>22} {:>22}",
-                    "TABLE", "ROW", "FIELD", "FROM LOGS", "STORED"
-                );
-                for d in &report.differences {
-                    println!(
-                        "{:<14} {:<40} {:<16} {:>22} {:>22}",
-                        d.table, d.row, d.field, d.expected, d.actual
-                    );
-                }
-            }
-            if !report.clean {
-                return Err(Failure::Run(anyhow::anyhow!(
-                    "{} differences",
-                    report.differences.len()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
 /// One stdout line per listener, which scripts and tests read.
 fn announce(what: &str, addr: SocketAddr) {
     println!("aiproxy: {what} listening on {addr}");
@@ -383,13 +326,13 @@ fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))
 }
 
-/// The all-in-one's secret key: read from the data dir, or created there with mode 0600.
-fn load_or_create_secret(path: &Path) -> anyhow::Result<Secret> {
+/// A secret read from the data dir, or created there with mode 0600.
+fn load_or_create_secret(path: &Path, what: &str) -> anyhow::Result<Secret> {
     match std::fs::read_to_string(path) {
         Ok(s) if s.trim().len() >= aiproxy_shared::config::MIN_SECRET_KEY_LEN => {
             return Ok(Secret::new(s.trim()));
         }
-        Ok(_) => anyhow::bail!("{} is too short to be a secret key", path.display()),
+        Ok(_) => anyhow::bail!("{} is too short to be a {what}", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
     }
@@ -403,6 +346,10 @@ fn load_or_create_secret(path: &Path) -> anyhow::Result<Secret> {
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
     std::io::Write::write_all(&mut file, key.as_bytes())?;
     file.sync_all()?;
-    tracing::info!(path = %path.display(), "generated a new secret key; back it up, credentials cannot be read without it");
+    if what == "secret key" {
+        tracing::info!(path = %path.display(), "generated a new secret key; back it up, credentials cannot be read without it");
+    } else {
+        tracing::info!(path = %path.display(), "generated a new {what}");
+    }
     Ok(Secret::new(key))
 }

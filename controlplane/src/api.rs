@@ -1,11 +1,14 @@
 //! The admin REST API under `/api/v1`: routing, shared state, JSON errors.
 mod accounts;
+mod apply;
+pub mod audit;
 mod auth;
 mod cache;
 mod keys;
 mod logs;
 mod packages;
 mod prices;
+mod settings;
 mod usage;
 mod users;
 
@@ -30,10 +33,13 @@ pub struct ApiState {
     pub jwt: JwtKeys,
     pub publisher: Publisher,
     pub refresher: crate::oauth::Refresher,
+    pub health: crate::health::HealthChecker,
     /// The scheduling state the data planes share.
     pub state: std::sync::Arc<dyn aiproxy_shared::state::StateStore>,
     /// The zone package periods and daily usage are counted in.
     pub billing_tz: chrono::FixedOffset,
+    /// Defaults of the runtime settings.
+    pub setting_defaults: crate::settings::Defaults,
 }
 
 const OPENAPI: &str = include_str!("api/openapi.json");
@@ -55,6 +61,15 @@ pub fn router(state: ApiState) -> Router {
             get(keys::get_one).patch(keys::update).delete(keys::remove),
         )
         .route("/accounts", get(accounts::list).post(accounts::create))
+        .route("/accounts/reset", post(accounts::reset_all))
+        .route("/accounts/{id}/enable", post(accounts::enable))
+        .route("/accounts/{id}/disable", post(accounts::disable))
+        .route("/accounts/{id}/reset", post(accounts::reset))
+        .route("/accounts/{id}/test", post(accounts::test))
+        .route("/settings", get(settings::get).patch(settings::update))
+        .route("/audit-logs", get(audit::list))
+        .route("/apply", post(apply::apply))
+        .route("/cache/refresh", post(cache::refresh))
         .route(
             "/accounts/{id}",
             get(accounts::get_one)
@@ -102,7 +117,11 @@ pub fn router(state: ApiState) -> Router {
             get(cache::rate_limited).delete(cache::clear_rate_limited),
         )
         .route("/openapi.json", get(openapi))
-        .fallback(not_found);
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ));
     Router::new()
         .nest("/api/v1", v1)
         .route("/healthz", get(|| async { "ok" }))

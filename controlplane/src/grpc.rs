@@ -14,9 +14,10 @@ use tonic::{Request, Response, Status};
 
 use aiproxy_shared::state::{MarkKind, StateStore};
 
-use crate::oauth::{Outcome as RefreshOutcome, Refresher};
+use crate::health::HealthChecker;
+use crate::oauth::{Outcome as RefreshOutcome, RefreshError, Refresher};
 use crate::publisher::Publisher;
-use crate::store::{Store, UsageRow};
+use crate::store::{HealthOutcome, Store, UsageRow};
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Largest usage batch accepted in one call.
@@ -36,6 +37,7 @@ pub struct NodeApi {
     store: Store,
     publisher: Publisher,
     refresher: Refresher,
+    health: HealthChecker,
     state: Arc<dyn StateStore>,
     /// The zone package periods and daily usage are counted in.
     billing_tz: chrono::FixedOffset,
@@ -47,6 +49,7 @@ impl NodeApi {
         store: Store,
         publisher: Publisher,
         refresher: Refresher,
+        health: HealthChecker,
         state: Arc<dyn StateStore>,
         billing_tz: chrono::FixedOffset,
     ) -> Self {
@@ -54,6 +57,7 @@ impl NodeApi {
             store,
             publisher,
             refresher,
+            health,
             state,
             billing_tz,
             nodes: Arc::default(),
@@ -204,6 +208,7 @@ impl NodeService for NodeApi {
             .map_err(|_| Status::invalid_argument("refused_token_sha256 must be 32 bytes"))?;
         tracing::info!(node_id = %req.node_id, account_id = req.account_id, "node reports a refused OAuth token");
         let refresher = self.refresher.clone();
+        let health = self.health.clone();
         let state = self.state.clone();
         tokio::spawn(async move {
             match refresher.refresh(req.account_id, Some(refused)).await {
@@ -224,7 +229,18 @@ impl NodeService for NodeApi {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(account_id = req.account_id, error = %e, "refresh on node report failed")
+                    tracing::warn!(account_id = req.account_id, error = %e, "refresh on node report failed");
+                    // The token was refused and cannot be renewed: that is
+                    // a credential failure like any other.
+                    if let RefreshError::Refused { status, message } = &e {
+                        let outcome = HealthOutcome::Refused {
+                            source: "relayed request",
+                            message: format!(
+                                "token refused; refresh refused ({status}): {message}"
+                            ),
+                        };
+                        count_failure(&health, req.account_id, &outcome).await;
+                    }
                 }
             }
         });
@@ -258,6 +274,14 @@ impl NodeService for NodeApi {
             tracing::warn!(node_id = %req.node_id, account_id = req.account_id, %message, "upstream refused the account with permission_error: flagged as likely banned");
             self.publisher.notify();
         }
+        if !req.credential_failure.is_empty() {
+            let outcome = HealthOutcome::Refused {
+                source: "relayed request",
+                message: req.credential_failure.chars().take(300).collect(),
+            };
+            tracing::warn!(node_id = %req.node_id, account_id = req.account_id, failure = %req.credential_failure, "upstream refused the account's credentials");
+            count_failure(&self.health, req.account_id, &outcome).await;
+        }
         Ok(Response::new(pb::AccountStateAck {}))
     }
 
@@ -285,10 +309,34 @@ impl NodeService for NodeApi {
                 Status::unavailable("usage ingestion failed; retry")
             })?;
         tracing::debug!(node_id = %batch.node_id, inserted = outcome.inserted, duplicates = outcome.duplicates, "usage ingested");
+        // A request the upstream served proves the account's credentials.
+        let mut served: Vec<i64> = rows
+            .iter()
+            .filter(|r| (200..300).contains(&r.status_code))
+            .filter_map(|r| r.account_id)
+            .collect();
+        served.sort_unstable();
+        served.dedup();
+        if let Err(e) = self.store.clear_account_errors_served(&served).await {
+            tracing::warn!(error = %e, "could not reset the error counts of serving accounts");
+        }
         Ok(Response::new(pb::UsageAck {
             inserted: outcome.inserted,
             duplicates: outcome.duplicates,
         }))
+    }
+}
+
+/// Counts a credential failure toward the account's threshold.
+async fn count_failure(health: &HealthChecker, account_id: i64, outcome: &HealthOutcome) {
+    let recorded = async {
+        let threshold = health.error_threshold().await?;
+        health
+            .record(account_id, outcome, threshold, "relayed request")
+            .await
+    };
+    if let Err(e) = recorded.await {
+        tracing::warn!(account_id, error = %e, "could not count the account's failure");
     }
 }
 

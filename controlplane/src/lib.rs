@@ -5,15 +5,17 @@
 pub mod api;
 pub mod crypto;
 pub mod grpc;
+pub mod health;
+pub mod jobs;
 pub mod manage;
 pub mod oauth;
 pub mod publisher;
+pub mod settings;
 pub mod store;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aiproxy_proto::v1 as pb;
 use aiproxy_shared::config::Secret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,11 +31,16 @@ pub struct Settings {
     pub database_url: String,
     pub secret_key: Secret,
     pub node_token: Secret,
+    /// Admin-scoped token of the management gRPC service.
+    pub admin_token: Secret,
+    /// Declarative configuration to apply at start (see `POST /api/v1/apply`).
+    pub apply_document: Option<serde_json::Value>,
     pub admin_password: Option<Secret>,
     pub jwt_expire_hours: u64,
     pub admin_listen: SocketAddr,
     pub grpc_listen: SocketAddr,
-    pub relay: pb::RelaySettings,
+    /// Defaults of the runtime settings (`/api/v1/settings` overrides them).
+    pub setting_defaults: settings::Defaults,
     pub oauth: aiproxy_shared::config::OAuthSettings,
     /// The scheduling state the data planes share (Redis, or the embedded
     /// data plane's memory).
@@ -53,6 +60,8 @@ pub enum StartError {
     },
     #[error("cannot create the admin user: {0}")]
     Bootstrap(String),
+    #[error("the declarative configuration was not applied: {0}")]
+    Apply(String),
 }
 
 /// A running control plane.
@@ -82,7 +91,12 @@ pub async fn start(
 
     let sealer = Sealer::new(settings.secret_key.expose());
     let jwt = JwtKeys::new(settings.secret_key.expose(), settings.jwt_expire_hours);
-    let publisher = Publisher::new(store.clone(), sealer.clone(), settings.relay);
+    let publisher = Publisher::new(
+        store.clone(),
+        sealer.clone(),
+        settings.setting_defaults.clone(),
+        settings.billing_tz.local_minus_utc(),
+    );
     publisher.refresh().await?;
     tracker.spawn(publisher.clone().run(cancel.clone()));
     tracker.spawn(publisher.clone().run_usage(cancel.clone()));
@@ -114,16 +128,42 @@ pub async fn start(
         publisher.clone(),
         settings.oauth.clone(),
     );
-    tracker.spawn(refresher.clone().run(cancel.clone()));
+    let health = health::HealthChecker::new(
+        store.clone(),
+        sealer.clone(),
+        publisher.clone(),
+        refresher.clone(),
+        settings.oauth.clone(),
+        settings.setting_defaults.clone(),
+    );
+    jobs::Jobs {
+        store: store.clone(),
+        publisher: publisher.clone(),
+        health: health.clone(),
+        refresher: refresher.clone(),
+        defaults: settings.setting_defaults.clone(),
+        billing_tz: settings.billing_tz,
+    }
+    .spawn(cancel.clone(), tracker);
     let app = api::router(api::ApiState {
         store: store.clone(),
         sealer: sealer.clone(),
         jwt,
         publisher: publisher.clone(),
         refresher: refresher.clone(),
+        health: health.clone(),
         state: settings.state.clone(),
         billing_tz: settings.billing_tz,
+        setting_defaults: settings.setting_defaults.clone(),
     });
+    if let Some(document) = &settings.apply_document {
+        let report = manage::apply_at_start(&app, document)
+            .await
+            .map_err(StartError::Apply)?;
+        tracing::info!(items = %report["applied"], "declarative configuration applied at start");
+    }
+    let manage = manage::ManageApi::new(app.clone(), settings.admin_token.expose().to_string())
+        .into_server();
     let admin_cancel = cancel.clone();
     tracker.spawn(async move {
         let served = axum::serve(admin, app)
@@ -134,21 +174,15 @@ pub async fn start(
         }
     });
 
-    tracker.spawn(recover_rate_limits(
-        store.clone(),
-        publisher.clone(),
-        cancel.clone(),
-    ));
     let node_api = grpc::NodeApi::new(
         store.clone(),
         publisher,
         refresher,
+        health,
         settings.state.clone(),
         settings.billing_tz,
     );
     let service = node_api.into_server(settings.node_token.expose().to_string());
-    let manage = manage::ManageApi::new(store.clone(), settings.billing_tz)
-        .into_server(settings.node_token.expose().to_string());
     let grpc_cancel = cancel.clone();
     tracker.spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
@@ -169,29 +203,6 @@ pub async fn start(
         grpc_addr,
         store,
     })
-}
-
-/// How often expired rate limits are lifted from accounts.
-const RATE_LIMIT_RECOVERY_EVERY: Duration = Duration::from_secs(5);
-
-/// Lifts rate limits whose reset time has passed, so accounts come back on
-/// their own (nodes already skip the limit once it lapses; this makes the
-/// stored state and the admin views agree).
-async fn recover_rate_limits(store: Store, publisher: Publisher, cancel: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(RATE_LIMIT_RECOVERY_EVERY) => {}
-        }
-        match store.clear_expired_rate_limits(chrono::Utc::now()).await {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(accounts = n, "rate limits lapsed; accounts back in service");
-                publisher.notify();
-            }
-            Err(e) => tracing::warn!(error = %e, "rate-limit recovery failed"),
-        }
-    }
 }
 
 /// Creates the `admin` user on first start. The password comes from

@@ -10,7 +10,6 @@ use aiproxy_shared::domain::AccountKind;
 use aiproxy_shared::http::{HttpClient, Payload, base64url_encode, call_json, jwt_claims};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 
 use crate::crypto::Sealer;
 use crate::publisher::Publisher;
@@ -27,7 +26,6 @@ pub const GEMINI_CLIENT_ID: &str =
 pub const GEMINI_CLIENT_SECRET: &str = "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";
 /// Tokens expiring within this many seconds are refreshed.
 const REFRESH_MARGIN_SECS: i64 = 300;
-const SCAN_INTERVAL: Duration = Duration::from_secs(60);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const ONBOARD_POLLS: usize = 10;
 const ONBOARD_POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -130,17 +128,7 @@ impl Refresher {
         }
     }
 
-    /// Refreshes tokens that are about to expire, every minute until cancelled.
-    pub async fn run(self, cancel: CancellationToken) {
-        loop {
-            self.refresh_due().await;
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(SCAN_INTERVAL) => {}
-            }
-        }
-    }
-
+    /// Refreshes tokens that are about to expire (a background job).
     pub async fn refresh_due(&self) {
         let accounts = match self.inner.store.list_accounts().await {
             Ok(a) => a,

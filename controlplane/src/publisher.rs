@@ -25,7 +25,8 @@ pub struct Publisher {
 struct Inner {
     store: Store,
     sealer: Sealer,
-    relay: pb::RelaySettings,
+    defaults: crate::settings::Defaults,
+    billing_utc_offset_seconds: i32,
     latest: watch::Sender<Option<Arc<pb::Snapshot>>>,
     changed: Notify,
     /// Package and key usage as it changes, for every watcher.
@@ -37,14 +38,20 @@ struct Inner {
 const USAGE_OVERLAP: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
 
 impl Publisher {
-    pub fn new(store: Store, sealer: Sealer, relay: pb::RelaySettings) -> Self {
+    pub fn new(
+        store: Store,
+        sealer: Sealer,
+        defaults: crate::settings::Defaults,
+        billing_utc_offset_seconds: i32,
+    ) -> Self {
         let (latest, _) = watch::channel(None);
         let (usage, _) = broadcast::channel(16);
         Self {
             inner: Arc::new(Inner {
                 store,
                 sealer,
-                relay,
+                defaults,
+                billing_utc_offset_seconds,
                 latest,
                 changed: Notify::new(),
                 usage,
@@ -142,12 +149,13 @@ impl Publisher {
     async fn build(&self, version: u64) -> StoreResult<pb::Snapshot> {
         let store = &self.inner.store;
         // Read side by side: the key table dominates, the rest overlaps it.
-        let (accounts, keys, users, prices, packages) = tokio::try_join!(
+        let (accounts, keys, users, prices, packages, settings) = tokio::try_join!(
             store.list_accounts(),
             store.snapshot_keys(),
             store.list_users(),
             store.list_prices(),
             store.list_packages(None),
+            crate::settings::SystemSettings::load(store, &self.inner.defaults),
         )?;
         let accounts = accounts
             .into_iter()
@@ -192,6 +200,8 @@ impl Publisher {
                     max_concurrency: k.max_concurrency.max(0) as u32,
                     cost_limit: k.cost_limit.map(|c| c.to_string()).unwrap_or_default(),
                     cost_used: k.cost_used.to_string(),
+                    client_filter: k.client_filter.unwrap_or_default(),
+                    allowed_clients: k.allowed_clients,
                 })
             })
             .collect();
@@ -229,7 +239,7 @@ impl Publisher {
             api_keys,
             users,
             prices,
-            settings: Some(self.inner.relay),
+            settings: Some(settings.relay(self.inner.billing_utc_offset_seconds)),
             packages: packages.iter().map(package).collect(),
         })
     }

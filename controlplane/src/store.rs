@@ -2,15 +2,19 @@
 mod accounts;
 mod api_keys;
 mod db;
+mod operations;
 mod packages;
 mod prices;
 mod reports;
 mod usage;
 mod users;
 
-pub use accounts::{Account, AccountPatch, NewAccount};
+pub use accounts::{
+    Account, AccountPatch, HealthEffect, HealthOutcome, NewAccount, OAuthUsage, UsageWindow,
+};
 pub use api_keys::{ApiKey, ApiKeyPatch, NewApiKey};
 pub use db::{Backend, Store};
+pub use operations::{AuditEntry, AuditFilter, NewAudit};
 pub use packages::{NewPackage, Package, PackagePatch};
 pub use prices::{PriceRow, PriceVersion, shipped_prices};
 pub use reports::{ConsistencyReport, GroupBy, RerateReport, RerateScope, UsageTotals};

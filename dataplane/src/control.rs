@@ -10,6 +10,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::scheduler::Scheduler;
 use crate::snapshot::{Snapshot, SnapshotHolder};
 
 /// A watch stream with no message for this long is considered dead.
@@ -56,18 +57,19 @@ pub fn client(url: &str, node_token: &str) -> Result<Client, ControlError> {
     )
 }
 
-/// Keeps `holder` up to date until cancelled.
+/// Keeps `holder`, and the scheduler's settings, up to date until cancelled.
 pub async fn run_feed(
     client: Client,
     node_id: String,
     holder: Arc<SnapshotHolder>,
+    scheduler: Arc<Scheduler>,
     cancel: CancellationToken,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = watch_once(client.clone(), &node_id, &holder) => r,
+            r = watch_once(client.clone(), &node_id, &holder, &scheduler) => r,
         };
         match outcome {
             Ok(()) => backoff = BACKOFF_MIN,
@@ -88,6 +90,7 @@ async fn watch_once(
     mut client: Client,
     node_id: &str,
     holder: &SnapshotHolder,
+    scheduler: &Scheduler,
 ) -> Result<(), tonic::Status> {
     let request = pb::WatchRequest {
         node_id: node_id.to_string(),
@@ -106,6 +109,7 @@ async fn watch_once(
                 let ack = match Snapshot::try_from(snapshot) {
                     Ok(applied) => {
                         let (accounts, keys) = (applied.accounts.len(), applied.keys.len());
+                        scheduler.adopt(&applied.scheduling);
                         holder.store(applied);
                         tracing::info!(
                             version,

@@ -50,6 +50,15 @@ impl RelayError {
             "usage journal full: the control plane has been unreachable too long",
         )
     }
+    /// The client filter refused the calling program (the seed's message,
+    /// with the reason after it).
+    pub fn client_not_allowed(reason: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "client_not_allowed",
+            format!("client not allowed: {reason}"),
+        )
+    }
     /// The key's requests-per-minute limit.
     pub fn rate_limited(retry_after_secs: u64) -> Self {
         Self {

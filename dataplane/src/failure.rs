@@ -30,6 +30,9 @@ pub struct Verdict {
     pub refresh_token: bool,
     /// Refused in a way that suggests a ban: the upstream's message.
     pub suspected_ban: Option<String>,
+    /// The upstream refused the account's credentials (a 401 no token
+    /// refresh can cure, or a 403): counted toward disabling the account.
+    pub credential_failure: Option<String>,
 }
 
 pub fn uses_oauth(kind: AccountKind) -> bool {
@@ -122,6 +125,7 @@ pub fn judge(
         },
         401 => Verdict {
             mark: Some(unavailable(id, "credentials_refused", cap, cap, now)),
+            credential_failure: Some(upstream_message(401, json.as_ref())),
             ..Verdict::default()
         },
         403 => {
@@ -140,6 +144,7 @@ pub fn judge(
             Verdict {
                 mark: Some(unavailable(id, "permission_denied", cap, cap, now)),
                 suspected_ban,
+                credential_failure: Some(upstream_message(403, json.as_ref())),
                 ..Verdict::default()
             }
         }
@@ -148,6 +153,20 @@ pub fn judge(
             ..Verdict::default()
         },
     }
+}
+
+/// `401 <the upstream's error message>`, in any of the APIs' error shapes.
+fn upstream_message(status: u16, json: Option<&Value>) -> String {
+    let message = json
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .or_else(|| v.pointer("/error"))
+                .or_else(|| v.pointer("/message"))
+        })
+        .and_then(Value::as_str)
+        .unwrap_or("no message");
+    let message: String = message.chars().take(300).collect();
+    format!("{status} {message}")
 }
 
 /// The account could not be reached, or did not answer in time.
@@ -300,5 +319,38 @@ mod tests {
             CAP,
         );
         assert!(v.refresh_token);
+        assert_eq!(
+            v.credential_failure, None,
+            "a refused OAuth token is refreshed before it counts"
+        );
+    }
+
+    #[test]
+    fn refused_credentials_are_reported_with_the_upstream_message() {
+        let body = br#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+        let v = judge(
+            &account(AccountKind::ClaudeApi),
+            StatusCode::UNAUTHORIZED,
+            &HeaderMap::new(),
+            body,
+            now(),
+            CAP,
+        );
+        assert_eq!(
+            v.credential_failure.as_deref(),
+            Some("401 invalid x-api-key")
+        );
+        let v = judge(
+            &account(AccountKind::OpenAi),
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &HeaderMap::new(),
+            b"{}",
+            now(),
+            CAP,
+        );
+        assert_eq!(
+            v.credential_failure, None,
+            "a 5xx says nothing of the credentials"
+        );
     }
 }

@@ -8,6 +8,7 @@ pub mod body;
 pub mod control;
 pub mod errors;
 pub mod failure;
+pub mod filter;
 pub mod meter;
 pub mod models;
 pub mod relay;
@@ -103,11 +104,18 @@ pub async fn start(
         source,
     })?;
 
+    let scheduler = Arc::new(scheduler::Scheduler::new(
+        settings.state.clone(),
+        settings.scheduling.clone(),
+        &settings.node_id,
+    ));
+    tracker.spawn(scheduler.clone().run_renewals(cancel.clone()));
     let snapshot = Arc::new(SnapshotHolder::default());
     tracker.spawn(control::run_feed(
         client.clone(),
         settings.node_id.clone(),
         snapshot.clone(),
+        scheduler.clone(),
         cancel.clone(),
     ));
 
@@ -121,12 +129,6 @@ pub async fn start(
         reporter_stop.clone(),
     ));
 
-    let scheduler = Arc::new(scheduler::Scheduler::new(
-        settings.state.clone(),
-        settings.scheduling.clone(),
-        &settings.node_id,
-    ));
-    tracker.spawn(scheduler.clone().run_renewals(cancel.clone()));
     let relay = Arc::new(Relay {
         snapshot: snapshot.clone(),
         scheduler,

@@ -132,7 +132,7 @@ impl Relay {
             return Err(RelayError::journal_full());
         }
         let body = request::read_body(body, &parts.headers, self.max_body_bytes).await?;
-        let parsed = request::parse(endpoint, &parts.headers, body)?;
+        let parsed = request::parse(endpoint, &parts.headers, body, &caller.key.client_filter)?;
         if !model_allowed(&caller.key, &parsed.model) {
             return Err(RelayError::model_not_allowed());
         }
@@ -544,7 +544,10 @@ fn tell_control_plane(
     if verdict.refresh_token {
         report_refused_token(control.clone(), node_id.clone(), account);
     }
-    if verdict.rate_limit_reset.is_none() && verdict.suspected_ban.is_none() {
+    if verdict.rate_limit_reset.is_none()
+        && verdict.suspected_ban.is_none()
+        && verdict.credential_failure.is_none()
+    {
         return;
     }
     if let Some(reset) = verdict.rate_limit_reset {
@@ -555,6 +558,7 @@ fn tell_control_plane(
         account_id: account.id,
         rate_limit_reset_at_ms: verdict.rate_limit_reset.map_or(0, |r| r.timestamp_millis()),
         suspected_ban: verdict.suspected_ban.clone().unwrap_or_default(),
+        credential_failure: verdict.credential_failure.clone().unwrap_or_default(),
     };
     let mut control = control;
     tokio::spawn(async move {

@@ -7,6 +7,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use crate::errors::RelayError;
+use crate::filter::{self, Mode, Policy};
 use crate::routes::Endpoint;
 use crate::session::{self, Format, RequestHead, Session};
 
@@ -30,9 +31,21 @@ fn format(endpoint: &Endpoint) -> Format {
 /// Reads the model, stream flag and session; for a streamed chat completion
 /// asks the upstream to report usage (`stream_options.include_usage`) so
 /// the stream can be billed. The body is parsed once.
-pub fn parse(endpoint: &Endpoint, headers: &HeaderMap, body: Bytes) -> Result<Parsed, RelayError> {
+pub fn parse(
+    endpoint: &Endpoint,
+    headers: &HeaderMap,
+    body: Bytes,
+    filter: &Policy,
+) -> Result<Parsed, RelayError> {
     let invalid = |e: serde_json::Error| RelayError::bad_request(format!("invalid JSON body: {e}"));
     let head = RequestHead::parse(&body).map_err(invalid)?;
+    if filter.mode != Mode::Off {
+        let messages_path = *endpoint == Endpoint::AnthropicMessages;
+        if let Err(refusal) = filter::check(filter, headers, messages_path, &head) {
+            tracing::info!(reason = %refusal, "client not allowed");
+            return Err(RelayError::client_not_allowed(refusal.reason()));
+        }
+    }
     let session = session::session(format(endpoint), headers, &head);
     let (model, stream) = match endpoint {
         Endpoint::GeminiGenerate { model, stream } => (model.clone(), *stream),
@@ -97,7 +110,12 @@ mod tests {
     use super::*;
 
     fn parse_body(endpoint: &Endpoint, body: &'static [u8]) -> Result<Parsed, RelayError> {
-        parse(endpoint, &HeaderMap::new(), Bytes::from_static(body))
+        parse(
+            endpoint,
+            &HeaderMap::new(),
+            Bytes::from_static(body),
+            &Policy::off(),
+        )
     }
 
     #[test]

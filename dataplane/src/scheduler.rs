@@ -20,7 +20,7 @@ use crate::snapshot::{AccountEntry, KeyEntry, Snapshot, UserEntry};
 /// How often a waiting request asks again when no local release wakes it.
 const WAIT_POLL: Duration = Duration::from_millis(100);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerSettings {
     /// Lease lifetime without renewal (`concurrency_ttl`).
     pub lease_ttl: Duration,
@@ -33,7 +33,10 @@ pub struct SchedulerSettings {
 
 pub struct Scheduler {
     store: Arc<dyn StateStore>,
-    settings: SchedulerSettings,
+    /// The node's configuration, where the operator's settings are silent.
+    configured: SchedulerSettings,
+    /// In force: the configuration with the snapshot's settings over it.
+    settings: arc_swap::ArcSwap<SchedulerSettings>,
     /// Leases of this node's requests in flight, renewed in one call per beat.
     live: Mutex<HashMap<String, Held>>,
     /// Wakes local waiters when a local request ends.
@@ -74,7 +77,7 @@ impl Lease {
             self.bind = Some(Bind {
                 session,
                 account_id: self.held.account_id,
-                ttl_ms: self.scheduler.settings.session_ttl.as_millis() as u64,
+                ttl_ms: self.scheduler.settings().session_ttl.as_millis() as u64,
             });
         }
     }
@@ -147,7 +150,8 @@ impl Scheduler {
         let lease_prefix = format!("{node_id}:{}", aiproxy_shared::keys::random_hex(4));
         Scheduler {
             store,
-            settings,
+            settings: arc_swap::ArcSwap::from_pointee(settings.clone()),
+            configured: settings,
             live: Mutex::default(),
             released: Notify::new(),
             lease_prefix,
@@ -155,8 +159,23 @@ impl Scheduler {
         }
     }
 
-    pub fn settings(&self) -> &SchedulerSettings {
-        &self.settings
+    pub fn settings(&self) -> arc_swap::Guard<Arc<SchedulerSettings>> {
+        self.settings.load()
+    }
+
+    /// Takes the TTLs a new snapshot carries.
+    pub fn adopt(&self, overrides: &crate::snapshot::SchedulingOverrides) {
+        let c = &self.configured;
+        let settings = SchedulerSettings {
+            lease_ttl: overrides.lease_ttl.unwrap_or(c.lease_ttl),
+            session_ttl: overrides.session_ttl.unwrap_or(c.session_ttl),
+            wait_timeout: overrides.wait_timeout.unwrap_or(c.wait_timeout),
+            unavailable_cap: overrides.unavailable_cap.unwrap_or(c.unavailable_cap),
+        };
+        if **self.settings.load() != settings {
+            tracing::info!(?settings, "scheduling settings changed");
+            self.settings.store(Arc::new(settings));
+        }
     }
 
     /// Accounts of a compatible kind that are in service: those reserved for
@@ -200,17 +219,18 @@ impl Scheduler {
         candidates: &'a [Candidate],
         queue: Option<&'a str>,
     ) -> ScheduleRequest<'a> {
+        let settings = self.settings();
         ScheduleRequest {
             now_ms: ask.now_ms,
             lease,
-            lease_ttl_ms: self.settings.lease_ttl.as_millis() as u64,
+            lease_ttl_ms: settings.lease_ttl.as_millis() as u64,
             key_id: ask.key.id,
             key_rpm: ask.key.rate_limit,
             key_concurrency: ask.key.max_concurrency,
             user_id: ask.user.id,
             user_concurrency: ask.user.max_concurrency,
             session: ask.session,
-            session_ttl_ms: self.settings.session_ttl.as_millis() as u64,
+            session_ttl_ms: settings.session_ttl.as_millis() as u64,
             candidates,
             exclude: &[],
             queue,
@@ -253,7 +273,8 @@ impl Scheduler {
             self.next_lease.fetch_add(1, Ordering::Relaxed)
         );
         let pool_name;
-        let queue = if self.settings.wait_timeout.is_zero() {
+        let wait_timeout = self.settings().wait_timeout;
+        let queue = if wait_timeout.is_zero() {
             None
         } else if dedicated {
             pool_name = format!("{}:k{}", ask.pool, ask.key.id);
@@ -261,7 +282,7 @@ impl Scheduler {
         } else {
             Some(ask.pool)
         };
-        let deadline = Instant::now() + self.settings.wait_timeout;
+        let deadline = Instant::now() + wait_timeout;
         let mut req = self.request(ask, &lease, &candidates, queue);
         loop {
             let outcome = self.store.schedule(&req).await.map_err(|e| {
@@ -362,8 +383,8 @@ impl Scheduler {
     /// Renews this node's leases every third of their TTL, so requests that
     /// outlive `concurrency_ttl` keep their slots while a dead node's lapse.
     pub async fn run_renewals(self: Arc<Self>, cancel: CancellationToken) {
-        let every = (self.settings.lease_ttl / 3).max(Duration::from_secs(1));
         loop {
+            let every = (self.settings().lease_ttl / 3).max(Duration::from_secs(1));
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
@@ -378,7 +399,7 @@ impl Scheduler {
             if held.is_empty() {
                 continue;
             }
-            let ttl = self.settings.lease_ttl.as_millis() as u64;
+            let ttl = self.settings().lease_ttl.as_millis() as u64;
             if let Err(e) = self.store.renew(&held, now_ms(), ttl).await {
                 tracing::warn!(error = %e, leases = held.len(), "could not renew leases");
             }

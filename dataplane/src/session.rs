@@ -24,6 +24,7 @@ pub struct RequestHead<'a> {
     metadata: Option<&'a RawValue>,
     system: Option<&'a RawValue>,
     messages: Option<&'a RawValue>,
+    max_tokens: Option<&'a RawValue>,
     prompt_cache_key: Option<&'a RawValue>,
     previous_response_id: Option<&'a RawValue>,
     instructions: Option<&'a RawValue>,
@@ -51,6 +52,91 @@ impl<'a> RequestHead<'a> {
             include_usage: Option<bool>,
         }
         object::<StreamOptions>(self.stream_options?)?.include_usage
+    }
+
+    /// `system`, unparsed.
+    pub fn system(&self) -> Option<&'a RawValue> {
+        self.system
+    }
+
+    /// `metadata`, unparsed.
+    pub fn metadata(&self) -> Option<&'a RawValue> {
+        self.metadata
+    }
+
+    /// `max_tokens`, when it is a whole number.
+    pub fn max_tokens(&self) -> Option<u64> {
+        serde_json::from_str(self.max_tokens?.get()).ok()
+    }
+
+    /// Runs `f` over the ids in Claude Code's `metadata.user_id`: before 2.1.78
+    /// `user_{64 hex}_account_{uuid or empty}_session_{uuid}`, from 2.1.78 a JSON
+    /// string `{"device_id":..,"account_uuid":..,"session_id":..}`. `None` when
+    /// user_id is in neither format; a callback, as the JSON form's ids borrow
+    /// from a string unescaped here.
+    pub fn claude_code_user<R>(&self, f: impl FnOnce(&ClaudeCodeUser<'_>) -> R) -> Option<R> {
+        #[derive(Deserialize)]
+        #[serde(bound(deserialize = "'de: 'a"))]
+        struct Ids<'a> {
+            user_id: Option<Str<'a>>,
+            session_id: Option<Str<'a>>,
+            // Raw, so an odd value fails the shape check rather than the parse.
+            device_id: Option<&'a RawValue>,
+            account_uuid: Option<&'a RawValue>,
+        }
+        let user_id = object::<Ids>(self.metadata?)?.user_id?.0;
+        let user_id = user_id.trim();
+        if user_id.starts_with('{') {
+            let ids = serde_json::from_str::<Ids>(user_id).ok()?;
+            let session = ids.session_id?.0;
+            let device = ids.device_id.and_then(string);
+            let account = ids.account_uuid.and_then(string);
+            return Some(f(&ClaudeCodeUser {
+                device_id: device.as_deref().unwrap_or(""),
+                account_uuid: account.as_deref().unwrap_or(""),
+                session_id: &session,
+            }));
+        }
+        let rest = user_id.strip_prefix("user_")?;
+        let (device, rest) = rest.split_at_checked(64)?;
+        let (account, session) = rest.strip_prefix("_account_")?.split_once("_session_")?;
+        let uuid_like = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        let valid = device.bytes().all(|b| b.is_ascii_hexdigit()) && uuid_like(account);
+        if !(valid && session.len() == 36 && uuid_like(session)) {
+            return None;
+        }
+        Some(f(&ClaudeCodeUser {
+            device_id: device,
+            account_uuid: account,
+            session_id: session,
+        }))
+    }
+}
+
+/// The ids Claude Code puts in `metadata.user_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaudeCodeUser<'s> {
+    pub device_id: &'s str,
+    /// Empty unless the user signed in with a claude.ai account.
+    pub account_uuid: &'s str,
+    pub session_id: &'s str,
+}
+
+impl ClaudeCodeUser<'_> {
+    /// Each id has the shape Claude Code gives it: a 64-hex device id, a uuid
+    /// session, and a uuid or empty account.
+    pub fn is_well_formed(&self) -> bool {
+        let uuid = |s: &str| {
+            s.len() == 36
+                && s.bytes().enumerate().all(|(i, b)| match i {
+                    8 | 13 | 18 | 23 => b == b'-',
+                    _ => b.is_ascii_hexdigit(),
+                })
+        };
+        self.device_id.len() == 64
+            && self.device_id.bytes().all(|b| b.is_ascii_hexdigit())
+            && uuid(self.session_id)
+            && (self.account_uuid.is_empty() || uuid(self.account_uuid))
     }
 }
 
@@ -137,31 +223,9 @@ pub fn response_session(id: &str) -> String {
     k.hash()
 }
 
-/// The session uuid in Claude Code's `metadata.user_id`: before 2.1.78
-/// `user_{64 hex}_account_{uuid or empty}_session_{uuid}`, from 2.1.78 a JSON
-/// string `{"device_id":..,"account_uuid":..,"session_id":..}`.
+/// The session uuid in Claude Code's `metadata.user_id`.
 fn claude_code(head: &RequestHead<'_>) -> Option<Session> {
-    #[derive(Deserialize)]
-    #[serde(bound(deserialize = "'de: 'a"))]
-    struct Ids<'a> {
-        user_id: Option<Str<'a>>,
-        session_id: Option<Str<'a>>,
-    }
-    let user_id = object::<Ids>(head.metadata?)?.user_id?.0;
-    let user_id = user_id.trim();
-    if user_id.starts_with('{') {
-        let session = serde_json::from_str::<Ids>(user_id).ok()?.session_id?.0;
-        return hashed(&CLAUDE_CODE, |k| k.piece(&session));
-    }
-    let rest = user_id.strip_prefix("user_")?;
-    let (device, rest) = rest.split_at_checked(64)?;
-    let (account, session) = rest.strip_prefix("_account_")?.split_once("_session_")?;
-    let uuid_like = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-    let valid = device.bytes().all(|b| b.is_ascii_hexdigit()) && uuid_like(account);
-    if !(valid && session.len() == 36 && uuid_like(session)) {
-        return None;
-    }
-    hashed(&CLAUDE_CODE, |k| k.piece(session))
+    head.claude_code_user(|ids| hashed(&CLAUDE_CODE, |k| k.piece(ids.session_id)))?
 }
 
 /// The system blocks marked `cache_control`; failing those, the first

@@ -2,6 +2,7 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aiproxy_proto::v1 as pb;
 use aiproxy_shared::billing::PackageState;
@@ -9,6 +10,7 @@ use aiproxy_shared::domain::AccountKind;
 use aiproxy_shared::pricing::{LongContext, ModelPrice, PriceTable};
 use chrono::FixedOffset;
 
+use crate::filter::Policy;
 use crate::spending::Spending;
 use arc_swap::ArcSwapOption;
 use http::{HeaderName, HeaderValue};
@@ -29,6 +31,9 @@ pub struct KeyEntry {
     pub bills_packages: bool,
     pub cost_limit: Option<Decimal>,
     pub cost_used: Decimal,
+    /// Which client programs may use the key (the global filter unless the
+    /// key overrides it; keys that do not share one policy).
+    pub client_filter: Arc<Policy>,
 }
 
 impl KeyEntry {
@@ -46,6 +51,7 @@ impl KeyEntry {
             bills_packages: true,
             cost_limit: None,
             cost_used: Decimal::ZERO,
+            client_filter: Arc::new(Policy::off()),
         }
     }
 }
@@ -116,6 +122,30 @@ impl AccountEntry {
     }
 }
 
+/// Scheduling TTLs from the operator's settings; `None` keeps the node's
+/// configured value (a control plane that does not send them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SchedulingOverrides {
+    pub lease_ttl: Option<Duration>,
+    pub session_ttl: Option<Duration>,
+    pub wait_timeout: Option<Duration>,
+    pub unavailable_cap: Option<Duration>,
+}
+
+impl SchedulingOverrides {
+    fn from_proto(s: &pb::RelaySettings) -> Self {
+        let set = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        SchedulingOverrides {
+            lease_ttl: set(s.concurrency_ttl_ms),
+            session_ttl: set(s.session_ttl_ms),
+            wait_timeout: s
+                .wait_timeout_set
+                .then(|| Duration::from_millis(s.wait_timeout_ms)),
+            unavailable_cap: set(s.unavailable_ttl_ms),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
@@ -125,6 +155,8 @@ pub struct Snapshot {
     pub accounts: Vec<Arc<AccountEntry>>,
     pub prices: PriceTable,
     pub request_timeout_ms: u64,
+    /// Scheduling TTLs the operator set.
+    pub scheduling: SchedulingOverrides,
     /// Packages by user.
     pub packages: HashMap<i64, Vec<PackageState>>,
     /// Package id → user id.
@@ -144,6 +176,7 @@ impl Snapshot {
             accounts: Vec::new(),
             prices: PriceTable::default(),
             request_timeout_ms: 0,
+            scheduling: SchedulingOverrides::default(),
             packages: HashMap::new(),
             package_owner: HashMap::new(),
             billing_tz: FixedOffset::east_opt(0).expect("UTC"),
@@ -170,6 +203,8 @@ pub enum SnapshotError {
     KeyCost(i64),
     #[error("package {0} is malformed")]
     Package(i64),
+    #[error("client filter: {0}")]
+    ClientFilter(String),
 }
 
 fn decimal(s: &str) -> Option<Decimal> {
@@ -185,8 +220,22 @@ impl TryFrom<pb::Snapshot> for Snapshot {
 
     /// Validates everything first, so a bad snapshot is rejected whole.
     fn try_from(s: pb::Snapshot) -> Result<Self, SnapshotError> {
+        let settings = s.settings.clone().unwrap_or_default();
+        let global_filter = settings.client_filter.clone().unwrap_or_default();
+        let shared_filter = Arc::new(
+            Policy::resolve(&global_filter, "", &[]).map_err(SnapshotError::ClientFilter)?,
+        );
         let mut keys = HashMap::with_capacity(s.api_keys.len());
         for k in s.api_keys {
+            let client_filter = if k.client_filter.is_empty() && k.allowed_clients.is_empty() {
+                shared_filter.clone()
+            } else {
+                Arc::new(
+                    Policy::resolve(&global_filter, &k.client_filter, &k.allowed_clients).map_err(
+                        |e| SnapshotError::ClientFilter(format!("api key {}: {e}", k.id)),
+                    )?,
+                )
+            };
             let hash: [u8; 32] = k
                 .key_hash
                 .as_slice()
@@ -207,6 +256,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                         .then(|| decimal(&k.cost_limit).ok_or(SnapshotError::KeyCost(k.id)))
                         .transpose()?,
                     cost_used: decimal(&k.cost_used).ok_or(SnapshotError::KeyCost(k.id))?,
+                    client_filter,
                 }),
             );
         }
@@ -336,7 +386,6 @@ impl TryFrom<pb::Snapshot> for Snapshot {
             package_owner.insert(p.id, p.user_id);
             packages.entry(p.user_id).or_default().push(state);
         }
-        let settings = s.settings.unwrap_or_default();
         Ok(Snapshot {
             version: s.version,
             keys,
@@ -344,6 +393,7 @@ impl TryFrom<pb::Snapshot> for Snapshot {
             accounts,
             prices: PriceTable::new(prices),
             request_timeout_ms: settings.request_timeout_ms,
+            scheduling: SchedulingOverrides::from_proto(&settings),
             packages,
             package_owner,
             billing_tz: FixedOffset::east_opt(settings.billing_utc_offset_seconds)

@@ -197,6 +197,12 @@ pub struct Config {
     pub node_token: Option<Secret>,
     /// Password of the `admin` user created on first start.
     pub admin_password: Option<Secret>,
+    /// Admin-scoped token of the management gRPC service (`aiproxy ctl`);
+    /// unset means one generated into `data_dir/admin.token`.
+    pub admin_token: Option<Secret>,
+    /// Declarative configuration applied at control-plane start
+    /// (the format of `aiproxy ctl apply`).
+    pub apply_file: Option<PathBuf>,
     /// gRPC address of the control plane, for a data plane.
     pub controlplane_url: Option<String>,
     /// Name of this data-plane node; defaults to host name and pid.
@@ -220,6 +226,8 @@ impl Default for Config {
             secret_key: None,
             node_token: None,
             admin_password: None,
+            admin_token: None,
+            apply_file: None,
             controlplane_url: None,
             node_id: None,
             log_format: LogFormat::Text,
@@ -294,6 +302,12 @@ impl Config {
         }
         if let Some(v) = secret("AIPROXY_ADMIN_PASSWORD") {
             self.admin_password = Some(v);
+        }
+        if let Some(v) = secret("AIPROXY_ADMIN_TOKEN") {
+            self.admin_token = Some(v);
+        }
+        if let Some(v) = get("AIPROXY_APPLY_FILE") {
+            self.apply_file = Some(PathBuf::from(v));
         }
         if let Some(v) = get("AIPROXY_CONTROLPLANE_URL") {
             self.controlplane_url = Some(v);

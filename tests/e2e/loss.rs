@@ -13,7 +13,7 @@ use aiproxy_tests::mock::MockUpstream;
 use serde_json::json;
 
 use crate::scheduling::{account, plain_body};
-use crate::split::{NODE_TOKEN, TestDatabase, controlplane, dataplane};
+use crate::split::{ADMIN_TOKEN, NODE_TOKEN, TestDatabase, controlplane, dataplane};
 
 const WORKERS: usize = 4;
 
@@ -213,7 +213,7 @@ async fn nothing_served_is_lost_when_planes_die_under_load() {
     let ctl = tokio::process::Command::new(crate::bin())
         .args(["ctl", "consistency", "--json"])
         .env("AIPROXY_CONTROLPLANE_URL", format!("http://{grpc}"))
-        .env("AIPROXY_NODE_TOKEN", NODE_TOKEN)
+        .env("AIPROXY_ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
         .await
         .unwrap();
@@ -228,11 +228,14 @@ async fn nothing_served_is_lost_when_planes_die_under_load() {
     let refused = tokio::process::Command::new(crate::bin())
         .args(["ctl", "consistency"])
         .env("AIPROXY_CONTROLPLANE_URL", format!("http://{grpc}"))
-        .env("AIPROXY_NODE_TOKEN", "wrong-token-0123456789abcdef")
+        .env("AIPROXY_ADMIN_TOKEN", NODE_TOKEN)
         .output()
         .await
         .unwrap();
-    assert!(!refused.status.success(), "a wrong token is refused");
+    assert!(
+        !refused.status.success(),
+        "a node token grants no management"
+    );
     dp1.stop().await;
     dp2.stop().await;
     cp.stop().await;

@@ -11,6 +11,8 @@ use sqlx::Connection;
 
 const SECRET_KEY: &str = "split-test-secret-key-0123456789abcdef";
 pub(crate) const NODE_TOKEN: &str = "split-test-node-token-0123456789";
+/// The management token (`aiproxy ctl`), distinct from the node token.
+pub(crate) const ADMIN_TOKEN: &str = "split-test-admin-token-0123456789";
 
 /// A database for one test run; a MySQL one is dropped afterwards.
 pub(crate) struct TestDatabase {
@@ -74,6 +76,7 @@ pub(crate) async fn controlplane(
         ("AIPROXY_DATA_DIR", dir.display().to_string()),
         ("AIPROXY_SECRET_KEY", SECRET_KEY.to_string()),
         ("AIPROXY_NODE_TOKEN", NODE_TOKEN.to_string()),
+        ("AIPROXY_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
         ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
         ("AIPROXY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
         ("AIPROXY_GRPC_LISTEN", grpc.to_string()),

@@ -327,3 +327,98 @@ pub async fn remove(
     state.publisher.notify();
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// `POST /accounts/{id}/enable`: back in service (reason cleared, shared
+/// unavailable mark lifted).
+pub async fn enable(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    PathId(id): PathId,
+) -> ApiResult<Json<Value>> {
+    set_enabled(state, auth, id, true).await
+}
+
+/// `POST /accounts/{id}/disable`.
+pub async fn disable(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    PathId(id): PathId,
+) -> ApiResult<Json<Value>> {
+    set_enabled(state, auth, id, false).await
+}
+
+async fn set_enabled(
+    state: ApiState,
+    auth: AuthUser,
+    id: i64,
+    enabled: bool,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let patch = AccountPatch {
+        enabled: Some(enabled),
+        disabled_reason: Some((!enabled).then(|| format!("disabled by {}", auth.user.username))),
+        ..AccountPatch::default()
+    };
+    let account = state.store.update_account(id, &patch).await?;
+    state.publisher.notify();
+    if enabled {
+        super::cache::clear_account_marks(&state, id, MarkKind::Unavailable).await;
+    }
+    tracing::info!(account_id = id, enabled, user = %auth.user.username, "account enabled state changed");
+    Ok(Json(view(&state, &account)?))
+}
+
+#[derive(Deserialize)]
+pub struct ResetQuery {
+    /// Also re-enable the account(s).
+    #[serde(default)]
+    enable: bool,
+}
+
+/// `POST /accounts/{id}/reset[?enable=true]`: error count to 0, rate limit
+/// lifted (stored and shared), and with `enable` back in service.
+pub async fn reset(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    PathId(id): PathId,
+    super::QueryParams(q): super::QueryParams<ResetQuery>,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    reset_accounts(&state, Some(id), q.enable).await?;
+    Ok(Json(view(&state, &state.store.get_account(id).await?)?))
+}
+
+/// `POST /accounts/reset[?enable=true]`: the same for every account.
+pub async fn reset_all(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    super::QueryParams(q): super::QueryParams<ResetQuery>,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let reset = reset_accounts(&state, None, q.enable).await?;
+    Ok(Json(json!({ "reset": reset })))
+}
+
+async fn reset_accounts(state: &ApiState, id: Option<i64>, enable: bool) -> ApiResult<u64> {
+    let reset = state.store.reset_accounts(id, enable).await?;
+    state.publisher.notify();
+    let mut kinds = vec![MarkKind::RateLimited];
+    if enable {
+        kinds.push(MarkKind::Unavailable);
+    }
+    for kind in kinds {
+        state.state.clear_marks(Some(kind), id).await?;
+    }
+    tracing::info!(account_id = ?id, enable, reset, "account errors and rate limits reset");
+    Ok(reset)
+}
+
+/// `POST /accounts/{id}/test`: runs the health check now and records it.
+pub async fn test(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    PathId(id): PathId,
+) -> ApiResult<Json<crate::health::CheckReport>> {
+    auth.require_admin()?;
+    Ok(Json(state.health.check(id).await?))
+}

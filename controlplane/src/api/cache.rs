@@ -230,3 +230,13 @@ pub(super) async fn clear_account_marks(state: &ApiState, account_id: i64, kind:
         tracing::warn!(account_id, error = %e, "could not clear the account's shared mark");
     }
 }
+
+/// `POST /cache/refresh`: every replica rebuilds the snapshot and every data
+/// plane reloads it (the old system's scheduler refresh).
+pub async fn refresh(State(state): State<ApiState>, auth: AuthUser) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let version = state.store.bump_snapshot_version().await?;
+    state.publisher.refresh().await?;
+    tracing::info!(version, user = %auth.user.username, "snapshot refresh forced");
+    Ok(Json(json!({ "version": version })))
+}

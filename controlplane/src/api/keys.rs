@@ -31,6 +31,13 @@ pub struct CreateKey {
     #[serde(default)]
     max_concurrency: i32,
     expires_at: Option<DateTime<Utc>>,
+    /// Overrides the global client filter for this key (admins only).
+    client_filter: Option<String>,
+    #[serde(default)]
+    allowed_clients: Vec<String>,
+    /// The plaintext key, when an operator brings their own (admins only,
+    /// e.g. from declarative configuration); otherwise one is generated.
+    key: Option<String>,
 }
 
 fn default_billing() -> String {
@@ -50,6 +57,9 @@ pub struct UpdateKey {
     max_concurrency: Option<i32>,
     #[serde(default, deserialize_with = "double_option")]
     expires_at: Option<Option<DateTime<Utc>>>,
+    #[serde(default, deserialize_with = "double_option")]
+    client_filter: Option<Option<String>>,
+    allowed_clients: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +85,36 @@ fn parse_limit(limit: &str) -> ApiResult<Decimal> {
         ));
     }
     Ok(v)
+}
+
+fn check_client_filter(mode: Option<&str>, clients: &[String]) -> ApiResult<()> {
+    if let Some(mode) = mode
+        && !matches!(mode, "off" | "simple" | "strict")
+    {
+        return Err(ApiError::BadRequest(
+            "client_filter must be off, simple or strict (or null to follow the settings)".into(),
+        ));
+    }
+    if let Some(bad) = clients
+        .iter()
+        .find(|c| !crate::settings::CLIENTS.contains(&c.as_str()))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "allowed_clients entry {bad} is not one of {}",
+            crate::settings::CLIENTS.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// A key an operator brings: long enough to be unguessable, printable ASCII.
+fn check_plaintext(key: &str) -> ApiResult<()> {
+    if !(24..=128).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadRequest(
+            "key must be 24 to 128 printable ASCII characters".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_name(name: &str) -> ApiResult<()> {
@@ -133,7 +173,17 @@ pub async fn create(
             "rate_limit and max_concurrency must not be negative".into(),
         ));
     }
-    let plaintext = new_api_key();
+    check_client_filter(req.client_filter.as_deref(), &req.allowed_clients)?;
+    if req.client_filter.is_some() || !req.allowed_clients.is_empty() || req.key.is_some() {
+        auth.require_admin()?;
+    }
+    let plaintext = match req.key {
+        Some(k) => {
+            check_plaintext(&k)?;
+            k
+        }
+        None => new_api_key(),
+    };
     let key = state
         .store
         .create_api_key(&NewApiKey {
@@ -146,6 +196,8 @@ pub async fn create(
             rate_limit: req.rate_limit,
             allowed_models: req.allowed_models,
             max_concurrency: req.max_concurrency,
+            client_filter: req.client_filter,
+            allowed_clients: req.allowed_clients,
             expires_at: req.expires_at,
         })
         .await?;
@@ -180,7 +232,13 @@ pub async fn update(
         || req.rate_limit.is_some()
         || req.allowed_models.is_some()
         || req.max_concurrency.is_some()
-        || req.expires_at.is_some();
+        || req.expires_at.is_some()
+        || req.client_filter.is_some()
+        || req.allowed_clients.is_some();
+    check_client_filter(
+        req.client_filter.as_ref().and_then(|m| m.as_deref()),
+        req.allowed_clients.as_deref().unwrap_or_default(),
+    )?;
     if changes_limits {
         auth.require_admin()?;
     }
@@ -195,6 +253,8 @@ pub async fn update(
         rate_limit: req.rate_limit.map(|r| r.max(0)),
         allowed_models: req.allowed_models,
         max_concurrency: req.max_concurrency.map(|c| c.max(0)),
+        client_filter: req.client_filter,
+        allowed_clients: req.allowed_clients,
         expires_at: req.expires_at,
     };
     let key = state.store.update_api_key(id, &patch).await?;

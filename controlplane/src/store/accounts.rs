@@ -3,7 +3,13 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::db::{Usd, impl_from_row, list_from_column, list_to_column, with_pool};
+use super::db::{Dialect, Usd, impl_from_row, list_from_column, list_to_column, with_pool};
+
+/// Reads and, on MySQL, locks an account's `enabled` and error count.
+const LOCK_ACCOUNT: Dialect = Dialect {
+    mysql: "SELECT enabled, consecutive_error_count FROM accounts WHERE id = ? FOR UPDATE",
+    sqlite: "SELECT enabled, consecutive_error_count FROM accounts WHERE id = ?",
+};
 use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Serialize)]
@@ -32,6 +38,16 @@ pub struct Account {
     pub daily_requests: i64,
     pub consecutive_error_count: i32,
     pub disabled_reason: Option<String>,
+    /// `unchecked`, `ok`, `failed` (credentials refused) or `unknown`
+    /// (the check could not tell: network, 5xx).
+    pub health_status: String,
+    pub health_message: Option<String>,
+    pub health_checked_at: Option<DateTime<Utc>>,
+    /// What the OAuth usage endpoint last reported (utilization 0–100).
+    pub usage_5h_utilization: Option<f64>,
+    pub usage_5h_resets_at: Option<DateTime<Utc>>,
+    pub usage_7d_utilization: Option<f64>,
+    pub usage_7d_resets_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -58,6 +74,13 @@ impl_from_row!(Account, |r| {
         daily_requests: r.try_get("daily_requests")?,
         consecutive_error_count: r.try_get("consecutive_error_count")?,
         disabled_reason: r.try_get("disabled_reason")?,
+        health_status: r.try_get("health_status")?,
+        health_message: r.try_get("health_message")?,
+        health_checked_at: r.try_get("health_checked_at")?,
+        usage_5h_utilization: r.try_get("usage_5h_utilization")?,
+        usage_5h_resets_at: r.try_get("usage_5h_resets_at")?,
+        usage_7d_utilization: r.try_get("usage_7d_utilization")?,
+        usage_7d_resets_at: r.try_get("usage_7d_resets_at")?,
         last_used_at: r.try_get("last_used_at")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
@@ -102,6 +125,7 @@ macro_rules! select_accounts {
         concat!(
             "SELECT id, name, type, enabled, status, credentials, base_url, proxy_url, priority, max_concurrency, \
              weight, bound_api_key_ids, bound_user_ids, rate_limit_reset_at, total_cost, current_load, daily_requests, consecutive_error_count, disabled_reason, \
+             health_status, health_message, health_checked_at, usage_5h_utilization, usage_5h_resets_at, usage_7d_utilization, usage_7d_resets_at, \
              last_used_at, created_at, updated_at FROM accounts",
             $tail
         )
@@ -262,4 +286,180 @@ impl Store {
         };
         self.update_account(id, &patch).await.map(|_| ())
     }
+
+    /// Records a health check or a relayed request that the upstream
+    /// answered: `Passed` resets the error count, `Refused` counts one more
+    /// and, at `threshold` (0 = never), takes the account out of service.
+    pub async fn record_account_health(
+        &self,
+        id: i64,
+        outcome: &HealthOutcome,
+        threshold: u32,
+    ) -> StoreResult<HealthEffect> {
+        let now = Utc::now();
+        let lock = LOCK_ACCOUNT.pick(self);
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let row: Option<(bool, i32)> = sqlx::query_as(lock)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some((enabled, count)) = row else {
+                return Err(StoreError::NotFound);
+            };
+            let effect = match outcome {
+                HealthOutcome::Passed { usage } => {
+                    sqlx::query(
+                        "UPDATE accounts SET consecutive_error_count = 0, health_status = 'ok', health_message = NULL, \
+                         health_checked_at = ?, usage_5h_utilization = COALESCE(?, usage_5h_utilization), \
+                         usage_5h_resets_at = COALESCE(?, usage_5h_resets_at), usage_7d_utilization = COALESCE(?, usage_7d_utilization), \
+                         usage_7d_resets_at = COALESCE(?, usage_7d_resets_at) WHERE id = ?",
+                    )
+                    .bind(now)
+                    .bind(usage.five_hour.map(|w| w.utilization))
+                    .bind(usage.five_hour.and_then(|w| w.resets_at))
+                    .bind(usage.seven_day.map(|w| w.utilization))
+                    .bind(usage.seven_day.and_then(|w| w.resets_at))
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    HealthEffect::Counted(0)
+                }
+                HealthOutcome::Inconclusive { message } => {
+                    sqlx::query("UPDATE accounts SET health_status = 'unknown', health_message = ?, health_checked_at = ? WHERE id = ?")
+                        .bind(clip(message))
+                        .bind(now)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    HealthEffect::Counted(count)
+                }
+                HealthOutcome::Refused { source, message } => {
+                    let count = count.saturating_add(1);
+                    let disable = enabled && threshold > 0 && count as i64 >= threshold as i64;
+                    let reason = disable.then(|| {
+                        clip(&format!("{source}: {count} consecutive failures, last: {message}"))
+                    });
+                    sqlx::query(
+                        "UPDATE accounts SET consecutive_error_count = ?, health_status = 'failed', health_message = ?, \
+                         health_checked_at = ?, enabled = CASE WHEN ? THEN FALSE ELSE enabled END, \
+                         disabled_reason = COALESCE(?, disabled_reason), updated_at = ? WHERE id = ?",
+                    )
+                    .bind(count)
+                    .bind(clip(message))
+                    .bind(now)
+                    .bind(disable)
+                    .bind(&reason)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    if disable {
+                        sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+                        HealthEffect::Disabled(count)
+                    } else {
+                        HealthEffect::Counted(count)
+                    }
+                }
+            };
+            tx.commit().await?;
+            Ok(effect)
+        })
+    }
+
+    /// Relayed requests the upstream served reset their accounts' error counts.
+    pub async fn clear_account_errors_served(&self, ids: &[i64]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let marks = vec!["?"; ids.len()].join(", ");
+        let sql = format!(
+            "UPDATE accounts SET consecutive_error_count = 0 WHERE consecutive_error_count > 0 AND id IN ({marks})"
+        );
+        with_pool!(self, p => {
+            let mut q = sqlx::query(&sql);
+            for id in ids {
+                q = q.bind(id);
+            }
+            q.execute(p).await?;
+            Ok(())
+        })
+    }
+
+    /// The operator's reset: error count to 0 and the stored rate limit
+    /// lifted; with `enable`, the account is back in service (enabled,
+    /// `valid`, no disabled reason). One account, or every one.
+    pub async fn reset_accounts(&self, id: Option<i64>, enable: bool) -> StoreResult<u64> {
+        let sql = match (id.is_some(), enable) {
+            (true, false) => {
+                "UPDATE accounts SET consecutive_error_count = 0, rate_limit_reset_at = NULL, updated_at = ? WHERE id = ?"
+            }
+            (true, true) => {
+                "UPDATE accounts SET consecutive_error_count = 0, rate_limit_reset_at = NULL, enabled = TRUE, \
+                             status = 'valid', disabled_reason = NULL, updated_at = ? WHERE id = ?"
+            }
+            (false, false) => {
+                "UPDATE accounts SET consecutive_error_count = 0, rate_limit_reset_at = NULL, updated_at = ?"
+            }
+            (false, true) => {
+                "UPDATE accounts SET consecutive_error_count = 0, rate_limit_reset_at = NULL, enabled = TRUE, \
+                              status = 'valid', disabled_reason = NULL, updated_at = ?"
+            }
+        };
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let mut q = sqlx::query(sql).bind(Utc::now());
+            if let Some(id) = id {
+                q = q.bind(id);
+            }
+            let done = q.execute(&mut *tx).await?;
+            if id.is_some() && done.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(done.rows_affected())
+        })
+    }
+}
+
+/// What a health check or a relayed request learned of an account.
+#[derive(Debug, Clone)]
+pub enum HealthOutcome {
+    /// The upstream accepted the credentials.
+    Passed { usage: OAuthUsage },
+    /// The upstream refused the credentials (401/403).
+    Refused {
+        source: &'static str,
+        message: String,
+    },
+    /// Nothing can be told of the credentials (network error, 5xx, 429).
+    Inconclusive { message: String },
+}
+
+/// The windows the Claude OAuth usage endpoint reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OAuthUsage {
+    pub five_hour: Option<UsageWindow>,
+    pub seven_day: Option<UsageWindow>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct UsageWindow {
+    /// 0–100.
+    pub utilization: f64,
+    pub resets_at: Option<DateTime<Utc>>,
+}
+
+/// What recording an outcome did to the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthEffect {
+    /// The error count is now this.
+    Counted(i32),
+    /// The count reached the threshold and the account was disabled.
+    Disabled(i32),
+}
+
+fn clip(message: &str) -> String {
+    message.chars().take(480).collect()
 }

@@ -22,6 +22,10 @@ pub struct ApiKey {
     pub rate_limit: i32,
     pub allowed_models: Vec<String>,
     pub max_concurrency: i32,
+    /// Overrides the global client filter: off, simple or strict.
+    pub client_filter: Option<String>,
+    /// With `client_filter`: the clients admitted (empty keeps the global list).
+    pub allowed_clients: Vec<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -43,6 +47,8 @@ impl_from_row!(ApiKey, |r| {
         rate_limit: r.try_get("rate_limit")?,
         allowed_models: list_from_column(r.try_get("allowed_models")?),
         max_concurrency: r.try_get("max_concurrency")?,
+        client_filter: r.try_get("client_filter")?,
+        allowed_clients: list_from_column(r.try_get("allowed_clients")?),
         expires_at: r.try_get("expires_at")?,
         last_used_at: r.try_get("last_used_at")?,
         created_at: r.try_get("created_at")?,
@@ -61,6 +67,8 @@ pub struct NewApiKey {
     pub rate_limit: i32,
     pub allowed_models: Vec<String>,
     pub max_concurrency: i32,
+    pub client_filter: Option<String>,
+    pub allowed_clients: Vec<String>,
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -73,6 +81,8 @@ pub struct ApiKeyPatch {
     pub rate_limit: Option<i32>,
     pub allowed_models: Option<Vec<String>>,
     pub max_concurrency: Option<i32>,
+    pub client_filter: Option<Option<String>>,
+    pub allowed_clients: Option<Vec<String>>,
     pub expires_at: Option<Option<DateTime<Utc>>>,
 }
 
@@ -80,7 +90,7 @@ macro_rules! select_keys {
     ($tail:literal) => {
         concat!(
             "SELECT id, user_id, name, key_hash, key_prefix, billing_type, status, request_count, cost_used, cost_limit, \
-             rate_limit, allowed_models, max_concurrency, expires_at, last_used_at, created_at, updated_at FROM api_keys",
+             rate_limit, allowed_models, max_concurrency, client_filter, allowed_clients, expires_at, last_used_at, created_at, updated_at FROM api_keys",
             $tail
         )
     };
@@ -100,7 +110,8 @@ impl Store {
             }
             let done = sqlx::query(
                 "INSERT INTO api_keys (user_id, name, key_hash, key_prefix, billing_type, status, cost_limit, rate_limit, \
-                 allowed_models, max_concurrency, expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?)",
+                 allowed_models, max_concurrency, client_filter, allowed_clients, expires_at, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, 'active', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(new.user_id)
             .bind(&new.name)
@@ -111,6 +122,8 @@ impl Store {
             .bind(new.rate_limit)
             .bind(list_to_column(&new.allowed_models))
             .bind(new.max_concurrency)
+            .bind(&new.client_filter)
+            .bind(list_to_column(&new.allowed_clients))
             .bind(new.expires_at)
             .bind(now)
             .bind(now)
@@ -150,7 +163,7 @@ impl Store {
             let mut tx = p.begin().await?;
             sqlx::query(
                 "UPDATE api_keys SET name = ?, status = ?, billing_type = ?, cost_limit = ?, rate_limit = ?, allowed_models = ?, \
-                 max_concurrency = ?, expires_at = ?, updated_at = ? WHERE id = ?",
+                 max_concurrency = ?, client_filter = ?, allowed_clients = ?, expires_at = ?, updated_at = ? WHERE id = ?",
             )
             .bind(patch.name.as_ref().unwrap_or(&cur.name))
             .bind(patch.status.as_ref().unwrap_or(&cur.status))
@@ -159,6 +172,8 @@ impl Store {
             .bind(patch.rate_limit.unwrap_or(cur.rate_limit))
             .bind(list_to_column(patch.allowed_models.as_ref().unwrap_or(&cur.allowed_models)))
             .bind(patch.max_concurrency.unwrap_or(cur.max_concurrency))
+            .bind(patch.client_filter.clone().unwrap_or(cur.client_filter.clone()))
+            .bind(list_to_column(patch.allowed_clients.as_ref().unwrap_or(&cur.allowed_clients)))
             .bind(patch.expires_at.unwrap_or(cur.expires_at))
             .bind(now)
             .bind(id)
@@ -193,7 +208,7 @@ impl Store {
             // keys that handover is most of the time, so ask for one JSON row.
             let json: Option<String> = sqlx::query_scalar(
                 "SELECT json_group_array(json_array(id, user_id, key_hash, billing_type, status, cost_used, cost_limit, \
-                 rate_limit, allowed_models, max_concurrency, expires_at)) FROM api_keys",
+                 rate_limit, allowed_models, max_concurrency, expires_at, client_filter, allowed_clients)) FROM api_keys",
             )
             .fetch_one(p)
             .await?;
@@ -201,7 +216,7 @@ impl Store {
         }
         with_pool!(self, p => Ok(sqlx::query_as::<_, SnapshotKey>(
             "SELECT id, user_id, key_hash, billing_type, status, cost_used, cost_limit, rate_limit, allowed_models, \
-             max_concurrency, expires_at FROM api_keys",
+             max_concurrency, expires_at, client_filter, allowed_clients FROM api_keys",
         )
         .fetch_all(p)
         .await?))
@@ -222,6 +237,8 @@ pub struct SnapshotKey {
     pub allowed_models: Vec<String>,
     pub max_concurrency: i32,
     pub expires_at: Option<DateTime<Utc>>,
+    pub client_filter: Option<String>,
+    pub allowed_clients: Vec<String>,
 }
 
 impl_from_row!(SnapshotKey, |r| {
@@ -237,6 +254,8 @@ impl_from_row!(SnapshotKey, |r| {
         allowed_models: list_from_column(r.try_get("allowed_models")?),
         max_concurrency: r.try_get("max_concurrency")?,
         expires_at: r.try_get("expires_at")?,
+        client_filter: r.try_get("client_filter")?,
+        allowed_clients: list_from_column(r.try_get("allowed_clients")?),
     })
 });
 
@@ -253,6 +272,8 @@ fn sqlite_keys(json: &str) -> StoreResult<Vec<SnapshotKey>> {
         i32,
         Option<String>,
         i32,
+        Option<String>,
+        Option<String>,
         Option<String>,
     );
     let rows: Vec<Row> =
@@ -283,6 +304,8 @@ fn sqlite_keys(json: &str) -> StoreResult<Vec<SnapshotKey>> {
                 allowed_models: list_from_column(r.8),
                 max_concurrency: r.9,
                 expires_at,
+                client_filter: r.11,
+                allowed_clients: list_from_column(r.12),
             })
         })
         .collect()

@@ -171,6 +171,11 @@ const MYSQL_MIGRATIONS: &[EmbeddedMigration] = &[
         "billing",
         include_str!("../../../migrations/mysql/0003_billing.sql"),
     ),
+    (
+        4,
+        "operations",
+        include_str!("../../../migrations/mysql/0004_operations.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
     (
@@ -187,6 +192,11 @@ const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
         3,
         "billing",
         include_str!("../../../migrations/sqlite/0003_billing.sql"),
+    ),
+    (
+        4,
+        "operations",
+        include_str!("../../../migrations/sqlite/0004_operations.sql"),
     ),
 ];
 

@@ -111,6 +111,8 @@ async fn key(store: &Store, user_id: i64, hash: &str) -> ApiKey {
             rate_limit: 60,
             allowed_models: vec!["claude-sonnet-4-5".into()],
             max_concurrency: 0,
+            client_filter: None,
+            allowed_clients: Vec::new(),
             expires_at: None,
         })
         .await
@@ -224,6 +226,8 @@ on_every_backend!(api_keys_keep_fields_and_hash_is_unique, |store| {
             rate_limit: 0,
             allowed_models: vec![],
             max_concurrency: 0,
+            client_filter: None,
+            allowed_clients: Vec::new(),
             expires_at: None,
         })
         .await;
@@ -356,3 +360,4 @@ on_every_backend!(migrations_are_rerunnable, |store| {
 });
 
 mod billing;
+mod operations;

@@ -35,6 +35,8 @@ async fn seeded(store: &Store) -> (i64, i64, i64) {
             rate_limit: 0,
             allowed_models: Vec::new(),
             max_concurrency: 0,
+            client_filter: None,
+            allowed_clients: Vec::new(),
             expires_at: None,
         })
         .await
@@ -230,7 +232,7 @@ pub async fn run(smoke: bool, bin: &std::path::Path) -> String {
         .expect("sqlite");
     store.migrate().await.expect("migrate");
     fill(&db, accounts, keys).await;
-    let publisher = Publisher::new(store.clone(), Sealer::new(SECRET), Default::default());
+    let publisher = Publisher::new(store.clone(), Sealer::new(SECRET), Default::default(), 0);
     let started = Instant::now();
     publisher.refresh().await.expect("build");
     let build = started.elapsed();

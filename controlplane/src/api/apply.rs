@@ -1,0 +1,362 @@
+//! `POST /apply`: declarative configuration. Creates what is missing and
+//! updates what exists — settings, prices, users with their packages and
+//! keys, accounts — matched by name, through the same handlers (and so the
+//! same validation) as the individual routes. Applying a document twice
+//! changes nothing the second time.
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{ApiError, ApiResult, ApiState, AuthUser, JsonBody, PathId};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    #[serde(default)]
+    settings: Option<Map<String, Value>>,
+    #[serde(default)]
+    prices: Vec<Map<String, Value>>,
+    #[serde(default)]
+    users: Vec<Map<String, Value>>,
+    #[serde(default)]
+    accounts: Vec<Map<String, Value>>,
+}
+
+/// What happened to each item, in order.
+#[derive(Default)]
+struct Report {
+    items: Vec<Value>,
+}
+
+impl Report {
+    fn note(&mut self, kind: &str, name: &str, action: &str) {
+        self.items
+            .push(json!({ "kind": kind, "name": name, "action": action }));
+    }
+}
+
+pub async fn apply(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    JsonBody(doc): JsonBody<Document>,
+) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let mut report = Report::default();
+    let outcome = apply_all(&state, &auth, doc, &mut report).await;
+    let done = report.items.len();
+    match outcome {
+        Ok(()) => {
+            tracing::info!(items = done, user = %auth.user.username, "declarative configuration applied");
+            Ok(Json(json!({ "applied": done, "items": report.items })))
+        }
+        // Earlier items stay applied; the document can be fixed and re-applied.
+        Err((item, e)) => Err(match e {
+            ApiError::BadRequest(m) | ApiError::Conflict(m) => {
+                ApiError::BadRequest(format!("{item}: {m} ({done} earlier items applied)"))
+            }
+            ApiError::NotFound(m) | ApiError::Forbidden(m) | ApiError::Unauthorized(m) => {
+                ApiError::BadRequest(format!("{item}: {m} ({done} earlier items applied)"))
+            }
+            other => other,
+        }),
+    }
+}
+
+type ItemResult = Result<(), (String, ApiError)>;
+
+async fn apply_all(
+    state: &ApiState,
+    auth: &AuthUser,
+    doc: Document,
+    report: &mut Report,
+) -> ItemResult {
+    if let Some(settings) = doc.settings {
+        let _ = super::settings::update(State(state.clone()), auth.clone(), JsonBody(settings))
+            .await
+            .map_err(|e| ("settings".to_string(), e))?;
+        report.note("settings", "settings", "updated");
+    }
+    for price in doc.prices {
+        let mut price = price;
+        let model = take_name(&mut price, "model").map_err(|e| ("prices".to_string(), e))?;
+        let item = format!("price {model}");
+        let input = parse(price).map_err(|e| (item.clone(), e))?;
+        let _ = super::prices::put(
+            State(state.clone()),
+            auth.clone(),
+            Path(model.clone()),
+            JsonBody(input),
+        )
+        .await
+        .map_err(|e| (item, e))?;
+        report.note("price", &model, "updated");
+    }
+    for user in doc.users {
+        apply_user(state, auth, user, report).await?;
+    }
+    for account in doc.accounts {
+        apply_account(state, auth, account, report).await?;
+    }
+    Ok(())
+}
+
+async fn apply_user(
+    state: &ApiState,
+    auth: &AuthUser,
+    mut user: Map<String, Value>,
+    report: &mut Report,
+) -> ItemResult {
+    let username = take_name(&mut user, "username").map_err(|e| ("users".to_string(), e))?;
+    let item = format!("user {username}");
+    let fail = |e| (item.clone(), e);
+    let packages = take_list(&mut user, "packages").map_err(fail)?;
+    let keys = take_list(&mut user, "api_keys").map_err(fail)?;
+    let existing = state
+        .store
+        .find_user_by_name(&username)
+        .await
+        .map_err(|e| fail(e.into()))?;
+    let user_id = match existing {
+        None => {
+            user.insert("username".into(), json!(username));
+            let (_, Json(created)) = super::users::create(
+                State(state.clone()),
+                auth.clone(),
+                JsonBody(parse(user).map_err(fail)?),
+            )
+            .await
+            .map_err(fail)?;
+            report.note("user", &username, "created");
+            created.id
+        }
+        Some(current) => {
+            // A password that still matches is left alone (hashing anew
+            // each time would change the row on every apply).
+            if let Some(password) = user.get("password").and_then(Value::as_str) {
+                let (password, hash) = (password.to_string(), current.password_hash.clone());
+                let same = tokio::task::spawn_blocking(move || {
+                    crate::crypto::verify_password(&password, &hash)
+                })
+                .await
+                .map_err(|e| fail(ApiError::Internal(e.to_string())))?;
+                if same {
+                    user.remove("password");
+                }
+            }
+            if !user.is_empty() {
+                let _ = super::users::update(
+                    State(state.clone()),
+                    auth.clone(),
+                    PathId(current.id),
+                    JsonBody(parse(user).map_err(fail)?),
+                )
+                .await
+                .map_err(fail)?;
+            }
+            report.note("user", &username, "updated");
+            current.id
+        }
+    };
+    for package in packages {
+        apply_package(state, auth, user_id, &username, package, report).await?;
+    }
+    for key in keys {
+        apply_key(state, auth, user_id, &username, key, report).await?;
+    }
+    Ok(())
+}
+
+async fn apply_package(
+    state: &ApiState,
+    auth: &AuthUser,
+    user_id: i64,
+    username: &str,
+    mut package: Map<String, Value>,
+    report: &mut Report,
+) -> ItemResult {
+    let name =
+        take_name(&mut package, "name").map_err(|e| (format!("user {username} packages"), e))?;
+    let item = format!("package {username}/{name}");
+    let fail = |e| (item.clone(), e);
+    let existing = state
+        .store
+        .list_packages(Some(user_id))
+        .await
+        .map_err(|e| fail(e.into()))?
+        .into_iter()
+        .find(|p| p.name == name);
+    match existing {
+        None => {
+            package.insert("name".into(), json!(name));
+            let _ = super::packages::create(
+                State(state.clone()),
+                auth.clone(),
+                PathId(user_id),
+                JsonBody(parse(package).map_err(fail)?),
+            )
+            .await
+            .map_err(fail)?;
+            report.note("package", &format!("{username}/{name}"), "created");
+        }
+        Some(current) => {
+            if let Some(kind) = package.remove("type")
+                && kind.as_str() != Some(current.kind.as_str())
+            {
+                return Err(fail(ApiError::BadRequest(format!(
+                    "type cannot change from {} (delete the package first)",
+                    current.kind
+                ))));
+            }
+            let _ = super::packages::update(
+                State(state.clone()),
+                auth.clone(),
+                PathId(current.id),
+                JsonBody(parse(package).map_err(fail)?),
+            )
+            .await
+            .map_err(fail)?;
+            report.note("package", &format!("{username}/{name}"), "updated");
+        }
+    }
+    Ok(())
+}
+
+async fn apply_key(
+    state: &ApiState,
+    auth: &AuthUser,
+    user_id: i64,
+    username: &str,
+    mut key: Map<String, Value>,
+    report: &mut Report,
+) -> ItemResult {
+    let name = take_name(&mut key, "name").map_err(|e| (format!("user {username} api_keys"), e))?;
+    let item = format!("api key {username}/{name}");
+    let fail = |e| (item.clone(), e);
+    let existing = state
+        .store
+        .list_api_keys(Some(user_id))
+        .await
+        .map_err(|e| fail(e.into()))?
+        .into_iter()
+        .find(|k| k.name == name);
+    let plaintext = key.remove("key");
+    match existing {
+        None => {
+            key.insert("name".into(), json!(name));
+            key.insert("user_id".into(), json!(user_id));
+            if let Some(plaintext) = plaintext {
+                key.insert("key".into(), plaintext);
+            }
+            let _ = super::keys::create(
+                State(state.clone()),
+                auth.clone(),
+                JsonBody(parse(key).map_err(fail)?),
+            )
+            .await
+            .map_err(fail)?;
+            report.note("api_key", &format!("{username}/{name}"), "created");
+        }
+        Some(current) => {
+            if let Some(plaintext) = plaintext.as_ref().and_then(Value::as_str)
+                && aiproxy_shared::keys::hash_key_hex(plaintext) != current.key_hash
+            {
+                return Err(fail(ApiError::BadRequest(
+                    "the key exists with a different value; a key's value never changes (delete it to replace it)".into(),
+                )));
+            }
+            if !key.is_empty() {
+                let _ = super::keys::update(
+                    State(state.clone()),
+                    auth.clone(),
+                    PathId(current.id),
+                    JsonBody(parse(key).map_err(fail)?),
+                )
+                .await
+                .map_err(fail)?;
+            }
+            report.note("api_key", &format!("{username}/{name}"), "updated");
+        }
+    }
+    Ok(())
+}
+
+async fn apply_account(
+    state: &ApiState,
+    auth: &AuthUser,
+    mut account: Map<String, Value>,
+    report: &mut Report,
+) -> ItemResult {
+    let name = take_name(&mut account, "name").map_err(|e| ("accounts".to_string(), e))?;
+    let item = format!("account {name}");
+    let fail = |e| (item.clone(), e);
+    let matching: Vec<_> = state
+        .store
+        .list_accounts()
+        .await
+        .map_err(|e| fail(e.into()))?
+        .into_iter()
+        .filter(|a| a.name == name)
+        .collect();
+    match matching.as_slice() {
+        [] => {
+            account.insert("name".into(), json!(name));
+            let _ = super::accounts::create(
+                State(state.clone()),
+                auth.clone(),
+                JsonBody(parse(account).map_err(fail)?),
+            )
+            .await
+            .map_err(fail)?;
+            report.note("account", &name, "created");
+        }
+        [current] => {
+            if let Some(kind) = account.remove("type")
+                && kind.as_str() != Some(current.kind.as_str())
+            {
+                return Err(fail(ApiError::BadRequest(format!(
+                    "type cannot change from {} (delete the account first)",
+                    current.kind
+                ))));
+            }
+            let _ = super::accounts::update(
+                State(state.clone()),
+                auth.clone(),
+                PathId(current.id),
+                JsonBody(parse(account).map_err(fail)?),
+            )
+            .await
+            .map_err(fail)?;
+            report.note("account", &name, "updated");
+        }
+        _ => {
+            return Err(fail(ApiError::BadRequest(
+                "several accounts have this name; rename them so each is unique".into(),
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Removes and returns the naming field of an item.
+fn take_name(item: &mut Map<String, Value>, field: &str) -> ApiResult<String> {
+    match item.remove(field) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => Err(ApiError::BadRequest(format!(
+            "every item needs a non-empty {field}"
+        ))),
+    }
+}
+
+fn take_list(item: &mut Map<String, Value>, field: &str) -> ApiResult<Vec<Map<String, Value>>> {
+    match item.remove(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(v) => serde_json::from_value(v)
+            .map_err(|e| ApiError::BadRequest(format!("{field} must be a list of objects: {e}"))),
+    }
+}
+
+/// Reads an item as a route's request body, with that body's validation.
+fn parse<T: serde::de::DeserializeOwned>(item: Map<String, Value>) -> ApiResult<T> {
+    serde_json::from_value(Value::Object(item)).map_err(|e| ApiError::BadRequest(e.to_string()))
+}

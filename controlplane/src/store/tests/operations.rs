@@ -1,0 +1,233 @@
+//! Operations in the store: credential failures counted to the threshold,
+//! operator resets, runtime settings, the audit log and the jobs lease.
+use std::collections::BTreeMap;
+
+use super::*;
+
+fn refused(message: &str) -> HealthOutcome {
+    HealthOutcome::Refused {
+        source: "health check",
+        message: message.into(),
+    }
+}
+
+on_every_backend!(
+    failures_disable_at_the_threshold_and_a_reset_brings_the_account_back,
+    |store| {
+        let a = account(store).await;
+        let v0 = store.snapshot_version().await.unwrap();
+        for n in 1..=2 {
+            let effect = store
+                .record_account_health(a.id, &refused("401 invalid x-api-key"), 3)
+                .await
+                .unwrap();
+            assert_eq!(effect, HealthEffect::Counted(n));
+        }
+        let inconclusive = HealthOutcome::Inconclusive {
+            message: "503 overloaded".into(),
+        };
+        assert_eq!(
+            store
+                .record_account_health(a.id, &inconclusive, 3)
+                .await
+                .unwrap(),
+            HealthEffect::Counted(2),
+            "a 5xx neither counts nor resets"
+        );
+        assert_eq!(
+            store.snapshot_version().await.unwrap(),
+            v0,
+            "counting alone changes no snapshot"
+        );
+        let effect = store
+            .record_account_health(a.id, &refused("401 invalid x-api-key"), 3)
+            .await
+            .unwrap();
+        assert_eq!(effect, HealthEffect::Disabled(3));
+        let stored = store.get_account(a.id).await.unwrap();
+        assert!(!stored.enabled);
+        assert_eq!(stored.health_status, "failed");
+        let reason = stored.disabled_reason.unwrap();
+        assert!(
+            reason.contains("3 consecutive failures") && reason.contains("invalid x-api-key"),
+            "{reason}"
+        );
+        assert!(
+            store.snapshot_version().await.unwrap() > v0,
+            "disabling reaches the data planes"
+        );
+        // Once disabled, more failures count but disable nothing again.
+        assert_eq!(
+            store
+                .record_account_health(a.id, &refused("401"), 3)
+                .await
+                .unwrap(),
+            HealthEffect::Counted(4)
+        );
+
+        store.reset_accounts(Some(a.id), false).await.unwrap();
+        let stored = store.get_account(a.id).await.unwrap();
+        assert_eq!(stored.consecutive_error_count, 0);
+        assert!(!stored.enabled, "a reset without enable leaves it disabled");
+        store.reset_accounts(Some(a.id), true).await.unwrap();
+        let stored = store.get_account(a.id).await.unwrap();
+        assert!(stored.enabled && stored.status == "valid" && stored.disabled_reason.is_none());
+        assert!(matches!(
+            store.reset_accounts(Some(a.id + 100), true).await,
+            Err(StoreError::NotFound)
+        ));
+
+        // A success resets the count and stores what the usage endpoint said.
+        store
+            .record_account_health(a.id, &refused("403"), 0)
+            .await
+            .unwrap();
+        let usage = OAuthUsage {
+            five_hour: Some(UsageWindow {
+                utilization: 42.5,
+                resets_at: Some(Utc::now()),
+            }),
+            seven_day: None,
+        };
+        assert_eq!(
+            store
+                .record_account_health(a.id, &HealthOutcome::Passed { usage }, 0)
+                .await
+                .unwrap(),
+            HealthEffect::Counted(0)
+        );
+        let stored = store.get_account(a.id).await.unwrap();
+        assert_eq!(stored.health_status, "ok");
+        assert_eq!(stored.usage_5h_utilization, Some(42.5));
+        assert!(stored.health_checked_at.is_some() && stored.enabled);
+
+        // Threshold 0 never disables; served traffic clears the count.
+        for _ in 0..10 {
+            store
+                .record_account_health(a.id, &refused("401"), 0)
+                .await
+                .unwrap();
+        }
+        assert!(store.get_account(a.id).await.unwrap().enabled);
+        store.clear_account_errors_served(&[a.id]).await.unwrap();
+        assert_eq!(
+            store
+                .get_account(a.id)
+                .await
+                .unwrap()
+                .consecutive_error_count,
+            0
+        );
+    }
+);
+
+on_every_backend!(settings_are_stored_removed_and_bump_the_snapshot, |store| {
+    let v0 = store.snapshot_version().await.unwrap();
+    let mut set = BTreeMap::new();
+    set.insert("account_error_threshold".to_string(), "3".to_string());
+    set.insert("filter_mode".to_string(), "strict".to_string());
+    store.save_system_configs(&set, &[]).await.unwrap();
+    set.insert("filter_mode".to_string(), "simple".to_string());
+    store
+        .save_system_configs(&set, &["account_error_threshold".to_string()])
+        .await
+        .unwrap();
+    let stored = store.system_configs().await.unwrap();
+    assert_eq!(
+        stored.get("filter_mode").map(String::as_str),
+        Some("simple"),
+        "an update overwrites"
+    );
+    assert_eq!(
+        stored.get("account_error_threshold"),
+        None,
+        "unset returns to the default"
+    );
+    assert_eq!(store.snapshot_version().await.unwrap(), v0 + 2);
+});
+
+on_every_backend!(
+    audit_entries_are_listed_newest_first_with_filters,
+    |store| {
+        for (actor, target) in [
+            ("admin", "/api/v1/accounts/1"),
+            ("ops", "/api/v1/settings"),
+            ("admin", "/api/v1/accounts/2"),
+        ] {
+            store
+                .record_audit(&NewAudit {
+                    actor_id: 1,
+                    actor,
+                    action: "PATCH",
+                    target,
+                    status: 200,
+                    detail: Some("{}"),
+                })
+                .await
+                .unwrap();
+        }
+        let all = store
+            .list_audit(&AuditFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.target.as_str()).collect::<Vec<_>>(),
+            [
+                "/api/v1/accounts/2",
+                "/api/v1/settings",
+                "/api/v1/accounts/1"
+            ]
+        );
+        let admin = store
+            .list_audit(&AuditFilter {
+                actor: Some("admin".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(admin.len(), 2);
+        let accounts = store
+            .list_audit(&AuditFilter {
+                target_prefix: Some("/api/v1/accounts".into()),
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(accounts.len(), 1);
+        let older = store
+            .list_audit(&AuditFilter {
+                before_id: Some(accounts[0].id),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(older.len(), 2, "paging continues below the last id seen");
+    }
+);
+
+on_every_backend!(the_jobs_lease_has_one_holder_until_it_lapses, |store| {
+    let ttl = std::time::Duration::from_millis(300);
+    assert!(store.try_lease("jobs", "a", ttl).await.unwrap());
+    assert!(
+        !store.try_lease("jobs", "b", ttl).await.unwrap(),
+        "held by a"
+    );
+    assert!(store.try_lease("jobs", "a", ttl).await.unwrap(), "a renews");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        store.try_lease("jobs", "b", ttl).await.unwrap(),
+        "b takes a lapsed lease"
+    );
+    assert!(!store.try_lease("jobs", "a", ttl).await.unwrap());
+    store.release_lease("jobs", "b").await.unwrap();
+    assert!(
+        store.try_lease("jobs", "a", ttl).await.unwrap(),
+        "released at once"
+    );
+});

@@ -1,0 +1,934 @@
+//! `aiproxy ctl`: the operator's command line over the management gRPC
+//! service, with tables for people and `--json` for scripts; and the
+//! declarative-configuration file format (YAML or JSON, `${ENV}` secrets).
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use aiproxy_proto::v1 as pb;
+use aiproxy_proto::v1::management_service_client::ManagementServiceClient;
+use aiproxy_shared::config::{Config, ConfigError, Secret};
+use clap::Subcommand;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::Failure;
+
+#[derive(Subcommand)]
+pub enum CtlCommand {
+    /// Upstream accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Users (operators and customers).
+    #[command(subcommand)]
+    Users(ResourceCommand),
+    /// Relay API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// A user's packages.
+    #[command(subcommand)]
+    Packages(PackagesCommand),
+    /// Runtime settings (health checks, client filter, relay TTLs, retention).
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+    /// Scheduling state shared by the data planes.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// Rebuild the snapshot and push it to every data plane now.
+    Refresh,
+    /// Usage totals: --query group_by=user|key|model|account|day, from=, to=.
+    Usage {
+        #[arg(long = "query", value_name = "KEY=VALUE")]
+        query: Vec<String>,
+    },
+    /// Recent admin changes, newest first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Compare daily usage, keys, accounts and packages with the request
+    /// logs; exits 1 when anything differs.
+    Consistency,
+    /// Create or update everything a YAML/JSON file declares (idempotent).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AccountsCommand {
+    List,
+    Show {
+        id: i64,
+    },
+    /// Create from a YAML/JSON file with the POST /api/v1/accounts body.
+    Create {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Patch from a YAML/JSON file with the PATCH body.
+    Update {
+        id: i64,
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    Delete {
+        id: i64,
+    },
+    Enable {
+        id: i64,
+    },
+    Disable {
+        id: i64,
+    },
+    /// Error count to 0 and rate limit lifted; --enable also re-enables.
+    Reset {
+        /// The account; omit with --all.
+        id: Option<i64>,
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        enable: bool,
+    },
+    /// Run the health check now.
+    Test {
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ResourceCommand {
+    List,
+    Create {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    Update {
+        id: i64,
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    Delete {
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    List {
+        #[arg(long)]
+        user: Option<i64>,
+    },
+    /// Create from a file; the new key is printed once.
+    Create {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    Update {
+        id: i64,
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    Delete {
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PackagesCommand {
+    List {
+        #[arg(long)]
+        user: i64,
+    },
+    Create {
+        #[arg(long)]
+        user: i64,
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    Update {
+        id: i64,
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Reset the usage of one package, or of all a user's packages.
+    Reset {
+        #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+        package: Option<i64>,
+        #[arg(long)]
+        user: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum SettingsCommand {
+    Get,
+    /// `KEY=VALUE …`; VALUE is JSON (true, 5, "strict", ["claude-code"]) or
+    /// plain text; `KEY=` returns the key to its default.
+    Set {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CacheCommand {
+    /// sessions | concurrency | unavailable | rate-limited
+    List {
+        kind: String,
+        #[command(flatten)]
+        filter: CacheFilter,
+    },
+    /// Clear everything of a kind, or what the filters select.
+    Clear {
+        kind: String,
+        #[command(flatten)]
+        filter: CacheFilter,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct CacheFilter {
+    /// Sessions of this API key.
+    #[arg(long)]
+    key: Option<i64>,
+    /// One session hash.
+    #[arg(long)]
+    session: Option<String>,
+    /// One account (unavailable, rate-limited, concurrency).
+    #[arg(long)]
+    account: Option<i64>,
+    /// One user's concurrency.
+    #[arg(long)]
+    user: Option<i64>,
+}
+
+impl CacheFilter {
+    fn query(&self, kind: &str) -> HashMap<String, String> {
+        let mut q = HashMap::new();
+        if let Some(k) = self.key {
+            if kind == "concurrency" {
+                q.insert("scope".into(), "key".into());
+                q.insert("id".into(), k.to_string());
+            } else {
+                q.insert("key_id".into(), k.to_string());
+            }
+        }
+        if let Some(s) = &self.session {
+            q.insert("session".into(), s.clone());
+        }
+        if let Some(a) = self.account {
+            if kind == "concurrency" {
+                q.insert("scope".into(), "account".into());
+                q.insert("id".into(), a.to_string());
+            } else {
+                q.insert("account_id".into(), a.to_string());
+            }
+        }
+        if let Some(u) = self.user {
+            q.insert("scope".into(), "user".into());
+            q.insert("id".into(), u.to_string());
+        }
+        q
+    }
+}
+
+/// The management token: configured, or the one the control plane
+/// generated in the data directory.
+fn admin_token(config: &Config) -> Result<Secret, Failure> {
+    if let Some(t) = &config.admin_token {
+        return Ok(t.clone());
+    }
+    let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok(Secret::new(t.trim())),
+        _ => Err(Failure::Config(ConfigError::Invalid(format!(
+            "AIPROXY_ADMIN_TOKEN is not set and {} cannot be read: set the control plane's management token (or an admin's login token)",
+            path.display()
+        )))),
+    }
+}
+
+/// Where a control plane without a configured management token keeps the one it generated.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+struct Ctl {
+    client: ManagementServiceClient<Channel>,
+    bearer: String,
+    json: bool,
+}
+
+impl Ctl {
+    fn req<T>(&self, body: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(body);
+        req.metadata_mut().insert(
+            "authorization",
+            self.bearer.parse().expect("token is ASCII"),
+        );
+        req
+    }
+}
+
+fn failed(status: tonic::Status) -> Failure {
+    Failure::Run(anyhow::anyhow!("{}", status.message()))
+}
+
+fn doc(d: tonic::Response<pb::Document>) -> Result<Value, Failure> {
+    serde_json::from_str(&d.into_inner().json)
+        .map_err(|e| Failure::Run(anyhow::anyhow!("unreadable reply: {e}")))
+}
+
+pub async fn run(config: Config, json: bool, command: CtlCommand) -> Result<(), Failure> {
+    let token = admin_token(&config)?;
+    let url = config.controlplane_url.clone().unwrap_or_else(|| {
+        format!(
+            "http://{}",
+            crate::loopback_if_unspecified(config.listen.grpc)
+        )
+    });
+    let client = ManagementServiceClient::connect(url.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the control plane at {url}: {e}"))?
+        .max_decoding_message_size(64 << 20);
+    let mut ctl = Ctl {
+        client,
+        bearer: format!("Bearer {}", token.expose()),
+        json,
+    };
+    match command {
+        CtlCommand::Accounts(c) => accounts(&mut ctl, c).await,
+        CtlCommand::Users(c) => users(&mut ctl, c).await,
+        CtlCommand::Keys(c) => keys(&mut ctl, c).await,
+        CtlCommand::Packages(c) => packages(&mut ctl, c).await,
+        CtlCommand::Settings(c) => settings(&mut ctl, c).await,
+        CtlCommand::Cache(c) => cache(&mut ctl, c).await,
+        CtlCommand::Refresh => {
+            let r = ctl.client.refresh_scheduler(ctl.req(pb::Empty {})).await;
+            let v = doc(r.map_err(failed)?)?;
+            show(&ctl, &v, |v| {
+                println!("snapshot version {} pushed", v["version"])
+            });
+            Ok(())
+        }
+        CtlCommand::Usage { query } => {
+            let r = ctl
+                .client
+                .usage_summary(ctl.req(pb::ListRequest {
+                    query: pairs(&query)?,
+                }))
+                .await;
+            let v = doc(r.map_err(failed)?)?;
+            show(&ctl, &v, |v| table(&v["items"], USAGE_COLUMNS));
+            Ok(())
+        }
+        CtlCommand::Audit { limit, actor } => {
+            let mut query = HashMap::from([("limit".to_string(), limit.to_string())]);
+            if let Some(a) = actor {
+                query.insert("actor".into(), a);
+            }
+            let r = ctl
+                .client
+                .list_audit_logs(ctl.req(pb::ListRequest { query }))
+                .await;
+            let v = doc(r.map_err(failed)?)?;
+            show(&ctl, &v, |v| table(&v["items"], AUDIT_COLUMNS));
+            Ok(())
+        }
+        CtlCommand::Consistency => consistency(&mut ctl).await,
+        CtlCommand::Apply { file } => {
+            let document = read_document(&file, &|name| std::env::var(name).ok())?;
+            let r = ctl
+                .client
+                .apply(ctl.req(pb::Document {
+                    json: document.to_string(),
+                }))
+                .await;
+            let v = doc(r.map_err(failed)?)?;
+            show(&ctl, &v, |v| table(&v["items"], APPLY_COLUMNS));
+            Ok(())
+        }
+    }
+}
+
+type Columns = &'static [(&'static str, &'static str)];
+
+const ACCOUNT_COLUMNS: Columns = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("TYPE", "type"),
+    ("ENABLED", "enabled"),
+    ("STATUS", "status"),
+    ("PRIO", "priority"),
+    ("ERRORS", "consecutive_error_count"),
+    ("HEALTH", "health_status"),
+    ("RATE LIMITED UNTIL", "rate_limit_reset_at"),
+    ("5H %", "usage_5h_utilization"),
+    ("DISABLED REASON", "disabled_reason"),
+];
+const USER_COLUMNS: Columns = &[
+    ("ID", "id"),
+    ("USERNAME", "username"),
+    ("ROLE", "role"),
+    ("STATUS", "status"),
+    ("PRICE RATE", "price_rate"),
+    ("MAX CONC", "max_concurrency"),
+];
+const KEY_COLUMNS: Columns = &[
+    ("ID", "id"),
+    ("USER", "user_id"),
+    ("NAME", "name"),
+    ("PREFIX", "key_prefix"),
+    ("BILLING", "billing_type"),
+    ("STATUS", "status"),
+    ("REQUESTS", "request_count"),
+    ("COST USED", "cost_used"),
+    ("FILTER", "client_filter"),
+];
+const PACKAGE_COLUMNS: Columns = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("TYPE", "type"),
+    ("STATUS", "status"),
+    ("DAILY", "daily_used"),
+    ("WEEKLY", "weekly_used"),
+    ("MONTHLY", "monthly_used"),
+    ("QUOTA USED", "quota_used"),
+    ("EXPIRES", "expires_at"),
+];
+const USAGE_COLUMNS: Columns = &[
+    ("GROUP", "group"),
+    ("REQUESTS", "requests"),
+    ("INPUT", "input_tokens"),
+    ("OUTPUT", "output_tokens"),
+    ("COST", "cost"),
+];
+const AUDIT_COLUMNS: Columns = &[
+    ("ID", "id"),
+    ("WHEN", "created_at"),
+    ("ACTOR", "actor"),
+    ("ACTION", "action"),
+    ("TARGET", "target"),
+    ("STATUS", "status"),
+];
+const APPLY_COLUMNS: Columns = &[("KIND", "kind"), ("NAME", "name"), ("ACTION", "action")];
+const CHECK_COLUMNS: Columns = &[
+    ("ACCOUNT", "account_id"),
+    ("STATUS", "status"),
+    ("HTTP", "http_status"),
+    ("ERRORS", "consecutive_error_count"),
+    ("DISABLED", "disabled"),
+    ("ENDPOINT", "endpoint"),
+    ("MESSAGE", "message"),
+];
+
+/// Prints `v` as JSON, or through `human`.
+fn show(ctl: &Ctl, v: &Value, human: impl FnOnce(&Value)) {
+    if ctl.json {
+        println!("{v}");
+    } else {
+        human(v);
+    }
+}
+
+/// A left-aligned table of `items` (an array of objects).
+fn table(items: &Value, columns: Columns) {
+    let rows: Vec<Vec<String>> = items
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|item| columns.iter().map(|(_, f)| cell(&item[*f])).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (h, _))| {
+            rows.iter()
+                .map(|r| r[i].chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(h.len())
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(columns.iter().map(|(h, _)| *h).collect());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        println!("(none)");
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => {
+            let s: String = s.chars().take(60).collect();
+            s
+        }
+        other => other.to_string(),
+    }
+}
+
+/// One object as `key: value` lines.
+fn fields(v: &Value) {
+    if let Some(map) = v.as_object() {
+        let width = map.keys().map(String::len).max().unwrap_or(0);
+        for (k, v) in map {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            println!("{k:<width$}  {text}");
+        }
+    } else {
+        println!("{v}");
+    }
+}
+
+async fn accounts(ctl: &mut Ctl, c: AccountsCommand) -> Result<(), Failure> {
+    let env = |name: &str| std::env::var(name).ok();
+    let v = match c {
+        AccountsCommand::List => {
+            let r = ctl
+                .client
+                .list_accounts(ctl.req(pb::ListRequest::default()))
+                .await;
+            let v = doc(r.map_err(failed)?)?;
+            show(ctl, &v, |v| table(&v["items"], ACCOUNT_COLUMNS));
+            return Ok(());
+        }
+        AccountsCommand::Show { id } => {
+            let r = ctl.client.get_account(ctl.req(pb::IdRequest { id })).await;
+            doc(r.map_err(failed)?)?
+        }
+        AccountsCommand::Create { file } => {
+            let json = read_document(&file, &env)?.to_string();
+            let r = ctl
+                .client
+                .create_account(ctl.req(pb::Document { json }))
+                .await;
+            doc(r.map_err(failed)?)?
+        }
+        AccountsCommand::Update { id, file } => {
+            let json = read_document(&file, &env)?.to_string();
+            let r = ctl
+                .client
+                .update_account(ctl.req(pb::UpdateRequest { id, json }))
+                .await;
+            doc(r.map_err(failed)?)?
+        }
+        AccountsCommand::Delete { id } => {
+            let r = ctl
+                .client
+                .delete_account(ctl.req(pb::IdRequest { id }))
+                .await;
+            r.map_err(failed)?;
+            json!({ "deleted": id })
+        }
+        AccountsCommand::Enable { id } | AccountsCommand::Disable { id } => {
+            let enabled = matches!(c, AccountsCommand::Enable { .. });
+            let r = ctl
+                .client
+                .set_account_enabled(ctl.req(pb::SetEnabledRequest { id, enabled }))
+                .await;
+            doc(r.map_err(failed)?)?
+        }
+        AccountsCommand::Reset { id, all, enable } => {
+            let id = match (id, all) {
+                (Some(id), false) => id,
+                (None, true) => 0,
+                _ => {
+                    return Err(Failure::Run(anyhow::anyhow!("give an account id or --all")));
+                }
+            };
+            let r = ctl
+                .client
+                .reset_account(ctl.req(pb::ResetAccountRequest { id, enable }))
+                .await;
+            doc(r.map_err(failed)?)?
+        }
+        AccountsCommand::Test { id } => {
+            let r = ctl.client.test_account(ctl.req(pb::IdRequest { id })).await;
+            let v = doc(r.map_err(failed)?)?;
+            show(ctl, &v, |v| table(&json!([v]), CHECK_COLUMNS));
+            return Ok(());
+        }
+    };
+    show(ctl, &v, fields);
+    Ok(())
+}
+
+async fn users(ctl: &mut Ctl, c: ResourceCommand) -> Result<(), Failure> {
+    let env = |name: &str| std::env::var(name).ok();
+    let v = match c {
+        ResourceCommand::List => {
+            let r = ctl
+                .client
+                .list_users(ctl.req(pb::ListRequest::default()))
+                .await;
+            let v = doc(r.map_err(failed)?)?;
+            show(ctl, &v, |v| table(&v["items"], USER_COLUMNS));
+            return Ok(());
+        }
+        ResourceCommand::Create { file } => {
+            let json = read_document(&file, &env)?.to_string();
+            let r = ctl.client.create_user(ctl.req(pb::Document { json })).await;
+            doc(r.map_err(failed)?)?
+        }
+        ResourceCommand::Update { id, file } => {
+            let json = read_document(&file, &env)?.to_string();
+            let r = ctl
+                .client
+                .update_user(ctl.req(pb::UpdateRequest { id, json }))
+                .await;
+            doc(r.map_err(failed)?)?
+        }
+        ResourceCommand::Delete { id } => {
+            let r = ctl.client.delete_user(ctl.req(pb::IdRequest { id })).await;
+            r.map_err(failed)?;
+            json!({ "deleted": id })
+        }
+    };
+    show(ctl, &v, fields);
+    Ok(())
+}
+
+async fn keys(ctl: &mut Ctl, c: KeysCommand) -> Result<(), Failure> {
+    let env = |name: &str| std::env::var(name).ok();
+    let v = match c {
+        KeysCommand::List { user } => {
+            let mut query = HashMap::new();
+            if let Some(u) = user {
+                query.insert("user_id".to_string(), u.to_string());
+            }
+            let r = ctl
+                .client
+                .list_keys(ctl.req(pb::ListRequest { query }))
+                .await;
+            let v = doc(r.map_err(failed)?)?;
+            show(ctl, &v, |v| table(&v["items"], KEY_COLUMNS));
+            return Ok(());
+        }
+        KeysCommand::Create { file } => {
+            let json = read_document(&file, &env)?.to_string();
+            let r = ctl.client.create_key(ctl.req(pb::Document { json })).await;
+            doc(r.map_err(failed)?)?
+        }
+        KeysCommand::Update { id, file } => {
+            let json = read_document(&file, &env)?.to_string();
+            let r = ctl
+                .client
+                .update_key(ctl.req(pb::UpdateRequest { id, json }))
+                .await;
+            doc(r.map_err(failed)?)?
+        }
+        KeysCommand::Delete { id } => {
+            let r = ctl.client.delete_key(ctl.req(pb::IdRequest { id })).await;
+            r.map_err(failed)?;
+            json!({ "deleted": id })
+        }
+    };
+    show(ctl, &v, fields);
+    Ok(())
+}
+
+async fn packages(ctl: &mut Ctl, c: PackagesCommand) -> Result<(), Failure> {
+    let env = |name: &str| std::env::var(name).ok();
+    let v = match c {
+        PackagesCommand::List { user } => {
+            let r = ctl
+                .client
+                .list_packages(ctl.req(pb::IdRequest { id: user }))
+                .await;
+            let v = doc(r.map_err(failed)?)?;
+            show(ctl, &v, |v| table(&v["items"], PACKAGE_COLUMNS));
+            return Ok(());
+        }
+        PackagesCommand::Create { user, file } => {
+            let json = read_document(&file, &env)?.to_string();
+            let r = ctl
+                .client
+                .create_package(ctl.req(pb::UpdateRequest { id: user, json }))
+                .await;
+            doc(r.map_err(failed)?)?
+        }
+        PackagesCommand::Update { id, file } => {
+            let json = read_document(&file, &env)?.to_string();
+            let r = ctl
+                .client
+                .update_package(ctl.req(pb::UpdateRequest { id, json }))
+                .await;
+            doc(r.map_err(failed)?)?
+        }
+        PackagesCommand::Reset { package, user } => {
+            let r = ctl
+                .client
+                .reset_packages(ctl.req(pb::ResetPackagesRequest {
+                    package_id: package.unwrap_or(0),
+                    user_id: user.unwrap_or(0),
+                }))
+                .await;
+            doc(r.map_err(failed)?)?
+        }
+    };
+    show(ctl, &v, fields);
+    Ok(())
+}
+
+async fn settings(ctl: &mut Ctl, c: SettingsCommand) -> Result<(), Failure> {
+    let r = match c {
+        SettingsCommand::Get => ctl.client.get_settings(ctl.req(pb::Empty {})).await,
+        SettingsCommand::Set { pairs } => {
+            let mut patch = serde_json::Map::new();
+            for pair in pairs {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| Failure::Run(anyhow::anyhow!("{pair}: expected KEY=VALUE")))?;
+                let value = if v.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()))
+                };
+                patch.insert(k.to_string(), value);
+            }
+            let json = Value::Object(patch).to_string();
+            ctl.client
+                .update_settings(ctl.req(pb::Document { json }))
+                .await
+        }
+    };
+    let v = doc(r.map_err(failed)?)?;
+    show(ctl, &v, |v| {
+        let stored: Vec<&str> = v["stored"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let rows: Vec<Value> = v["specs"]
+            .as_array()
+            .map(|specs| {
+                specs
+                    .iter()
+                    .map(|s| {
+                        let key = s["key"].as_str().unwrap_or_default();
+                        json!({
+                            "key": key,
+                            "value": v["settings"][key],
+                            "source": if stored.contains(&key) { "set" } else { "default" },
+                            "help": s["help"],
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        table(
+            &Value::Array(rows),
+            &[
+                ("SETTING", "key"),
+                ("VALUE", "value"),
+                ("SOURCE", "source"),
+                ("MEANING", "help"),
+            ],
+        );
+    });
+    Ok(())
+}
+
+async fn cache(ctl: &mut Ctl, c: CacheCommand) -> Result<(), Failure> {
+    let (kind, filter, clear) = match c {
+        CacheCommand::List { kind, filter } => (kind, filter, false),
+        CacheCommand::Clear { kind, filter } => (kind, filter, true),
+    };
+    let request = pb::CacheRequest {
+        query: filter.query(&kind),
+        kind: kind.clone(),
+    };
+    let r = if clear {
+        ctl.client.clear_cache(ctl.req(request)).await
+    } else {
+        ctl.client.list_cache(ctl.req(request)).await
+    };
+    let v = doc(r.map_err(failed)?)?;
+    show(ctl, &v, |v| {
+        if clear {
+            println!("cleared {}", v["cleared"]);
+        } else if kind == "concurrency" {
+            for scope in ["accounts", "users", "keys"] {
+                println!("{scope}:");
+                let columns: Columns = match scope {
+                    "accounts" => &[
+                        ("ACCOUNT", "account_id"),
+                        ("NAME", "name"),
+                        ("IN USE", "in_use"),
+                        ("LIMIT", "max_concurrency"),
+                    ],
+                    "users" => &[("USER", "user_id"), ("IN USE", "in_use")],
+                    _ => &[("KEY", "key_id"), ("IN USE", "in_use")],
+                };
+                table(&v[scope], columns);
+            }
+        } else {
+            let items = &v["items"];
+            let columns: Vec<(String, String)> = items
+                .get(0)
+                .and_then(Value::as_object)
+                .map(|o| o.keys().map(|k| (k.to_uppercase(), k.clone())).collect())
+                .unwrap_or_default();
+            let columns: Vec<(&'static str, &'static str)> = columns
+                .into_iter()
+                .map(|(h, k)| (&*h.leak(), &*k.leak()))
+                .collect();
+            table(items, columns.leak());
+        }
+    });
+    Ok(())
+}
+
+async fn consistency(ctl: &mut Ctl) -> Result<(), Failure> {
+    let report = ctl
+        .client
+        .check_consistency(ctl.req(pb::ConsistencyRequest {}))
+        .await
+        .map_err(|e| anyhow::anyhow!("consistency check failed: {}", e.message()))?
+        .into_inner();
+    if ctl.json {
+        let differences: Vec<_> = report
+            .differences
+            .iter()
+            .map(|d| {
+                json!({"table": d.table, "row": d.row, "field": d.field,
+                       "expected": d.expected, "actual": d.actual})
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"clean": report.clean, "request_logs": report.request_logs,
+                   "differences": differences})
+        );
+    } else if report.clean {
+        println!(
+            "consistent: {} request logs agree with daily usage, keys, accounts and packages",
+            report.request_logs
+        );
+    } else {
+        println!(
+            "{:<14} {:<40} {:<16} {:>22} {:>22}",
+            "TABLE", "ROW", "FIELD", "FROM LOGS", "STORED"
+        );
+        for d in &report.differences {
+            println!(
+                "{:<14} {:<40} {:<16} {:>22} {:>22}",
+                d.table, d.row, d.field, d.expected, d.actual
+            );
+        }
+    }
+    if !report.clean {
+        return Err(Failure::Run(anyhow::anyhow!(
+            "{} differences",
+            report.differences.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `KEY=VALUE` arguments as a query map.
+fn pairs(args: &[String]) -> Result<HashMap<String, String>, Failure> {
+    args.iter()
+        .map(|a| {
+            a.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| Failure::Run(anyhow::anyhow!("{a}: expected KEY=VALUE")))
+        })
+        .collect()
+}
+
+/// Reads a YAML (or JSON) file, replacing `${NAME}` with the environment
+/// variable `NAME` (a missing variable is an error, never an empty secret).
+pub fn read_document(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    parse_document(&text, env).map_err(|e| Failure::Run(anyhow::anyhow!("{}: {e}", path.display())))
+}
+
+pub fn parse_document(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, String> {
+    let value: Value = yaml_serde::from_str(text).map_err(|e| e.to_string())?;
+    expand(value, env)
+}
+
+/// Replaces `${NAME}` in every string of `v`.
+fn expand(v: Value, env: &dyn Fn(&str) -> Option<String>) -> Result<Value, String> {
+    Ok(match v {
+        Value::String(s) => Value::String(expand_str(&s, env)?),
+        Value::Array(items) => Value::Array(
+            items
+                .into_iter()
+                .map(|i| expand(i, env))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| Ok((k, expand(v, env)?)))
+                .collect::<Result<_, String>>()?,
+        ),
+        other => other,
+    })
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| format!("unterminated ${{ in {s:?}"))?;
+        let name = &after[..end];
+        let valid =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(format!("${{{name}}} is not an environment variable name"));
+        }
+        let value = env(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documents_read_yaml_and_take_secrets_from_the_environment() {
+        let env = |name: &str| (name == "CLAUDE_KEY").then(|| "sk-ant-xyz".to_string());
+        let doc = parse_document(
+            "accounts:\n  - name: main\n    type: claude-api\n    credentials:\n      api_key: ${CLAUDE_KEY}\n    priority: 10\n",
+            &env,
+        )
+        .expect("parses");
+        assert_eq!(doc["accounts"][0]["credentials"]["api_key"], "sk-ant-xyz");
+        assert_eq!(doc["accounts"][0]["priority"], 10);
+        let err = parse_document("users:\n  - username: a\n    password: ${MISSING}\n", &env)
+            .expect_err("missing variable");
+        assert!(err.contains("MISSING is not set"), "{err}");
+        assert!(parse_document("x: ${bad name}", &env).is_err());
+        assert_eq!(
+            parse_document("{\"a\": \"p-${CLAUDE_KEY}-s\"}", &env).expect("json is yaml")["a"],
+            "p-sk-ant-xyz-s"
+        );
+    }
+}
