@@ -281,6 +281,11 @@ fn doc(d: tonic::Response<pb::Document>) -> Result<Value, Failure> {
 }
 
 pub async fn run(config: Config, json: bool, command: CtlCommand) -> Result<(), Failure> {
+    // A file that does not read is reported before anything is contacted.
+    let document = match &command {
+        CtlCommand::Apply { file } => Some(read_document(file, &|name| std::env::var(name).ok())?),
+        _ => None,
+    };
     let token = admin_token(&config)?;
     let url = config.controlplane_url.clone().unwrap_or_else(|| {
         format!(
@@ -337,8 +342,8 @@ pub async fn run(config: Config, json: bool, command: CtlCommand) -> Result<(), 
             Ok(())
         }
         CtlCommand::Consistency => consistency(&mut ctl).await,
-        CtlCommand::Apply { file } => {
-            let document = read_document(&file, &|name| std::env::var(name).ok())?;
+        CtlCommand::Apply { .. } => {
+            let document = document.unwrap_or_default();
             let r = ctl
                 .client
                 .apply(ctl.req(pb::Document {

@@ -16,7 +16,7 @@ use crate::store::Store;
 
 const LEASE_NAME: &str = "background-jobs";
 /// A holder that stops renewing loses the lease after this long.
-pub const LEASE_TTL: Duration = Duration::from_secs(20);
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
 const LEASE_RENEW_EVERY: Duration = Duration::from_secs(5);
 
 const RATE_LIMIT_RECOVERY_EVERY: Duration = Duration::from_secs(5);

@@ -136,15 +136,14 @@ pub async fn start(
         settings.oauth.clone(),
         settings.setting_defaults.clone(),
     );
-    jobs::Jobs {
+    let jobs = jobs::Jobs {
         store: store.clone(),
         publisher: publisher.clone(),
         health: health.clone(),
         refresher: refresher.clone(),
         defaults: settings.setting_defaults.clone(),
         billing_tz: settings.billing_tz,
-    }
-    .spawn(cancel.clone(), tracker);
+    };
     let app = api::router(api::ApiState {
         store: store.clone(),
         sealer: sealer.clone(),
@@ -162,6 +161,8 @@ pub async fn start(
             .map_err(StartError::Apply)?;
         tracing::info!(items = %report["applied"], "declarative configuration applied at start");
     }
+    // After the start-up file, so the first sweep already sees its settings.
+    jobs.spawn(cancel.clone(), tracker);
     let manage = manage::ManageApi::new(app.clone(), settings.admin_token.expose().to_string())
         .into_server();
     let admin_cancel = cancel.clone();

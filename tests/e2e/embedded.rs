@@ -20,6 +20,11 @@ pub async fn start() -> Embedded {
 }
 
 impl Embedded {
+    /// The all-in-one's data directory (SQLite, keys, the management token).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// A new user with one API key; returns the plaintext key.
     pub async fn user_key(&self, username: &str) -> String {
         let user = self.admin.create_user(username).await;

@@ -5,6 +5,7 @@ mod limits;
 mod loss;
 mod multinode;
 mod oauth;
+mod operations;
 mod platforms;
 mod scheduling;
 mod sdk;

@@ -209,7 +209,7 @@ async fn handle(
         "mock-429" => Some(StatusCode::TOO_MANY_REQUESTS),
         "mock-529" => Some(StatusCode::from_u16(529).expect("529")),
         "mock-500" => Some(StatusCode::INTERNAL_SERVER_ERROR),
-        "expired-token" => Some(StatusCode::UNAUTHORIZED),
+        "expired-token" | "revoked-key" => Some(StatusCode::UNAUTHORIZED),
         _ => None,
     };
     let model = body
@@ -359,6 +359,22 @@ async fn handle(
                 ),
             }
         }
+        // The calls health checks make.
+        "/v1/models"
+        | "/api/oauth/usage"
+        | "/v1beta/models"
+        | "/backend-api/accounts/check/v4-2023-04-27" => match failure {
+            Some(StatusCode::UNAUTHORIZED) => anthropic_error(StatusCode::UNAUTHORIZED, reset_at),
+            Some(status) if status.is_server_error() => anthropic_error(status, reset_at),
+            _ if path == "/api/oauth/usage" => json_response(
+                StatusCode::OK,
+                json!({
+                    "five_hour": {"utilization": 12.5, "resets_at": "2030-01-01T05:00:00+00:00"},
+                    "seven_day": {"utilization": 40.0, "resets_at": "2030-01-07T00:00:00+00:00"},
+                }),
+            ),
+            _ => json_response(StatusCode::OK, json!({"data": [], "models": []})),
+        },
         _ => json_response(
             StatusCode::NOT_FOUND,
             json!({"type":"error","error":{"type":"not_found_error","message":"no such route"}}),

@@ -39,7 +39,8 @@ const MAX_DETAIL: usize = 16 * 1024;
 
 pub async fn record(State(state): State<ApiState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // This layer sits inside `/api/v1`, which routing has stripped.
+    let path = format!("/api/v1{}", req.uri().path());
     if method == http::Method::GET || method == http::Method::HEAD || path.ends_with("/auth/login")
     {
         return next.run(req).await;

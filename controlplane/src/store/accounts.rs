@@ -3,13 +3,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::db::{Dialect, Usd, impl_from_row, list_from_column, list_to_column, with_pool};
-
-/// Reads and, on MySQL, locks an account's `enabled` and error count.
-const LOCK_ACCOUNT: Dialect = Dialect {
-    mysql: "SELECT enabled, consecutive_error_count FROM accounts WHERE id = ? FOR UPDATE",
-    sqlite: "SELECT enabled, consecutive_error_count FROM accounts WHERE id = ?",
-};
+use super::db::{Usd, impl_from_row, list_from_column, list_to_column, with_pool};
 use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Serialize)]
@@ -297,10 +291,15 @@ impl Store {
         threshold: u32,
     ) -> StoreResult<HealthEffect> {
         let now = Utc::now();
-        let lock = LOCK_ACCOUNT.pick(self);
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let row: Option<(bool, i32)> = sqlx::query_as(lock)
+            // A write first takes the row lock on MySQL and the write lock on
+            // SQLite, so the read below cannot be overtaken by another writer.
+            sqlx::query("UPDATE accounts SET consecutive_error_count = consecutive_error_count WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let row: Option<(bool, i32)> = sqlx::query_as("SELECT enabled, consecutive_error_count FROM accounts WHERE id = ?")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?;
