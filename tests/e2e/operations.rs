@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use aiproxy_tests::harness::Admin;
 use aiproxy_tests::mock::MockUpstream;
+use aiproxy_tests::proxies::TestProxy;
 use serde_json::{Value, json};
 
 use crate::embedded::{Embedded, start_with};
+use crate::split::{TestDatabase, controlplane};
 
 /// Polls `GET path` until `done` holds for its body.
 async fn wait_until(
@@ -166,6 +168,28 @@ async fn health_checks_disable_bad_credentials_and_a_reset_brings_them_back() {
         .expect("POST", &format!("/accounts/{id}/test"), None, 200)
         .await;
     assert_eq!(report["status"], "ok", "{report}");
+
+    // Checks go where the account's traffic goes: through its proxy.
+    let proxy = TestProxy::http_connect().await;
+    let proxied = admin
+        .create_account_with(json!({"name": "proxied", "type": "openai", "base_url": mock.url(),
+            "proxy_url": format!("http://{}", proxy.addr), "credentials": {"api_key": "good-key"}, "enabled": false}))
+        .await;
+    let report = admin
+        .expect(
+            "POST",
+            &format!("/accounts/{}/test", proxied["id"]),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(report["status"], "ok", "{report}");
+    let upstream = mock.url().replace("http://", "");
+    assert_eq!(
+        proxy.targets(),
+        [upstream],
+        "the check went through the proxy"
+    );
 
     // Relayed traffic counts too: a key the upstream refuses, bound to one
     // user. The first refusal marks the account unavailable, so no second
@@ -673,4 +697,47 @@ async fn every_everyday_operation_works_through_ctl() {
     assert!(!wrong.status.success());
     assert!(String::from_utf8_lossy(&wrong.stderr).contains("invalid token"));
     e.process.stop().await;
+}
+
+#[tokio::test]
+async fn background_jobs_run_on_one_control_plane_and_move_when_it_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new(dir.path(), "jobs").await;
+    let (dir1, dir2) = (dir.path().join("cp1"), dir.path().join("cp2"));
+    std::fs::create_dir_all(&dir1).unwrap();
+    std::fs::create_dir_all(&dir2).unwrap();
+    const LEADS: &str = "now runs the background jobs";
+    let cp1 = controlplane(&db.url, &dir1, "127.0.0.1:0", &[]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cp1.log_text().contains(LEADS) {
+        assert!(
+            Instant::now() < deadline,
+            "the first control plane never took the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cp2 = controlplane(&db.url, &dir2, "127.0.0.1:0", &[]).await;
+    // Several renewals later, the second still only stands by.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert!(
+        !cp2.log_text().contains(LEADS),
+        "two control planes ran the jobs at once"
+    );
+
+    let killed = Instant::now();
+    cp1.kill().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cp2.log_text().contains(LEADS) {
+        assert!(
+            Instant::now() < deadline,
+            "no control plane took over the jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "jobs moved to the other control plane {:?} after the first was killed",
+        killed.elapsed()
+    );
+    cp2.stop().await;
+    db.drop().await;
 }
