@@ -819,7 +819,13 @@ async fn consistency(ctl: &mut Ctl) -> Result<(), Failure> {
         println!(
             "{}",
             json!({"clean": report.clean, "request_logs": report.request_logs,
-                   "differences": differences})
+                   "differences": differences,
+                   "complete_since": (!report.complete_since.is_empty()).then_some(&report.complete_since)})
+        );
+    } else if report.clean && !report.complete_since.is_empty() {
+        println!(
+            "consistent: {} request logs agree with daily usage from {} on (older logs were deleted past their retention, so lifetime totals are not compared)",
+            report.request_logs, report.complete_since
         );
     } else if report.clean {
         println!(

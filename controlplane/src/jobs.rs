@@ -27,10 +27,6 @@ const HEALTH_SWEEP_EVERY: Duration = Duration::from_secs(30);
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 const PURGE_BATCH: u32 = 5_000;
 
-/// Internal `system_configs` row: request logs before this instant were
-/// purged (the consistency check then leaves out what they covered).
-pub const PURGED_BEFORE_KEY: &str = "request_logs_purged_before";
-
 #[derive(Clone)]
 pub struct Jobs {
     pub store: Store,
@@ -131,24 +127,12 @@ impl Jobs {
             return;
         }
         let cutoff = retention_cutoff(chrono::Utc::now(), self.billing_tz, days);
-        let mut purged = 0u64;
-        loop {
-            match self.store.purge_request_logs(cutoff, PURGE_BATCH).await {
-                Ok(0) => break,
-                Ok(n) => purged += n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "request-log purge failed");
-                    return;
-                }
+        match self.store.purge_request_logs(cutoff, PURGE_BATCH).await {
+            Ok(0) => {}
+            Ok(purged) => {
+                tracing::info!(purged, before = %cutoff.to_rfc3339(), "request logs past retention deleted")
             }
-        }
-        if purged > 0 {
-            let mut set = std::collections::BTreeMap::new();
-            set.insert(PURGED_BEFORE_KEY.to_string(), cutoff.to_rfc3339());
-            if let Err(e) = self.store.save_system_configs(&set, &[]).await {
-                tracing::warn!(error = %e, "cannot record the purge");
-            }
-            tracing::info!(purged, before = %cutoff.to_rfc3339(), "request logs past retention deleted");
+            Err(e) => tracing::warn!(error = %e, "request-log purge failed"),
         }
     }
 }

@@ -199,6 +199,7 @@ impl ManagementService for ManageApi {
         Ok(Response::new(pb::ConsistencyReport {
             clean: v["clean"].as_bool().unwrap_or(false),
             request_logs: v["request_logs"].as_u64().unwrap_or(0),
+            complete_since: text(&v, "complete_since"),
             differences: v["differences"]
                 .as_array()
                 .map(|ds| {

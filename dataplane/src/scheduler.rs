@@ -540,6 +540,35 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_operators_ttls_override_the_configured_ones_and_silence_keeps_them() {
+        let s = scheduler(Arc::new(aiproxy_shared::state::MemoryStore::default()));
+        let settings = aiproxy_proto::v1::RelaySettings {
+            session_ttl_ms: 5_000,
+            wait_timeout_ms: 2_500,
+            wait_timeout_set: true,
+            ..Default::default()
+        };
+        let snapshot = crate::snapshot::Snapshot::try_from(aiproxy_proto::v1::Snapshot {
+            version: 1,
+            settings: Some(settings),
+            ..Default::default()
+        })
+        .expect("snapshot");
+        s.adopt(&snapshot.scheduling);
+        let now = s.settings();
+        assert_eq!(now.session_ttl, Duration::from_secs(5));
+        assert_eq!(now.wait_timeout, Duration::from_millis(2_500));
+        assert_eq!(now.lease_ttl, Duration::from_secs(60), "unset: configured");
+        assert_eq!(now.unavailable_cap, Duration::from_secs(300));
+        s.adopt(&crate::snapshot::SchedulingOverrides::default());
+        assert_eq!(
+            s.settings().session_ttl,
+            Duration::from_secs(60),
+            "back to the configuration"
+        );
+    }
+
     #[tokio::test]
     async fn one_store_call_before_the_upstream_and_one_after() {
         let store = Arc::new(Counting::default());

@@ -16,6 +16,11 @@ const UPSERT_CONFIG: Dialect = Dialect {
              ON CONFLICT(`key`) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
 };
 
+/// Internal `system_configs` row: request logs before this instant were
+/// deleted past their retention (the consistency check then leaves out
+/// what they covered).
+pub const PURGED_BEFORE_KEY: &str = "request_logs_purged_before";
+
 /// One admin change.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditEntry {
@@ -206,9 +211,33 @@ impl Store {
         })
     }
 
-    /// Deletes request logs older than `before`, at most `batch` rows per
-    /// call (so purges never hold long locks); returns how many went.
+    /// Deletes request logs older than `before` in batches of `batch` rows
+    /// (so a purge never holds long locks), then records the cut for the
+    /// consistency check; returns how many went.
     pub async fn purge_request_logs(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<u64> {
+        let mut purged = 0;
+        loop {
+            let n = self.purge_batch(before, batch).await?;
+            if n == 0 {
+                break;
+            }
+            purged += n;
+        }
+        if purged > 0 {
+            let upsert = UPSERT_CONFIG.pick(self);
+            with_pool!(self, p => {
+                sqlx::query(upsert)
+                    .bind(PURGED_BEFORE_KEY)
+                    .bind(before.to_rfc3339())
+                    .bind(Utc::now())
+                    .execute(p)
+                    .await?;
+            });
+        }
+        Ok(purged)
+    }
+
+    async fn purge_batch(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<u64> {
         with_pool!(self, p => {
             let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM request_logs WHERE created_at < ? ORDER BY id LIMIT ?")
                 .bind(before)

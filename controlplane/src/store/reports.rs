@@ -152,6 +152,11 @@ pub struct ConsistencyReport {
     pub clean: bool,
     pub request_logs: i64,
     pub differences: Vec<Difference>,
+    /// Set once request logs past their retention were deleted: the first
+    /// billing day still complete in the logs. Only daily usage from that
+    /// day on is compared; lifetime totals (keys, accounts, packages)
+    /// include deleted requests and are not.
+    pub complete_since: Option<NaiveDate>,
 }
 
 /// Which requests a re-rating recomputes.
@@ -311,9 +316,16 @@ impl Store {
         let mut diffs = Vec::new();
         let mut check = Check { diffs: &mut diffs };
 
+        let complete_since = self
+            .system_configs()
+            .await?
+            .get(super::operations::PURGED_BEFORE_KEY)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| Periods::at(t.with_timezone(&Utc), tz).day);
+        let kept = |day: NaiveDate| complete_since.is_none_or(|since| day >= since);
         let stored_daily = self.all_daily_usage().await?;
         let mut seen = std::collections::HashSet::new();
-        for d in &stored_daily {
+        for d in stored_daily.iter().filter(|d| kept(d.date)) {
             let k = (d.user_id, d.date, d.model.clone());
             let row = format!("user {} / {} / {}", d.user_id, d.date, d.model);
             let want = daily.get(&k).cloned().unwrap_or_default();
@@ -355,11 +367,22 @@ impl Store {
             );
             check.same("daily_usages", &row, "total_cost", want.cost, d.total_cost);
         }
-        for (k, want) in daily.iter().filter(|(k, _)| !seen.contains(*k)) {
+        for (k, want) in daily
+            .iter()
+            .filter(|(k, _)| !seen.contains(*k) && kept(k.1))
+        {
             let row = format!("user {} / {} / {}", k.0, k.1, k.2);
             check.same("daily_usages", &row, "request_count", want.requests, 0);
         }
 
+        if complete_since.is_some() {
+            return Ok(ConsistencyReport {
+                clean: diffs.is_empty(),
+                request_logs: total,
+                differences: diffs,
+                complete_since,
+            });
+        }
         for key in self.list_api_keys(None).await? {
             let want = keys.remove(&key.id).unwrap_or_default();
             let row = format!("key {}", key.id);
@@ -435,6 +458,7 @@ impl Store {
             clean: diffs.is_empty(),
             request_logs: total,
             differences: diffs,
+            complete_since: None,
         })
     }
 

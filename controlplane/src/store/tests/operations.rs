@@ -2,6 +2,7 @@
 //! operator resets, runtime settings, the audit log and the jobs lease.
 use std::collections::BTreeMap;
 
+use super::db::with_pool;
 use super::*;
 
 fn refused(message: &str) -> HealthOutcome {
@@ -231,3 +232,57 @@ on_every_backend!(the_jobs_lease_has_one_holder_until_it_lapses, |store| {
         "released at once"
     );
 });
+
+on_every_backend!(
+    purged_logs_leave_the_consistency_check_clean_and_say_so,
+    |store| {
+        let u = user(store, "old-and-new").await;
+        let k = key(store, u.id, &"ab".repeat(32)).await;
+        let a = account(store).await;
+        let at = |id: &str, when: &str| UsageRow {
+            cost: Decimal::from_str("0.5").unwrap(),
+            created_at: chrono::DateTime::parse_from_rfc3339(when)
+                .unwrap()
+                .with_timezone(&Utc),
+            ..usage_row(id, u.id, k.id, a.id)
+        };
+        let rows = vec![
+            at("old-1", "2026-10-01T10:00:00Z"),
+            at("old-2", "2026-10-02T10:00:00Z"),
+            at("new-1", "2026-11-20T10:00:00Z"),
+        ];
+        store.ingest_usage(&rows, utc()).await.unwrap();
+        assert!(
+            store
+                .consistency(utc())
+                .await
+                .unwrap()
+                .complete_since
+                .is_none()
+        );
+        let cutoff = chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            store.purge_request_logs(cutoff, 1).await.unwrap(),
+            2,
+            "in batches of one"
+        );
+        assert_eq!(store.purge_request_logs(cutoff, 1).await.unwrap(), 0);
+        let report = store.consistency(utc()).await.unwrap();
+        assert!(report.clean, "{:?}", report.differences);
+        assert_eq!(report.request_logs, 1);
+        assert_eq!(
+            report.complete_since.map(|d| d.to_string()).as_deref(),
+            Some("2026-11-01")
+        );
+        // The kept days are still checked.
+        with_pool!(store, p => {
+            sqlx::query("UPDATE daily_usages SET request_count = 7 WHERE date >= '2026-11-01'")
+                .execute(p)
+                .await
+                .unwrap();
+        });
+        assert!(!store.consistency(utc()).await.unwrap().clean);
+    }
+);
