@@ -413,6 +413,22 @@ impl Config {
                 "AIPROXY_NODE_TOKEN must be at least 16 characters".into(),
             ));
         }
+        if let Some(token) = &self.admin_token {
+            if token.expose().len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "AIPROXY_ADMIN_TOKEN must be at least 16 characters".into(),
+                ));
+            }
+            if self
+                .node_token
+                .as_ref()
+                .is_some_and(|n| n.expose() == token.expose())
+            {
+                return Err(ConfigError::Invalid(
+                    "AIPROXY_ADMIN_TOKEN must differ from AIPROXY_NODE_TOKEN: data planes must not hold management rights".into(),
+                ));
+            }
+        }
         if crate::billing::parse_timezone(&self.billing.timezone).is_none() {
             return Err(ConfigError::Invalid(format!(
                 "billing.timezone must be UTC or an offset such as +08:00, not {:?}",
@@ -550,6 +566,14 @@ mod tests {
         assert!(err.to_string().contains("AIPROXY_SESSION_TTL"));
         assert!(load(None, &[("AIPROXY_SECRET_KEY", "short")]).is_err());
         assert!(load(None, &[("AIPROXY_DATABASE_URL", "postgres://x")]).is_err());
+        assert!(load(None, &[("AIPROXY_ADMIN_TOKEN", "short")]).is_err());
+        let same = "the-same-token-for-both-planes";
+        let err = load(
+            None,
+            &[("AIPROXY_ADMIN_TOKEN", same), ("AIPROXY_NODE_TOKEN", same)],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("must differ"), "{err}");
     }
 
     #[test]

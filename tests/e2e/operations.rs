@@ -668,6 +668,26 @@ async fn every_everyday_operation_works_through_ctl() {
         "secrets leaked into the audit log"
     );
 
+    // The new routes are documented.
+    let spec = e
+        .http
+        .send("GET", &format!("{}/openapi.json", admin.base), &[], None)
+        .await
+        .json();
+    for path in [
+        "/settings",
+        "/audit-logs",
+        "/apply",
+        "/cache/refresh",
+        "/accounts/{id}/test",
+        "/accounts/{id}/reset",
+    ] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} missing from openapi.json"
+        );
+    }
+
     // Tables for people, and refusals for wrong tokens.
     let human = tokio::process::Command::new(crate::bin())
         .args(["ctl", "accounts", "list"])
