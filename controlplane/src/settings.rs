@@ -233,9 +233,17 @@ impl SystemSettings {
         self.int("request_log_retention_days")
     }
 
-    /// What data planes apply: timeouts, TTLs and the client filter.
+    /// What data planes apply: the request timeout, the client filter, and
+    /// the TTLs an operator set (unset ones stay each node's configuration).
     pub fn relay(&self, billing_utc_offset_seconds: i32) -> pb::RelaySettings {
         let ms = |key| self.int(key) * 1000;
+        let set_ms = |key| {
+            if self.stored.contains(&key) {
+                self.int(key) * 1000
+            } else {
+                0
+            }
+        };
         let clients = self
             .values
             .get("filter_allowed_clients")
@@ -249,11 +257,11 @@ impl SystemSettings {
         pb::RelaySettings {
             request_timeout_ms: ms("request_timeout"),
             billing_utc_offset_seconds,
-            session_ttl_ms: ms("session_ttl"),
-            concurrency_ttl_ms: ms("concurrency_ttl"),
-            unavailable_ttl_ms: ms("unavailable_ttl"),
-            wait_timeout_ms: ms("wait_timeout"),
-            wait_timeout_set: true,
+            session_ttl_ms: set_ms("session_ttl"),
+            concurrency_ttl_ms: set_ms("concurrency_ttl"),
+            unavailable_ttl_ms: set_ms("unavailable_ttl"),
+            wait_timeout_ms: set_ms("wait_timeout"),
+            wait_timeout_set: self.stored.contains(&"wait_timeout"),
             client_filter: Some(pb::ClientFilter {
                 enabled: self.flag("filter_enabled"),
                 mode: self
@@ -421,6 +429,14 @@ mod tests {
         let filter = relay.client_filter.expect("filter");
         assert_eq!(filter.allowed_clients, vec!["codex-cli", "claude-code"]);
         assert_eq!(relay.request_timeout_ms, 600_000);
+        assert_eq!(relay.session_ttl_ms, 0, "unset TTLs stay the nodes' own");
+        assert!(!relay.wait_timeout_set);
+        let s = SystemSettings::from_rows(&rows(&[("wait_timeout", "0")]), &Defaults::default());
+        let relay = s.relay(0);
+        assert!(
+            relay.wait_timeout_set && relay.wait_timeout_ms == 0,
+            "0 set is \"do not wait\""
+        );
         assert_eq!(relay.billing_utc_offset_seconds, 3600);
         assert!(s.stored.contains(&"account_health_check_interval"));
         assert!(!s.stored.contains(&"account_error_threshold"));

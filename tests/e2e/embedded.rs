@@ -549,6 +549,20 @@ async fn admin_api_guards_roles_and_secrets() {
         assert_eq!(dave.call("GET", path, None).await.status, 403, "{path}");
         assert_eq!(dave.call("DELETE", path, None).await.status, 403, "{path}");
     }
+    for (method, path) in [
+        ("GET", "/settings"),
+        ("PATCH", "/settings"),
+        ("GET", "/audit-logs"),
+        ("POST", "/apply"),
+        ("POST", "/cache/refresh"),
+        ("POST", "/accounts/reset"),
+        ("POST", "/accounts/1/test"),
+        ("POST", "/accounts/1/enable"),
+    ] {
+        let body = (method != "GET").then(|| json!({}));
+        let status = dave.call(method, path, body).await.status;
+        assert_eq!(status, 403, "{method} {path}");
+    }
 
     let spec = http
         .send("GET", &format!("{base}/openapi.json"), &[], None)

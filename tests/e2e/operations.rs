@@ -688,6 +688,46 @@ async fn every_everyday_operation_works_through_ctl() {
         );
     }
 
+    // An admin's login token works too; a user's is refused.
+    let with_token = |token: String| {
+        let grpc = e.process.url("grpc").replace("http://", "");
+        async move {
+            tokio::process::Command::new(crate::bin())
+                .args(["ctl", "--json", "settings", "get"])
+                .env("AIPROXY_ADMIN_TOKEN", token)
+                .env("AIPROXY_GRPC_LISTEN", grpc)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let login = |username: &'static str, password: &'static str| {
+        let http = e.http.clone();
+        let url = format!("{}/auth/login", admin.base);
+        async move {
+            http.send(
+                "POST",
+                &url,
+                &[],
+                Some(&json!({"username": username, "password": password})),
+            )
+            .await
+            .json()["token"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let as_admin = with_token(login("admin", aiproxy_tests::harness::ADMIN_PASSWORD).await).await;
+    assert!(
+        as_admin.status.success(),
+        "{}",
+        String::from_utf8_lossy(&as_admin.stderr)
+    );
+    let as_user = with_token(login("bob", "bob-password-123").await).await;
+    assert!(!as_user.status.success());
+    assert!(String::from_utf8_lossy(&as_user.stderr).contains("admin role required"));
+
     // Tables for people, and refusals for wrong tokens.
     let human = tokio::process::Command::new(crate::bin())
         .args(["ctl", "accounts", "list"])
