@@ -431,10 +431,11 @@ mod tests {
         assert_eq!(relay.request_timeout_ms, 600_000);
         assert_eq!(relay.session_ttl_ms, 0, "unset TTLs stay the nodes' own");
         assert!(!relay.wait_timeout_set);
-        let s = SystemSettings::from_rows(&rows(&[("wait_timeout", "0")]), &Defaults::default());
-        let relay = s.relay(0);
+        let no_wait =
+            SystemSettings::from_rows(&rows(&[("wait_timeout", "0")]), &Defaults::default())
+                .relay(0);
         assert!(
-            relay.wait_timeout_set && relay.wait_timeout_ms == 0,
+            no_wait.wait_timeout_set && no_wait.wait_timeout_ms == 0,
             "0 set is \"do not wait\""
         );
         assert_eq!(relay.billing_utc_offset_seconds, 3600);
