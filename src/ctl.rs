@@ -35,6 +35,8 @@ pub enum CtlCommand {
     Cache(CacheCommand),
     /// Rebuild the snapshot and push it to every data plane now.
     Refresh,
+    /// The data planes and the snapshot version each applied.
+    Nodes,
     /// Usage totals: --query group_by=user|key|model|account|day, from=, to=.
     Usage {
         #[arg(long = "query", value_name = "KEY=VALUE")]
@@ -317,6 +319,15 @@ pub async fn run(config: Config, json: bool, command: CtlCommand) -> Result<(), 
             });
             Ok(())
         }
+        CtlCommand::Nodes => {
+            let r = ctl.client.list_nodes(ctl.req(pb::Empty {})).await;
+            let v = doc(r.map_err(failed)?)?;
+            show(&ctl, &v, |v| {
+                println!("snapshot version {}", v["snapshot_version"]);
+                table(&v["items"], NODE_COLUMNS);
+            });
+            Ok(())
+        }
         CtlCommand::Usage { query } => {
             let r = ctl
                 .client
@@ -416,6 +427,13 @@ const AUDIT_COLUMNS: Columns = &[
     ("ACTION", "action"),
     ("TARGET", "target"),
     ("STATUS", "status"),
+];
+const NODE_COLUMNS: Columns = &[
+    ("NODE", "node_id"),
+    ("APPLIED", "applied_version"),
+    ("CURRENT", "current"),
+    ("LAST SEEN", "last_seen"),
+    ("LAST ERROR", "last_error"),
 ];
 const APPLY_COLUMNS: Columns = &[("KIND", "kind"), ("NAME", "name"), ("ACTION", "action")];
 const CHECK_COLUMNS: Columns = &[

@@ -6,6 +6,7 @@ mod auth;
 mod cache;
 mod keys;
 mod logs;
+mod oauth;
 mod packages;
 mod prices;
 mod settings;
@@ -40,6 +41,10 @@ pub struct ApiState {
     pub billing_tz: chrono::FixedOffset,
     /// Defaults of the runtime settings.
     pub setting_defaults: crate::settings::Defaults,
+    /// The data planes this control plane serves, and what they applied.
+    pub nodes: crate::grpc::NodeRegistry,
+    /// OAuth endpoints, for the sign-in flow of new subscriptions.
+    pub oauth_endpoints: aiproxy_shared::config::OAuthSettings,
 }
 
 const OPENAPI: &str = include_str!("api/openapi.json");
@@ -70,6 +75,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/audit-logs", get(audit::list))
         .route("/apply", post(apply::apply))
         .route("/cache/refresh", post(cache::refresh))
+        .route("/nodes", get(cache::nodes))
+        .route("/oauth/authorize", post(oauth::authorize))
+        .route("/oauth/exchange", post(oauth::exchange))
         .route(
             "/accounts/{id}",
             get(accounts::get_one)

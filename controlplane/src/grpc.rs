@@ -41,7 +41,22 @@ pub struct NodeApi {
     state: Arc<dyn StateStore>,
     /// The zone package periods and daily usage are counted in.
     billing_tz: chrono::FixedOffset,
-    nodes: Arc<Mutex<HashMap<String, NodeStatus>>>,
+    nodes: NodeRegistry,
+}
+
+/// The data planes this control plane serves, by node id.
+pub type NodeRegistry = Arc<Mutex<HashMap<String, NodeStatus>>>;
+
+/// The nodes, by id.
+pub fn list_nodes(nodes: &NodeRegistry) -> Vec<NodeStatus> {
+    let mut v: Vec<_> = nodes
+        .lock()
+        .expect("nodes lock")
+        .values()
+        .cloned()
+        .collect();
+    v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    v
 }
 
 impl NodeApi {
@@ -52,6 +67,7 @@ impl NodeApi {
         health: HealthChecker,
         state: Arc<dyn StateStore>,
         billing_tz: chrono::FixedOffset,
+        nodes: NodeRegistry,
     ) -> Self {
         Self {
             store,
@@ -60,20 +76,8 @@ impl NodeApi {
             health,
             state,
             billing_tz,
-            nodes: Arc::default(),
+            nodes,
         }
-    }
-
-    pub fn nodes(&self) -> Vec<NodeStatus> {
-        let mut v: Vec<_> = self
-            .nodes
-            .lock()
-            .expect("nodes lock")
-            .values()
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
-        v
     }
 
     /// The tonic service, with every call checked against the node token.

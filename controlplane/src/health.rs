@@ -160,7 +160,10 @@ impl HealthChecker {
             .await?;
         if let HealthEffect::Disabled(count) = effect {
             tracing::warn!(target: "health_check", account_id = id, count, source, "account disabled after consecutive credential failures");
-            let detail = json!({ "consecutive_error_count": count, "source": source }).to_string();
+            let reason = self.store.get_account(id).await?.disabled_reason;
+            let detail =
+                json!({ "consecutive_error_count": count, "source": source, "reason": reason })
+                    .to_string();
             let target = format!("/api/v1/accounts/{id}");
             self.store
                 .record_audit(&NewAudit {
@@ -338,7 +341,7 @@ fn probe(
             // beside it under …/backend-api.
             let root = base.strip_suffix("/codex").unwrap_or(base);
             let mut headers = vec![("authorization", format!("Bearer {}", cred("access_token")))];
-            if let Some(id) = creds.get("chatgpt_account_id").filter(|v| !v.is_empty()) {
+            if let Some(id) = creds.get("account_id").filter(|v| !v.is_empty()) {
                 headers.push(("chatgpt-account-id", id.clone()));
             }
             get(format!("{root}{CHATGPT_CHECK_PATH}"), headers)
@@ -357,7 +360,7 @@ fn probe(
                     "pluginType": "GEMINI",
                 }
             });
-            if let Some(project) = creds.get("project").filter(|p| !p.is_empty()) {
+            if let Some(project) = creds.get("project_id").filter(|p| !p.is_empty()) {
                 body["cloudaicompanionProject"] = json!(project);
             }
             Probe {
@@ -439,7 +442,7 @@ mod tests {
         let p = probe(
             AccountKind::OpenAiResponses,
             None,
-            &creds(&[("access_token", "t"), ("chatgpt_account_id", "acc")]),
+            &creds(&[("access_token", "t"), ("account_id", "acc")]),
             &endpoints,
         );
         assert_eq!(
@@ -465,7 +468,7 @@ mod tests {
         let p = probe(
             AccountKind::GeminiOauth,
             None,
-            &creds(&[("access_token", "t"), ("project", "p-1")]),
+            &creds(&[("access_token", "t"), ("project_id", "p-1")]),
             &endpoints,
         );
         assert_eq!(p.method, http::Method::POST);

@@ -144,7 +144,9 @@ pub async fn start(
         defaults: settings.setting_defaults.clone(),
         billing_tz: settings.billing_tz,
     };
+    let nodes = grpc::NodeRegistry::default();
     let app = api::router(api::ApiState {
+        nodes: nodes.clone(),
         store: store.clone(),
         sealer: sealer.clone(),
         jwt,
@@ -154,6 +156,7 @@ pub async fn start(
         state: settings.state.clone(),
         billing_tz: settings.billing_tz,
         setting_defaults: settings.setting_defaults.clone(),
+        oauth_endpoints: settings.oauth.clone(),
     });
     if let Some(document) = &settings.apply_document {
         let report = manage::apply_at_start(&app, document)
@@ -182,6 +185,7 @@ pub async fn start(
         health,
         settings.state.clone(),
         settings.billing_tz,
+        nodes,
     );
     let service = node_api.into_server(settings.node_token.expose().to_string());
     let grpc_cancel = cancel.clone();

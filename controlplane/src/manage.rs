@@ -455,6 +455,10 @@ impl ManagementService for ManageApi {
             .await
     }
 
+    async fn list_nodes(&self, r: Request<pb::Empty>) -> Result<Response<pb::Document>, Status> {
+        self.call(&r, Method::GET, "/nodes", &none(), None).await
+    }
+
     async fn usage_summary(
         &self,
         r: Request<pb::ListRequest>,

@@ -66,7 +66,7 @@ pub fn is_oauth(kind: AccountKind) -> bool {
 }
 
 /// Where claude.ai sends the authorization code for Claude Code's client.
-const CLAUDE_REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
+pub(crate) const CLAUDE_REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
 
 /// Fills what can be derived from the tokens: `expires_at` from the access
 /// token's `exp`, and for ChatGPT accounts `account_id` from the id token.
@@ -596,7 +596,7 @@ impl Refresher {
 
 /// Stores what a token endpoint answered: the access token, a rotated
 /// refresh token and id token when given, and the new expiry.
-fn take_tokens(creds: &mut Credentials, access: &str, answer: &Value, now: i64) {
+pub(crate) fn take_tokens(creds: &mut Credentials, access: &str, answer: &Value, now: i64) {
     creds.insert("access_token".into(), access.to_string());
     for field in ["refresh_token", "id_token"] {
         if let Some(v) = answer
@@ -613,7 +613,7 @@ fn take_tokens(creds: &mut Credentials, access: &str, answer: &Value, now: i64) 
     }
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
     getrandom::getrandom(&mut buf).expect("operating system RNG unavailable");
     buf

@@ -88,11 +88,11 @@ pub const SPECS: &[Spec] = &[
     Spec {
         key: "session_ttl",
         kind: Kind::Int {
-            min: 0,
+            min: 1,
             max: 30 * 86400,
         },
         group: "relay",
-        help: "seconds a conversation stays bound to its account (0 disables stickiness)",
+        help: "seconds a conversation stays bound to its account after its last request",
     },
     Spec {
         key: "concurrency_ttl",

@@ -205,7 +205,8 @@ pub struct Config {
     pub apply_file: Option<PathBuf>,
     /// gRPC address of the control plane, for a data plane.
     pub controlplane_url: Option<String>,
-    /// Name of this data-plane node; defaults to host name and pid.
+    /// Name of this data-plane node; defaults to the host name (set it when
+    /// several data planes share a host).
     pub node_id: Option<String>,
     pub log_format: LogFormat,
     pub listen: Listen,

@@ -401,3 +401,98 @@ async fn claude_session_keys_are_exchanged_for_oauth_tokens() {
     );
     e.process.stop().await;
 }
+
+#[tokio::test]
+async fn subscriptions_are_added_by_signing_in_and_pasting_the_code() {
+    let (e, mock, key) = setup().await;
+    let admin = &e.admin;
+    for (provider, pasted, kind) in [
+        ("claude", "{code}#{state}", "claude-oauth"),
+        (
+            "openai",
+            "http://localhost:1455/auth/callback?code={code}&scope=openid&state={state}",
+            "openai-responses",
+        ),
+    ] {
+        let started = admin
+            .expect(
+                "POST",
+                "/oauth/authorize",
+                Some(json!({"provider": provider})),
+                200,
+            )
+            .await;
+        let url = started["authorize_url"].as_str().unwrap();
+        let state = started["state"].as_str().unwrap();
+        assert!(url.contains("code_challenge_method=S256"), "{url}");
+        assert!(url.contains(&format!("state={state}")), "{url}");
+        // The person opens the link; the mock's page shows the code.
+        let path = url.split_once("/oauth/authorize").unwrap().1;
+        let page = e
+            .http
+            .send(
+                "GET",
+                &format!("{}/oauth/authorize{path}", mock.url()),
+                &[],
+                None,
+            )
+            .await
+            .json();
+        assert_eq!(page["state"], state);
+        let code = page["code"].as_str().unwrap();
+        let pasted = pasted.replace("{code}", code).replace("{state}", state);
+        let wrong = admin
+            .call(
+                "POST",
+                "/oauth/exchange",
+                Some(json!({"state": state, "code": format!("{code}#someone-elses-state"), "name": "x"})),
+            )
+            .await;
+        assert_eq!(wrong.status, 400, "{}", wrong.text());
+        let account = admin
+            .expect(
+                "POST",
+                "/oauth/exchange",
+                Some(json!({"state": state, "code": pasted, "name": format!("{provider} subscription")})),
+                201,
+            )
+            .await;
+        assert_eq!(account["type"], kind);
+        assert!(
+            account["credentials"]["access_token"].is_string(),
+            "{account}"
+        );
+        assert!(
+            account["credentials"]["refresh_token"].is_string(),
+            "{account}"
+        );
+        if provider == "openai" {
+            assert!(
+                account["credentials"]["account_id"].is_string(),
+                "the ChatGPT account id comes from the id token"
+            );
+        }
+        let tampered = admin
+            .call(
+                "POST",
+                "/oauth/exchange",
+                Some(json!({"state": "00ff", "code": "c", "name": "x"})),
+            )
+            .await;
+        assert_eq!(tampered.status, 400);
+    }
+    let audit = admin
+        .expect(
+            "GET",
+            "/audit-logs?target=/api/v1/oauth/exchange",
+            None,
+            200,
+        )
+        .await;
+    assert!(
+        !audit.to_string().contains("mock-code"),
+        "codes stay out of the audit log"
+    );
+    drop(key);
+    e.process.stop().await;
+}

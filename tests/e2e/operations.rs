@@ -535,6 +535,19 @@ async fn every_everyday_operation_works_through_ctl() {
         .as_u64()
         .unwrap();
     assert!(after > before);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let nodes = ctl(&e, dir, &["nodes"]).await.unwrap();
+        if nodes["items"][0]["current"] == true {
+            assert!(nodes["items"][0]["applied_version"].as_u64().unwrap() >= after);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the data plane never applied the refresh: {nodes}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let settings = ctl(
         &e,
         dir,

@@ -248,6 +248,36 @@ async fn handle(
         {
             code_exchange(&state, &body)
         }
+        // The sign-in page a person opens: the mock signs in at once and
+        // shows the code (remembering the PKCE challenge it was given).
+        "/oauth/authorize" => {
+            let query = path_and_query.split_once('?').map_or("", |(_, q)| q);
+            let param = |name: &str| {
+                query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix(&format!("{name}=")))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            *state.pkce_challenge.lock().expect("mock lock") = Some(param("code_challenge"));
+            json_response(
+                StatusCode::OK,
+                json!({"code": "mock-code", "state": param("state"), "client_id": param("client_id")}),
+            )
+        }
+        "/oauth/token"
+            if body.get("grant_type").and_then(Value::as_str) == Some("authorization_code") =>
+        {
+            let mut resp = code_exchange(&state, &body);
+            if resp.status() == StatusCode::OK {
+                resp = json_response(
+                    StatusCode::OK,
+                    json!({"access_token": "from-signin", "refresh_token": "signin-refresh", "expires_in": 864000,
+                           "id_token": unsigned_jwt(&json!({"https://api.openai.com/auth": {"chatgpt_account_id": CHATGPT_ACCOUNT_ID}}))}),
+                );
+            }
+            resp
+        }
         "/v1/oauth/token" | "/oauth/token" | "/token" => token_response(&path, &body),
         "/api/organizations" if !good_session(&cookie) => {
             json_response(StatusCode::FORBIDDEN, json!({"error": "invalid session"}))

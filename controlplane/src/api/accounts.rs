@@ -354,8 +354,11 @@ async fn set_enabled(
     enabled: bool,
 ) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
+    // Enabling puts the account back in service whatever took it out
+    // (a failure threshold, a suspected ban); the audit log keeps why.
     let patch = AccountPatch {
         enabled: Some(enabled),
+        status: enabled.then(|| "valid".to_string()),
         disabled_reason: Some((!enabled).then(|| format!("disabled by {}", auth.user.username))),
         ..AccountPatch::default()
     };

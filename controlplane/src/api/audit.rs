@@ -32,6 +32,7 @@ const SECRET_FIELDS: &[&str] = &[
     "token",
     "secret",
     "client_secret",
+    "code",
 ];
 
 /// Bodies larger than this are summarised, not stored.

@@ -77,12 +77,12 @@ pub async fn clear_sessions(
 
 pub async fn concurrency(State(state): State<ApiState>, auth: AuthUser) -> ApiResult<Json<Value>> {
     auth.require_admin()?;
-    let limits: HashMap<i64, i32> = state
+    let limits: HashMap<i64, (i32, String)> = state
         .store
         .list_accounts()
         .await?
         .into_iter()
-        .map(|a| (a.id, a.max_concurrency))
+        .map(|a| (a.id, (a.max_concurrency, a.name)))
         .collect();
     let (mut accounts, mut users, mut keys) = (Vec::new(), Vec::new(), Vec::new());
     for u in state.state.in_use(now_ms()).await? {
@@ -90,7 +90,8 @@ pub async fn concurrency(State(state): State<ApiState>, auth: AuthUser) -> ApiRe
             Scope::Account => accounts.push(json!({
                 "account_id": u.id,
                 "in_use": u.count,
-                "max_concurrency": limits.get(&u.id),
+                "name": limits.get(&u.id).map(|l| &l.1),
+                "max_concurrency": limits.get(&u.id).map(|l| l.0),
             })),
             Scope::User => users.push(json!({ "user_id": u.id, "in_use": u.count })),
             Scope::Key => keys.push(json!({ "key_id": u.id, "in_use": u.count })),
@@ -239,4 +240,22 @@ pub async fn refresh(State(state): State<ApiState>, auth: AuthUser) -> ApiResult
     state.publisher.refresh().await?;
     tracing::info!(version, user = %auth.user.username, "snapshot refresh forced");
     Ok(Json(json!({ "version": version })))
+}
+
+/// `GET /nodes`: the data planes watching this control plane, the snapshot
+/// version each applied (or why it refused one), and when it last answered.
+pub async fn nodes(State(state): State<ApiState>, auth: AuthUser) -> ApiResult<Json<Value>> {
+    auth.require_admin()?;
+    let version = state.store.snapshot_version().await?;
+    let items: Vec<Value> = crate::grpc::list_nodes(&state.nodes)
+        .into_iter()
+        .map(|n| {
+            let mut v = serde_json::to_value(&n).unwrap_or_default();
+            v["current"] = json!(n.applied_version == version);
+            v
+        })
+        .collect();
+    Ok(Json(
+        json!({ "snapshot_version": version, "total": items.len(), "items": items }),
+    ))
 }

@@ -1,0 +1,12 @@
+// Login and the current user.
+import { request } from './http'
+import type { LoginResponse, User } from './types'
+
+export function login(username: string, password: string): Promise<LoginResponse> {
+  // A 401 here is a wrong password, not an expired session.
+  return request<LoginResponse>('/auth/login', { method: 'POST', body: { username, password }, auth: false })
+}
+
+export function me(): Promise<User> {
+  return request<User>('/me')
+}

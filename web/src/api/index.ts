@@ -1,0 +1,11 @@
+// The typed admin-API client, re-exported by resource.
+export * from './http'
+export * from './types'
+export * as authApi from './auth'
+export * as usersApi from './users'
+export * as keysApi from './keys'
+export * as accountsApi from './accounts'
+export * as packagesApi from './packages'
+export * as logsApi from './logs'
+export * as cacheApi from './cache'
+export * as settingsApi from './settings'
