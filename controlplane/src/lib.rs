@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod console;
 pub mod crypto;
 pub mod grpc;
 pub mod health;
