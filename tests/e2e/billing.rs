@@ -259,8 +259,8 @@ async fn parallel_requests_overshoot_a_quota_by_at_most_what_is_in_flight() {
         .await;
     let user = e.admin.create_user("racer").await;
     let user_id = user["id"].as_i64().unwrap();
-    let (_, key) = key_for(&e.admin, user_id).await;
-    // Room for 20 requests.
+    // Room for 20 requests. The key comes after the package, so a snapshot
+    // that has the key has the package too.
     let package = e
         .admin
         .expect(
@@ -270,6 +270,7 @@ async fn parallel_requests_overshoot_a_quota_by_at_most_what_is_in_flight() {
             201,
         )
         .await;
+    let (_, key) = key_for(&e.admin, user_id).await;
     let url = format!("{}/v1/messages", e.proxy);
     wait_for_status(
         &e.http,
