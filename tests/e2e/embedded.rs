@@ -540,6 +540,17 @@ async fn admin_api_guards_roles_and_secrets() {
         )
         .await;
     assert_eq!(reply.status, 403);
+    for terms in [
+        json!({"name": "free", "billing_type": "standalone"}),
+        json!({"name": "fast", "rate_limit": 100000}),
+        json!({"name": "open", "client_filter": "off"}),
+    ] {
+        let reply = dave.call("POST", "/api-keys", Some(terms.clone())).await;
+        assert_eq!(
+            reply.status, 403,
+            "a user set their own key's terms: {terms}"
+        );
+    }
     for path in [
         "/cache/sessions",
         "/cache/concurrency",

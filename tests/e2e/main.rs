@@ -1,5 +1,6 @@
 //! End-to-end suites: the real `aiproxy` binary against the mock upstream.
 mod billing;
+mod console;
 mod embedded;
 mod limits;
 mod loss;

@@ -174,7 +174,17 @@ pub async fn create(
         ));
     }
     check_client_filter(req.client_filter.as_deref(), &req.allowed_clients)?;
-    if req.client_filter.is_some() || !req.allowed_clients.is_empty() || req.key.is_some() {
+    // Limits and billing are the operator's: a user's own key draws on
+    // their packages, with no other terms.
+    let sets_terms = req.billing_type != default_billing()
+        || req.cost_limit.is_some()
+        || req.rate_limit != 0
+        || !req.allowed_models.is_empty()
+        || req.max_concurrency != 0
+        || req.client_filter.is_some()
+        || !req.allowed_clients.is_empty()
+        || req.key.is_some();
+    if sets_terms {
         auth.require_admin()?;
     }
     let plaintext = match req.key {

@@ -9,6 +9,7 @@ import type {
   Cleared,
   ConcurrencyScope,
   List,
+  NodesResponse,
 } from './types'
 
 export const listSessions = (keyId?: number) =>
@@ -27,5 +28,7 @@ export const clearUnavailable = (accountId?: number) =>
 export const listRateLimited = () => request<List<CacheRateLimited>>('/cache/rate-limited')
 export const clearRateLimited = (accountId?: number) =>
   request<Cleared>('/cache/rate-limited', { method: 'DELETE', query: { account_id: accountId } })
+
+export const listNodes = () => request<NodesResponse>('/nodes')
 
 export const refreshScheduler = () => request<{ version: number }>('/cache/refresh', { method: 'POST' })

@@ -303,6 +303,19 @@ export interface CacheRateLimited {
   reason: string | null
 }
 
+export interface DataPlaneNode {
+  node_id: string
+  applied_version: number
+  current: boolean
+  /** Why the node refused the last snapshot it was sent. */
+  last_error?: string | null
+  last_seen: string
+}
+
+export interface NodesResponse extends List<DataPlaneNode> {
+  snapshot_version: number
+}
+
 export interface Cleared {
   cleared: number
 }
