@@ -47,6 +47,9 @@ pub struct ApiState {
     pub oauth_endpoints: aiproxy_shared::config::OAuthSettings,
 }
 
+/// Largest price file `/prices/import` takes.
+pub(crate) const PRICE_FILE_LIMIT: usize = 16 * 1024 * 1024;
+
 const OPENAPI: &str = include_str!("api/openapi.json");
 
 pub fn router(state: ApiState) -> Router {
@@ -99,7 +102,11 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/packages/{id}/reset", post(packages::reset))
         .route("/prices", get(prices::list))
-        .route("/prices/import", post(prices::import))
+        // LiteLLM's price file is larger than any other body.
+        .route(
+            "/prices/import",
+            post(prices::import).layer(axum::extract::DefaultBodyLimit::max(PRICE_FILE_LIMIT)),
+        )
         .route(
             "/prices/{model}",
             axum::routing::put(prices::put).delete(prices::remove),

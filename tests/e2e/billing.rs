@@ -456,14 +456,15 @@ async fn prices_are_edited_imported_and_rerated() {
         true
     );
 
-    // LiteLLM's price file imports exactly.
+    // LiteLLM's price file (larger than other bodies: this one is 2 MB)
+    // imports exactly.
     let imported = e
         .admin
         .expect(
             "POST",
             "/prices/import",
             Some(json!({
-                "sample_spec": {"input_cost_per_token": 0},
+                "sample_spec": {"input_cost_per_token": 0, "notes": "x".repeat(2_000_000)},
                 "my-model": {"input_cost_per_token": 1.25e-06, "output_cost_per_token": 1e-05, "cache_read_input_token_cost": 1.25e-07},
                 "embedding-only": {"mode": "embedding"}
             })),

@@ -48,8 +48,13 @@ pub async fn record(State(state): State<ApiState>, req: Request, next: Next) -> 
     }
     let actor = actor(&state, &req);
     let (parts, body) = req.into_parts();
-    // The router's body limit (1 MiB) applies after this; read at most that.
-    let bytes = match axum::body::to_bytes(body, 1024 * 1024).await {
+    // The same limits as the routes behind: the price file, else 1 MiB.
+    let limit = if target_is_price_file(&path) {
+        super::PRICE_FILE_LIMIT
+    } else {
+        1024 * 1024
+    };
+    let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => {
             return super::ApiError::BadRequest("request body too large".into()).into_response();
@@ -72,6 +77,10 @@ pub async fn record(State(state): State<ApiState>, req: Request, next: Next) -> 
         tracing::error!(error = %e, %target, "could not write the audit log");
     }
     response
+}
+
+fn target_is_price_file(path: &str) -> bool {
+    path == "/api/v1/prices/import"
 }
 
 /// The caller's id and name, from the management principal or the JWT
