@@ -245,6 +245,11 @@ impl HealthChecker {
                         OAuthUsage::default()
                     },
                 },
+                // A 403 that is not the API's JSON (a bot check in front of
+                // claude.ai or chatgpt.com) says nothing of the credentials.
+                403 if reply.json().is_none() => HealthOutcome::Inconclusive {
+                    message: "403 from something in front of the API (not its JSON error)".into(),
+                },
                 401 | 403 => {
                     let token = creds.get("access_token").filter(|t| !t.is_empty());
                     if status == 401

@@ -207,9 +207,14 @@ async fn every<F, Fut>(
             }
             continue;
         }
+        // A job stops where it is when the lease goes to another replica.
+        let mut lost = leader.clone();
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = job() => {}
+            _ = lost.wait_for(|leads| !*leads) => {
+                tracing::warn!("background job stopped: the lease moved to another control plane");
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -160,8 +160,10 @@ pub async fn start(
         oauth_endpoints: settings.oauth.clone(),
     });
     if let Some(document) = &settings.apply_document {
-        let report = manage::apply_at_start(&app, document)
-            .await
+        // One replica at a time, so two starting together create nothing twice.
+        let report = store
+            .with_named_lock("aiproxy-apply-file", manage::apply_at_start(&app, document))
+            .await?
             .map_err(StartError::Apply)?;
         tracing::info!(items = %report["applied"], "declarative configuration applied at start");
     }

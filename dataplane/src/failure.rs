@@ -141,10 +141,16 @@ pub fn judge(
                         .unwrap_or("permission_error")
                         .to_string()
                 });
+            // Only a refusal of the account counts toward disabling it; a 403
+            // about the request (another project's file, a region) does not.
+            let refuses_account = matches!(
+                error_type,
+                Some("permission_error" | "authentication_error")
+            );
             Verdict {
                 mark: Some(unavailable(id, "permission_denied", cap, cap, now)),
                 suspected_ban,
-                credential_failure: Some(upstream_message(403, json.as_ref())),
+                credential_failure: refuses_account.then(|| upstream_message(403, json.as_ref())),
                 ..Verdict::default()
             }
         }
@@ -351,6 +357,18 @@ mod tests {
         assert_eq!(
             v.credential_failure, None,
             "a 5xx says nothing of the credentials"
+        );
+        let v = judge(
+            &account(AccountKind::GeminiApi),
+            StatusCode::FORBIDDEN,
+            &HeaderMap::new(),
+            br#"{"error":{"code":403,"message":"You do not have permission to access the File","status":"PERMISSION_DENIED"}}"#,
+            now(),
+            CAP,
+        );
+        assert_eq!(
+            v.credential_failure, None,
+            "a 403 about the request does not count"
         );
     }
 }

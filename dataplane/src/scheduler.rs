@@ -41,6 +41,8 @@ pub struct Scheduler {
     live: Mutex<HashMap<String, Held>>,
     /// Wakes local waiters when a local request ends.
     released: Notify,
+    /// Wakes the renewal loop when the lease TTL changes.
+    settings_changed: Notify,
     lease_prefix: String,
     next_lease: AtomicU64,
 }
@@ -154,6 +156,7 @@ impl Scheduler {
             configured: settings,
             live: Mutex::default(),
             released: Notify::new(),
+            settings_changed: Notify::new(),
             lease_prefix,
             next_lease: AtomicU64::new(0),
         }
@@ -175,6 +178,7 @@ impl Scheduler {
         if **self.settings.load() != settings {
             tracing::info!(?settings, "scheduling settings changed");
             self.settings.store(Arc::new(settings));
+            self.settings_changed.notify_one();
         }
     }
 
@@ -388,6 +392,8 @@ impl Scheduler {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
+                // A shorter TTL must not wait out a sleep timed for the old one.
+                _ = self.settings_changed.notified() => {}
             }
             let held: Vec<Held> = self
                 .live

@@ -353,7 +353,7 @@ impl UsageTap {
                 }
             }
             Mode::Json { body, overflow } => {
-                if !*overflow && let Ok(v) = serde_json::from_slice::<Value>(body) {
+                if !*overflow && let Some(v) = usage_fields(body) {
                     self.observed.apply_body(self.format, &v);
                 }
                 body.clear();
@@ -365,6 +365,54 @@ impl UsageTap {
     pub fn observed(&self) -> &Observed {
         &self.observed
     }
+}
+
+/// The top-level fields usage is read from (and Gemini's `response`
+/// wrapper), as a small JSON object: the answer's content is skipped by the
+/// parser, never built into a tree.
+fn usage_fields(body: &[u8]) -> Option<Value> {
+    use serde_json::value::RawValue;
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        error: Option<&'a RawValue>,
+        #[serde(borrow, rename = "type")]
+        kind: Option<&'a RawValue>,
+        #[serde(borrow)]
+        model: Option<&'a RawValue>,
+        #[serde(borrow, rename = "modelVersion")]
+        model_version: Option<&'a RawValue>,
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+        #[serde(borrow)]
+        usage: Option<&'a RawValue>,
+        #[serde(borrow, rename = "usageMetadata")]
+        usage_metadata: Option<&'a RawValue>,
+        #[serde(borrow)]
+        response: Option<&'a RawValue>,
+    }
+    fn slim(json: &str) -> Option<Value> {
+        let top: Top<'_> = serde_json::from_str(json).ok()?;
+        let mut out = serde_json::Map::new();
+        for (name, raw) in [
+            ("error", top.error),
+            ("type", top.kind),
+            ("model", top.model),
+            ("modelVersion", top.model_version),
+            ("id", top.id),
+            ("usage", top.usage),
+            ("usageMetadata", top.usage_metadata),
+        ] {
+            if let Some(raw) = raw {
+                out.insert(name.into(), serde_json::from_str(raw.get()).ok()?);
+            }
+        }
+        if let Some(inner) = top.response {
+            out.insert("response".into(), slim(inner.get())?);
+        }
+        Some(Value::Object(out))
+    }
+    slim(std::str::from_utf8(body).ok()?)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

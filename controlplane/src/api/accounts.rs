@@ -300,7 +300,11 @@ pub async fn update(
         bound_api_key_ids: req.bound_api_key_ids,
         bound_user_ids: req.bound_user_ids,
         rate_limit_reset_at: req.rate_limit_reset_at,
-        consecutive_error_count: req.consecutive_error_count.map(|c| c.max(0)),
+        // Re-enabling starts the failure count afresh.
+        consecutive_error_count: req
+            .consecutive_error_count
+            .map(|c| c.max(0))
+            .or(re_enabled.then_some(0)),
         disabled_reason: re_enabled.then_some(None),
     };
     let account = state.store.update_account(id, &patch).await?;
@@ -359,6 +363,7 @@ async fn set_enabled(
     let patch = AccountPatch {
         enabled: Some(enabled),
         status: enabled.then(|| "valid".to_string()),
+        consecutive_error_count: enabled.then_some(0),
         disabled_reason: Some((!enabled).then(|| format!("disabled by {}", auth.user.username))),
         ..AccountPatch::default()
     };

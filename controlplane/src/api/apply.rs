@@ -3,6 +3,9 @@
 //! keys, accounts — matched by name, through the same handlers (and so the
 //! same validation) as the individual routes. Applying a document twice
 //! changes nothing the second time.
+use std::collections::BTreeMap;
+
+use aiproxy_shared::domain::AccountKind;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
@@ -318,6 +321,28 @@ async fn apply_account(
                     "type cannot change from {} (delete the account first)",
                     current.kind
                 ))));
+            }
+            // OAuth tokens rotate after creation: the file's would undo that.
+            // Other credentials are written only when they changed.
+            let oauth = AccountKind::parse(&current.kind).is_some_and(crate::oauth::is_oauth);
+            let unchanged = || {
+                let stored: BTreeMap<String, String> = state
+                    .sealer
+                    .open(&current.credentials_sealed)
+                    .ok()
+                    .and_then(|plain| serde_json::from_slice(&plain).ok())
+                    .unwrap_or_default();
+                account
+                    .get("credentials")
+                    .and_then(Value::as_object)
+                    .is_some_and(|given| {
+                        given
+                            .iter()
+                            .all(|(k, v)| v.as_str() == stored.get(k).map(String::as_str))
+                    })
+            };
+            if oauth || unchanged() {
+                account.remove("credentials");
             }
             let _ = super::accounts::update(
                 State(state.clone()),

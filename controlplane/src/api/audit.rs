@@ -47,6 +47,10 @@ pub async fn record(State(state): State<ApiState>, req: Request, next: Next) -> 
         return next.run(req).await;
     }
     let actor = actor(&state, &req);
+    if actor.1 == ANONYMOUS {
+        // Refused by the route without a body read; nothing changed to record.
+        return next.run(req).await;
+    }
     let (parts, body) = req.into_parts();
     // The same limits as the routes behind: the price file, else 1 MiB.
     let limit = if target_is_price_file(&path) {
@@ -83,8 +87,9 @@ fn target_is_price_file(path: &str) -> bool {
     path == "/api/v1/prices/import"
 }
 
-/// The caller's id and name, from the management principal or the JWT
-/// (unverified callers are recorded as `anonymous`; the route refuses them).
+const ANONYMOUS: &str = "anonymous";
+
+/// The caller's id and name, from the management principal or a valid JWT.
 fn actor(state: &ApiState, req: &Request) -> (i64, String) {
     if let Some(p) = req.extensions().get::<Principal>() {
         return (0, p.name.clone());
@@ -98,7 +103,7 @@ fn actor(state: &ApiState, req: &Request) -> (i64, String) {
         })
         .and_then(|t| state.jwt.verify(t.trim()).ok())
         .map(|c| (c.sub, c.username))
-        .unwrap_or_else(|| (0, "anonymous".into()))
+        .unwrap_or_else(|| (0, ANONYMOUS.into()))
 }
 
 /// The body as JSON with secret values replaced, or a size note.

@@ -163,7 +163,12 @@ pub async fn create(
     auth: AuthUser,
     JsonBody(req): JsonBody<CreateKey>,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
-    let user_id = req.user_id.unwrap_or(auth.user.id);
+    // The management token acts as no user: it must say whose key it is.
+    let user_id = match (req.user_id, auth.user.id) {
+        (Some(id), _) => id,
+        (None, 0) => return Err(ApiError::BadRequest("user_id is required".into())),
+        (None, own) => own,
+    };
     auth.require_self_or_admin(user_id)?;
     check_name(&req.name)?;
     check_billing(&req.billing_type)?;

@@ -279,7 +279,11 @@ fn decode(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
+            b'%' if i + 2 < bytes.len() => match std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or(())
+            {
                 Ok(b) => {
                     out.push(b);
                     i += 3;
@@ -315,6 +319,11 @@ mod tests {
             None
         );
         assert_eq!(extract_code("  "), None);
+        assert_eq!(
+            extract_code("x?code=%a\u{e9}z").map(|c| c.0),
+            Some("%a\u{e9}z".into()),
+            "a broken escape stays as pasted"
+        );
         assert_eq!(
             openai_authorize_url("https://auth.openai.com/oauth/token"),
             "https://auth.openai.com/oauth/authorize"

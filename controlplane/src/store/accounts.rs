@@ -170,11 +170,22 @@ impl Store {
         with_pool!(self, p => Ok(sqlx::query_as::<_, Account>(select_accounts!(" ORDER BY id")).fetch_all(p).await?))
     }
 
+    /// Applies `patch` to the row as it is when the write lock is held, so
+    /// concurrent updates of other fields (a rotated token, a disable by the
+    /// health check) are never written back stale.
     pub async fn update_account(&self, id: i64, patch: &AccountPatch) -> StoreResult<Account> {
-        let cur = self.get_account(id).await?;
         let now = Utc::now();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
+            sqlx::query("UPDATE accounts SET consecutive_error_count = consecutive_error_count WHERE id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let cur = sqlx::query_as::<_, Account>(select_accounts!(" WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
             sqlx::query(
                 "UPDATE accounts SET name = ?, enabled = ?, status = ?, credentials = ?, base_url = ?, proxy_url = ?, priority = ?, \
                  max_concurrency = ?, weight = ?, bound_api_key_ids = ?, bound_user_ids = ?, rate_limit_reset_at = ?, consecutive_error_count = ?, disabled_reason = ?, updated_at = ? WHERE id = ?",

@@ -131,7 +131,7 @@ impl Store {
             sql.push_str(" AND actor = ?");
         }
         if filter.target_prefix.is_some() {
-            sql.push_str(" AND target LIKE ?");
+            sql.push_str(" AND target LIKE ? ESCAPE '!'");
         }
         if filter.before_id.is_some() {
             sql.push_str(" AND id < ?");
@@ -140,9 +140,7 @@ impl Store {
         let prefix = filter.target_prefix.as_ref().map(|t| {
             format!(
                 "{}%",
-                t.replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_")
+                t.replace('!', "!!").replace('%', "!%").replace('_', "!_")
             )
         });
         with_pool!(self, p => {
@@ -215,15 +213,24 @@ impl Store {
     /// (so a purge never holds long locks), then records the cut for the
     /// consistency check; returns how many went.
     pub async fn purge_request_logs(&self, before: DateTime<Utc>, batch: u32) -> StoreResult<u64> {
-        let mut purged = 0;
-        loop {
-            let n = self.purge_batch(before, batch).await?;
-            if n == 0 {
-                break;
-            }
-            purged += n;
+        // The cut is recorded first (never moving back), so a purge that
+        // stops half way leaves the consistency check knowing it.
+        let has_old: Option<i64> = with_pool!(self, p => sqlx::query_scalar(
+            "SELECT id FROM request_logs WHERE created_at < ? LIMIT 1",
+        )
+        .bind(before)
+        .fetch_optional(p)
+        .await?);
+        if has_old.is_none() {
+            return Ok(0);
         }
-        if purged > 0 {
+        let recorded = self
+            .system_configs()
+            .await?
+            .get(PURGED_BEFORE_KEY)
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        if recorded.is_none_or(|r| r < before) {
             let upsert = UPSERT_CONFIG.pick(self);
             with_pool!(self, p => {
                 sqlx::query(upsert)
@@ -233,6 +240,14 @@ impl Store {
                     .execute(p)
                     .await?;
             });
+        }
+        let mut purged = 0;
+        loop {
+            let n = self.purge_batch(before, batch).await?;
+            if n == 0 {
+                break;
+            }
+            purged += n;
         }
         Ok(purged)
     }

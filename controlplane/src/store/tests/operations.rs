@@ -209,6 +209,35 @@ on_every_backend!(
             .await
             .unwrap();
         assert_eq!(older.len(), 2, "paging continues below the last id seen");
+        store
+            .record_audit(&NewAudit {
+                actor_id: 1,
+                actor: "ops",
+                action: "POST",
+                target: "/api/v1/under_score%",
+                status: 200,
+                detail: None,
+            })
+            .await
+            .unwrap();
+        let odd = store
+            .list_audit(&AuditFilter {
+                target_prefix: Some("/api/v1/under_score%".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(odd.len(), 1, "_ and % in a prefix match themselves");
+        let none = store
+            .list_audit(&AuditFilter {
+                target_prefix: Some("/api/v1/underXscore".into()),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(none.is_empty());
     }
 );
 
