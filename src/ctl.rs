@@ -456,12 +456,17 @@ fn show(ctl: &Ctl, v: &Value, human: impl FnOnce(&Value)) {
 }
 
 /// A left-aligned table of `items` (an array of objects).
-fn table(items: &Value, columns: Columns) {
+fn table<H: AsRef<str>, F: AsRef<str>>(items: &Value, columns: &[(H, F)]) {
     let rows: Vec<Vec<String>> = items
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|item| columns.iter().map(|(_, f)| cell(&item[*f])).collect())
+                .map(|item| {
+                    columns
+                        .iter()
+                        .map(|(_, f)| cell(&item[f.as_ref()]))
+                        .collect()
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -473,7 +478,7 @@ fn table(items: &Value, columns: Columns) {
                 .map(|r| r[i].chars().count())
                 .max()
                 .unwrap_or(0)
-                .max(h.len())
+                .max(h.as_ref().len())
         })
         .collect();
     let line = |cells: Vec<&str>| {
@@ -484,7 +489,7 @@ fn table(items: &Value, columns: Columns) {
             .collect();
         println!("{}", padded.join("  ").trim_end());
     };
-    line(columns.iter().map(|(h, _)| *h).collect());
+    line(columns.iter().map(|(h, _)| h.as_ref()).collect());
     for r in &rows {
         line(r.iter().map(String::as_str).collect());
     }
@@ -808,11 +813,7 @@ async fn cache(ctl: &mut Ctl, c: CacheCommand) -> Result<(), Failure> {
                 .and_then(Value::as_object)
                 .map(|o| o.keys().map(|k| (k.to_uppercase(), k.clone())).collect())
                 .unwrap_or_default();
-            let columns: Vec<(&'static str, &'static str)> = columns
-                .into_iter()
-                .map(|(h, k)| (&*h.leak(), &*k.leak()))
-                .collect();
-            table(items, columns.leak());
+            table(items, &columns);
         }
     });
     Ok(())
