@@ -526,7 +526,6 @@ fn fields(v: &Value) {
 }
 
 async fn accounts(ctl: &mut Ctl, c: AccountsCommand) -> Result<(), Failure> {
-    let env = |name: &str| std::env::var(name).ok();
     let v = match c {
         AccountsCommand::List => {
             let r = ctl
@@ -542,7 +541,7 @@ async fn accounts(ctl: &mut Ctl, c: AccountsCommand) -> Result<(), Failure> {
             doc(r.map_err(failed)?)?
         }
         AccountsCommand::Create { file } => {
-            let json = read_document(&file, &env)?.to_string();
+            let json = file_json(&file)?;
             let r = ctl
                 .client
                 .create_account(ctl.req(pb::Document { json }))
@@ -550,7 +549,7 @@ async fn accounts(ctl: &mut Ctl, c: AccountsCommand) -> Result<(), Failure> {
             doc(r.map_err(failed)?)?
         }
         AccountsCommand::Update { id, file } => {
-            let json = read_document(&file, &env)?.to_string();
+            let json = file_json(&file)?;
             let r = ctl
                 .client
                 .update_account(ctl.req(pb::UpdateRequest { id, json }))
@@ -599,7 +598,6 @@ async fn accounts(ctl: &mut Ctl, c: AccountsCommand) -> Result<(), Failure> {
 }
 
 async fn users(ctl: &mut Ctl, c: ResourceCommand) -> Result<(), Failure> {
-    let env = |name: &str| std::env::var(name).ok();
     let v = match c {
         ResourceCommand::List => {
             let r = ctl
@@ -611,12 +609,12 @@ async fn users(ctl: &mut Ctl, c: ResourceCommand) -> Result<(), Failure> {
             return Ok(());
         }
         ResourceCommand::Create { file } => {
-            let json = read_document(&file, &env)?.to_string();
+            let json = file_json(&file)?;
             let r = ctl.client.create_user(ctl.req(pb::Document { json })).await;
             doc(r.map_err(failed)?)?
         }
         ResourceCommand::Update { id, file } => {
-            let json = read_document(&file, &env)?.to_string();
+            let json = file_json(&file)?;
             let r = ctl
                 .client
                 .update_user(ctl.req(pb::UpdateRequest { id, json }))
@@ -634,7 +632,6 @@ async fn users(ctl: &mut Ctl, c: ResourceCommand) -> Result<(), Failure> {
 }
 
 async fn keys(ctl: &mut Ctl, c: KeysCommand) -> Result<(), Failure> {
-    let env = |name: &str| std::env::var(name).ok();
     let v = match c {
         KeysCommand::List { user } => {
             let mut query = HashMap::new();
@@ -650,12 +647,12 @@ async fn keys(ctl: &mut Ctl, c: KeysCommand) -> Result<(), Failure> {
             return Ok(());
         }
         KeysCommand::Create { file } => {
-            let json = read_document(&file, &env)?.to_string();
+            let json = file_json(&file)?;
             let r = ctl.client.create_key(ctl.req(pb::Document { json })).await;
             doc(r.map_err(failed)?)?
         }
         KeysCommand::Update { id, file } => {
-            let json = read_document(&file, &env)?.to_string();
+            let json = file_json(&file)?;
             let r = ctl
                 .client
                 .update_key(ctl.req(pb::UpdateRequest { id, json }))
@@ -673,7 +670,6 @@ async fn keys(ctl: &mut Ctl, c: KeysCommand) -> Result<(), Failure> {
 }
 
 async fn packages(ctl: &mut Ctl, c: PackagesCommand) -> Result<(), Failure> {
-    let env = |name: &str| std::env::var(name).ok();
     let v = match c {
         PackagesCommand::List { user } => {
             let r = ctl
@@ -685,7 +681,7 @@ async fn packages(ctl: &mut Ctl, c: PackagesCommand) -> Result<(), Failure> {
             return Ok(());
         }
         PackagesCommand::Create { user, file } => {
-            let json = read_document(&file, &env)?.to_string();
+            let json = file_json(&file)?;
             let r = ctl
                 .client
                 .create_package(ctl.req(pb::UpdateRequest { id: user, json }))
@@ -693,7 +689,7 @@ async fn packages(ctl: &mut Ctl, c: PackagesCommand) -> Result<(), Failure> {
             doc(r.map_err(failed)?)?
         }
         PackagesCommand::Update { id, file } => {
-            let json = read_document(&file, &env)?.to_string();
+            let json = file_json(&file)?;
             let r = ctl
                 .client
                 .update_package(ctl.req(pb::UpdateRequest { id, json }))
@@ -881,6 +877,11 @@ fn pairs(args: &[String]) -> Result<HashMap<String, String>, Failure> {
                 .ok_or_else(|| Failure::Run(anyhow::anyhow!("{a}: expected KEY=VALUE")))
         })
         .collect()
+}
+
+/// A request body from a YAML/JSON file, secrets from this process's environment.
+fn file_json(file: &Path) -> Result<String, Failure> {
+    Ok(read_document(file, &|name| std::env::var(name).ok())?.to_string())
 }
 
 /// Reads a YAML (or JSON) file, replacing `${NAME}` with the environment
