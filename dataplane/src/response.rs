@@ -88,45 +88,53 @@ fn terminal_response(sse: &[u8]) -> Option<Value> {
 /// Removes hop-by-hop headers (and those `connection` names), lengths
 /// that no longer hold, and upstream details clients must not see.
 pub fn strip_response_headers(headers: &mut HeaderMap, decoded: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        "set-cookie",
-        "anthropic-organization-id",
-        "openai-organization",
-        "openai-project",
-        "alt-svc",
-    ] {
+    for name in &STRIPPED {
         headers.remove(name);
     }
     if decoded {
         headers.remove(header::CONTENT_ENCODING);
     }
-    let cf: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with("cf-"))
-        .cloned()
-        .collect();
-    for name in cf {
-        headers.remove(name);
+    if headers.keys().any(|n| n.as_str().starts_with("cf-")) {
+        let cf: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| n.as_str().starts_with("cf-"))
+            .cloned()
+            .collect();
+        for name in cf {
+            headers.remove(name);
+        }
     }
 }
+
+/// Hop-by-hop headers, lengths that may no longer hold, and upstream
+/// details clients must not see.
+static STRIPPED: [HeaderName; 13] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::CONTENT_LENGTH,
+    header::SET_COOKIE,
+    HeaderName::from_static("anthropic-organization-id"),
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    header::ALT_SVC,
+];
 
 #[cfg(test)]
 mod tests {

@@ -38,8 +38,14 @@ pub struct Observed {
     pub response_id: Option<String>,
 }
 
+/// `v` at a JSON pointer of object keys (no escapes), without the
+/// allocations `Value::pointer` makes per segment.
+fn at<'v>(v: &'v Value, pointer: &str) -> Option<&'v Value> {
+    pointer.split('/').skip(1).try_fold(v, |v, key| v.get(key))
+}
+
 fn u64_at(v: &Value, pointer: &str) -> Option<u64> {
-    v.pointer(pointer).and_then(Value::as_u64)
+    at(v, pointer).and_then(Value::as_u64)
 }
 
 impl Observed {
@@ -56,10 +62,9 @@ impl Observed {
     }
 
     fn set_error(&mut self, v: &Value) {
-        let kind = v
-            .pointer("/error/type")
-            .or_else(|| v.pointer("/error/status"))
-            .or_else(|| v.pointer("/error/code"))
+        let kind = at(v, "/error/type")
+            .or_else(|| at(v, "/error/status"))
+            .or_else(|| at(v, "/error/code"))
             .and_then(|k| {
                 k.as_str()
                     .map(str::to_string)
@@ -133,8 +138,8 @@ impl Observed {
         match format {
             UsageFormat::Anthropic => match event.get("type").and_then(Value::as_str) {
                 Some("message_start") => {
-                    self.set_model(event.pointer("/message/model"));
-                    if let Some(u) = event.pointer("/message/usage") {
+                    self.set_model(at(event, "/message/model"));
+                    if let Some(u) = at(event, "/message/usage") {
                         self.anthropic_usage(u);
                     }
                 }
@@ -164,15 +169,15 @@ impl Observed {
             }
             UsageFormat::OpenAiResponses => match event.get("type").and_then(Value::as_str) {
                 Some("response.created") | Some("response.in_progress") => {
-                    self.set_model(event.pointer("/response/model"));
-                    self.set_response_id(event.pointer("/response/id"));
+                    self.set_model(at(event, "/response/model"));
+                    self.set_response_id(at(event, "/response/id"));
                 }
                 Some("response.completed")
                 | Some("response.incomplete")
                 | Some("response.failed") => {
-                    self.set_model(event.pointer("/response/model"));
-                    self.set_response_id(event.pointer("/response/id"));
-                    if let Some(u) = event.pointer("/response/usage").filter(|u| u.is_object()) {
+                    self.set_model(at(event, "/response/model"));
+                    self.set_response_id(at(event, "/response/id"));
+                    if let Some(u) = at(event, "/response/usage").filter(|u| u.is_object()) {
                         self.openai_usage(
                             u,
                             "/input_tokens",
@@ -181,8 +186,7 @@ impl Observed {
                         );
                     }
                     if event.get("type").and_then(Value::as_str) == Some("response.failed") {
-                        let kind = event
-                            .pointer("/response/error/code")
+                        let kind = at(event, "/response/error/code")
                             .and_then(Value::as_str)
                             .unwrap_or("response_failed");
                         self.error = Some(kind.to_string());
@@ -371,30 +375,23 @@ impl UsageTap {
 /// wrapper), as a small JSON object: the answer's content is skipped by the
 /// parser, never built into a tree.
 fn usage_fields(body: &[u8]) -> Option<Value> {
-    use serde_json::value::RawValue;
     #[derive(serde::Deserialize)]
-    struct Top<'a> {
-        #[serde(borrow)]
-        error: Option<&'a RawValue>,
-        #[serde(borrow, rename = "type")]
-        kind: Option<&'a RawValue>,
-        #[serde(borrow)]
-        model: Option<&'a RawValue>,
-        #[serde(borrow, rename = "modelVersion")]
-        model_version: Option<&'a RawValue>,
-        #[serde(borrow)]
-        id: Option<&'a RawValue>,
-        #[serde(borrow)]
-        usage: Option<&'a RawValue>,
-        #[serde(borrow, rename = "usageMetadata")]
-        usage_metadata: Option<&'a RawValue>,
-        #[serde(borrow)]
-        response: Option<&'a RawValue>,
+    struct Top {
+        error: Option<Value>,
+        #[serde(rename = "type")]
+        kind: Option<Value>,
+        model: Option<Value>,
+        #[serde(rename = "modelVersion")]
+        model_version: Option<Value>,
+        id: Option<Value>,
+        usage: Option<Value>,
+        #[serde(rename = "usageMetadata")]
+        usage_metadata: Option<Value>,
+        response: Option<Box<Top>>,
     }
-    fn slim(json: &str) -> Option<Value> {
-        let top: Top<'_> = serde_json::from_str(json).ok()?;
+    fn object(top: Top) -> Value {
         let mut out = serde_json::Map::new();
-        for (name, raw) in [
+        for (name, value) in [
             ("error", top.error),
             ("type", top.kind),
             ("model", top.model),
@@ -403,16 +400,16 @@ fn usage_fields(body: &[u8]) -> Option<Value> {
             ("usage", top.usage),
             ("usageMetadata", top.usage_metadata),
         ] {
-            if let Some(raw) = raw {
-                out.insert(name.into(), serde_json::from_str(raw.get()).ok()?);
+            if let Some(value) = value {
+                out.insert(name.into(), value);
             }
         }
         if let Some(inner) = top.response {
-            out.insert("response".into(), slim(inner.get())?);
+            out.insert("response".into(), object(*inner));
         }
-        Some(Value::Object(out))
+        Value::Object(out)
     }
-    slim(std::str::from_utf8(body).ok()?)
+    serde_json::from_slice::<Top>(body).ok().map(object)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -5,7 +5,9 @@
 //! `cargo run --release -p aiproxy-tests --bin bench` (builds the release
 //! binary first); `--smoke` runs tiny counts (CI); `--aiproxy PATH` uses a
 //! given binary; `--out FILE` also writes the tables there; `--control-only`
-//! measures only the control plane.
+//! measures only the control plane; `--profile SECONDS` samples the
+//! all-in-one under load with `perf` and prints the report; `--load
+//! SECONDS` only loads it and prints its CPU per request.
 mod control;
 mod litellm;
 mod load;
@@ -92,8 +94,12 @@ struct Row {
     p99: u64,
     p999: u64,
     cpu_us: Option<f64>,
+    /// Of `cpu_us`, what the SQLite writer threads spent (the all-in-one's
+    /// control plane storing usage).
+    sqlite_us: Option<f64>,
     max_rate: Option<u64>,
     rate_p99: Vec<(u64, u64, usize)>,
+    ttfb_p50: u64,
     ttfb_p99: u64,
     chunks_ok: bool,
     redis_per_request: Option<f64>,
@@ -225,6 +231,104 @@ fn targets(url: &str, keys: &[String; 3]) -> (Target, Target, Target) {
     (t(&keys[0]), t(&keys[1]), t(&keys[2]))
 }
 
+/// aiproxy as `cargo run` starts it (in-memory state, SQLite), pinned to
+/// CPU 1, provisioned against `upstream`; its keys for the three behaviours.
+async fn start_all_in_one(
+    bin: &std::path::Path,
+    upstream: &str,
+) -> (Process, tempfile::TempDir, [String; 3]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = vec![
+        ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
+        ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
+        ("AIPROXY_PROXY_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_GRPC_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_LOG_FORMAT", "json".to_string()),
+    ];
+    let p = spawn_aiproxy(
+        bin,
+        &[],
+        &env,
+        &["admin", "grpc", "proxy"],
+        dir.path().join("aiproxy.log"),
+        1,
+    )
+    .await;
+    let admin = Admin::login(
+        &aiproxy_tests::client::Http::default(),
+        &p.url("admin"),
+        "admin",
+        ADMIN_PASSWORD,
+    )
+    .await;
+    let keys = provision(&admin, upstream).await;
+    (p, dir, keys)
+}
+
+/// `--profile SECONDS`: the all-in-one under saturation (16 in flight) for
+/// that long while `perf record -g` samples it; the flat report goes to
+/// stdout and the samples stay in `target/bench-perf.data`.
+async fn profile(bin: &std::path::Path, secs: u64, record: bool) {
+    let (_upstream, up_port) = procs::spawn_helper(&["serve-upstream".into()], Some(0)).await;
+    let upstream = format!("http://127.0.0.1:{up_port}");
+    let (p, _dir, keys) = start_all_in_one(bin, &upstream).await;
+    let (fast, _, _) = targets(&p.url("proxy"), &keys);
+    let client = Client::new();
+    until_serving(&client, &fast).await;
+    client.sequential(&fast, 2_000).await;
+    let data = workspace().join("target/bench-perf.data");
+    let perf = record.then(|| {
+        std::process::Command::new("perf")
+        .args(["record", "-F", "999", "--call-graph", "dwarf,32768", "-o"])
+        .arg(&data)
+        .args(["-p", &p.pid().to_string(), "--", "sleep", &secs.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+            .expect("perf (apt-get install linux-perf)")
+    });
+    let load = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let mut served = 0;
+            while started.elapsed() < Duration::from_secs(secs) {
+                client.saturate(&fast, 16, 5_000).await;
+                served += 5_000;
+            }
+            served
+        })
+    };
+    let before = procs::cpu_us_by_thread(p.pid());
+    let served = load.await.expect("load");
+    let after = procs::cpu_us_by_thread(p.pid());
+    let per_request = |us: u64| us as f64 / served as f64;
+    let total: u64 = after.values().sum::<u64>() - before.values().sum::<u64>();
+    eprintln!(
+        "bench: {served} requests, {:.1} µs CPU each, rss {} MiB",
+        per_request(total),
+        procs::rss_kib(p.pid()) / 1024
+    );
+    for (thread, us) in &after {
+        let spent = us - before.get(thread).copied().unwrap_or(0);
+        if spent > 0 {
+            eprintln!("bench:   {thread}: {:.1} µs", per_request(spent));
+        }
+    }
+    let Some(mut perf) = perf else { return };
+    tokio::task::spawn_blocking(move || perf.wait())
+        .await
+        .expect("join")
+        .expect("perf");
+    let status = std::process::Command::new("perf")
+        .args(["report", "--no-children", "-g", "none", "--percent-limit", "0.5"])
+        .args(["--stdio", "-i"])
+        .arg(&data)
+        .status()
+        .expect("perf report");
+    assert!(status.success());
+}
+
 async fn redis_reachable() -> bool {
     tokio::time::timeout(
         Duration::from_millis(300),
@@ -241,6 +345,14 @@ async fn run(args: &[String]) {
         FULL
     };
     let bin = aiproxy_binary(args);
+    if let Some(secs) = arg_value(args, "--profile") {
+        profile(&bin, secs.parse().expect("--profile SECONDS"), true).await;
+        return;
+    }
+    if let Some(secs) = arg_value(args, "--load") {
+        profile(&bin, secs.parse().expect("--load SECONDS"), false).await;
+        return;
+    }
     if args.iter().any(|a| a == "--control-only") {
         println!("{}", control::run(plan.smoke, &bin).await);
         return;
@@ -287,32 +399,7 @@ async fn run(args: &[String]) {
     });
 
     // aiproxy all-in-one, in-memory state.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let env = vec![
-        ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
-        ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
-        ("AIPROXY_PROXY_LISTEN", "127.0.0.1:0".to_string()),
-        ("AIPROXY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
-        ("AIPROXY_GRPC_LISTEN", "127.0.0.1:0".to_string()),
-        ("AIPROXY_LOG_FORMAT", "json".to_string()),
-    ];
-    let p = spawn_aiproxy(
-        &bin,
-        &[],
-        &env,
-        &["admin", "grpc", "proxy"],
-        dir.path().join("aiproxy.log"),
-        1,
-    )
-    .await;
-    let admin = Admin::login(
-        &aiproxy_tests::client::Http::default(),
-        &p.url("admin"),
-        "admin",
-        ADMIN_PASSWORD,
-    )
-    .await;
-    let keys = provision(&admin, &upstream).await;
+    let (p, dir, keys) = start_all_in_one(&bin, &upstream).await;
     let (f, s, h) = targets(&p.url("proxy"), &keys);
     let pid = p.pid();
     arms.push(Arm {
@@ -479,6 +566,7 @@ async fn run(args: &[String]) {
             continue;
         }
         let before: u64 = arm.pids.iter().map(|p| procs::cpu_us(*p)).sum();
+        let sqlite_before = sqlite_writer_us(&arm.pids);
         let total = if arm.peer {
             plan.saturate / 10
         } else {
@@ -487,6 +575,8 @@ async fn run(args: &[String]) {
         client.saturate(&arm.fast, 16, total).await;
         let after: u64 = arm.pids.iter().map(|p| procs::cpu_us(*p)).sum();
         rows[i].cpu_us = Some((after - before) as f64 / total as f64);
+        let sqlite = sqlite_writer_us(&arm.pids).saturating_sub(sqlite_before);
+        rows[i].sqlite_us = (sqlite > 0).then(|| sqlite as f64 / total as f64);
     }
 
     // Fixed request rates (open loop).
@@ -526,19 +616,30 @@ async fn run(args: &[String]) {
             }
         }
         ttfb.sort_unstable();
+        rows[i].ttfb_p50 = percentile(&ttfb, 50.0);
         rows[i].ttfb_p99 = percentile(&ttfb, 99.0);
         rows[i].chunks_ok = ok;
     }
 
     // Memory of the relay processes: idle, then per held-open stream.
+    // The earlier phases' keep-alive connections are closed first, so they
+    // hold neither descriptors nor memory in the relay.
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut memory = String::new();
-    let fd_room = fd_limit().saturating_sub(500) / 2;
     for arm in arms.iter().filter(|a| !a.pids.is_empty() && !a.peer) {
         let pid = arm.pids[0];
         let idle = procs::rss_kib(pid);
         let mut cells = vec![format!("{} MiB", idle / 1024)];
         for &n in plan.held {
-            let n = n.min(fd_room);
+            // Each held stream takes two descriptors in the relay (client and
+            // upstream side) and one here; leave room for everything else.
+            let room = procs::fd_limit(std::process::id())
+                .min(procs::fd_limit(pid))
+                .saturating_sub(procs::open_fds(pid) + 300)
+                / 2;
+            let n = n.min(room);
+            let client = Client::new();
             let held = client.hold(&arm.hold, n).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
             let rss = procs::rss_kib(pid);
@@ -547,6 +648,7 @@ async fn run(args: &[String]) {
                 rss.saturating_sub(idle) as f64 / n as f64
             ));
             drop(held);
+            drop(client);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let _ = writeln!(memory, "| {} | {} |", arm.name, cells.join(" | "));
@@ -587,14 +689,13 @@ async fn run(args: &[String]) {
     }
 }
 
-/// The soft limit on open files (`ulimit -n`), raised to the hard limit.
-fn fd_limit() -> usize {
-    std::fs::read_to_string("/proc/self/limits")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-        .unwrap_or(1024)
+/// CPU time of the SQLite writer threads of `pids`, in microseconds.
+fn sqlite_writer_us(pids: &[u32]) -> u64 {
+    pids.iter()
+        .flat_map(|p| procs::cpu_us_by_thread(*p))
+        .filter(|(thread, _)| thread.starts_with("sqlx-sqlite"))
+        .map(|(_, us)| us)
+        .sum()
 }
 
 fn us(ns: u64) -> String {
@@ -621,9 +722,9 @@ fn report(arms: &[Arm], rows: &[Row], memory: &str, plan: Plan, control: &str) -
     );
     let _ = writeln!(
         out,
-        "| arm | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | added p50 ÷ floor | added p99 ÷ floor | CPU µs/request |"
+        "| arm | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | added p50 ÷ floor | added p99 ÷ floor | CPU µs/request | of which SQLite writes |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|");
     for (arm, r) in arms.iter().zip(rows) {
         let (a50, a99, a999) = added(r);
         let ratio = |a: u64, f: u64| {
@@ -635,7 +736,7 @@ fn report(arms: &[Arm], rows: &[Row], memory: &str, plan: Plan, control: &str) -
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             arm.name,
             us(r.p50),
             us(r.p99),
@@ -646,6 +747,9 @@ fn report(arms: &[Arm], rows: &[Row], memory: &str, plan: Plan, control: &str) -
             ratio(a50, fa50),
             ratio(a99, fa99),
             r.cpu_us
+                .map(|c| format!("{c:.1}"))
+                .unwrap_or_else(|| "–".into()),
+            r.sqlite_us
                 .map(|c| format!("{c:.1}"))
                 .unwrap_or_else(|| "–".into())
         );
@@ -685,15 +789,17 @@ fn report(arms: &[Arm], rows: &[Row], memory: &str, plan: Plan, control: &str) -
     );
     let _ = writeln!(
         out,
-        "| arm | time to first byte p99 µs | added p99 µs | every chunk arrived as sent | Redis round trips per request |"
+        "| arm | time to first byte p50 µs | p99 µs | added p50 µs | added p99 µs | every chunk arrived as sent | Redis round trips per request |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for (arm, r) in arms.iter().zip(rows) {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             arm.name,
+            us(r.ttfb_p50),
             us(r.ttfb_p99),
+            us(r.ttfb_p50.saturating_sub(direct.ttfb_p50)),
             us(r.ttfb_p99.saturating_sub(direct.ttfb_p99)),
             if r.chunks_ok { "yes" } else { "NO" },
             r.redis_per_request
