@@ -61,8 +61,7 @@ pub async fn serve(listener: TcpListener, relay: Arc<Relay>, cancel: Cancellatio
 }
 
 async fn route(relay: &Relay, req: Request<Incoming>) -> Response<RelayBody> {
-    let request_id =
-        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()).expect("uuid is a header value");
+    let request_id = request_id();
     match routes::route(req.method(), req.uri().path()) {
         Route::Relay(endpoint) => relay.handle(endpoint, req, &request_id).await,
         Route::ListModels => models::list(
@@ -111,6 +110,34 @@ async fn route(relay: &Relay, req: Request<Incoming>) -> Response<RelayBody> {
     }
 }
 
+/// A UUIDv7 request id: the time, then random bits drawn once per process
+/// and a counter from a random start, so no request waits on the OS's RNG.
+fn request_id() -> HeaderValue {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static START: OnceLock<(u32, u64)> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let (prefix, first) = *START.get_or_init(|| {
+        let mut seed = [0u8; 12];
+        getrandom::getrandom(&mut seed).expect("operating system RNG unavailable");
+        let (prefix, counter) = seed.split_at(4);
+        (
+            u32::from_be_bytes(prefix.try_into().expect("4 bytes")),
+            u64::from_be_bytes(counter.try_into().expect("8 bytes")),
+        )
+    });
+    let counter = first.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let mut random = [0u8; 10];
+    random[..4].copy_from_slice(&prefix.to_be_bytes());
+    random[4..].copy_from_slice(&counter.to_be_bytes()[2..]);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+    let mut buf = uuid::Uuid::encode_buffer();
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).expect("uuid is a header value")
+}
+
 fn text(status: StatusCode, body: &str, request_id: &HeaderValue) -> Response<RelayBody> {
     let mut resp = Response::new(RelayBody::full(Bytes::copy_from_slice(body.as_bytes())));
     *resp.status_mut() = status;
@@ -121,4 +148,19 @@ fn text(status: StatusCode, body: &str, request_id: &HeaderValue) -> Response<Re
     );
     headers.insert("x-request-id", request_id.clone());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_distinct_v7_uuids() {
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| super::request_id().to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(10) {
+            let uuid = uuid::Uuid::parse_str(id).unwrap();
+            assert_eq!(uuid.get_version_num(), 7);
+        }
+    }
 }

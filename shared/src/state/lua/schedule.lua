@@ -58,18 +58,21 @@ else
   if user_conc > 0 and live(P .. 'cu:' .. user_id) >= user_conc then return { 'user_busy' } end
 end
 
--- Marks of every candidate, read in batches (Lua's unpack has a stack limit).
-local function mget(suffix)
-  local out = {}
-  for from = 1, #cands, 500 do
-    local keys = {}
-    for i = from, math.min(from + 499, #cands) do keys[#keys + 1] = P .. suffix .. cands[i].id end
-    local vals = redis.call('MGET', unpack(keys))
-    for j = 1, #keys do out[from + j - 1] = vals[j] end
+-- Both marks of every candidate, read in batches of 250 candidates (Lua's
+-- unpack has a stack limit).
+local umarks, lmarks = {}, {}
+for from = 1, #cands, 250 do
+  local keys = {}
+  for i = from, math.min(from + 249, #cands) do
+    keys[#keys + 1] = P .. 'u:' .. cands[i].id
+    keys[#keys + 1] = P .. 'l:' .. cands[i].id
   end
-  return out
+  local vals = redis.call('MGET', unpack(keys))
+  for j = 1, #keys, 2 do
+    local i = from + (j - 1) / 2
+    umarks[i], lmarks[i] = vals[j], vals[j + 1]
+  end
 end
-local umarks, lmarks = mget('u:'), mget('l:')
 local by_id = {}
 for i, c in ipairs(cands) do
   if excluded[c.id] then c.blocked = 'failed'
@@ -97,7 +100,7 @@ if bound then
   -- Full: this request overflows, the binding stays.
 end
 
-local qk, qd = nil, nil
+local qk, qd, queued = nil, nil, false
 local function join_queue()
   if not qk then return end
   redis.call('ZADD', qk, 'NX', now, lease)
@@ -107,13 +110,18 @@ local function join_queue()
 end
 if queue ~= '' then
   qk, qd = P .. 'q:' .. queue, P .. 'qd:' .. queue
-  local gone = redis.call('ZRANGEBYSCORE', qd, '-inf', now)
-  if #gone > 0 then
-    redis.call('ZREM', qk, unpack(gone))
-    redis.call('ZREMRANGEBYSCORE', qd, '-inf', now)
+  -- An empty line (the usual case) needs no sweep and has no one ahead.
+  local ahead = 0
+  if redis.call('ZCARD', qk) > 0 then
+    local gone = redis.call('ZRANGEBYSCORE', qd, '-inf', now)
+    if #gone > 0 then
+      redis.call('ZREM', qk, unpack(gone))
+      redis.call('ZREMRANGEBYSCORE', qd, '-inf', now)
+    end
+    ahead = redis.call('ZRANK', qk, lease)
+    queued = ahead ~= false
+    if not ahead then ahead = redis.call('ZCARD', qk) end
   end
-  local ahead = redis.call('ZRANK', qk, lease)
-  if not ahead then ahead = redis.call('ZCARD', qk) end
   if ahead > 0 then
     local free = 0
     for _, c in ipairs(cands) do
@@ -200,7 +208,7 @@ if sk then
     redis.call('SET', sk, chosen.id, 'PX', session_ttl)
   end
 end
-if qk then
+if queued then
   redis.call('ZREM', qk, lease)
   redis.call('ZREM', qd, lease)
 end

@@ -273,18 +273,31 @@ async fn profile(bin: &std::path::Path, secs: u64, record: bool) {
     let (_upstream, up_port) = procs::spawn_helper(&["serve-upstream".into()], Some(0)).await;
     let upstream = format!("http://127.0.0.1:{up_port}");
     let (p, _dir, keys) = start_all_in_one(bin, &upstream).await;
-    let (fast, _, _) = targets(&p.url("proxy"), &keys);
+    let (fast, _, hold) = targets(&p.url("proxy"), &keys);
     let client = Client::new();
     until_serving(&client, &fast).await;
     client.sequential(&fast, 2_000).await;
+    if !record {
+        let idle = procs::rss_kib(p.pid());
+        let streams = Client::new();
+        let held = streams.hold(&hold, 2_000).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rss = procs::rss_kib(p.pid());
+        eprintln!(
+            "bench: idle rss {} MiB; {:.1} KiB per idle stream (2000 open)",
+            idle / 1024,
+            rss.saturating_sub(idle) as f64 / 2_000.0
+        );
+        drop((held, streams));
+    }
     let data = workspace().join("target/bench-perf.data");
     let perf = record.then(|| {
         std::process::Command::new("perf")
-        .args(["record", "-F", "999", "--call-graph", "dwarf,32768", "-o"])
-        .arg(&data)
-        .args(["-p", &p.pid().to_string(), "--", "sleep", &secs.to_string()])
-        .stdout(std::process::Stdio::null())
-        .spawn()
+            .args(["record", "-F", "999", "--call-graph", "dwarf,32768", "-o"])
+            .arg(&data)
+            .args(["-p", &p.pid().to_string(), "--", "sleep", &secs.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
             .expect("perf (apt-get install linux-perf)")
     });
     let load = {
@@ -321,7 +334,14 @@ async fn profile(bin: &std::path::Path, secs: u64, record: bool) {
         .expect("join")
         .expect("perf");
     let status = std::process::Command::new("perf")
-        .args(["report", "--no-children", "-g", "none", "--percent-limit", "0.5"])
+        .args([
+            "report",
+            "--no-children",
+            "-g",
+            "none",
+            "--percent-limit",
+            "0.5",
+        ])
         .args(["--stdio", "-i"])
         .arg(&data)
         .status()
