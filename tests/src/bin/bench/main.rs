@@ -349,6 +349,47 @@ async fn profile(bin: &std::path::Path, secs: u64, record: bool) {
     assert!(status.success());
 }
 
+/// `--streams-only N`: time to first byte of N streams per arm (direct,
+/// floor, all-in-one), interleaved in blocks of 50.
+async fn streams_only(bin: &std::path::Path, n: usize) {
+    let (_upstream, up_port) = procs::spawn_helper(&["serve-upstream".into()], Some(0)).await;
+    let upstream = format!("http://127.0.0.1:{up_port}");
+    let (_bare, bare_port) = procs::spawn_helper(
+        &["serve-bare".into(), format!("127.0.0.1:{up_port}")],
+        Some(1),
+    )
+    .await;
+    let (p, _dir, keys) = start_all_in_one(bin, &upstream).await;
+    let (fast, stream, _) = targets(&p.url("proxy"), &keys);
+    let direct = Target {
+        url: upstream.clone(),
+        key: KEY_STREAM.into(),
+    };
+    let bare = Target {
+        url: format!("http://127.0.0.1:{bare_port}"),
+        key: KEY_STREAM.into(),
+    };
+    let client = Client::new();
+    until_serving(&client, &fast).await;
+    let arms = [("direct", direct), ("floor", bare), ("all-in-one", stream)];
+    let mut samples = vec![Vec::new(); arms.len()];
+    for _ in 0..n.div_ceil(50) {
+        for (i, (_, t)) in arms.iter().enumerate() {
+            for _ in 0..50 {
+                samples[i].push(client.stream_once(t).await.expect("stream").0);
+            }
+        }
+    }
+    for ((name, _), mut s) in arms.iter().zip(samples) {
+        s.sort_unstable();
+        eprintln!(
+            "bench: {name}: ttfb p50 {} µs, p99 {} µs",
+            us(percentile(&s, 50.0)),
+            us(percentile(&s, 99.0))
+        );
+    }
+}
+
 async fn redis_reachable() -> bool {
     tokio::time::timeout(
         Duration::from_millis(300),
@@ -367,6 +408,10 @@ async fn run(args: &[String]) {
     let bin = aiproxy_binary(args);
     if let Some(secs) = arg_value(args, "--profile") {
         profile(&bin, secs.parse().expect("--profile SECONDS"), true).await;
+        return;
+    }
+    if let Some(n) = arg_value(args, "--streams-only") {
+        streams_only(&bin, n.parse().expect("--streams-only N")).await;
         return;
     }
     if let Some(secs) = arg_value(args, "--load") {
@@ -617,28 +662,36 @@ async fn run(args: &[String]) {
         }
     }
 
-    // Streaming: time to first byte, and every chunk as its own chunk.
-    for (i, arm) in arms.iter().enumerate() {
-        let mut ttfb = Vec::new();
-        let mut ok = true;
-        for _ in 0..plan.streams {
-            match client.stream_once(&arm.stream).await {
-                Ok((t, chunks)) => {
-                    ttfb.push(t);
-                    ok &= chunks == STREAM_CHUNKS;
-                }
-                Err(e) if arm.peer => {
-                    eprintln!("bench: {} stream failed: {e}", arm.name);
-                    ok = false;
+    // Streaming: time to first byte, and every chunk as its own chunk; the
+    // arms interleaved in blocks like the latency samples.
+    let mut ttfb = vec![Vec::new(); arms.len()];
+    let mut ok = vec![true; arms.len()];
+    let mut failed = vec![false; arms.len()];
+    for _ in 0..plan.blocks {
+        for (i, arm) in arms.iter().enumerate() {
+            for _ in 0..plan.streams / plan.blocks {
+                if failed[i] {
                     break;
                 }
-                Err(e) => panic!("{} stream: {e}", arm.name),
+                match client.stream_once(&arm.stream).await {
+                    Ok((t, chunks)) => {
+                        ttfb[i].push(t);
+                        ok[i] &= chunks == STREAM_CHUNKS;
+                    }
+                    Err(e) if arm.peer => {
+                        eprintln!("bench: {} stream failed: {e}", arm.name);
+                        (ok[i], failed[i]) = (false, true);
+                    }
+                    Err(e) => panic!("{} stream: {e}", arm.name),
+                }
             }
         }
-        ttfb.sort_unstable();
-        rows[i].ttfb_p50 = percentile(&ttfb, 50.0);
-        rows[i].ttfb_p99 = percentile(&ttfb, 99.0);
-        rows[i].chunks_ok = ok;
+    }
+    for (i, mut t) in ttfb.into_iter().enumerate() {
+        t.sort_unstable();
+        rows[i].ttfb_p50 = percentile(&t, 50.0);
+        rows[i].ttfb_p99 = percentile(&t, 99.0);
+        rows[i].chunks_ok = ok[i];
     }
 
     // Memory of the relay processes: idle, then per held-open stream.
@@ -804,8 +857,9 @@ fn report(arms: &[Arm], rows: &[Row], memory: &str, plan: Plan, control: &str) -
     }
     let _ = writeln!(
         out,
-        "\n### Streaming ({} streams of {STREAM_CHUNKS} events 5 ms apart)\n",
-        plan.streams
+        "\n### Streaming ({} streams of {STREAM_CHUNKS} events 5 ms apart, {} interleaved blocks)\n",
+        plan.streams / plan.blocks * plan.blocks,
+        plan.blocks
     );
     let _ = writeln!(
         out,
