@@ -7,7 +7,9 @@
 //! given binary; `--out FILE` also writes the tables there; `--control-only`
 //! measures only the control plane; `--profile SECONDS` samples the
 //! all-in-one under load with `perf` and prints the report; `--load
-//! SECONDS` only loads it and prints its CPU per request.
+//! SECONDS` only loads it and prints its CPU per request; with `--split`
+//! both measure the data plane fed by a control plane (on Redis when it
+//! answers) instead.
 mod control;
 mod litellm;
 mod load;
@@ -269,10 +271,16 @@ async fn start_all_in_one(
 /// `--profile SECONDS`: the all-in-one under saturation (16 in flight) for
 /// that long while `perf record -g` samples it; the flat report goes to
 /// stdout and the samples stay in `target/bench-perf.data`.
-async fn profile(bin: &std::path::Path, secs: u64, record: bool) {
+async fn profile(bin: &std::path::Path, secs: u64, record: bool, split: bool) {
     let (_upstream, up_port) = procs::spawn_helper(&["serve-upstream".into()], Some(0)).await;
     let upstream = format!("http://127.0.0.1:{up_port}");
-    let (p, _dir, keys) = start_all_in_one(bin, &upstream).await;
+    let (p, _cp, _dir, keys) = if split {
+        let (dp, cp, dir, keys) = start_split(bin, &upstream, redis_reachable().await).await;
+        (dp, Some(cp), dir, keys)
+    } else {
+        let (p, dir, keys) = start_all_in_one(bin, &upstream).await;
+        (p, None, dir, keys)
+    };
     let (fast, _, hold) = targets(&p.url("proxy"), &keys);
     let client = Client::new();
     until_serving(&client, &fast).await;
@@ -390,6 +398,80 @@ async fn streams_only(bin: &std::path::Path, n: usize) {
     }
 }
 
+/// `aiproxy dataplane` (pinned to CPU 1) fed by `aiproxy controlplane`
+/// (CPU 0), on Redis when `redis`, provisioned against `upstream`.
+async fn start_split(
+    bin: &std::path::Path,
+    upstream: &str,
+    redis: bool,
+) -> (Process, Process, tempfile::TempDir, [String; 3]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "bench-node-token-0123456789abcdef".to_string();
+    let mut cp_env = vec![
+        ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
+        ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
+        ("AIPROXY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_GRPC_LISTEN", "127.0.0.1:0".to_string()),
+        (
+            "AIPROXY_SECRET_KEY",
+            "bench-secret-key-0123456789abcdef0123".to_string(),
+        ),
+        ("AIPROXY_NODE_TOKEN", token.clone()),
+        ("AIPROXY_LOG_FORMAT", "json".to_string()),
+    ];
+    if redis {
+        cp_env.push(("AIPROXY_REDIS_URL", "redis://127.0.0.1:6379/".to_string()));
+        cp_env.push((
+            "AIPROXY_REDIS_NAMESPACE",
+            format!("aiproxy-bench-{}", std::process::id()),
+        ));
+    }
+    let cp = spawn_aiproxy(
+        bin,
+        &["controlplane"],
+        &cp_env,
+        &["admin", "grpc"],
+        dir.path().join("cp.log"),
+        0,
+    )
+    .await;
+    let dp_dir = dir.path().join("dp");
+    std::fs::create_dir_all(&dp_dir).expect("dp dir");
+    let mut dp_env = vec![
+        ("AIPROXY_DATA_DIR", dp_dir.display().to_string()),
+        ("AIPROXY_CONTROLPLANE_URL", cp.url("grpc")),
+        ("AIPROXY_NODE_TOKEN", token),
+        ("AIPROXY_NODE_ID", "bench-dp".to_string()),
+        ("AIPROXY_PROXY_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_LOG_FORMAT", "json".to_string()),
+    ];
+    if redis {
+        dp_env.push(("AIPROXY_REDIS_URL", "redis://127.0.0.1:6379/".to_string()));
+        dp_env.push((
+            "AIPROXY_REDIS_NAMESPACE",
+            format!("aiproxy-bench-{}", std::process::id()),
+        ));
+    }
+    let dp = spawn_aiproxy(
+        bin,
+        &["dataplane"],
+        &dp_env,
+        &["proxy"],
+        dp_dir.join("dp.log"),
+        1,
+    )
+    .await;
+    let admin = Admin::login(
+        &aiproxy_tests::client::Http::default(),
+        &cp.url("admin"),
+        "admin",
+        ADMIN_PASSWORD,
+    )
+    .await;
+    let keys = provision(&admin, upstream).await;
+    (dp, cp, dir, keys)
+}
+
 async fn redis_reachable() -> bool {
     tokio::time::timeout(
         Duration::from_millis(300),
@@ -407,7 +489,8 @@ async fn run(args: &[String]) {
     };
     let bin = aiproxy_binary(args);
     if let Some(secs) = arg_value(args, "--profile") {
-        profile(&bin, secs.parse().expect("--profile SECONDS"), true).await;
+        let split = args.iter().any(|a| a == "--split");
+        profile(&bin, secs.parse().expect("--profile SECONDS"), true, split).await;
         return;
     }
     if let Some(n) = arg_value(args, "--streams-only") {
@@ -415,7 +498,8 @@ async fn run(args: &[String]) {
         return;
     }
     if let Some(secs) = arg_value(args, "--load") {
-        profile(&bin, secs.parse().expect("--load SECONDS"), false).await;
+        let split = args.iter().any(|a| a == "--split");
+        profile(&bin, secs.parse().expect("--load SECONDS"), false, split).await;
         return;
     }
     if args.iter().any(|a| a == "--control-only") {
@@ -481,70 +565,7 @@ async fn run(args: &[String]) {
 
     // aiproxy data plane + control plane, with Redis when it is there.
     let redis = redis_reachable().await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let token = "bench-node-token-0123456789abcdef".to_string();
-    let mut cp_env = vec![
-        ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
-        ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
-        ("AIPROXY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
-        ("AIPROXY_GRPC_LISTEN", "127.0.0.1:0".to_string()),
-        (
-            "AIPROXY_SECRET_KEY",
-            "bench-secret-key-0123456789abcdef0123".to_string(),
-        ),
-        ("AIPROXY_NODE_TOKEN", token.clone()),
-        ("AIPROXY_LOG_FORMAT", "json".to_string()),
-    ];
-    if redis {
-        cp_env.push(("AIPROXY_REDIS_URL", "redis://127.0.0.1:6379/".to_string()));
-        cp_env.push((
-            "AIPROXY_REDIS_NAMESPACE",
-            format!("aiproxy-bench-{}", std::process::id()),
-        ));
-    }
-    let cp = spawn_aiproxy(
-        &bin,
-        &["controlplane"],
-        &cp_env,
-        &["admin", "grpc"],
-        dir.path().join("cp.log"),
-        0,
-    )
-    .await;
-    let dp_dir = dir.path().join("dp");
-    std::fs::create_dir_all(&dp_dir).expect("dp dir");
-    let mut dp_env = vec![
-        ("AIPROXY_DATA_DIR", dp_dir.display().to_string()),
-        ("AIPROXY_CONTROLPLANE_URL", cp.url("grpc")),
-        ("AIPROXY_NODE_TOKEN", token),
-        ("AIPROXY_NODE_ID", "bench-dp".to_string()),
-        ("AIPROXY_PROXY_LISTEN", "127.0.0.1:0".to_string()),
-        ("AIPROXY_LOG_FORMAT", "json".to_string()),
-    ];
-    if redis {
-        dp_env.push(("AIPROXY_REDIS_URL", "redis://127.0.0.1:6379/".to_string()));
-        dp_env.push((
-            "AIPROXY_REDIS_NAMESPACE",
-            format!("aiproxy-bench-{}", std::process::id()),
-        ));
-    }
-    let dp = spawn_aiproxy(
-        &bin,
-        &["dataplane"],
-        &dp_env,
-        &["proxy"],
-        dp_dir.join("dp.log"),
-        1,
-    )
-    .await;
-    let admin = Admin::login(
-        &aiproxy_tests::client::Http::default(),
-        &cp.url("admin"),
-        "admin",
-        ADMIN_PASSWORD,
-    )
-    .await;
-    let keys = provision(&admin, &upstream).await;
+    let (dp, cp, dir, keys) = start_split(&bin, &upstream, redis).await;
     let (f, s, h) = targets(&dp.url("proxy"), &keys);
     let dp_pid = dp.pid();
     let name = if redis {
@@ -729,14 +750,21 @@ async fn run(args: &[String]) {
 
     let control = control::run(plan.smoke, &bin).await;
     let mut report = report(&arms, &rows, &memory, plan, &control);
-    let best = |peer: bool| {
-        arms.iter()
-            .zip(&rows)
-            .filter(|(a, _)| a.peer == peer && !a.pids.is_empty())
-            .filter_map(|(_, r)| r.max_rate)
-            .max()
-    };
-    match (best(false), best(true)) {
+    // aiproxy's figure is its lower arm's; the floor is not aiproxy.
+    let ours = arms
+        .iter()
+        .zip(&rows)
+        .filter(|(a, _)| a.name.starts_with("aiproxy"))
+        .map(|(_, r)| r.max_rate)
+        .min()
+        .flatten();
+    let theirs = arms
+        .iter()
+        .zip(&rows)
+        .filter(|(a, _)| a.peer)
+        .filter_map(|(_, r)| r.max_rate)
+        .max();
+    match (ours, theirs) {
         (Some(ours), Some(theirs)) => {
             let _ = writeln!(
                 report,
