@@ -616,6 +616,11 @@ async fn run(args: &[String]) {
         until_serving(&client, &arm.fast).await;
         client.sequential(&arm.fast, plan.warmup).await;
     }
+    // Idle memory of each relay once warm, before the load phases.
+    let warm_rss: Vec<u64> = arms
+        .iter()
+        .map(|a| a.pids.first().map_or(0, |p| procs::rss_kib(*p)))
+        .collect();
 
     // Latency at concurrency 1, arms interleaved block by block.
     let mut rows: Vec<Row> = arms.iter().map(|_| Row::default()).collect();
@@ -721,10 +726,17 @@ async fn run(args: &[String]) {
     drop(client);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut memory = String::new();
-    for arm in arms.iter().filter(|a| !a.pids.is_empty() && !a.peer) {
+    for (arm, warm) in arms
+        .iter()
+        .zip(&warm_rss)
+        .filter(|(a, _)| !a.pids.is_empty() && !a.peer)
+    {
         let pid = arm.pids[0];
         let idle = procs::rss_kib(pid);
-        let mut cells = vec![format!("{} MiB", idle / 1024)];
+        let mut cells = vec![
+            format!("{} MiB", warm / 1024),
+            format!("{} MiB", idle / 1024),
+        ];
         for &n in plan.held {
             // Each held stream takes two descriptors in the relay (client and
             // upstream side) and one here; leave room for everything else.
@@ -910,11 +922,14 @@ fn report(arms: &[Arm], rows: &[Row], memory: &str, plan: Plan, control: &str) -
         );
     }
     let _ = writeln!(out, "\n### Memory of the relay process (RSS)\n");
-    let _ = write!(out, "| arm | idle |");
+    let _ = write!(
+        out,
+        "| arm | idle, warmed up | idle, after the load phases |"
+    );
     for n in plan.held {
         let _ = write!(out, " per idle stream, {n} open |");
     }
-    let _ = writeln!(out, "\n|---|---|{}", "---|".repeat(plan.held.len()));
+    let _ = writeln!(out, "\n|---|---|---|{}", "---|".repeat(plan.held.len()));
     out.push_str(memory);
     out.push('\n');
     out.push_str(control);
