@@ -12,16 +12,7 @@ const TICKS_PER_SEC: u64 = 100;
 /// User + system CPU time of `pid` and its threads, in microseconds.
 pub fn cpu_us(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) * 1_000_000 / TICKS_PER_SEC
+    stat_cpu_us(&stat)
 }
 
 /// CPU time of each thread of `pid` by thread name, in microseconds.
@@ -35,17 +26,23 @@ pub fn cpu_us_by_thread(pid: u32) -> std::collections::BTreeMap<String, u64> {
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
-        let name = stat[open + 1..close].to_string();
-        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        *out.entry(name).or_default() += (ticks(11) + ticks(12)) * 1_000_000 / TICKS_PER_SEC;
+        *out.entry(stat[open + 1..close].to_string()).or_default() += stat_cpu_us(&stat);
     }
     out
+}
+
+/// utime + stime of a `stat` line, in microseconds: fields 14 and 15, the
+/// 12th and 13th after the parenthesised command name.
+fn stat_cpu_us(stat: &str) -> u64 {
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) * 1_000_000 / TICKS_PER_SEC
 }
 
 /// Resident memory of `pid`, KiB.
