@@ -65,15 +65,17 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let result = runtime.block_on(async {
-        match cli.command {
-            None => all_in_one(config).await,
-            Some(Command::Controlplane) => controlplane(config).await,
-            Some(Command::Dataplane) => dataplane(config).await,
-            Some(Command::Migrate) => migrate(config).await,
-            Some(Command::Ctl { json, command }) => ctl::run(config, json, command).await,
-        }
-    });
+    let result = match cli.command {
+        None => all_in_one(config, &runtime),
+        Some(command) => runtime.block_on(async {
+            match command {
+                Command::Controlplane => controlplane(config).await,
+                Command::Dataplane => dataplane(config).await,
+                Command::Migrate => migrate(config).await,
+                Command::Ctl { json, command } => ctl::run(config, json, command).await,
+            }
+        }),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => config_error(e),
@@ -183,7 +185,11 @@ fn dataplane_settings(
     }
 }
 
-async fn all_in_one(config: Config) -> Result<(), Failure> {
+/// Both planes in one process, each on its own runtime: the control plane's
+/// batches (usage ingestion, snapshots) run on threads of lower priority, so
+/// the kernel preempts them for requests instead of queueing requests
+/// behind them on a shared worker.
+fn all_in_one(config: Config, runtime: &tokio::runtime::Runtime) -> Result<(), Failure> {
     ensure_dir(&config.data_dir)?;
     let secret_key = match &config.secret_key {
         Some(k) => k.clone(),
@@ -197,39 +203,60 @@ async fn all_in_one(config: Config) -> Result<(), Failure> {
 
     // One store for both planes: the admin views see what the relay does.
     let state = state_store(&config)?;
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("aiproxy-control")
+        .on_thread_start(background_priority)
+        .enable_all()
+        .build()?;
     let cp_cancel = CancellationToken::new();
     let cp_tasks = TaskTracker::new();
-    let cp = aiproxy_controlplane::start(
+    let cp = control.block_on(aiproxy_controlplane::start(
         controlplane_settings(&config, secret_key, node_token.clone(), state.clone())?,
         cp_cancel.clone(),
         &cp_tasks,
-    )
-    .await?;
+    ))?;
     announce("admin", cp.admin_addr);
     announce("grpc", cp.grpc_addr);
 
-    let dp_cancel = CancellationToken::new();
-    let dp_tasks = TaskTracker::new();
-    let url = format!("http://{}", loopback_if_unspecified(cp.grpc_addr));
-    let dp = aiproxy_dataplane::start(
-        dataplane_settings(&config, url, node_token, state),
-        dp_cancel.clone(),
-        &dp_tasks,
-    )
-    .await?;
-    announce("proxy", dp.proxy_addr);
+    let served = runtime.block_on(async {
+        let dp_cancel = CancellationToken::new();
+        let dp_tasks = TaskTracker::new();
+        let url = format!("http://{}", loopback_if_unspecified(cp.grpc_addr));
+        let dp = aiproxy_dataplane::start(
+            dataplane_settings(&config, url, node_token, state),
+            dp_cancel.clone(),
+            &dp_tasks,
+        )
+        .await?;
+        announce("proxy", dp.proxy_addr);
 
-    aiproxy_shared::shutdown::signal().await;
-    tracing::info!("shutting down: draining the data plane, then the control plane");
-    dp_cancel.cancel();
-    dp_tasks.close();
-    dp_tasks.wait().await;
+        aiproxy_shared::shutdown::signal().await;
+        tracing::info!("shutting down: draining the data plane, then the control plane");
+        dp_cancel.cancel();
+        dp_tasks.close();
+        dp_tasks.wait().await;
+        Ok::<_, Failure>(())
+    });
     cp_cancel.cancel();
     cp_tasks.close();
-    cp_tasks.wait().await;
-    cp.store.close().await;
-    Ok(())
+    control.block_on(async {
+        cp_tasks.wait().await;
+        cp.store.close().await;
+    });
+    served
 }
+
+/// Lowers the calling thread's scheduling priority (Linux nice values are
+/// per thread, and threads it starts inherit it, SQLite's writer included).
+fn background_priority() {
+    if let Err(e) = rustix::process::setpriority_process(None, BACKGROUND_NICE) {
+        tracing::debug!(error = %e, "could not lower the control plane's priority");
+    }
+}
+
+/// Nice value of the all-in-one's control-plane threads.
+const BACKGROUND_NICE: i32 = 5;
 
 async fn controlplane(config: Config) -> Result<(), Failure> {
     let secret_key = Config::require(&config.secret_key, "AIPROXY_SECRET_KEY", "controlplane")

@@ -357,9 +357,10 @@ async fn profile(bin: &std::path::Path, secs: u64, record: bool, split: bool) {
     assert!(status.success());
 }
 
-/// `--streams-only N`: time to first byte of N streams per arm (direct,
-/// floor, all-in-one), interleaved in blocks of 50.
-async fn streams_only(bin: &std::path::Path, n: usize) {
+/// `--quick N`: a fast comparison of direct, floor and all-in-one: added
+/// latency of 10·N plain requests and time to first byte of N streams per
+/// arm, interleaved in blocks.
+async fn quick(bin: &std::path::Path, n: usize) {
     let (_upstream, up_port) = procs::spawn_helper(&["serve-upstream".into()], Some(0)).await;
     let upstream = format!("http://127.0.0.1:{up_port}");
     let (_bare, bare_port) = procs::spawn_helper(
@@ -369,31 +370,47 @@ async fn streams_only(bin: &std::path::Path, n: usize) {
     .await;
     let (p, _dir, keys) = start_all_in_one(bin, &upstream).await;
     let (fast, stream, _) = targets(&p.url("proxy"), &keys);
-    let direct = Target {
+    let direct_at = |key: &str| Target {
         url: upstream.clone(),
-        key: KEY_STREAM.into(),
+        key: key.into(),
     };
-    let bare = Target {
+    let bare_at = |key: &str| Target {
         url: format!("http://127.0.0.1:{bare_port}"),
-        key: KEY_STREAM.into(),
+        key: key.into(),
     };
     let client = Client::new();
     until_serving(&client, &fast).await;
-    let arms = [("direct", direct), ("floor", bare), ("all-in-one", stream)];
-    let mut samples = vec![Vec::new(); arms.len()];
+    let arms = [
+        ("direct", direct_at(KEY_FAST), direct_at(KEY_STREAM)),
+        ("floor", bare_at(KEY_FAST), bare_at(KEY_STREAM)),
+        ("all-in-one", fast, stream),
+    ];
+    for (_, plain, _) in &arms {
+        client.sequential(plain, 1_000).await;
+    }
+    let mut plain = vec![Vec::new(); arms.len()];
+    let mut first = vec![Vec::new(); arms.len()];
     for _ in 0..n.div_ceil(50) {
-        for (i, (_, t)) in arms.iter().enumerate() {
+        for (i, (_, p, s)) in arms.iter().enumerate() {
+            plain[i].extend(client.sequential(p, 500).await);
             for _ in 0..50 {
-                samples[i].push(client.stream_once(t).await.expect("stream").0);
+                first[i].push(client.stream_once(s).await.expect("stream").0);
             }
         }
     }
-    for ((name, _), mut s) in arms.iter().zip(samples) {
-        s.sort_unstable();
+    let mut base = None;
+    for (((name, _, _), mut p), mut f) in arms.iter().zip(plain).zip(first) {
+        p.sort_unstable();
+        f.sort_unstable();
+        let at = |s: &[u64], q| percentile(s, q) as f64 / 1000.0;
+        let (p50, p99, f50, f99) = (at(&p, 50.0), at(&p, 99.0), at(&f, 50.0), at(&f, 99.0));
+        let (b50, b99, bf50, bf99) = *base.get_or_insert((p50, p99, f50, f99));
         eprintln!(
-            "bench: {name}: ttfb p50 {} µs, p99 {} µs",
-            us(percentile(&s, 50.0)),
-            us(percentile(&s, 99.0))
+            "bench: {name}: plain p50 {p50:.1} (+{:.1}) p99 {p99:.1} (+{:.1}) µs; stream first byte p50 {f50:.1} (+{:.1}) p99 {f99:.1} (+{:.1}) µs",
+            p50 - b50,
+            p99 - b99,
+            f50 - bf50,
+            f99 - bf99
         );
     }
 }
@@ -493,8 +510,8 @@ async fn run(args: &[String]) {
         profile(&bin, secs.parse().expect("--profile SECONDS"), true, split).await;
         return;
     }
-    if let Some(n) = arg_value(args, "--streams-only") {
-        streams_only(&bin, n.parse().expect("--streams-only N")).await;
+    if let Some(n) = arg_value(args, "--quick") {
+        quick(&bin, n.parse().expect("--quick N")).await;
         return;
     }
     if let Some(secs) = arg_value(args, "--load") {
