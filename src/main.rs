@@ -211,11 +211,16 @@ fn all_in_one(config: Config, runtime: &tokio::runtime::Runtime) -> Result<(), F
         .build()?;
     let cp_cancel = CancellationToken::new();
     let cp_tasks = TaskTracker::new();
-    let cp = control.block_on(aiproxy_controlplane::start(
-        controlplane_settings(&config, secret_key, node_token.clone(), state.clone())?,
-        cp_cancel.clone(),
-        &cp_tasks,
-    ))?;
+    // Started on a control worker, not this thread, so the threads it
+    // starts (SQLite's writer among them) inherit the lower priority.
+    let settings = controlplane_settings(&config, secret_key, node_token.clone(), state.clone())?;
+    let (cancel, tracker) = (cp_cancel.clone(), cp_tasks.clone());
+    let cp =
+        control
+            .block_on(control.spawn(async move {
+                aiproxy_controlplane::start(settings, cancel, &tracker).await
+            }))
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     announce("admin", cp.admin_addr);
     announce("grpc", cp.grpc_addr);
 
