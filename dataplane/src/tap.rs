@@ -1,8 +1,10 @@
 //! Reading usage out of response bytes as they pass, per API dialect.
 use aiproxy_shared::pricing::TokenUsage;
-use serde_json::Value;
 
 mod decode;
+mod fields;
+
+use fields::{Cached, Count, Counts, Error, GeminiCounts, Message, Object, Text};
 
 pub use decode::{Decoder, Unwrapper};
 
@@ -38,74 +40,54 @@ pub struct Observed {
     pub response_id: Option<String>,
 }
 
-/// `v` at a JSON pointer of object keys (no escapes), without the
-/// allocations `Value::pointer` makes per segment.
-fn at<'v>(v: &'v Value, pointer: &str) -> Option<&'v Value> {
-    pointer.split('/').skip(1).try_fold(v, |v, key| v.get(key))
-}
-
-fn u64_at(v: &Value, pointer: &str) -> Option<u64> {
-    at(v, pointer).and_then(Value::as_u64)
-}
-
 impl Observed {
-    fn set_model(&mut self, v: Option<&Value>) {
-        if let Some(m) = v.and_then(Value::as_str) {
+    fn set_model(&mut self, model: &Text<'_>) {
+        if let Some(m) = &model.0 {
             self.model = Some(m.to_string());
         }
     }
 
-    fn set_response_id(&mut self, v: Option<&Value>) {
-        if let Some(id) = v.and_then(Value::as_str).filter(|id| !id.is_empty()) {
+    fn set_response_id(&mut self, id: &Text<'_>) {
+        if let Some(id) = id.0.as_deref().filter(|id| !id.is_empty()) {
             self.response_id = Some(id.to_string());
         }
     }
 
-    fn set_error(&mut self, v: &Value) {
-        let kind = at(v, "/error/type")
-            .or_else(|| at(v, "/error/status"))
-            .or_else(|| at(v, "/error/code"))
-            .and_then(|k| {
-                k.as_str()
-                    .map(str::to_string)
-                    .or_else(|| k.as_u64().map(|n| n.to_string()))
-            })
-            .unwrap_or_else(|| "error".to_string());
-        self.error = Some(kind);
-    }
-
     /// Anthropic counts are cumulative and may arrive in pieces: keep the largest.
-    fn anthropic_usage(&mut self, u: &Value) {
+    fn anthropic_usage(&mut self, u: &Counts) {
         let mut seen = false;
-        let mut take = |slot: &mut u64, v: Option<u64>| {
-            if let Some(v) = v {
+        let mut take = |slot: &mut u64, v: Count| {
+            if let Some(v) = v.0 {
                 seen = true;
                 *slot = (*slot).max(v);
             }
         };
-        take(&mut self.usage.input, u64_at(u, "/input_tokens"));
-        take(&mut self.usage.output, u64_at(u, "/output_tokens"));
+        take(&mut self.usage.input, u.input_tokens);
+        take(&mut self.usage.output, u.output_tokens);
         take(
             &mut self.usage.cache_creation,
-            u64_at(u, "/cache_creation_input_tokens"),
+            u.cache_creation_input_tokens,
         );
-        take(
-            &mut self.usage.cache_read,
-            u64_at(u, "/cache_read_input_tokens"),
-        );
-        take(
-            &mut self.usage.cache_creation_1h,
-            u64_at(u, "/cache_creation/ephemeral_1h_input_tokens"),
-        );
+        take(&mut self.usage.cache_read, u.cache_read_input_tokens);
+        if let Some(c) = u.cache_creation.get() {
+            take(
+                &mut self.usage.cache_creation_1h,
+                c.ephemeral_1h_input_tokens,
+            );
+        }
         self.usage_seen |= seen;
     }
 
     /// OpenAI counts include cached tokens in the prompt; store them apart.
-    fn openai_usage(&mut self, u: &Value, input: &str, output: &str, cached: &str) {
-        let (Some(prompt), Some(completion)) = (u64_at(u, input), u64_at(u, output)) else {
+    fn openai_usage(&mut self, input: Count, output: Count, details: &Object<Cached>) {
+        let (Some(prompt), Some(completion)) = (input.0, output.0) else {
             return;
         };
-        let cached = u64_at(u, cached).unwrap_or(0).min(prompt);
+        let cached = details
+            .get()
+            .and_then(|d| d.cached_tokens.0)
+            .unwrap_or(0)
+            .min(prompt);
         self.usage = TokenUsage {
             input: prompt - cached,
             output: completion,
@@ -115,15 +97,24 @@ impl Observed {
         self.usage_seen = true;
     }
 
+    fn chat_usage(&mut self, u: &Counts) {
+        self.openai_usage(
+            u.prompt_tokens,
+            u.completion_tokens,
+            &u.prompt_tokens_details,
+        );
+    }
+
+    fn responses_usage(&mut self, u: &Counts) {
+        self.openai_usage(u.input_tokens, u.output_tokens, &u.input_tokens_details);
+    }
+
     /// Gemini: thoughts are billed as output; cached content is inside the prompt count.
-    fn gemini_usage(&mut self, u: &Value) {
-        let prompt = u64_at(u, "/promptTokenCount").unwrap_or(0)
-            + u64_at(u, "/toolUsePromptTokenCount").unwrap_or(0);
-        let cached = u64_at(u, "/cachedContentTokenCount")
-            .unwrap_or(0)
-            .min(prompt);
-        let output = u64_at(u, "/candidatesTokenCount").unwrap_or(0)
-            + u64_at(u, "/thoughtsTokenCount").unwrap_or(0);
+    fn gemini_usage(&mut self, u: &GeminiCounts) {
+        let count = |c: Count| c.0.unwrap_or(0);
+        let prompt = count(u.prompt_token_count) + count(u.tool_use_prompt_token_count);
+        let cached = count(u.cached_content_token_count).min(prompt);
+        let output = count(u.candidates_token_count) + count(u.thoughts_token_count);
         self.usage = TokenUsage {
             input: prompt - cached,
             output,
@@ -134,76 +125,80 @@ impl Observed {
     }
 
     /// One streamed event (the JSON of a `data:` line).
-    fn apply_event(&mut self, format: UsageFormat, event: &Value) {
+    fn apply_event(&mut self, format: UsageFormat, event: &Message<'_>) {
         match format {
-            UsageFormat::Anthropic => match event.get("type").and_then(Value::as_str) {
+            UsageFormat::Anthropic => match event.kind.0.as_deref() {
                 Some("message_start") => {
-                    self.set_model(at(event, "/message/model"));
-                    if let Some(u) = at(event, "/message/usage") {
-                        self.anthropic_usage(u);
+                    if let Some(message) = event.message.get() {
+                        self.set_model(&message.model);
+                        if let Some(u) = message.usage.get() {
+                            self.anthropic_usage(u);
+                        }
                     }
                 }
                 Some("message_delta") => {
-                    if let Some(u) = event.get("usage") {
+                    if let Some(u) = event.usage.get() {
                         self.anthropic_usage(u);
                     }
                 }
                 Some("message_stop") => self.complete = true,
-                Some("error") => self.set_error(event),
+                Some("error") => {
+                    self.error = Some(event.error.as_ref().map_or("error".into(), Error::kind))
+                }
                 _ => {}
             },
             UsageFormat::OpenAiChat => {
-                if event.get("error").is_some() {
-                    self.set_error(event);
+                if let Some(error) = &event.error {
+                    self.error = Some(error.kind());
                     return;
                 }
-                self.set_model(event.get("model"));
-                if let Some(u) = event.get("usage").filter(|u| u.is_object()) {
-                    self.openai_usage(
-                        u,
-                        "/prompt_tokens",
-                        "/completion_tokens",
-                        "/prompt_tokens_details/cached_tokens",
-                    );
+                self.set_model(&event.model);
+                if let Some(u) = event.usage.get() {
+                    self.chat_usage(u);
                 }
             }
-            UsageFormat::OpenAiResponses => match event.get("type").and_then(Value::as_str) {
+            UsageFormat::OpenAiResponses => match event.kind.0.as_deref() {
                 Some("response.created") | Some("response.in_progress") => {
-                    self.set_model(at(event, "/response/model"));
-                    self.set_response_id(at(event, "/response/id"));
-                }
-                Some("response.completed")
-                | Some("response.incomplete")
-                | Some("response.failed") => {
-                    self.set_model(at(event, "/response/model"));
-                    self.set_response_id(at(event, "/response/id"));
-                    if let Some(u) = at(event, "/response/usage").filter(|u| u.is_object()) {
-                        self.openai_usage(
-                            u,
-                            "/input_tokens",
-                            "/output_tokens",
-                            "/input_tokens_details/cached_tokens",
-                        );
+                    if let Some(response) = event.response.get() {
+                        self.set_model(&response.model);
+                        self.set_response_id(&response.id);
                     }
-                    if event.get("type").and_then(Value::as_str) == Some("response.failed") {
-                        let kind = at(event, "/response/error/code")
-                            .and_then(Value::as_str)
-                            .unwrap_or("response_failed");
-                        self.error = Some(kind.to_string());
+                }
+                Some(kind @ ("response.completed" | "response.incomplete" | "response.failed")) => {
+                    if let Some(response) = event.response.get() {
+                        self.set_model(&response.model);
+                        self.set_response_id(&response.id);
+                        if let Some(u) = response.usage.get() {
+                            self.responses_usage(u);
+                        }
+                    }
+                    if kind == "response.failed" {
+                        let code = event
+                            .response
+                            .get()
+                            .and_then(|r| match &r.error {
+                                Some(Error::Object(e)) => e.code.0.clone(),
+                                _ => None,
+                            })
+                            .unwrap_or_else(|| "response_failed".into());
+                        self.error = Some(code);
                     }
                     self.complete = true;
                 }
-                Some("error") => self.set_error(&serde_json::json!({ "error": event })),
+                // The event is the error: `{"type":"error","code":…,"message":…}`.
+                Some("error") => {
+                    self.error = Some(event.code.0.clone().unwrap_or_else(|| "error".into()))
+                }
                 _ => {}
             },
             UsageFormat::Gemini => {
-                let inner = event.get("response").unwrap_or(event);
-                if inner.get("error").is_some() {
-                    self.set_error(inner);
+                let inner = event.response.get().map_or(event, |r| &**r);
+                if let Some(error) = &inner.error {
+                    self.error = Some(error.kind());
                     return;
                 }
-                self.set_model(inner.get("modelVersion"));
-                if let Some(u) = inner.get("usageMetadata") {
+                self.set_model(&inner.model_version);
+                if let Some(u) = inner.usage_metadata.get() {
                     self.gemini_usage(u);
                 }
             }
@@ -211,50 +206,40 @@ impl Observed {
     }
 
     /// A complete, non-streamed body.
-    fn apply_body(&mut self, format: UsageFormat, body: &Value) {
+    fn apply_body(&mut self, format: UsageFormat, body: &Message<'_>) {
         let inner = match format {
-            UsageFormat::Gemini => body.get("response").unwrap_or(body),
+            UsageFormat::Gemini => body.response.get().map_or(body, |r| &**r),
             _ => body,
         };
-        if inner.get("error").is_some_and(|e| e.is_object())
-            || inner.get("type").and_then(Value::as_str) == Some("error")
+        if inner.error.as_ref().is_some_and(Error::is_object)
+            || inner.kind.0.as_deref() == Some("error")
         {
-            self.set_error(inner);
+            self.error = Some(inner.error.as_ref().map_or("error".into(), Error::kind));
             return;
         }
         match format {
             UsageFormat::Anthropic => {
-                self.set_model(inner.get("model"));
-                if let Some(u) = inner.get("usage") {
+                self.set_model(&inner.model);
+                if let Some(u) = inner.usage.get() {
                     self.anthropic_usage(u);
                 }
             }
             UsageFormat::OpenAiChat => {
-                self.set_model(inner.get("model"));
-                if let Some(u) = inner.get("usage").filter(|u| u.is_object()) {
-                    self.openai_usage(
-                        u,
-                        "/prompt_tokens",
-                        "/completion_tokens",
-                        "/prompt_tokens_details/cached_tokens",
-                    );
+                self.set_model(&inner.model);
+                if let Some(u) = inner.usage.get() {
+                    self.chat_usage(u);
                 }
             }
             UsageFormat::OpenAiResponses => {
-                self.set_model(inner.get("model"));
-                self.set_response_id(inner.get("id"));
-                if let Some(u) = inner.get("usage").filter(|u| u.is_object()) {
-                    self.openai_usage(
-                        u,
-                        "/input_tokens",
-                        "/output_tokens",
-                        "/input_tokens_details/cached_tokens",
-                    );
+                self.set_model(&inner.model);
+                self.set_response_id(&inner.id);
+                if let Some(u) = inner.usage.get() {
+                    self.responses_usage(u);
                 }
             }
             UsageFormat::Gemini => {
-                self.set_model(inner.get("modelVersion"));
-                if let Some(u) = inner.get("usageMetadata") {
+                self.set_model(&inner.model_version);
+                if let Some(u) = inner.usage_metadata.get() {
                     self.gemini_usage(u);
                 }
             }
@@ -357,8 +342,8 @@ impl UsageTap {
                 }
             }
             Mode::Json { body, overflow } => {
-                if !*overflow && let Some(v) = usage_fields(body) {
-                    self.observed.apply_body(self.format, &v);
+                if !*overflow && let Some(m) = Message::parse(body) {
+                    self.observed.apply_body(self.format, &m);
                 }
                 body.clear();
             }
@@ -369,47 +354,6 @@ impl UsageTap {
     pub fn observed(&self) -> &Observed {
         &self.observed
     }
-}
-
-/// The top-level fields usage is read from (and Gemini's `response`
-/// wrapper), as a small JSON object: the answer's content is skipped by the
-/// parser, never built into a tree.
-fn usage_fields(body: &[u8]) -> Option<Value> {
-    #[derive(serde::Deserialize)]
-    struct Top {
-        error: Option<Value>,
-        #[serde(rename = "type")]
-        kind: Option<Value>,
-        model: Option<Value>,
-        #[serde(rename = "modelVersion")]
-        model_version: Option<Value>,
-        id: Option<Value>,
-        usage: Option<Value>,
-        #[serde(rename = "usageMetadata")]
-        usage_metadata: Option<Value>,
-        response: Option<Box<Top>>,
-    }
-    fn object(top: Top) -> Value {
-        let mut out = serde_json::Map::new();
-        for (name, value) in [
-            ("error", top.error),
-            ("type", top.kind),
-            ("model", top.model),
-            ("modelVersion", top.model_version),
-            ("id", top.id),
-            ("usage", top.usage),
-            ("usageMetadata", top.usage_metadata),
-        ] {
-            if let Some(value) = value {
-                out.insert(name.into(), value);
-            }
-        }
-        if let Some(inner) = top.response {
-            out.insert("response".into(), object(*inner));
-        }
-        Value::Object(out)
-    }
-    serde_json::from_slice::<Top>(body).ok().map(object)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -452,8 +396,8 @@ fn sse_line(format: UsageFormat, line: &[u8], observed: &mut Observed) {
     }
     // JSON parsing validates UTF-8 per complete line, so a multi-byte
     // character split across chunks is never decoded half.
-    if let Ok(v) = serde_json::from_slice::<Value>(data) {
-        observed.apply_event(format, &v);
+    if let Some(event) = Message::parse(data) {
+        observed.apply_event(format, &event);
     }
 }
 
@@ -633,6 +577,37 @@ data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"b\"}]},\"finishReaso
             }
         );
         assert_eq!(o.model.as_deref(), Some("gemini-2.5-flash"));
+    }
+
+    #[test]
+    fn odd_members_read_as_absent_and_spare_the_rest() {
+        let body = r#"{"model":"claude-\u0073onnet","usage":{"input_tokens":"12","output_tokens":7,"cache_read_input_tokens":-1,"cache_creation":[1,{"a":2}],"cache_creation_input_tokens":2.5},"content":[{"type":"text","text":"{\"usage\":1}"}],"message":"not an object","error":null}"#;
+        let o = run(UsageFormat::Anthropic, "application/json", body);
+        assert_eq!(o.model.as_deref(), Some("claude-sonnet"));
+        assert_eq!(
+            o.usage,
+            TokenUsage {
+                output: 7,
+                ..Default::default()
+            }
+        );
+        assert!(o.usage_seen && o.complete && o.error.is_none());
+        for not_an_object in ["[1,2]", "\"text\"", "12", "null"] {
+            let o = run(UsageFormat::Anthropic, "application/json", not_an_object);
+            assert!(!o.usage_seen, "{not_an_object}");
+        }
+    }
+
+    #[test]
+    fn responses_errors_keep_their_codes() {
+        let body = "data: {\"type\":\"error\",\"code\":\"rate_limit_exceeded\",\"message\":\"slow down\",\"param\":null}\n\n";
+        let o = run(UsageFormat::OpenAiResponses, "text/event-stream", body);
+        assert_eq!(o.error.as_deref(), Some("rate_limit_exceeded"));
+        let body = "data: {\"type\":\"response.failed\",\"response\":{\"id\":\"r2\",\"model\":\"gpt-5\",\"error\":{\"code\":\"server_error\",\"message\":\"x\"},\"usage\":null}}\n\n";
+        let o = run(UsageFormat::OpenAiResponses, "text/event-stream", body);
+        assert_eq!(o.error.as_deref(), Some("server_error"));
+        assert_eq!(o.response_id.as_deref(), Some("r2"));
+        assert!(o.complete && !o.usage_seen);
     }
 
     #[test]

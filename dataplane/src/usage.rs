@@ -36,7 +36,7 @@ struct SegmentState {
 }
 
 struct Current {
-    file: File,
+    file: Arc<File>,
     seq: u64,
     opened: Instant,
 }
@@ -46,6 +46,8 @@ pub struct Journal {
     dir: PathBuf,
     prefix: String,
     current: Mutex<Current>,
+    /// Segments closed full on a request's path, synced by the next beat.
+    unsynced: Mutex<Vec<Arc<File>>>,
     segments: Mutex<BTreeMap<u64, SegmentState>>,
     /// Bytes on disk; above `max_bytes` new requests are refused.
     bytes: std::sync::atomic::AtomicU64,
@@ -98,10 +100,11 @@ impl Journal {
             dir: dir.to_path_buf(),
             prefix,
             current: Mutex::new(Current {
-                file,
+                file: Arc::new(file),
                 seq,
                 opened: Instant::now(),
             }),
+            unsynced: Mutex::default(),
             segments: Mutex::new(segments),
             bytes: bytes.into(),
             max_bytes,
@@ -130,9 +133,8 @@ impl Journal {
         let mut buf = Vec::with_capacity(record.encoded_len() + 5);
         record.encode_length_delimited(&mut buf).expect("Vec grows");
         let mut current = self.current.lock().expect("journal lock");
-        current.file.write_all(&buf)?;
+        (&*current.file).write_all(&buf)?;
         let seq = current.seq;
-        drop(current);
         self.bytes
             .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let mut segments = self.segments.lock().expect("journal lock");
@@ -140,35 +142,53 @@ impl Journal {
         state.written += 1;
         if state.written >= SEGMENT_RECORDS {
             drop(segments);
-            self.rotate(false)?;
+            // Full: the next beat syncs it, off the request's path.
+            let closed = self.next_segment(&mut current)?;
+            self.unsynced.lock().expect("journal lock").push(closed);
         }
         Ok(seq)
     }
 
-    /// Closes the current segment (when old enough, or `force`) and opens the next.
+    /// Closes the current segment (when old enough, or `force`) and opens
+    /// the next, then syncs what was written. Blocks on the disk: not for a
+    /// runtime worker.
     fn rotate(&self, force: bool) -> std::io::Result<()> {
-        let mut current = self.current.lock().expect("journal lock");
-        let written = self
-            .segments
-            .lock()
-            .expect("journal lock")
-            .get(&current.seq)
-            .map_or(0, |s| s.written);
-        if written == 0
-            || (!force && current.opened.elapsed() < SEGMENT_AGE && written < SEGMENT_RECORDS)
-        {
-            return current.file.sync_data();
+        let synced = {
+            let mut current = self.current.lock().expect("journal lock");
+            let written = self
+                .segments
+                .lock()
+                .expect("journal lock")
+                .get(&current.seq)
+                .map_or(0, |s| s.written);
+            let mut files = std::mem::take(&mut *self.unsynced.lock().expect("journal lock"));
+            if written == 0
+                || (!force && current.opened.elapsed() < SEGMENT_AGE && written < SEGMENT_RECORDS)
+            {
+                files.push(current.file.clone());
+            } else {
+                files.push(self.next_segment(&mut current)?);
+            }
+            files
+        };
+        // Appends go on meanwhile: the lock is not held across the sync.
+        for file in synced {
+            file.sync_data()?;
         }
-        current.file.sync_data()?;
+        Ok(())
+    }
+
+    /// Makes the next segment current; returns the closed one's file.
+    fn next_segment(&self, current: &mut Current) -> std::io::Result<Arc<File>> {
         let next = current.seq + 1;
-        current.file = Self::create(&self.dir, &self.prefix, next)?;
-        current.seq = next;
-        current.opened = Instant::now();
+        let file = Arc::new(Self::create(&self.dir, &self.prefix, next)?);
         self.segments
             .lock()
             .expect("journal lock")
             .insert(next, SegmentState::default());
-        Ok(())
+        current.seq = next;
+        current.opened = Instant::now();
+        Ok(std::mem::replace(&mut current.file, file))
     }
 
     fn settle(&self, seq: u64, records: u64, taken: bool) {
@@ -388,7 +408,11 @@ impl Reporter {
 
     /// Closes an old segment, deletes delivered ones and replays the rest.
     async fn beat(&self) {
-        if let Err(e) = self.journal.rotate(false) {
+        let journal = self.journal.clone();
+        let rotated = tokio::task::spawn_blocking(move || journal.rotate(false))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = rotated {
             tracing::error!(error = %e, "cannot rotate the usage journal");
         }
         for (seq, delivered) in self.journal.closed() {
@@ -474,6 +498,28 @@ mod tests {
         journal.settle(first, 1, true);
         journal.settle(second, 1, false);
         assert_eq!(journal.closed(), vec![(first, true), (second, false)]);
+    }
+
+    #[test]
+    fn a_full_segment_closes_on_append_and_the_next_rotation_syncs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), "n", 1 << 30).unwrap();
+        let first = journal.append(&record("r0")).unwrap();
+        for i in 1..SEGMENT_RECORDS {
+            assert_eq!(journal.append(&record(&format!("r{i}"))).unwrap(), first);
+        }
+        assert_eq!(
+            journal.unsynced.lock().unwrap().len(),
+            1,
+            "closed, not yet synced"
+        );
+        let next = journal.append(&record("next")).unwrap();
+        assert_eq!(next, first + 1);
+        journal.rotate(false).unwrap();
+        assert!(journal.unsynced.lock().unwrap().is_empty());
+        assert_eq!(journal.read(first).unwrap().len(), SEGMENT_RECORDS as usize);
+        journal.settle(first, SEGMENT_RECORDS, true);
+        assert_eq!(journal.closed(), vec![(first, true)]);
     }
 
     #[test]
