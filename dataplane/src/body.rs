@@ -86,8 +86,11 @@ impl Body for RelayBody {
 /// metered when it ends or when the client drops it.
 pub struct TapBody {
     upstream: Incoming,
-    /// Fires when the upstream has been silent for `idle`.
+    /// Fires when the upstream may have been silent for `idle`; moved on
+    /// only when it fires, so a chunk costs no timer work.
     quiet: Pin<Box<tokio::time::Sleep>>,
+    /// When the upstream last sent something.
+    heard: tokio::time::Instant,
     idle: Duration,
     /// The first chunk, read before the response head was sent.
     first: Option<Bytes>,
@@ -144,12 +147,26 @@ impl TapBody {
         Self {
             upstream,
             quiet: Box::pin(tokio::time::sleep(idle)),
+            heard: tokio::time::Instant::now(),
             idle,
             first,
             pipeline,
             meter: Some(meter),
             done: false,
         }
+    }
+
+    /// Whether the upstream has now been silent for `idle`; otherwise the
+    /// timer is set to fire when it would have been.
+    fn silent_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.quiet.as_mut().poll(cx).is_ready() {
+            let deadline = self.heard + self.idle;
+            if deadline <= tokio::time::Instant::now() {
+                return true;
+            }
+            self.quiet.as_mut().reset(deadline);
+        }
+        false
     }
 
     fn end(&mut self, ended: bool) {
@@ -183,7 +200,7 @@ impl Body for TapBody {
         loop {
             let polled = Pin::new(&mut this.upstream).poll_frame(cx);
             if polled.is_pending() {
-                if this.quiet.as_mut().poll(cx).is_ready() {
+                if this.silent_too_long(cx) {
                     this.done = true;
                     if let Some(meter) = this.meter.as_mut() {
                         meter.error_class = "upstream_idle_timeout".into();
@@ -197,9 +214,7 @@ impl Body for TapBody {
                 }
                 return Poll::Pending;
             }
-            this.quiet
-                .as_mut()
-                .reset(tokio::time::Instant::now() + this.idle);
+            this.heard = tokio::time::Instant::now();
             match ready!(polled) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(raw) => {

@@ -74,6 +74,46 @@ async fn a_client_that_leaves_cancels_the_upstream_and_is_still_billed() {
 }
 
 #[tokio::test]
+async fn slow_but_steady_streams_are_not_cut_off() {
+    let mock = MockUpstream::start().await;
+    let e = start_with(&[("AIPROXY_IDLE_TIMEOUT", "1".to_string())]).await;
+    e.admin
+        .create_account("steady", &mock.url(), "mock-steady")
+        .await;
+    let key = e.user_key("patient").await;
+    let url = format!("{}/v1/messages", e.proxy);
+    wait_for_status(
+        &e.http,
+        &url,
+        &[("x-api-key", &key)],
+        &json!({"model": "claude-sonnet-4-5", "messages": []}),
+        200,
+    )
+    .await;
+
+    // 600 ms between events, several seconds in all: never a second of silence.
+    let started = Instant::now();
+    let mut resp = e
+        .http
+        .stream(&url, &[("x-api-key", &key)], &stream_body())
+        .await;
+    let request_id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    let mut body = Vec::new();
+    while let Some(frame) = resp.body_mut().frame().await {
+        let frame = frame.expect("the stream is not cut off");
+        if let Ok(data) = frame.into_data() {
+            body.extend_from_slice(&data);
+        }
+    }
+    assert!(started.elapsed() > Duration::from_secs(2));
+    assert!(String::from_utf8_lossy(&body).contains("message_stop"));
+    let row = logged(&e.admin, &request_id).await;
+    assert_eq!(row["error_class"], "", "{row}");
+    assert_eq!(row["usage_source"], "reported");
+    e.process.stop().await;
+}
+
+#[tokio::test]
 async fn silent_upstreams_are_cut_off_and_big_bodies_refused() {
     let mock = MockUpstream::start().await;
     let e = start_with(&[

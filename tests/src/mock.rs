@@ -13,6 +13,7 @@
 //! - `mock-long`: an Anthropic answer whose prompt is `LONG_INPUT` tokens (a long-context tier);
 //! - `expired-token`: 401, as for an OAuth access token past its life;
 //! - `mock-slow`: streams that pause two seconds after the first event;
+//! - `mock-steady`: streams with 600 ms between all their events;
 //! - `mock-cut`: streams that end early, cleanly, before their final event;
 //! - Code Assist (`/v1internal:…`) answers only for its one project, wrapped in `{"response": …}`;
 //! - anything else: a normal answer.
@@ -219,10 +220,10 @@ async fn handle(
         .to_string();
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     let gzip = key == "mock-gzip";
-    let pause = if key == "mock-slow" {
-        Duration::from_secs(2)
-    } else {
-        Duration::from_millis(5)
+    let (pause, pace) = match key.as_str() {
+        "mock-slow" => (Duration::from_secs(2), Duration::from_millis(5)),
+        "mock-steady" => (Duration::from_millis(600), Duration::from_millis(600)),
+        _ => (Duration::from_millis(5), Duration::from_millis(5)),
     };
     // `mock-cut` ends its streams early, cleanly, before any final event.
     let cut = key == "mock-cut";
@@ -230,7 +231,7 @@ async fn handle(
         if cut {
             events.truncate(3);
         }
-        sse_response(events, gzip, pause, state.cancelled.clone())
+        sse_response(events, gzip, pause, pace, state.cancelled.clone())
     };
     let resp = match path.as_str() {
         "/v1/messages" => match failure {
@@ -819,12 +820,13 @@ pub fn sse_events(model: &str) -> Vec<String> {
         .collect()
 }
 
-/// Streams the events one chunk each, `pause` after the first and a few ms
+/// Streams the events one chunk each, `pause` after the first and `pace`
 /// apart after that, as a real upstream does; counts streams whose reader left early.
 fn sse_response(
     events: Vec<String>,
     compress: bool,
     pause: Duration,
+    pace: Duration,
     cancelled: Arc<std::sync::atomic::AtomicUsize>,
 ) -> Response<MockBody> {
     let body: MockBody = if compress {
@@ -837,12 +839,7 @@ fn sse_response(
                     cancelled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     return;
                 }
-                // `pause` after the first event, then the usual pace.
-                let wait = if i == 0 {
-                    pause
-                } else {
-                    Duration::from_millis(5)
-                };
+                let wait = if i == 0 { pause } else { pace };
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = tx.closed() => {
