@@ -242,22 +242,28 @@ on_every_backend!(
 );
 
 on_every_backend!(the_jobs_lease_has_one_holder_until_it_lapses, |store| {
-    let ttl = std::time::Duration::from_millis(300);
-    assert!(store.try_lease("jobs", "a", ttl).await.unwrap());
+    // Held for a minute, so a slow machine cannot see it lapse early.
+    let long = std::time::Duration::from_secs(60);
+    assert!(store.try_lease("jobs", "a", long).await.unwrap());
     assert!(
-        !store.try_lease("jobs", "b", ttl).await.unwrap(),
+        !store.try_lease("jobs", "b", long).await.unwrap(),
         "held by a"
     );
-    assert!(store.try_lease("jobs", "a", ttl).await.unwrap(), "a renews");
+    // A renewal sets the new term, here a short one.
+    let short = std::time::Duration::from_millis(200);
+    assert!(
+        store.try_lease("jobs", "a", short).await.unwrap(),
+        "a renews"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     assert!(
-        store.try_lease("jobs", "b", ttl).await.unwrap(),
+        store.try_lease("jobs", "b", long).await.unwrap(),
         "b takes a lapsed lease"
     );
-    assert!(!store.try_lease("jobs", "a", ttl).await.unwrap());
+    assert!(!store.try_lease("jobs", "a", long).await.unwrap());
     store.release_lease("jobs", "b").await.unwrap();
     assert!(
-        store.try_lease("jobs", "a", ttl).await.unwrap(),
+        store.try_lease("jobs", "a", long).await.unwrap(),
         "released at once"
     );
 });
