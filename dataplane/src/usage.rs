@@ -172,10 +172,16 @@ impl Journal {
             files
         };
         // Appends go on meanwhile: the lock is not held across the sync.
+        // Every file is tried; the first failure is reported.
+        let mut result = Ok(());
         for file in synced {
-            file.sync_data()?;
+            if let Err(e) = file.sync_data()
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
         }
-        Ok(())
+        result
     }
 
     /// Makes the next segment current; returns the closed one's file.
