@@ -28,6 +28,9 @@ struct Inner {
     defaults: crate::settings::Defaults,
     billing_utc_offset_seconds: i32,
     latest: watch::Sender<Option<Arc<pb::Snapshot>>>,
+    /// One build at a time: builds side by side could publish an older
+    /// version after a newer one, and nodes would briefly step back.
+    building: tokio::sync::Mutex<()>,
     changed: Notify,
     /// Package and key usage as it changes, for every watcher.
     usage: broadcast::Sender<Arc<pb::UsageUpdate>>,
@@ -53,6 +56,7 @@ impl Publisher {
                 defaults,
                 billing_utc_offset_seconds,
                 latest,
+                building: tokio::sync::Mutex::new(()),
                 changed: Notify::new(),
                 usage,
             }),
@@ -116,6 +120,7 @@ impl Publisher {
 
     /// Builds once if nothing is published yet; then the loop keeps it fresh.
     pub async fn refresh(&self) -> StoreResult<()> {
+        let _building = self.inner.building.lock().await;
         let version = self.inner.store.snapshot_version().await?;
         let current = self.inner.latest.borrow().as_ref().map(|s| s.version);
         if current != Some(version) {
@@ -280,5 +285,45 @@ fn package(p: &Package) -> pb::Package {
         monthly_quota: amount(p.monthly_quota),
         quota_total: amount(p.quota_total),
         usage: Some(package_usage(p.id, &p.usage())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refreshes_side_by_side_never_publish_an_older_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("p.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let publisher = Publisher::new(store.clone(), Sealer::new("s"), Default::default(), 0);
+        let mut rx = publisher.subscribe();
+        let seen = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while rx.changed().await.is_ok() {
+                if let Some(s) = rx.borrow_and_update().as_ref() {
+                    seen.push(s.version);
+                }
+            }
+            seen
+        });
+        for _ in 0..20 {
+            // A poll already building while an operator's change bumps the version.
+            tokio::try_join!(publisher.refresh(), async {
+                store.bump_snapshot_version().await?;
+                publisher.refresh().await
+            })
+            .unwrap();
+        }
+        let last = store.snapshot_version().await.unwrap();
+        drop(publisher);
+        let seen = seen.await.unwrap();
+        assert!(
+            seen.windows(2).all(|w| w[0] < w[1]),
+            "published out of order: {seen:?}"
+        );
+        assert_eq!(seen.last(), Some(&last));
     }
 }
