@@ -56,6 +56,7 @@ pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/auth/login", post(auth::login))
         .route("/me", get(auth::me))
+        .route("/me/password", post(auth::change_password))
         .route("/users", get(users::list).post(users::create))
         .route(
             "/users/{id}",

@@ -97,6 +97,9 @@ pub struct Claims {
     pub role: String,
     pub iat: i64,
     pub exp: i64,
+    /// The user's token generation at issue; a password change moves it on.
+    #[serde(default)]
+    pub generation: i64,
 }
 
 /// HS256 keys for admin-API tokens.
@@ -117,7 +120,13 @@ impl JwtKeys {
         }
     }
 
-    pub fn issue(&self, user_id: i64, username: &str, role: &str) -> (String, Claims) {
+    pub fn issue(
+        &self,
+        user_id: i64,
+        username: &str,
+        role: &str,
+        generation: i64,
+    ) -> (String, Claims) {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user_id,
@@ -125,6 +134,7 @@ impl JwtKeys {
             role: role.to_string(),
             iat: now,
             exp: now + (self.expire_hours as i64) * 3600,
+            generation,
         };
         let token = jsonwebtoken::encode(&Header::default(), &claims, &self.encoding)
             .expect("HS256 signing cannot fail");
@@ -170,7 +180,7 @@ mod tests {
     #[test]
     fn jwt_round_trip_and_expiry() {
         let keys = JwtKeys::new(SECRET, 1);
-        let (token, _) = keys.issue(7, "admin", "admin");
+        let (token, _) = keys.issue(7, "admin", "admin", 0);
         let claims = keys.verify(&token).unwrap();
         assert_eq!(claims.sub, 7);
         assert_eq!(claims.role, "admin");
@@ -182,6 +192,7 @@ mod tests {
             role: "admin".into(),
             iat: 0,
             exp: 1,
+            generation: 0,
         };
         let token = jsonwebtoken::encode(&Header::default(), &expired, &keys.encoding).unwrap();
         assert!(keys.verify(&token).is_err());

@@ -499,5 +499,33 @@ async fn prices_are_edited_imported_and_rerated() {
         )
         .await;
     assert_eq!(reply.status, 400);
+    let reply = e
+        .admin
+        .call(
+            "PUT",
+            "/prices/unpriced",
+            Some(json!({"output_price": "1"})),
+        )
+        .await;
+    assert_eq!(reply.status, 400, "a new model needs both base prices");
+
+    // Changing one price keeps the others.
+    let changed = e
+        .admin
+        .expect(
+            "PUT",
+            "/prices/my-model",
+            Some(json!({"output_price": "12"})),
+            200,
+        )
+        .await;
+    assert_eq!(
+        (
+            changed["input_price"].as_str(),
+            changed["output_price"].as_str(),
+            changed["cache_read_price"].as_str()
+        ),
+        (Some("1.25"), Some("12"), Some("0.125"))
+    );
     e.process.stop().await;
 }

@@ -575,6 +575,62 @@ async fn admin_api_guards_roles_and_secrets() {
         assert_eq!(status, 403, "{method} {path}");
     }
 
+    // A user changes their own password; the tokens issued before stop working.
+    let change =
+        |current: &str, new: &str| json!({"current_password": current, "new_password": new});
+    let reply = dave
+        .call(
+            "POST",
+            "/me/password",
+            Some(change("not-mine-123", "dave-new-pass-1")),
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+    let reply = dave
+        .call(
+            "POST",
+            "/me/password",
+            Some(change("user-password-1", "short")),
+        )
+        .await;
+    assert_eq!(reply.status, 400);
+    let changed = dave
+        .expect(
+            "POST",
+            "/me/password",
+            Some(change("user-password-1", "dave-new-pass-1")),
+            200,
+        )
+        .await;
+    assert_eq!(changed["user"]["id"], user["id"]);
+    let reply = dave.call("GET", "/me", None).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(
+        reply.json()["error"]["message"],
+        "password changed since this sign-in; sign in again"
+    );
+    let fresh = changed["token"].as_str().unwrap().to_string();
+    let reply = http
+        .send(
+            "GET",
+            &format!("{base}/me"),
+            &[("authorization", &format!("Bearer {fresh}"))],
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 200, "the token handed back works");
+    let reply = http
+        .send(
+            "POST",
+            &format!("{base}/auth/login"),
+            &[],
+            Some(&json!({"username": "dave", "password": "user-password-1"})),
+        )
+        .await;
+    assert_eq!(reply.status, 401, "the old password is gone");
+    let dave = Admin::login(http, &e.process.url("admin"), "dave", "dave-new-pass-1").await;
+    dave.expect("GET", "/me", None, 200).await;
+
     let spec = http
         .send("GET", &format!("{base}/openapi.json"), &[], None)
         .await;

@@ -1,7 +1,8 @@
 // The API client: bearer header, query strings, error normalisation, 401 handling, downloads.
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import { ApiError, buildQuery, configureClient, request, requestBlob } from '@/api/http'
-import { login } from '@/api/auth'
+import { changePassword, login } from '@/api/auth'
+import { passwordProblem } from '@/utils/password'
 import { listRequestLogs, exportRequestLogs } from '@/api/logs'
 import { clearSessions } from '@/api/cache'
 
@@ -117,6 +118,27 @@ describe('request', () => {
     expect(err.message).toBe('invalid username or password')
     expect(onUnauthorized).not.toHaveBeenCalled()
     expect(fetchMock.mock.calls[0][1].headers.authorization).toBeUndefined()
+  })
+})
+
+describe('changing the password', () => {
+  it('posts both passwords with the session token and keeps the session on a wrong one', async () => {
+    fetchMock.mockResolvedValue(json(400, { error: { code: 'bad_request', message: 'current_password is not your password' } }))
+    const err = await failure(changePassword('old-one-1', 'new-one-12'))
+    expect(err.status).toBe(400)
+    expect(onUnauthorized).not.toHaveBeenCalled()
+    const [url, init] = fetchMock.mock.calls[0]
+    expect(url).toBe('/api/v1/me/password')
+    expect(init.method).toBe('POST')
+    expect(init.headers.authorization).toBe('Bearer tok-123')
+    expect(JSON.parse(init.body)).toEqual({ current_password: 'old-one-1', new_password: 'new-one-12' })
+  })
+
+  it('says what the API would refuse before asking it', () => {
+    expect(passwordProblem('short', 'old-one-1')).toBe('At least 8 characters')
+    expect(passwordProblem('x'.repeat(257), 'old-one-1')).toBe('At most 256 characters')
+    expect(passwordProblem('old-one-1', 'old-one-1')).toBe('The same as the current one')
+    expect(passwordProblem('new-one-12', 'old-one-1')).toBeNull()
   })
 })
 

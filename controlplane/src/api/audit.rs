@@ -123,11 +123,20 @@ fn masked(body: &[u8]) -> Option<String> {
     }
 }
 
+/// A listed field, or one named like a password, token or secret.
+fn is_secret(field: &str) -> bool {
+    let field = field.to_ascii_lowercase();
+    SECRET_FIELDS.contains(&field.as_str())
+        || ["_password", "_token", "_secret"]
+            .iter()
+            .any(|suffix| field.ends_with(suffix))
+}
+
 fn mask(v: &mut Value) {
     match v {
         Value::Object(map) => {
             for (k, field) in map.iter_mut() {
-                if SECRET_FIELDS.contains(&k.to_ascii_lowercase().as_str()) {
+                if is_secret(k) {
                     *field = match field {
                         Value::Object(inner) => Value::Object(
                             inner.keys().map(|k| (k.clone(), json!("••••"))).collect(),
@@ -181,11 +190,11 @@ mod tests {
 
     #[test]
     fn secrets_never_reach_the_audit_log() {
-        let body = br#"{"name":"a","credentials":{"api_key":"sk-ant-secret"},"password":"hunter2",
+        let body = br#"{"name":"a","credentials":{"api_key":"sk-ant-secret"},"password":"hunter2","current_password":"hunter3","new_password":"hunter4",
             "nested":[{"refresh_token":"r"}],"priority":3}"#;
         let detail = masked(body).expect("detail");
         assert!(!detail.contains("sk-ant-secret"), "{detail}");
-        assert!(!detail.contains("hunter2"), "{detail}");
+        assert!(!detail.contains("hunter"), "{detail}");
         assert!(!detail.contains("\"r\""), "{detail}");
         let v: Value = serde_json::from_str(&detail).expect("json");
         assert_eq!(

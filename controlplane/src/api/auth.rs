@@ -32,6 +32,7 @@ impl AuthUser {
                 max_concurrency: 0,
                 created_at: now,
                 updated_at: now,
+                token_generation: 0,
             },
         }
     }
@@ -93,6 +94,11 @@ impl FromRequestParts<ApiState> for AuthUser {
         if user.status != "active" {
             return Err(ApiError::Unauthorized("user is disabled"));
         }
+        if claims.generation != user.token_generation {
+            return Err(ApiError::Unauthorized(
+                "password changed since this sign-in; sign in again",
+            ));
+        }
         Ok(AuthUser { user })
     }
 }
@@ -135,16 +141,64 @@ pub async fn login(
     if user.status != "active" {
         return Err(ApiError::Unauthorized("user is disabled"));
     }
-    let (token, claims) = state.jwt.issue(user.id, &user.username, &user.role);
     tracing::info!(user_id = user.id, "admin login");
-    Ok(Json(json!({
+    Ok(Json(session(&state, user)))
+}
+
+/// A signed-in session as login answers it: a token for `user` and the user.
+fn session(state: &ApiState, user: User) -> Value {
+    let (token, claims) =
+        state
+            .jwt
+            .issue(user.id, &user.username, &user.role, user.token_generation);
+    json!({
         "token": token,
         "token_type": "Bearer",
         "expires_at": chrono::DateTime::from_timestamp(claims.exp, 0),
         "user": user,
-    })))
+    })
 }
 
 pub async fn me(auth: AuthUser) -> Json<User> {
     Json(auth.user)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    current_password: String,
+    new_password: String,
+}
+
+/// `POST /me/password`: any signed-in user changes their own password with
+/// the current one. Tokens issued before stop working; the answer carries a
+/// new one, as a login does.
+pub async fn change_password(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    JsonBody(req): JsonBody<ChangePassword>,
+) -> ApiResult<Json<Value>> {
+    if auth.user.id == 0 {
+        return Err(ApiError::BadRequest(
+            "the management token has no password".into(),
+        ));
+    }
+    super::users::check_password(&req.new_password)?;
+    let hash = auth.user.password_hash.clone();
+    let current = req.current_password;
+    let valid = tokio::task::spawn_blocking(move || verify_password(&current, &hash))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if !valid {
+        return Err(ApiError::BadRequest(
+            "current_password is not your password".into(),
+        ));
+    }
+    let patch = crate::store::UserPatch {
+        password_hash: Some(super::users::hash(req.new_password).await?),
+        ..Default::default()
+    };
+    let user = state.store.update_user(auth.user.id, &patch).await?;
+    tracing::info!(user_id = user.id, "password changed by its owner");
+    Ok(Json(session(&state, user)))
 }

@@ -12,17 +12,18 @@ use serde_json::{Map, Value, json};
 use super::{ApiError, ApiResult, ApiState, AuthUser, JsonBody, QueryParams};
 use crate::store::PriceRow;
 
-/// Prices as an operator writes them: decimal strings, USD per million tokens.
+/// Prices as an operator writes them: decimal strings, USD per million
+/// tokens. A field left out keeps the model's current value (0 for a model
+/// not priced yet), so changing one price cannot zero the others.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceInput {
-    input_price: String,
-    output_price: String,
+    input_price: Option<String>,
+    output_price: Option<String>,
     cache_write_5m_price: Option<String>,
     cache_write_1h_price: Option<String>,
     cache_read_price: Option<String>,
-    #[serde(default)]
-    long_context_threshold: i64,
+    long_context_threshold: Option<i64>,
     long_input_price: Option<String>,
     long_output_price: Option<String>,
     long_cache_write_5m_price: Option<String>,
@@ -30,9 +31,10 @@ pub struct PriceInput {
     long_cache_read_price: Option<String>,
 }
 
-fn price(field: &str, v: Option<&str>) -> ApiResult<Decimal> {
-    let Some(v) = v else {
-        return Ok(Decimal::ZERO);
+/// `given` if the operator sent it, else `current`.
+fn price(field: &str, given: Option<&str>, current: Decimal) -> ApiResult<Decimal> {
+    let Some(v) = given else {
+        return Ok(current);
     };
     let d = Decimal::from_str(v.trim())
         .map_err(|_| ApiError::BadRequest(format!("{field} must be a decimal string")))?;
@@ -76,32 +78,81 @@ pub async fn put(
 ) -> ApiResult<Json<PriceRow>> {
     auth.require_admin()?;
     check_model(&model)?;
-    if req.long_context_threshold < 0 {
+    let current = match state.store.get_price(&model).await {
+        Ok(row) => row,
+        Err(crate::store::StoreError::NotFound) => {
+            if req.input_price.is_none() || req.output_price.is_none() {
+                return Err(ApiError::BadRequest(
+                    "a model priced for the first time needs input_price and output_price".into(),
+                ));
+            }
+            PriceRow {
+                model: model.clone(),
+                ..Default::default()
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let threshold = req
+        .long_context_threshold
+        .unwrap_or(current.long_context_threshold);
+    if threshold < 0 {
         return Err(ApiError::BadRequest(
             "long_context_threshold must not be negative".into(),
         ));
     }
     let row = PriceRow {
         model: model.clone(),
-        input_price: price("input_price", Some(&req.input_price))?,
-        output_price: price("output_price", Some(&req.output_price))?,
-        cache_write_5m_price: price("cache_write_5m_price", req.cache_write_5m_price.as_deref())?,
-        cache_write_1h_price: price("cache_write_1h_price", req.cache_write_1h_price.as_deref())?,
-        cache_read_price: price("cache_read_price", req.cache_read_price.as_deref())?,
-        long_context_threshold: req.long_context_threshold,
-        long_input_price: price("long_input_price", req.long_input_price.as_deref())?,
-        long_output_price: price("long_output_price", req.long_output_price.as_deref())?,
+        input_price: price(
+            "input_price",
+            req.input_price.as_deref(),
+            current.input_price,
+        )?,
+        output_price: price(
+            "output_price",
+            req.output_price.as_deref(),
+            current.output_price,
+        )?,
+        cache_write_5m_price: price(
+            "cache_write_5m_price",
+            req.cache_write_5m_price.as_deref(),
+            current.cache_write_5m_price,
+        )?,
+        cache_write_1h_price: price(
+            "cache_write_1h_price",
+            req.cache_write_1h_price.as_deref(),
+            current.cache_write_1h_price,
+        )?,
+        cache_read_price: price(
+            "cache_read_price",
+            req.cache_read_price.as_deref(),
+            current.cache_read_price,
+        )?,
+        long_context_threshold: threshold,
+        long_input_price: price(
+            "long_input_price",
+            req.long_input_price.as_deref(),
+            current.long_input_price,
+        )?,
+        long_output_price: price(
+            "long_output_price",
+            req.long_output_price.as_deref(),
+            current.long_output_price,
+        )?,
         long_cache_write_5m_price: price(
             "long_cache_write_5m_price",
             req.long_cache_write_5m_price.as_deref(),
+            current.long_cache_write_5m_price,
         )?,
         long_cache_write_1h_price: price(
             "long_cache_write_1h_price",
             req.long_cache_write_1h_price.as_deref(),
+            current.long_cache_write_1h_price,
         )?,
         long_cache_read_price: price(
             "long_cache_read_price",
             req.long_cache_read_price.as_deref(),
+            current.long_cache_read_price,
         )?,
         ..Default::default()
     };

@@ -26,7 +26,10 @@ pub async fn totals(
         return Err(ApiError::Forbidden("only admins see usage by account"));
     }
     let f = filter(&auth, q);
-    let items = state.store.usage_totals(&f, group).await?;
+    let items = state
+        .store
+        .usage_totals(&f, group, state.billing_tz)
+        .await?;
     Ok(Json(json!({ "group_by": group_name, "items": items })))
 }
 

@@ -62,7 +62,7 @@ fn parse_rate(rate: &str) -> ApiResult<Decimal> {
     Ok(value)
 }
 
-fn check_password(password: &str) -> ApiResult<()> {
+pub(super) fn check_password(password: &str) -> ApiResult<()> {
     if password.len() < 8 || password.len() > 256 {
         return Err(ApiError::BadRequest(
             "password must be 8 to 256 characters".into(),
@@ -71,7 +71,7 @@ fn check_password(password: &str) -> ApiResult<()> {
     Ok(())
 }
 
-async fn hash(password: String) -> ApiResult<String> {
+pub(super) async fn hash(password: String) -> ApiResult<String> {
     tokio::task::spawn_blocking(move || hash_password(&password))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?

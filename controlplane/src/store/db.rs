@@ -176,6 +176,11 @@ const MYSQL_MIGRATIONS: &[EmbeddedMigration] = &[
         "operations",
         include_str!("../../../migrations/mysql/0004_operations.sql"),
     ),
+    (
+        5,
+        "sessions",
+        include_str!("../../../migrations/mysql/0005_sessions.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
     (
@@ -197,6 +202,11 @@ const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
         4,
         "operations",
         include_str!("../../../migrations/sqlite/0004_operations.sql"),
+    ),
+    (
+        5,
+        "sessions",
+        include_str!("../../../migrations/sqlite/0005_sessions.sql"),
     ),
 ];
 

@@ -223,11 +223,14 @@ fn counts_for(p: &Package, l: &Line) -> bool {
 }
 
 impl Store {
-    /// Totals of the requests matching `f`, grouped.
+    /// Totals of the requests matching `f`, grouped. Days are billing days
+    /// in `tz`, read from `daily_usages` unless `f` narrows to a key, an
+    /// account or a status, which only the request logs know.
     pub async fn usage_totals(
         &self,
         f: &RequestLogFilter,
         group: GroupBy,
+        tz: FixedOffset,
     ) -> StoreResult<Vec<UsageTotals>> {
         let int = |col: &str| match self.backend() {
             Backend::MySql => format!("CAST(SUM({col}) AS SIGNED) AS {col}"),
@@ -237,20 +240,35 @@ impl Store {
             Backend::MySql => format!("CAST({col} AS CHAR)"),
             Backend::Sqlite => format!("CAST({col} AS TEXT)"),
         };
+        let daily = group == GroupBy::Day
+            && f.api_key_id.is_none()
+            && f.account_id.is_none()
+            && f.status_code.is_none();
+        let offset = tz.local_minus_utc();
         let (table, column, requests) = match group {
             GroupBy::User => ("request_logs", text("user_id"), "COUNT(*)".to_string()),
             GroupBy::Key => ("request_logs", text("api_key_id"), "COUNT(*)".to_string()),
             GroupBy::Account => ("request_logs", text("account_id"), "COUNT(*)".to_string()),
             GroupBy::Model => ("request_logs", "model".to_string(), "COUNT(*)".to_string()),
-            GroupBy::Day => (
+            GroupBy::Day if daily => (
                 "daily_usages",
                 text("date"),
                 int("request_count").replace(" AS request_count", ""),
             ),
+            GroupBy::Day => {
+                let day = match self.backend() {
+                    Backend::MySql => {
+                        format!("DATE(DATE_ADD(created_at, INTERVAL {offset} SECOND))")
+                    }
+                    Backend::Sqlite => format!("date(created_at, '{offset:+} seconds')"),
+                };
+                ("request_logs", text(&day), "COUNT(*)".to_string())
+            }
         };
-        let (upstream, cost) = match group {
-            GroupBy::Day => ("SUM(upstream_cost)", "SUM(total_cost)"),
-            _ => ("SUM(upstream_cost)", "SUM(cost)"),
+        let (upstream, cost) = if daily {
+            ("SUM(upstream_cost)", "SUM(total_cost)")
+        } else {
+            ("SUM(upstream_cost)", "SUM(cost)")
         };
         let sql = format!(
             "SELECT {column} AS grp, {requests} AS requests, {}, {}, {}, {}, {}, {upstream} AS upstream_cost, {cost} AS cost \
@@ -263,7 +281,7 @@ impl Store {
         );
         with_pool!(self, p => {
             let mut q = QueryBuilder::new(sql.clone());
-            if group == GroupBy::Day {
+            if daily {
                 if let Some(u) = f.user_id {
                     q.push(" AND user_id = ").push_bind(u);
                 }

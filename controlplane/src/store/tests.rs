@@ -202,6 +202,21 @@ on_every_backend!(users_round_trip_and_conflict, |store| {
         .unwrap();
     assert_eq!(patched.status, "disabled");
     assert_eq!(patched.username, "alice");
+    assert_eq!(patched.token_generation, 0, "only a new password moves it");
+    let rekeyed = store
+        .update_user(
+            u.id,
+            &UserPatch {
+                password_hash: Some("new".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (rekeyed.password_hash.as_str(), rekeyed.token_generation),
+        ("new", 1)
+    );
     store.delete_user(u.id).await.unwrap();
     assert!(matches!(
         store.get_user(u.id).await,

@@ -19,6 +19,9 @@ pub struct User {
     pub max_concurrency: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Bumped by each password change; admin tokens of older generations fail.
+    #[serde(skip)]
+    pub token_generation: i64,
 }
 
 impl_from_row!(User, |r| {
@@ -33,6 +36,7 @@ impl_from_row!(User, |r| {
         max_concurrency: r.try_get("max_concurrency")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        token_generation: r.try_get("token_generation")?,
     })
 });
 
@@ -60,7 +64,7 @@ pub struct UserPatch {
 macro_rules! select_users {
     ($tail:literal) => {
         concat!(
-            "SELECT id, username, password_hash, role, status, price_rate, email, max_concurrency, created_at, updated_at FROM users",
+            "SELECT id, username, password_hash, role, status, price_rate, email, max_concurrency, created_at, updated_at, token_generation FROM users",
             $tail
         )
     };
@@ -124,9 +128,11 @@ impl Store {
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
-                "UPDATE users SET password_hash = ?, role = ?, status = ?, price_rate = ?, email = ?, max_concurrency = ?, updated_at = ? WHERE id = ?",
+                "UPDATE users SET password_hash = ?, token_generation = ?, role = ?, status = ?, price_rate = ?, email = ?, \
+                 max_concurrency = ?, updated_at = ? WHERE id = ?",
             )
             .bind(patch.password_hash.as_ref().unwrap_or(&current.password_hash))
+            .bind(current.token_generation + i64::from(patch.password_hash.is_some()))
             .bind(patch.role.as_ref().unwrap_or(&current.role))
             .bind(patch.status.as_ref().unwrap_or(&current.status))
             .bind(Usd(patch.price_rate.unwrap_or(current.price_rate)))

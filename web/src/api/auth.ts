@@ -10,3 +10,12 @@ export function login(username: string, password: string): Promise<LoginResponse
 export function me(): Promise<User> {
   return request<User>('/me')
 }
+
+/** Changes the signed-in user's own password; the answer is a new session. */
+export function changePassword(currentPassword: string, newPassword: string): Promise<LoginResponse> {
+  // A wrong current password is a 400, so the session survives it.
+  return request<LoginResponse>('/me/password', {
+    method: 'POST',
+    body: { current_password: currentPassword, new_password: newPassword },
+  })
+}

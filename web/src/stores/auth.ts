@@ -2,7 +2,7 @@
 // logout, and what the login page says when a session ends.
 import { defineStore } from 'pinia'
 import { computed, ref } from 'vue'
-import { login as apiLogin, me as apiMe } from '@/api/auth'
+import { changePassword as apiChangePassword, login as apiLogin, me as apiMe } from '@/api/auth'
 import type { Role, User } from '@/api/types'
 import { loadSession, saveSession, sessionEndMessage } from '@/utils/session'
 
@@ -35,6 +35,15 @@ export const useAuthStore = defineStore('auth', () => {
     return res.user
   }
 
+  /** Changes the password; the tokens issued before stop working, so the new one replaces ours. */
+  async function changePassword(currentPassword: string, newPassword: string): Promise<void> {
+    const res = await apiChangePassword(currentPassword, newPassword)
+    token.value = res.token
+    expiresAt.value = res.expires_at
+    user.value = res.user
+    persist()
+  }
+
   /** Ends the session; `message` is shown on the login page. */
   function logout(message: string | null = null) {
     token.value = null
@@ -65,5 +74,19 @@ export const useAuthStore = defineStore('auth', () => {
     return n
   }
 
-  return { token, expiresAt, user, notice, isLoggedIn, role, isAdmin, login, logout, expire, refreshMe, takeNotice }
+  return {
+    token,
+    expiresAt,
+    user,
+    notice,
+    isLoggedIn,
+    role,
+    isAdmin,
+    login,
+    changePassword,
+    logout,
+    expire,
+    refreshMe,
+    takeNotice,
+  }
 })

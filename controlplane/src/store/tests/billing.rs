@@ -326,7 +326,7 @@ on_every_backend!(price_changes_are_versions_and_totals_group, |store| {
         GroupBy::Account,
     ] {
         let t = store
-            .usage_totals(&RequestLogFilter::default(), group)
+            .usage_totals(&RequestLogFilter::default(), group, utc())
             .await
             .unwrap();
         assert_eq!(t.len(), 1, "{group:?}");
@@ -336,7 +336,7 @@ on_every_backend!(price_changes_are_versions_and_totals_group, |store| {
         );
     }
     let by_day = store
-        .usage_totals(&RequestLogFilter::default(), GroupBy::Day)
+        .usage_totals(&RequestLogFilter::default(), GroupBy::Day, utc())
         .await
         .unwrap();
     let days: Vec<_> = by_day
@@ -344,6 +344,43 @@ on_every_backend!(price_changes_are_versions_and_totals_group, |store| {
         .map(|d| (d.group.as_str(), d.requests))
         .collect();
     assert_eq!(days, [("2026-11-20", 1), ("2026-11-21", 1)]);
+
+    // Narrowed to a key or a status, days come from the request logs, in
+    // the billing zone.
+    let other = key(store, u.id, &"d5".repeat(32)).await;
+    let mut failed = row("t3", &u, &other, &a, "0.1", "2026-11-21T20:00:00Z");
+    failed.status_code = 529;
+    store.ingest_usage(&[failed], utc()).await.unwrap();
+    let days = async |f: RequestLogFilter, tz: chrono::FixedOffset| {
+        let totals = store.usage_totals(&f, GroupBy::Day, tz).await.unwrap();
+        totals
+            .into_iter()
+            .map(|d| (d.group, d.requests, d.cost))
+            .collect::<Vec<_>>()
+    };
+    let by_key = RequestLogFilter {
+        api_key_id: Some(other.id),
+        ..Default::default()
+    };
+    assert_eq!(
+        days(by_key.clone(), utc()).await,
+        [("2026-11-21".to_string(), 1, dec("0.1"))]
+    );
+    assert_eq!(
+        days(by_key, cst()).await,
+        [("2026-11-22".to_string(), 1, dec("0.1"))]
+    );
+    let by_status = RequestLogFilter {
+        status_code: Some(200),
+        ..Default::default()
+    };
+    assert_eq!(
+        days(by_status, utc()).await,
+        [
+            ("2026-11-20".to_string(), 1, dec("0.3")),
+            ("2026-11-21".to_string(), 1, dec("0.6"))
+        ]
+    );
 });
 
 on_every_backend!(snapshot_keys_read_what_the_keys_hold, |store| {
