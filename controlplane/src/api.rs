@@ -95,6 +95,7 @@ pub fn router(state: ApiState) -> Router {
             get(packages::list_for_user).post(packages::create),
         )
         .route("/users/{id}/packages/reset", post(packages::reset_for_user))
+        .route("/packages", get(packages::list))
         .route(
             "/packages/{id}",
             get(packages::get_one)

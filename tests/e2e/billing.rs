@@ -92,6 +92,57 @@ async fn packages_stop_users_with_the_seed_messages() {
             201,
         )
         .await;
+    // Everyone's packages for an admin, filtered; a user's own for them.
+    let other = e.admin.create_user("bystander").await;
+    let other_id = other["id"].as_i64().unwrap();
+    e.admin
+        .expect(
+            "POST",
+            &format!("/users/{other_id}/packages"),
+            Some(json!({"name": "theirs", "type": "quota", "quota_total": "1"})),
+            201,
+        )
+        .await;
+    let names = |list: Value| -> Vec<String> {
+        let items = list["items"].as_array().unwrap();
+        assert_eq!(list["total"], items.len(), "{list}");
+        items
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let all = e.admin.expect("GET", "/packages", None, 200).await;
+    assert_eq!(names(all), ["haiku only", "daily", "theirs"]);
+    let subs = e
+        .admin
+        .expect("GET", "/packages?type=subscription", None, 200)
+        .await;
+    assert_eq!(names(subs), ["daily"]);
+    let theirs = e
+        .admin
+        .expect(
+            "GET",
+            &format!("/packages?user_id={other_id}&status=active"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(names(theirs), ["theirs"]);
+    let payer = Admin::login(&e.http, &e.process.url("admin"), "payer", "user-password-1").await;
+    let own = payer
+        .expect("GET", &format!("/packages?user_id={other_id}"), None, 200)
+        .await;
+    assert_eq!(
+        names(own),
+        ["haiku only", "daily"],
+        "a user sees only their own"
+    );
+    let by_day = e
+        .admin
+        .expect("GET", "/usage?group_by=day", None, 200)
+        .await;
+    assert_eq!(by_day["billing_timezone"], "+08:00");
+
     wait_for_status(
         &e.http,
         &url,

@@ -133,6 +133,11 @@ await fill('package-form-total', '5')
 await id('package-form-submit').click()
 await expectVisible(page.locator('[data-testid="package-row-console-quota"]'), 'the new package row')
 await shot('packages')
+// With no user chosen, everyone's packages are listed with their owner.
+await page.goto(`${ADMIN}/packages`)
+await expectVisible(page.locator('[data-testid="package-row-console-quota"]'), 'the package among everyone\'s')
+await expectVisible(page.locator('[data-testid^="package-user-"]', { hasText: 'webuser' }), 'the package\'s owner')
+await shot('packages-all')
 
 await nav('keys')
 await id('keys-create').click()
@@ -182,6 +187,7 @@ await page.waitForTimeout(1500) // let the charts finish animating
 await shot('dashboard')
 
 await nav('usage')
+await expectVisible(page.locator('[data-testid="usage-billing-zone"]', { hasText: 'UTC' }), 'the billing zone')
 await shot('usage')
 
 // --- Cache management: the session is listed and cleared.

@@ -49,6 +49,16 @@ impl AuthUser {
         }
     }
 
+    /// Whose things a listing shows: the user asked for (or everyone's) for
+    /// an admin, always the caller's own for a user.
+    pub fn listing_scope(&self, asked: Option<i64>) -> Option<i64> {
+        if self.is_admin() {
+            asked
+        } else {
+            Some(self.user.id)
+        }
+    }
+
     /// Admins may act on anyone; users only on themselves.
     pub fn require_self_or_admin(&self, user_id: i64) -> ApiResult<()> {
         if self.is_admin() || self.user.id == user_id {

@@ -140,11 +140,7 @@ pub async fn list(
     auth: AuthUser,
     QueryParams(q): QueryParams<ListQuery>,
 ) -> ApiResult<Json<Value>> {
-    let user_id = if auth.is_admin() {
-        q.user_id
-    } else {
-        Some(auth.user.id)
-    };
+    let user_id = auth.listing_scope(q.user_id);
     let items = state.store.list_api_keys(user_id).await?;
     let total = items.len();
     Ok(Json(json!({ "items": items, "total": total })))

@@ -40,11 +40,7 @@ pub async fn list(
 /// The filter a caller may use: users see only their own requests, whatever they ask for.
 pub(super) fn filter(auth: &AuthUser, q: LogQuery) -> RequestLogFilter {
     RequestLogFilter {
-        user_id: if auth.is_admin() {
-            q.user_id
-        } else {
-            Some(auth.user.id)
-        },
+        user_id: auth.listing_scope(q.user_id),
         api_key_id: q.api_key_id,
         account_id: if auth.is_admin() { q.account_id } else { None },
         model: q.model.filter(|m| !m.is_empty()),

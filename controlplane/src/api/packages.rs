@@ -1,5 +1,5 @@
-//! `/users/{id}/packages` and `/packages/{id}`: users' subscriptions and
-//! quota packages, and resetting what they have used.
+//! `/packages`, `/users/{id}/packages` and `/packages/{id}`: users'
+//! subscriptions and quota packages, and resetting what they have used.
 use std::str::FromStr;
 
 use aiproxy_shared::billing::PackageKind;
@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    ApiError, ApiResult, ApiState, AuthUser, JsonBody, PathId, check_models, check_status,
-    double_option,
+    ApiError, ApiResult, ApiState, AuthUser, JsonBody, PathId, QueryParams, check_models,
+    check_status, double_option,
 };
 use crate::store::{NewPackage, Package, PackagePatch};
 
@@ -92,6 +92,34 @@ async fn visible(state: &ApiState, auth: &AuthUser, id: i64) -> ApiResult<Packag
         return Err(ApiError::NotFound("not found"));
     }
     Ok(package)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    user_id: Option<i64>,
+    status: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+/// `GET /packages?user_id=&status=&type=`: every user's packages for an
+/// admin, a user's own otherwise.
+pub async fn list(
+    State(state): State<ApiState>,
+    auth: AuthUser,
+    QueryParams(q): QueryParams<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let user_id = auth.listing_scope(q.user_id);
+    let items: Vec<Package> = state
+        .store
+        .list_packages(user_id)
+        .await?
+        .into_iter()
+        .filter(|p| q.status.as_ref().is_none_or(|s| &p.status == s))
+        .filter(|p| q.kind.as_ref().is_none_or(|k| &p.kind == k))
+        .collect();
+    Ok(Json(json!({ "total": items.len(), "items": items })))
 }
 
 pub async fn list_for_user(

@@ -30,7 +30,13 @@ pub async fn totals(
         .store
         .usage_totals(&f, group, state.billing_tz)
         .await?;
-    Ok(Json(json!({ "group_by": group_name, "items": items })))
+    let zone = match state.billing_tz.local_minus_utc() {
+        0 => "UTC".to_string(),
+        _ => state.billing_tz.to_string(),
+    };
+    Ok(Json(
+        json!({ "group_by": group_name, "billing_timezone": zone, "items": items }),
+    ))
 }
 
 pub async fn consistency(

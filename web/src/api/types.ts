@@ -271,6 +271,8 @@ export interface UsageTotals {
 
 export interface UsageResponse {
   group_by: string
+  /** `UTC` or an offset such as `+08:00`. */
+  billing_timezone?: string
   items: UsageTotals[]
 }
 
