@@ -160,14 +160,15 @@ impl Store {
 
     /// Takes or renews the lease `name` for `holder` until `ttl` from now;
     /// returns whether `holder` holds it. Another holder's lease is taken
-    /// only once it has lapsed.
+    /// only once it has lapsed. Times are the database's, so replicas whose
+    /// clocks disagree still agree on when a lease lapses.
     pub async fn try_lease(
         &self,
         name: &str,
         holder: &str,
         ttl: std::time::Duration,
     ) -> StoreResult<bool> {
-        let now = Utc::now();
+        let now = self.database_now().await?;
         let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::seconds(15));
         with_pool!(self, p => {
             let renewed = sqlx::query(
@@ -195,6 +196,16 @@ impl Store {
                 Err(e) => Err(e),
             }
         })
+    }
+
+    /// The database server's clock (MySQL); SQLite's is this host's.
+    async fn database_now(&self) -> StoreResult<DateTime<Utc>> {
+        match &self.pool {
+            super::db::Pool::MySql(p) => Ok(sqlx::query_scalar("SELECT UTC_TIMESTAMP(3)")
+                .fetch_one(p)
+                .await?),
+            super::db::Pool::Sqlite(_) => Ok(Utc::now()),
+        }
     }
 
     /// Gives the lease up at shutdown, so another replica need not wait it out.
