@@ -295,10 +295,18 @@ pub async fn run(config: Config, json: bool, command: CtlCommand) -> Result<(), 
             crate::loopback_if_unspecified(config.listen.grpc)
         )
     });
-    let client = ManagementServiceClient::connect(url.clone())
+    let ca = config
+        .grpc_ca
+        .as_deref()
+        .map(Config::read_pem)
+        .transpose()
+        .map_err(Failure::Config)?;
+    let channel = aiproxy_dataplane::control::endpoint(&url, ca.as_deref())
+        .map_err(|e| Failure::Config(ConfigError::Invalid(e.to_string())))?
+        .connect()
         .await
-        .map_err(|e| anyhow::anyhow!("cannot reach the control plane at {url}: {e}"))?
-        .max_decoding_message_size(64 << 20);
+        .map_err(|e| anyhow::anyhow!("cannot reach the control plane at {url}: {e}"))?;
+    let client = ManagementServiceClient::new(channel).max_decoding_message_size(64 << 20);
     let mut ctl = Ctl {
         client,
         bearer: format!("Bearer {}", token.expose()),

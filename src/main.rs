@@ -144,6 +144,13 @@ fn controlplane_settings(
         jwt_expire_hours: config.jwt.expire_hours,
         admin_listen: config.listen.admin,
         grpc_listen: config.listen.grpc,
+        grpc_tls: match (&config.grpc_tls_cert, &config.grpc_tls_key) {
+            (Some(cert), Some(key)) => Some(aiproxy_controlplane::GrpcTls {
+                cert_pem: Config::read_pem(cert).map_err(Failure::Config)?,
+                key_pem: Config::read_pem(key).map_err(Failure::Config)?,
+            }),
+            _ => None,
+        },
         setting_defaults: aiproxy_controlplane::settings::Defaults {
             request_timeout_secs: config.proxy.timeout,
             session_ttl_secs: config.cache.session_ttl,
@@ -160,11 +167,13 @@ fn controlplane_settings(
 fn dataplane_settings(
     config: &Config,
     controlplane_url: String,
+    controlplane_ca: Option<Vec<u8>>,
     node_token: Secret,
     state: Arc<dyn StateStore>,
 ) -> aiproxy_dataplane::Settings {
     aiproxy_dataplane::Settings {
         controlplane_url,
+        controlplane_ca,
         node_token,
         node_id: config.node_id.clone().unwrap_or_else(default_node_id),
         proxy_listen: config.listen.proxy,
@@ -190,6 +199,11 @@ fn dataplane_settings(
 /// the kernel preempts them for requests instead of queueing requests
 /// behind them on a shared worker.
 fn all_in_one(config: Config, runtime: &tokio::runtime::Runtime) -> Result<(), Failure> {
+    if config.grpc_tls_cert.is_some() {
+        return Err(Failure::Config(ConfigError::Invalid(
+            "AIPROXY_GRPC_TLS_CERT is for `aiproxy controlplane`: the all-in-one's gRPC link never leaves this host".into(),
+        )));
+    }
     ensure_dir(&config.data_dir)?;
     let secret_key = match &config.secret_key {
         Some(k) => k.clone(),
@@ -229,7 +243,7 @@ fn all_in_one(config: Config, runtime: &tokio::runtime::Runtime) -> Result<(), F
         let dp_tasks = TaskTracker::new();
         let url = format!("http://{}", loopback_if_unspecified(cp.grpc_addr));
         let dp = aiproxy_dataplane::start(
-            dataplane_settings(&config, url, node_token, state),
+            dataplane_settings(&config, url, None, node_token, state),
             dp_cancel.clone(),
             &dp_tasks,
         )
@@ -311,11 +325,17 @@ async fn dataplane(config: Config) -> Result<(), Failure> {
             "AIPROXY_REDIS_URL is not set: stickiness, concurrency and rate limits are this node's alone"
         );
     }
+    let ca = config
+        .grpc_ca
+        .as_deref()
+        .map(Config::read_pem)
+        .transpose()
+        .map_err(Failure::Config)?;
     let state = state_store(&config)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let dp = aiproxy_dataplane::start(
-        dataplane_settings(&config, url, node_token, state),
+        dataplane_settings(&config, url, ca, node_token, state),
         cancel.clone(),
         &tasks,
     )

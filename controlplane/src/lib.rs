@@ -48,6 +48,15 @@ pub struct Settings {
     pub state: std::sync::Arc<dyn aiproxy_shared::state::StateStore>,
     /// The zone package periods reset in and daily usage is counted in.
     pub billing_tz: chrono::FixedOffset,
+    /// Certificate chain and key (PEM) the gRPC port serves TLS with.
+    pub grpc_tls: Option<GrpcTls>,
+}
+
+/// The gRPC port's TLS identity, as PEM.
+#[derive(Clone)]
+pub struct GrpcTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +72,8 @@ pub enum StartError {
     Bootstrap(String),
     #[error("the declarative configuration was not applied: {0}")]
     Apply(String),
+    #[error("gRPC TLS: {0}")]
+    Tls(String),
 }
 
 /// A running control plane.
@@ -191,10 +202,24 @@ pub async fn start(
         nodes,
     );
     let service = node_api.into_server(settings.node_token.expose().to_string());
+    let mut server = tonic::transport::Server::builder();
+    match &settings.grpc_tls {
+        Some(tls) => {
+            let identity = tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+            server = server
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+        }
+        None if !grpc_addr.ip().is_loopback() => tracing::warn!(
+            addr = %grpc_addr,
+            "the gRPC port carries upstream credentials without TLS: keep it on a private network or set AIPROXY_GRPC_TLS_CERT and AIPROXY_GRPC_TLS_KEY"
+        ),
+        None => {}
+    }
     let grpc_cancel = cancel.clone();
     tracker.spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
-        let served = tonic::transport::Server::builder()
+        let served = server
             .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .add_service(service)

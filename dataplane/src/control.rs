@@ -1,5 +1,6 @@
-//! The gRPC link to the control plane: an authenticated client, and the
-//! snapshot feed that reconnects with backoff and resumes by version.
+//! The gRPC link to the control plane: an authenticated client (TLS for an
+//! `https://` URL), and the snapshot feed that reconnects with backoff and
+//! resumes by version.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use aiproxy_proto::v1::node_service_client::NodeServiceClient;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::scheduler::Scheduler;
 use crate::snapshot::{Snapshot, SnapshotHolder};
@@ -37,12 +38,35 @@ pub enum ControlError {
     Url(String),
     #[error("node token is not a valid header value")]
     Token,
+    #[error("TLS to the control plane: {0}")]
+    Tls(String),
+}
+
+/// Where the control plane is: an `https://` URL is verified against the
+/// public roots and `ca_pem` (a private CA), an `http://` one is plain.
+pub fn endpoint(url: &str, ca_pem: Option<&[u8]>) -> Result<Endpoint, ControlError> {
+    let endpoint =
+        Endpoint::from_shared(url.to_string()).map_err(|e| ControlError::Url(e.to_string()))?;
+    if !url.starts_with("https://") {
+        if ca_pem.is_some() {
+            return Err(ControlError::Tls(
+                "AIPROXY_GRPC_CA is set but the control plane URL is not https://".into(),
+            ));
+        }
+        return Ok(endpoint);
+    }
+    let mut tls = ClientTlsConfig::new().with_webpki_roots();
+    if let Some(pem) = ca_pem {
+        tls = tls.ca_certificate(Certificate::from_pem(pem));
+    }
+    endpoint
+        .tls_config(tls)
+        .map_err(|e| ControlError::Tls(e.to_string()))
 }
 
 /// A lazily connecting client; calls fail fast while the control plane is down.
-pub fn client(url: &str, node_token: &str) -> Result<Client, ControlError> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| ControlError::Url(e.to_string()))?
+pub fn client(url: &str, ca_pem: Option<&[u8]>, node_token: &str) -> Result<Client, ControlError> {
+    let endpoint = endpoint(url, ca_pem)?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(20))
@@ -272,7 +296,7 @@ mod tests {
         ));
         let cancel = CancellationToken::new();
         let feed = tokio::spawn(run_feed(
-            client(&url, "token").unwrap(),
+            client(&url, None, "token").unwrap(),
             "node".into(),
             holder.clone(),
             scheduler,

@@ -40,6 +40,8 @@ use crate::usage::{Journal, UsageSink};
 #[derive(Clone)]
 pub struct Settings {
     pub controlplane_url: String,
+    /// PEM CA trusted for an `https://` control-plane URL.
+    pub controlplane_ca: Option<Vec<u8>>,
     pub node_token: Secret,
     pub node_id: String,
     pub proxy_listen: SocketAddr,
@@ -84,7 +86,11 @@ pub async fn start(
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<DataPlane, StartError> {
-    let client = control::client(&settings.controlplane_url, settings.node_token.expose())?;
+    let client = control::client(
+        &settings.controlplane_url,
+        settings.controlplane_ca.as_deref(),
+        settings.node_token.expose(),
+    )?;
     let journal = Arc::new(
         Journal::open(
             &settings.spool_dir,

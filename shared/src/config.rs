@@ -205,6 +205,13 @@ pub struct Config {
     pub apply_file: Option<PathBuf>,
     /// gRPC address of the control plane, for a data plane.
     pub controlplane_url: Option<String>,
+    /// PEM certificate chain and key the control plane's gRPC port serves
+    /// TLS with (split deployments; both or neither).
+    pub grpc_tls_cert: Option<PathBuf>,
+    pub grpc_tls_key: Option<PathBuf>,
+    /// PEM CA a data plane or `aiproxy ctl` trusts for an `https://`
+    /// control-plane URL, besides the public roots.
+    pub grpc_ca: Option<PathBuf>,
     /// Name of this data-plane node; defaults to the host name (set it when
     /// several data planes share a host).
     pub node_id: Option<String>,
@@ -230,6 +237,9 @@ impl Default for Config {
             admin_token: None,
             apply_file: None,
             controlplane_url: None,
+            grpc_tls_cert: None,
+            grpc_tls_key: None,
+            grpc_ca: None,
             node_id: None,
             log_format: LogFormat::Text,
             listen: Listen::default(),
@@ -312,6 +322,15 @@ impl Config {
         }
         if let Some(v) = get("AIPROXY_CONTROLPLANE_URL") {
             self.controlplane_url = Some(v);
+        }
+        if let Some(v) = get("AIPROXY_GRPC_TLS_CERT") {
+            self.grpc_tls_cert = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("AIPROXY_GRPC_TLS_KEY") {
+            self.grpc_tls_key = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("AIPROXY_GRPC_CA") {
+            self.grpc_ca = Some(PathBuf::from(v));
         }
         if let Some(v) = get("AIPROXY_NODE_ID") {
             self.node_id = Some(v);
@@ -430,6 +449,12 @@ impl Config {
                 ));
             }
         }
+        if self.grpc_tls_cert.is_some() != self.grpc_tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "AIPROXY_GRPC_TLS_CERT and AIPROXY_GRPC_TLS_KEY go together: set both or neither"
+                    .into(),
+            ));
+        }
         if crate::billing::parse_timezone(&self.billing.timezone).is_none() {
             return Err(ConfigError::Invalid(format!(
                 "billing.timezone must be UTC or an offset such as +08:00, not {:?}",
@@ -469,6 +494,14 @@ impl Config {
     }
 
     /// A required secret, with the error a split deployment shows when it is missing.
+    /// The contents of a PEM file named in the configuration.
+    pub fn read_pem(path: &Path) -> Result<Vec<u8>, ConfigError> {
+        std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
     pub fn require<'a>(
         value: &'a Option<Secret>,
         env_name: &str,
@@ -555,6 +588,23 @@ mod tests {
         assert_eq!(c.proxy.idle_timeout, 300);
         assert_eq!(c.jwt.expire_hours, 8);
         assert_eq!(c.listen.proxy.to_string(), "127.0.0.1:1234");
+    }
+
+    #[test]
+    fn grpc_tls_needs_both_halves() {
+        let file = "grpc_tls_cert = \"/etc/aiproxy/grpc.pem\"\n";
+        let err = load(Some(file), &[]).unwrap_err();
+        assert!(err.to_string().contains("AIPROXY_GRPC_TLS_KEY"), "{err}");
+        let c = load(
+            Some(file),
+            &[
+                ("AIPROXY_GRPC_TLS_KEY", "/etc/aiproxy/grpc.key"),
+                ("AIPROXY_GRPC_CA", "/etc/aiproxy/ca.pem"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.grpc_tls_key, Some(PathBuf::from("/etc/aiproxy/grpc.key")));
+        assert_eq!(c.grpc_ca, Some(PathBuf::from("/etc/aiproxy/ca.pem")));
     }
 
     #[test]

@@ -301,3 +301,127 @@ async fn split_planes_refuse_to_start_without_shared_secrets() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("AIPROXY_CONTROLPLANE_URL"));
 }
+
+fn tls_fixture(name: &str) -> String {
+    format!(
+        "{}/tests/fixtures/grpc-tls/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[tokio::test]
+async fn the_grpc_link_runs_over_tls_and_refuses_what_it_cannot_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new(dir.path(), "tls").await;
+    let http = Http::default();
+    let cp = controlplane(
+        &db.url,
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            ("AIPROXY_GRPC_TLS_CERT", tls_fixture("server.pem")),
+            ("AIPROXY_GRPC_TLS_KEY", tls_fixture("server.key")),
+        ],
+    )
+    .await;
+    let port = cp.addrs["grpc"].port();
+    let https = format!("https://localhost:{port}");
+
+    // A node that trusts the private CA gets its snapshot over TLS.
+    let trusting = dataplane(
+        cp.addrs["grpc"],
+        dir.path(),
+        "trusting",
+        NODE_TOKEN,
+        &[
+            ("AIPROXY_CONTROLPLANE_URL", https.clone()),
+            ("AIPROXY_GRPC_CA", tls_fixture("ca.pem")),
+        ],
+    )
+    .await;
+    wait_ready(
+        &http,
+        &format!("{}/readyz", trusting.url("proxy")),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // Nodes that cannot verify the certificate, or speak plain gRPC to the
+    // TLS port, never get a snapshot.
+    let untrusting = dataplane(
+        cp.addrs["grpc"],
+        dir.path(),
+        "untrusting",
+        NODE_TOKEN,
+        &[("AIPROXY_CONTROLPLANE_URL", https.clone())],
+    )
+    .await;
+    let plain = dataplane(cp.addrs["grpc"], dir.path(), "plain", NODE_TOKEN, &[]).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for node in [&untrusting, &plain] {
+        let status = http
+            .send("GET", &format!("{}/readyz", node.url("proxy")), &[], None)
+            .await
+            .status;
+        assert_eq!(status, 503);
+    }
+
+    // `aiproxy ctl` reaches the control plane the same way.
+    let out = tokio::process::Command::new(crate::bin())
+        .args(["ctl", "--json", "nodes"])
+        .env("AIPROXY_DATA_DIR", dir.path())
+        .env("AIPROXY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("AIPROXY_CONTROLPLANE_URL", &https)
+        .env("AIPROXY_GRPC_CA", tls_fixture("ca.pem"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let nodes: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = nodes["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["node_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["trusting"], "{nodes}");
+
+    for node in [trusting, untrusting, plain] {
+        node.kill().await;
+    }
+    cp.stop().await;
+    db.drop().await;
+
+    // Half a TLS setup, or TLS on the all-in-one, is refused at start.
+    for (command, env) in [
+        (
+            &["controlplane"][..],
+            vec![("AIPROXY_GRPC_TLS_CERT", tls_fixture("server.pem"))],
+        ),
+        (
+            &[][..],
+            vec![
+                ("AIPROXY_GRPC_TLS_CERT", tls_fixture("server.pem")),
+                ("AIPROXY_GRPC_TLS_KEY", tls_fixture("server.key")),
+            ],
+        ),
+    ] {
+        let out = tokio::process::Command::new(crate::bin())
+            .args(command)
+            .env("AIPROXY_DATA_DIR", dir.path())
+            .envs(env)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{command:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("AIPROXY_GRPC_TLS_CERT"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
