@@ -288,11 +288,12 @@ impl Store {
                 if let Some(m) = &f.model {
                     q.push(" AND model = ").push_bind(m.as_str());
                 }
+                // Whole billing days, the ones `from` and `to` fall on.
                 if let Some(from) = f.from {
-                    q.push(" AND date >= ").push_bind(from.date_naive());
+                    q.push(" AND date >= ").push_bind(from.with_timezone(&tz).date_naive());
                 }
                 if let Some(to) = f.to {
-                    q.push(" AND date <= ").push_bind(to.date_naive());
+                    q.push(" AND date <= ").push_bind(to.with_timezone(&tz).date_naive());
                 }
             } else {
                 push_filters(&mut q, f);

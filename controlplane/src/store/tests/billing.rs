@@ -370,6 +370,15 @@ on_every_backend!(price_changes_are_versions_and_totals_group, |store| {
         days(by_key, cst()).await,
         [("2026-11-22".to_string(), 1, dec("0.1"))]
     );
+    // From the daily aggregates, a range covers the billing days its ends fall on.
+    let late = RequestLogFilter {
+        from: Some(at("2026-11-20T16:00:00Z")),
+        ..Default::default()
+    };
+    assert_eq!(
+        days(late, cst()).await,
+        [("2026-11-21".to_string(), 2, dec("0.7"))]
+    );
     let by_status = RequestLogFilter {
         status_code: Some(200),
         ..Default::default()
