@@ -10,6 +10,7 @@ mod oauth;
 mod packages;
 mod prices;
 mod settings;
+mod throttle;
 mod usage;
 mod users;
 
@@ -30,6 +31,8 @@ pub use auth::AuthUser;
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
+    /// Wrong passwords per account and address.
+    pub password_throttle: throttle::PasswordThrottle,
     pub sealer: Sealer,
     pub jwt: JwtKeys,
     pub publisher: Publisher,
@@ -176,6 +179,14 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error")]
     Internal(String),
+    /// Too many wrong passwords: tries wait this long, unchecked.
+    #[error("too many wrong passwords; try again in {} s", whole_seconds(.0))]
+    Throttled(std::time::Duration),
+}
+
+/// A wait in seconds, rounded up: a client retrying then is not early.
+fn whole_seconds(wait: &std::time::Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
 }
 
 impl ApiError {
@@ -188,6 +199,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
         }
     }
 }
@@ -198,11 +210,17 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) = &self {
             tracing::error!(error = %detail, "admin API internal error");
         }
-        (
+        let mut response = (
             status,
             Json(json!({ "error": { "code": code, "message": self.to_string() } })),
         )
-            .into_response()
+            .into_response();
+        if let ApiError::Throttled(wait) = &self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, whole_seconds(wait).into());
+        }
+        response
     }
 }
 

@@ -158,6 +158,7 @@ pub async fn start(
     };
     let nodes = grpc::NodeRegistry::default();
     let app = api::router(api::ApiState {
+        password_throttle: Default::default(),
         nodes: nodes.clone(),
         store: store.clone(),
         sealer: sealer.clone(),
@@ -184,9 +185,12 @@ pub async fn start(
         .into_server();
     let admin_cancel = cancel.clone();
     tracker.spawn(async move {
-        let served = axum::serve(admin, app)
-            .with_graceful_shutdown(admin_cancel.cancelled_owned())
-            .await;
+        let served = axum::serve(
+            admin,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(admin_cancel.cancelled_owned())
+        .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "admin API server failed");
         }

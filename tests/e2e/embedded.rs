@@ -631,6 +631,27 @@ async fn admin_api_guards_roles_and_secrets() {
     let dave = Admin::login(http, &e.process.url("admin"), "dave", "dave-new-pass-1").await;
     dave.expect("GET", "/me", None, 200).await;
 
+    // Password guessing: after five wrong passwords, tries for that account
+    // from this address wait, even with the right one; others are not held up.
+    let login = |username: &str, password: &str| {
+        let body = json!({"username": username, "password": password});
+        let url = format!("{base}/auth/login");
+        async move { http.send("POST", &url, &[], Some(&body)).await }
+    };
+    for _ in 0..5 {
+        assert_eq!(login("erin", "guess-guess-1").await.status, 401);
+    }
+    let refused = login("erin", "user-password-1").await;
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    assert_eq!(refused.headers["retry-after"], "30");
+    assert!(
+        refused.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("too many wrong passwords")
+    );
+    assert_eq!(login("dave", "dave-new-pass-1").await.status, 200);
+
     let spec = http
         .send("GET", &format!("{base}/openapi.json"), &[], None)
         .await;

@@ -132,10 +132,22 @@ fn dummy_hash() -> String {
         .clone()
 }
 
+/// The caller's address, when the call came over the network.
+pub(super) type Peer = Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>;
+
+fn peer_ip(peer: &Peer) -> Option<std::net::IpAddr> {
+    peer.as_ref().map(|p| p.0.0.ip())
+}
+
 pub async fn login(
     State(state): State<ApiState>,
+    peer: Peer,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> ApiResult<Json<Value>> {
+    let from = peer_ip(&peer);
+    if let Some(wait) = state.password_throttle.wait(&req.username, from) {
+        return Err(ApiError::Throttled(wait));
+    }
     let user = state.store.find_user_by_name(&req.username).await?;
     let hash = user.as_ref().map(|u| u.password_hash.clone());
     let password = req.password;
@@ -146,8 +158,13 @@ pub async fn login(
     .map_err(|e| ApiError::Internal(e.to_string()))?;
     let user = match user {
         Some(u) if valid => u,
-        _ => return Err(ApiError::Unauthorized("invalid username or password")),
+        _ => {
+            state.password_throttle.failed(&req.username, from);
+            tracing::warn!(username = %req.username, from = ?from, "admin login refused: wrong password");
+            return Err(ApiError::Unauthorized("invalid username or password"));
+        }
     };
+    state.password_throttle.succeeded(&req.username, from);
     if user.status != "active" {
         return Err(ApiError::Unauthorized("user is disabled"));
     }
@@ -186,12 +203,18 @@ pub struct ChangePassword {
 pub async fn change_password(
     State(state): State<ApiState>,
     auth: AuthUser,
+    peer: Peer,
     JsonBody(req): JsonBody<ChangePassword>,
 ) -> ApiResult<Json<Value>> {
     if auth.user.id == 0 {
         return Err(ApiError::BadRequest(
             "the management token has no password".into(),
         ));
+    }
+    // Guesses here count with the account's logins.
+    let from = peer_ip(&peer);
+    if let Some(wait) = state.password_throttle.wait(&auth.user.username, from) {
+        return Err(ApiError::Throttled(wait));
     }
     super::users::check_password(&req.new_password)?;
     let hash = auth.user.password_hash.clone();
@@ -200,10 +223,12 @@ pub async fn change_password(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     if !valid {
+        state.password_throttle.failed(&auth.user.username, from);
         return Err(ApiError::BadRequest(
             "current_password is not your password".into(),
         ));
     }
+    state.password_throttle.succeeded(&auth.user.username, from);
     let patch = crate::store::UserPatch {
         password_hash: Some(super::users::hash(req.new_password).await?),
         ..Default::default()
