@@ -3,7 +3,8 @@
 import { describe, expect, it } from 'vitest'
 import { ACCOUNT_TYPE_INFO, credentialFields, credentialsBody, missingRequired } from '@/utils/accountTypes'
 import { queryFromState, stateFromQuery } from '@/utils/logFilters'
-import { ACCOUNT_TYPES } from '@/api/types'
+import { ACCOUNT_TYPES, PRICE_FIELDS, type PriceField } from '@/api/types'
+import { priceInput } from '@/utils/priceForm'
 
 describe('account credentials', () => {
   it('knows the fields of every type', () => {
@@ -54,5 +55,25 @@ describe('request-log filters in the URL', () => {
       from: '2025-01-01T00:00:00.000Z',
     })
     expect(queryFromState({ filter: {}, page: 2, pageSize: 100 })).toEqual({ page: '2', page_size: '100' })
+  })
+})
+
+describe('price form', () => {
+  const form = (values: Partial<Record<PriceField, string>>) =>
+    ({ ...Object.fromEntries(PRICE_FIELDS.map((f) => [f, ''])), ...values }) as Record<PriceField, string>
+
+  it('sends every price, an emptied one as 0, so none keeps a stale value', () => {
+    const body = priceInput(form({ input_price: ' 3 ', output_price: '15', cache_read_price: '0.3' }), 0)
+    expect(body.input_price).toBe('3')
+    expect(body.cache_read_price).toBe('0.3')
+    expect(body.cache_write_5m_price).toBe('0')
+    expect(body.long_input_price).toBe('0')
+    expect(Object.keys(body).sort()).toEqual([...PRICE_FIELDS, 'long_context_threshold'].sort())
+  })
+
+  it('sends the long-context prices only with a tier', () => {
+    const values = { input_price: '3', output_price: '15', long_input_price: '6' }
+    expect(priceInput(form(values), 200000).long_input_price).toBe('6')
+    expect(priceInput(form(values), 0).long_input_price).toBe('0')
   })
 })
