@@ -263,12 +263,24 @@ async fn controlplane_with_two_dataplanes() {
         .wait_for_log(&served_while_down, Duration::from_secs(20))
         .await;
     assert_eq!(row["node_id"], "dp1");
-    let key_row = admin
-        .expect("GET", &format!("/api-keys/{key_id}"), None, 200)
-        .await;
+    // dp2's journal replays on its own retry schedule, up to its backoff
+    // after dp1's: wait for every request, then make sure none counts twice.
+    let count = async || {
+        admin
+            .expect("GET", &format!("/api-keys/{key_id}"), None, 200)
+            .await["request_count"]
+            .as_i64()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count().await < served && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        key_row["request_count"], served,
-        "every served request billed exactly once: {key_row}"
+        count().await,
+        served,
+        "every served request billed exactly once"
     );
 
     dp1.stop().await;
