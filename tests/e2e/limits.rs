@@ -6,10 +6,20 @@ use aiproxy_tests::mock::{MockUpstream, USAGE};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-use crate::embedded::{logged, start_with, wait_for_status};
+use crate::embedded::{Embedded, logged, start_with, wait_for_status};
 
 fn stream_body() -> Value {
     json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// A key of a new user `user` that the relay already serves, and the
+/// Messages URL.
+async fn ready_key(e: &Embedded, user: &str) -> (String, String) {
+    let key = e.user_key(user).await;
+    let url = format!("{}/v1/messages", e.proxy);
+    let plain = json!({"model": "claude-sonnet-4-5", "messages": []});
+    wait_for_status(&e.http, &url, &[("x-api-key", &key)], &plain, 200).await;
+    (key, url)
 }
 
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
@@ -30,16 +40,7 @@ async fn a_client_that_leaves_cancels_the_upstream_and_is_still_billed() {
     e.admin
         .create_account("slow", &mock.url(), "mock-slow")
         .await;
-    let key = e.user_key("leaver").await;
-    let url = format!("{}/v1/messages", e.proxy);
-    wait_for_status(
-        &e.http,
-        &url,
-        &[("x-api-key", &key)],
-        &json!({"model": "claude-sonnet-4-5", "messages": []}),
-        200,
-    )
-    .await;
+    let (key, url) = ready_key(&e, "leaver").await;
 
     let mut resp = e
         .http
@@ -80,16 +81,7 @@ async fn slow_but_steady_streams_are_not_cut_off() {
     e.admin
         .create_account("steady", &mock.url(), "mock-steady")
         .await;
-    let key = e.user_key("patient").await;
-    let url = format!("{}/v1/messages", e.proxy);
-    wait_for_status(
-        &e.http,
-        &url,
-        &[("x-api-key", &key)],
-        &json!({"model": "claude-sonnet-4-5", "messages": []}),
-        200,
-    )
-    .await;
+    let (key, url) = ready_key(&e, "patient").await;
 
     // 600 ms between events, several seconds in all: never a second of silence.
     let started = Instant::now();
@@ -132,16 +124,7 @@ async fn silent_upstreams_are_cut_off_and_big_bodies_refused() {
             201,
         )
         .await;
-    let key = e.user_key("waiter").await;
-    let url = format!("{}/v1/messages", e.proxy);
-    wait_for_status(
-        &e.http,
-        &url,
-        &[("x-api-key", &key)],
-        &json!({"model": "claude-sonnet-4-5", "messages": []}),
-        200,
-    )
-    .await;
+    let (key, url) = ready_key(&e, "waiter").await;
 
     // The mock pauses two seconds mid-stream; after one second of silence the relay gives up.
     let mut resp = e
@@ -305,16 +288,7 @@ async fn streams_cut_short_are_recorded_as_incomplete() {
     let mock = MockUpstream::start().await;
     let e = start_with(&[]).await;
     e.admin.create_account("cut", &mock.url(), "mock-cut").await;
-    let key = e.user_key("cutter").await;
-    let url = format!("{}/v1/messages", e.proxy);
-    wait_for_status(
-        &e.http,
-        &url,
-        &[("x-api-key", &key)],
-        &json!({"model": "claude-sonnet-4-5", "messages": []}),
-        200,
-    )
-    .await;
+    let (key, url) = ready_key(&e, "cutter").await;
     let reply = e
         .http
         .send("POST", &url, &[("x-api-key", &key)], Some(&stream_body()))
