@@ -10,7 +10,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::meter::Meter;
-use crate::tap::{Decoder, Unwrapper, UsageTap};
+use crate::tap::{DecodeError, Decoder, Unwrapper, UsageTap};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -99,8 +99,9 @@ pub struct TapBody {
     done: bool,
 }
 
-/// What upstream bytes go through on their way out: decompression, Code
-/// Assist unwrapping where the account needs it, then the usage tap.
+/// What upstream bytes go through on their way out: decompression (in
+/// bounded pieces), Code Assist unwrapping where the account needs it, then
+/// the usage tap.
 pub struct Pipeline {
     pub decoder: Option<Decoder>,
     pub unwrap: Option<Unwrapper>,
@@ -108,31 +109,45 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    fn feed(&mut self, raw: Bytes) -> Result<Bytes, BoxError> {
-        let mut bytes = match &mut self.decoder {
-            Some(d) => d.feed(&raw)?,
-            None => raw,
+    /// Takes raw upstream bytes; returns what can go out now.
+    fn feed(&mut self, raw: Bytes) -> Result<Bytes, DecodeError> {
+        match &mut self.decoder {
+            Some(d) => {
+                d.push(&raw);
+                Ok(self.next_piece()?.unwrap_or_default())
+            }
+            None => self.after_decoding(raw),
+        }
+    }
+
+    /// The next decoded piece of bytes already taken; `None` when the
+    /// upstream must be read again.
+    fn next_piece(&mut self) -> Result<Option<Bytes>, DecodeError> {
+        let Some(d) = &mut self.decoder else {
+            return Ok(None);
         };
+        match d.next_piece()? {
+            Some(piece) => self.after_decoding(piece).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn after_decoding(&mut self, mut bytes: Bytes) -> Result<Bytes, DecodeError> {
         if let Some(u) = &mut self.unwrap {
-            bytes = u.feed(&bytes);
+            bytes = u.feed(&bytes)?;
         }
         self.tap.feed(&bytes);
         Ok(bytes)
     }
 
     /// Whatever the stages still hold at the end of the body.
-    fn finish(&mut self) -> Result<Bytes, BoxError> {
-        let mut tail = match self.decoder.take() {
-            Some(d) => d.finish()?,
+    fn finish(&mut self) -> Bytes {
+        let tail = match &mut self.unwrap {
+            Some(u) => u.finish(),
             None => Bytes::new(),
         };
-        if let Some(u) = &mut self.unwrap {
-            let mut rest = u.feed(&tail).to_vec();
-            rest.extend_from_slice(&u.finish());
-            tail = Bytes::from(rest);
-        }
         self.tap.feed(&tail);
-        Ok(tail)
+        tail
     }
 }
 
@@ -169,10 +184,24 @@ impl TapBody {
         false
     }
 
+    /// The body cannot go on (corrupt or oversized after decoding): the
+    /// request is recorded with the error's class and the response cut.
+    fn fail(&mut self, e: DecodeError) -> BoxError {
+        self.done = true;
+        if let Some(meter) = self.meter.as_mut() {
+            meter.error_class = e.class().into();
+        }
+        self.end(false);
+        tracing::warn!(error = %e, "upstream body cannot be relayed; response cut off");
+        e.into()
+    }
+
     fn end(&mut self, ended: bool) {
         if let Some(meter) = self.meter.take() {
             if ended {
                 self.pipeline.tap.finish();
+            } else {
+                self.pipeline.tap.interrupt();
             }
             meter.finish(self.pipeline.tap.observed(), ended);
         }
@@ -191,13 +220,20 @@ impl Body for TapBody {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(first) = this.first.take() {
-            let bytes = this.pipeline.feed(first)?;
-            if !bytes.is_empty() {
-                return Poll::Ready(Some(Ok(Frame::data(bytes))));
-            }
-        }
         loop {
+            // Bytes already read go out first, a decoded piece at a time:
+            // the upstream is read again only when they are used up.
+            let ready = match this.first.take() {
+                Some(first) => this.pipeline.feed(first).map(Some),
+                None => this.pipeline.next_piece(),
+            };
+            match ready {
+                Ok(Some(bytes)) if !bytes.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
+                }
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Some(Err(this.fail(e)))),
+            }
             let polled = Pin::new(&mut this.upstream).poll_frame(cx);
             if polled.is_pending() {
                 if this.silent_too_long(cx) {
@@ -217,13 +253,12 @@ impl Body for TapBody {
             this.heard = tokio::time::Instant::now();
             match ready!(polled) {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(raw) => {
-                        let bytes = this.pipeline.feed(raw)?;
+                    Ok(raw) => match this.pipeline.feed(raw) {
                         // A compressed chunk can decode to nothing yet.
-                        if !bytes.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                        }
-                    }
+                        Ok(bytes) if bytes.is_empty() => continue,
+                        Ok(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                        Err(e) => return Poll::Ready(Some(Err(this.fail(e)))),
+                    },
                     Err(_trailers) => continue,
                 },
                 Some(Err(e)) => {
@@ -236,7 +271,7 @@ impl Body for TapBody {
                 }
                 None => {
                     this.done = true;
-                    let tail = this.pipeline.finish()?;
+                    let tail = this.pipeline.finish();
                     this.end(true);
                     return Poll::Ready(if tail.is_empty() {
                         None

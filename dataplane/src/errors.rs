@@ -44,11 +44,26 @@ impl RelayError {
     /// Usage could not be delivered for long enough that the journal is full:
     /// serving more would go unbilled.
     pub fn journal_full() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "journal_full",
-            "usage journal full: the control plane has been unreachable too long",
-        )
+        Self {
+            retry_after: Some(5),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "journal_full",
+                "usage journal full: the control plane has been unreachable too long",
+            )
+        }
+    }
+    /// The disk refuses the usage journal's writes: serving more would go
+    /// unbilled if the node then died.
+    pub fn journal_unavailable() -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "journal_unavailable",
+                "usage journal unavailable: usage cannot be written to disk",
+            )
+        }
     }
     /// The client filter refused the calling program (the seed's message,
     /// with the reason after it).

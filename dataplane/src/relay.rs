@@ -25,7 +25,7 @@ use crate::routes::Endpoint;
 use crate::scheduler::{Ask, Lease, Scheduler};
 use crate::snapshot::{AccountEntry, Snapshot, SnapshotHolder};
 use crate::tap::{Decoder, Observed, Unwrapper, UsageFormat, UsageTap};
-use crate::usage::UsageSink;
+use crate::usage::{Unavailable, UsageSink};
 
 /// Largest error body read from an account that failed, to judge it.
 const MAX_FAILURE_BODY: usize = 1 << 20;
@@ -128,8 +128,10 @@ impl Relay {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let (parts, body) = req.into_parts();
         let caller = authenticate(&snapshot, &parts.headers, parts.uri.query(), now_ms)?;
-        if !self.sink.has_room() {
-            return Err(RelayError::journal_full());
+        match self.sink.availability() {
+            Ok(()) => {}
+            Err(Unavailable::Full) => return Err(RelayError::journal_full()),
+            Err(Unavailable::Failing) => return Err(RelayError::journal_unavailable()),
         }
         let body = request::read_body(body, &parts.headers, self.max_body_bytes).await?;
         let parsed = request::parse(endpoint, &parts.headers, body, &caller.key.client_filter)?;
@@ -318,11 +320,22 @@ impl Relay {
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok());
         let body = match Decoder::detect(encoding, &raw) {
-            Some(mut d) => {
-                let mut out = d.feed(&raw).map(|b| b.to_vec()).unwrap_or_default();
-                out.extend_from_slice(&d.finish().unwrap_or_default());
+            Some(d) => {
                 strip_response_headers(&mut head.headers, true);
-                Bytes::from(out)
+                match d.decode_all(&raw, MAX_FAILURE_BODY) {
+                    Ok(body) => body,
+                    Err(e) => {
+                        tracing::warn!(account_id = account.id, error = %e, "an account's refusal could not be decoded");
+                        return Called::Failed {
+                            error: RelayError::new(
+                                http::StatusCode::BAD_GATEWAY,
+                                e.class(),
+                                "upstream error body could not be decoded",
+                            ),
+                            mark: None,
+                        };
+                    }
+                }
             }
             None => {
                 strip_response_headers(&mut head.headers, false);

@@ -44,18 +44,20 @@ pub async fn fold_stream(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok());
     let bytes = match Decoder::detect(encoding, &raw) {
-        Some(mut d) => {
-            let mut out = d
-                .feed(&raw)
-                .map_err(|_| RelayError::upstream("upstream body is corrupt"))?
-                .to_vec();
-            out.extend_from_slice(
-                &d.finish()
-                    .map_err(|_| RelayError::upstream("upstream body is corrupt"))?,
-            );
-            out
-        }
-        None => raw,
+        Some(d) => match d.decode_all(&raw, MAX_FOLDED) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let mut meter = meter;
+                meter.error_class = e.class().into();
+                meter.finish(&Observed::default(), false);
+                return Err(RelayError::new(
+                    StatusCode::BAD_GATEWAY,
+                    e.class(),
+                    format!("upstream body could not be decoded: {e}"),
+                ));
+            }
+        },
+        None => Bytes::from(raw),
     };
     let mut tap = UsageTap::new(UsageFormat::OpenAiResponses, Some("text/event-stream"));
     tap.feed(&bytes);
@@ -73,16 +75,27 @@ pub async fn fold_stream(
 
 /// The `response` object of the last terminal Responses event in `sse`.
 fn terminal_response(sse: &[u8]) -> Option<Value> {
-    sse.rsplit(|&b| b == b'\n')
-        .filter_map(|line| line.strip_prefix(b"data:"))
-        .filter_map(|data| serde_json::from_slice::<Value>(data.trim_ascii()).ok())
-        .find(|event| {
-            matches!(
-                event.get("type").and_then(Value::as_str),
-                Some("response.completed" | "response.incomplete" | "response.failed")
-            )
-        })
-        .and_then(|mut event| event.get_mut("response").map(Value::take))
+    let mut last = None;
+    crate::tap::for_each_event(sse, |data| {
+        // Only terminal events are parsed; a `\u` escape can spell any type.
+        let find = |needle: &[u8]| memchr::memmem::find(data, needle).is_some();
+        if find(b"\\u")
+            || find(b"response.completed")
+            || find(b"response.incomplete")
+            || find(b"response.failed")
+        {
+            if let Ok(mut event) = serde_json::from_slice::<Value>(data)
+                && matches!(
+                    event.get("type").and_then(Value::as_str),
+                    Some("response.completed" | "response.incomplete" | "response.failed")
+                )
+                && let Some(response) = event.get_mut("response")
+            {
+                last = Some(response.take());
+            }
+        }
+    });
+    last
 }
 
 /// Removes hop-by-hop headers (and those `connection` names), lengths

@@ -3,10 +3,12 @@ use aiproxy_shared::pricing::TokenUsage;
 
 mod decode;
 mod fields;
+#[cfg(test)]
+mod spellings;
 
 use fields::{Cached, Count, Counts, Error, GeminiCounts, Message, Object, Text};
 
-pub use decode::{Decoder, Unwrapper};
+pub use decode::{DecodeError, Decoder, Unwrapper};
 
 /// Longest SSE line kept for parsing; longer lines (big content deltas) are
 /// skipped. Terminal Responses events repeat the whole output, so this is generous.
@@ -258,22 +260,151 @@ pub struct UsageTap {
 
 #[derive(Debug)]
 enum Mode {
-    /// Server-sent events, parsed line by line.
-    Sse { line: Vec<u8>, skipping: bool },
+    /// Server-sent events, assembled event by event.
+    Sse(Events),
     /// A JSON body, parsed once complete.
     Json { body: Vec<u8>, overflow: bool },
     /// Anything else: passed through, nothing learned.
     Opaque,
 }
 
+/// Server-sent events as the specification reads them: lines end in LF, CR
+/// or CRLF (split anywhere between chunks), `data` lines of one event are
+/// joined with LF, a blank line ends the event, comments and other fields
+/// are ignored.
+#[derive(Debug, Default)]
+struct Events {
+    /// The line being read.
+    line: Vec<u8>,
+    /// The line is longer than `MAX_LINE`: the rest of it is dropped.
+    skipping: bool,
+    /// The last line ended with CR: an LF right after it ends nothing.
+    after_cr: bool,
+    /// No byte read yet: a byte-order mark may come first.
+    at_start: bool,
+    /// The `data` of the event being assembled.
+    data: Vec<u8>,
+    data_lines: usize,
+}
+
+impl Events {
+    fn new() -> Self {
+        Events {
+            at_start: true,
+            ..Events::default()
+        }
+    }
+
+    /// Reads `chunk`, handing each complete event's data to `event`.
+    fn feed(&mut self, mut chunk: &[u8], event: &mut impl FnMut(&[u8], usize)) {
+        if self.at_start && !chunk.is_empty() {
+            // A BOM can itself be split; wait for three bytes or a mismatch.
+            self.line.extend_from_slice(chunk);
+            if self.line.len() < BOM.len() && BOM.starts_with(&self.line) {
+                return;
+            }
+            self.at_start = false;
+            let pending = std::mem::take(&mut self.line);
+            let rest = pending.strip_prefix(BOM).unwrap_or(&pending);
+            return self.feed(rest, event);
+        }
+        if self.after_cr && !chunk.is_empty() {
+            self.after_cr = false;
+            if chunk[0] == b'\n' {
+                chunk = &chunk[1..];
+            }
+        }
+        while let Some(pos) = memchr::memchr2(b'\n', b'\r', chunk) {
+            if !self.skipping {
+                self.line.extend_from_slice(&chunk[..pos]);
+                let line = std::mem::take(&mut self.line);
+                self.line_ended(&line, event);
+                self.line = line;
+            }
+            self.line.clear();
+            self.skipping = false;
+            let crlf = chunk[pos] == b'\r';
+            chunk = &chunk[pos + 1..];
+            if crlf {
+                match chunk.first() {
+                    Some(b'\n') => chunk = &chunk[1..],
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+        }
+        if !self.skipping {
+            self.line.extend_from_slice(chunk);
+            if self.line.len() > MAX_LINE {
+                self.line.clear();
+                self.skipping = true;
+            }
+        }
+    }
+
+    fn line_ended(&mut self, line: &[u8], event: &mut impl FnMut(&[u8], usize)) {
+        if line.is_empty() {
+            self.dispatch(event);
+            return;
+        }
+        let (field, value) = match memchr::memchr(b':', line) {
+            Some(0) => return, // a comment
+            Some(i) => (&line[..i], &line[i + 1..]),
+            None => (line, &[][..]),
+        };
+        if field != b"data" {
+            return;
+        }
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        if self.data.len() + value.len() > MAX_LINE {
+            // Too big to keep; the event is dropped, not cut.
+            self.data.clear();
+            self.data_lines = usize::MAX;
+            return;
+        }
+        if self.data_lines == usize::MAX {
+            return;
+        }
+        if self.data_lines > 0 {
+            self.data.push(b'\n');
+        }
+        self.data.extend_from_slice(value);
+        self.data_lines += 1;
+    }
+
+    fn dispatch(&mut self, event: &mut impl FnMut(&[u8], usize)) {
+        if self.data_lines > 0 && self.data_lines != usize::MAX {
+            event(&self.data, self.data_lines);
+        }
+        self.data.clear();
+        self.data_lines = 0;
+    }
+
+    /// The end of the stream: a last event without its blank line still counts.
+    fn finish(&mut self, event: &mut impl FnMut(&[u8], usize)) {
+        if !self.skipping && !self.line.is_empty() {
+            let line = std::mem::take(&mut self.line);
+            self.line_ended(&line, event);
+        }
+        self.dispatch(event);
+    }
+}
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// Calls `event` with the data of every event of a whole SSE body.
+pub fn for_each_event(sse: &[u8], mut event: impl FnMut(&[u8])) {
+    let mut events = Events::new();
+    let mut each = |data: &[u8], _lines: usize| event(data);
+    events.feed(sse, &mut each);
+    events.finish(&mut each);
+}
+
 impl UsageTap {
     pub fn new(format: UsageFormat, content_type: Option<&str>) -> UsageTap {
         let ct = content_type.unwrap_or("").to_ascii_lowercase();
         let mode = if ct.starts_with("text/event-stream") {
-            Mode::Sse {
-                line: Vec::new(),
-                skipping: false,
-            }
+            Mode::Sse(Events::new())
         } else if ct.contains("json") {
             Mode::Json {
                 body: Vec::new(),
@@ -290,30 +421,15 @@ impl UsageTap {
     }
 
     pub fn is_sse(&self) -> bool {
-        matches!(self.mode, Mode::Sse { .. })
+        matches!(self.mode, Mode::Sse(_))
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
+        let (format, observed) = (self.format, &mut self.observed);
         match &mut self.mode {
-            Mode::Sse { line, skipping } => {
-                let mut rest = chunk;
-                while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
-                    if !*skipping {
-                        line.extend_from_slice(&rest[..pos]);
-                        sse_line(self.format, line, &mut self.observed);
-                    }
-                    line.clear();
-                    *skipping = false;
-                    rest = &rest[pos + 1..];
-                }
-                if !*skipping {
-                    line.extend_from_slice(rest);
-                    if line.len() > MAX_LINE {
-                        line.clear();
-                        *skipping = true;
-                    }
-                }
-            }
+            Mode::Sse(events) => events.feed(chunk, &mut |data, lines| {
+                sse_event(format, data, lines, observed)
+            }),
             Mode::Json { body, overflow } => {
                 if !*overflow {
                     if body.len() + chunk.len() > MAX_JSON {
@@ -330,24 +446,31 @@ impl UsageTap {
 
     /// Called at the natural end of the body.
     pub fn finish(&mut self) {
+        let (format, observed) = (self.format, &mut self.observed);
         match &mut self.mode {
-            Mode::Sse { line, .. } => {
-                if !line.is_empty() {
-                    sse_line(self.format, line, &mut self.observed);
-                    line.clear();
-                }
+            Mode::Sse(events) => {
+                events.finish(&mut |data, lines| sse_event(format, data, lines, observed));
                 // Gemini streams have no terminal event: the end is the end.
-                if self.format == UsageFormat::Gemini {
-                    self.observed.complete = true;
+                if format == UsageFormat::Gemini {
+                    observed.complete = true;
                 }
             }
             Mode::Json { body, overflow } => {
-                if !*overflow && let Some(m) = Message::parse(body) {
-                    self.observed.apply_body(self.format, &m);
+                if !*overflow {
+                    json_body(format, body, observed);
                 }
                 body.clear();
             }
-            Mode::Opaque => self.observed.complete = true,
+            Mode::Opaque => observed.complete = true,
+        }
+    }
+
+    /// The body ended early (client gone, upstream cut): an event whose
+    /// lines all arrived still counts, without marking the response complete.
+    pub fn interrupt(&mut self) {
+        let (format, observed) = (self.format, &mut self.observed);
+        if let Mode::Sse(events) = &mut self.mode {
+            events.dispatch(&mut |data, lines| sse_event(format, data, lines, observed));
         }
     }
 
@@ -356,48 +479,79 @@ impl UsageTap {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// A whole JSON body: one object, or (Gemini's stream without `alt=sse`)
+/// an array of the chunks a stream would have sent.
+fn json_body(format: UsageFormat, body: &[u8], observed: &mut Observed) {
+    let body = body.strip_prefix(BOM).unwrap_or(body);
+    if let Some(m) = Message::parse(body) {
+        observed.apply_body(format, &m);
+    } else if format == UsageFormat::Gemini
+        && let Some(chunks) = Message::parse_array(body)
+    {
+        for chunk in &chunks {
+            observed.apply_event(format, chunk);
+        }
+        observed.complete = true;
+    }
 }
 
-/// One complete SSE line. Only `data:` lines that can carry usage, a model,
-/// the end or an error are parsed as JSON; content deltas are not.
-fn sse_line(format: UsageFormat, line: &[u8], observed: &mut Observed) {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let Some(data) = line.strip_prefix(b"data:") else {
-        return;
-    };
+/// Whether `data` may hold any of `needles`. A `\u` escape can spell any
+/// character of a key or a value, so data with one is always read.
+fn may_hold(data: &[u8], needles: &[&[u8]]) -> bool {
+    memchr::memmem::find(data, b"\\u").is_some()
+        || needles
+            .iter()
+            .any(|n| memchr::memmem::find(data, n).is_some())
+}
+
+/// Whether some `"usage"` member holds an object (whatever the whitespace
+/// around its colon): chat chunks carry `"usage": null` until the last.
+fn usage_object(data: &[u8]) -> bool {
+    memchr::memmem::find_iter(data, b"\"usage\"").any(|at| {
+        let rest = data[at + 7..].trim_ascii_start();
+        rest.strip_prefix(b":")
+            .is_some_and(|v| v.trim_ascii_start().starts_with(b"{"))
+    })
+}
+
+/// One event's data. Only events that can carry usage, a model, the end or
+/// an error are parsed as JSON; content deltas are not.
+fn sse_event(format: UsageFormat, data: &[u8], lines: usize, observed: &mut Observed) {
     let data = data.trim_ascii();
     if data == b"[DONE]" {
         observed.complete = true;
         return;
     }
     let interesting = match format {
-        UsageFormat::Anthropic => {
-            contains(data, b"\"usage\"")
-                || contains(data, b"message_st")
-                || contains(data, b"\"error\"")
-        }
+        UsageFormat::Anthropic => may_hold(data, &[b"\"usage\"", b"message_st", b"\"error\""]),
         UsageFormat::OpenAiChat => {
-            contains(data, b"\"usage\":{")
-                || contains(data, b"\"error\"")
-                || (observed.model.is_none() && contains(data, b"\"model\""))
+            usage_object(data)
+                || may_hold(data, &[b"\"error\""])
+                || (observed.model.is_none() && may_hold(data, &[b"\"model\""]))
         }
-        UsageFormat::OpenAiResponses => {
-            contains(data, b"response.c")
-                || contains(data, b"response.in")
-                || contains(data, b"response.failed")
-                || contains(data, b"\"error\"")
-        }
-        UsageFormat::Gemini => contains(data, b"usageMetadata") || contains(data, b"\"error\""),
+        UsageFormat::OpenAiResponses => may_hold(
+            data,
+            &[
+                b"response.c",
+                b"response.in",
+                b"response.failed",
+                b"\"error\"",
+            ],
+        ),
+        UsageFormat::Gemini => may_hold(data, &[b"usageMetadata", b"\"error\""]),
     };
     if !interesting {
         return;
     }
-    // JSON parsing validates UTF-8 per complete line, so a multi-byte
+    // JSON parsing validates UTF-8 per complete event, so a multi-byte
     // character split across chunks is never decoded half.
     if let Some(event) = Message::parse(data) {
         observed.apply_event(format, &event);
+    } else if lines > 1 {
+        // Events not separated by blank lines: each line on its own.
+        for line in data.split(|&b| b == b'\n') {
+            sse_event(format, line, 1, observed);
+        }
     }
 }
 
@@ -443,8 +597,8 @@ event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
 
     #[test]
     fn zero_in_message_start_takes_the_delta_counts() {
-        let s = "data: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":0,\"output_tokens\":0}}}\n\
-data: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":30,\"output_tokens\":9,\"cache_read_input_tokens\":4}}\n";
+        let s = "data: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":0,\"output_tokens\":0}}}\n\n\
+data: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":30,\"output_tokens\":9,\"cache_read_input_tokens\":4}}\n\n";
         let mut tap = UsageTap::new(UsageFormat::Anthropic, Some("text/event-stream"));
         tap.feed(s.as_bytes());
         assert_eq!(
@@ -456,6 +610,33 @@ data: {\"type\":\"message_delta\",\"usage\":{\"input_tokens\":30,\"output_tokens
                 ..Default::default()
             }
         );
+        assert!(!tap.observed().complete);
+    }
+
+    #[test]
+    fn chat_usage_spelled_with_spaces_is_read() {
+        // Python's json.dumps: a space after every colon and comma.
+        let body = "data: {\"id\": \"c\", \"model\": \"qwen\", \"choices\": [], \"usage\": null}\n\n\
+data: {\"id\": \"c\", \"model\": \"qwen\", \"choices\": [], \"usage\": {\"prompt_tokens\": 11, \"completion_tokens\": 4, \"total_tokens\": 15}}\n\n\
+data: [DONE]\n\n";
+        let o = run(UsageFormat::OpenAiChat, "text/event-stream", body);
+        assert_eq!(
+            o.usage,
+            TokenUsage {
+                input: 11,
+                output: 4,
+                ..Default::default()
+            }
+        );
+        assert!(o.usage_seen && o.complete);
+    }
+
+    #[test]
+    fn an_event_cut_off_before_its_blank_line_still_counts() {
+        let mut tap = UsageTap::new(UsageFormat::Anthropic, Some("text/event-stream"));
+        tap.feed(b"data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":9}}\r\n");
+        tap.interrupt();
+        assert_eq!(tap.observed().usage.output, 9);
         assert!(!tap.observed().complete);
     }
 

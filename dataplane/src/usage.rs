@@ -3,9 +3,10 @@
 //! control plane, and replayed from disk whatever the control plane did not
 //! take, including after a restart.
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,139 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 const SEGMENT_AGE: Duration = Duration::from_secs(2);
 const SEGMENT_RECORDS: u64 = 20_000;
 
+/// Every segment starts with this; segments without it are of the earlier
+/// format (bare length-delimited records) and are still read.
+const SEGMENT_MAGIC: &[u8; 8] = b"AIPXJNL2";
+/// Every record starts with this, so a reader finds the next whole record
+/// after a damaged one.
+const RECORD_MAGIC: [u8; 4] = [0xA1, 0x5E, 0xC0, 0xDE];
+/// Magic, payload length (u32 LE), CRC-32 of the payload (u32 LE).
+const RECORD_HEADER: usize = 12;
+/// Larger lengths are damage, not records.
+const MAX_RECORD: usize = 4 << 20;
+
+/// One record framed for the journal.
+fn frame(record: &pb::UsageRecord) -> Vec<u8> {
+    let len = record.encoded_len();
+    let mut buf = Vec::with_capacity(RECORD_HEADER + len);
+    buf.extend_from_slice(&RECORD_MAGIC);
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    record.encode(&mut buf).expect("Vec grows");
+    let crc = crc32fast::hash(&buf[RECORD_HEADER..]);
+    buf[8..12].copy_from_slice(&crc.to_le_bytes());
+    buf
+}
+
+/// What the bytes at the start of a slice are.
+enum Framed {
+    Record(pb::UsageRecord, usize),
+    /// A prefix of a record: the bytes end before it does.
+    Truncated,
+    Invalid,
+}
+
+fn unframe(bytes: &[u8]) -> Framed {
+    if bytes.len() < RECORD_HEADER {
+        return if RECORD_MAGIC.starts_with(&bytes[..bytes.len().min(4)]) {
+            Framed::Truncated
+        } else {
+            Framed::Invalid
+        };
+    }
+    if bytes[..4] != RECORD_MAGIC {
+        return Framed::Invalid;
+    }
+    let len = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+    if len > MAX_RECORD {
+        return Framed::Invalid;
+    }
+    let Some(payload) = bytes.get(RECORD_HEADER..RECORD_HEADER + len) else {
+        return Framed::Truncated;
+    };
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if crc32fast::hash(payload) != crc {
+        return Framed::Invalid;
+    }
+    match pb::UsageRecord::decode(payload) {
+        Ok(r) => Framed::Record(r, RECORD_HEADER + len),
+        Err(_) => Framed::Invalid,
+    }
+}
+
+/// The records a segment holds, and what could not be read.
+#[derive(Debug, Default)]
+struct SegmentRead {
+    records: Vec<pb::UsageRecord>,
+    /// Bytes skipped between whole records (damage, not a crash).
+    damaged_bytes: u64,
+    /// Damaged stretches skipped.
+    damaged_spans: u64,
+    /// Bytes of a last record cut short by a crash.
+    torn_bytes: u64,
+}
+
+impl SegmentRead {
+    fn parse(bytes: &[u8]) -> SegmentRead {
+        match bytes.strip_prefix(SEGMENT_MAGIC) {
+            Some(body) => Self::parse_framed(body),
+            None => Self::parse_legacy(bytes),
+        }
+    }
+
+    /// Reads record after record; after damage, resumes at the next whole
+    /// record (its magic, length and checksum all agree).
+    fn parse_framed(bytes: &[u8]) -> SegmentRead {
+        let mut read = SegmentRead::default();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let framed = unframe(&bytes[pos..]);
+            if let Framed::Record(record, size) = framed {
+                read.records.push(record);
+                pos += size;
+                continue;
+            }
+            let next = memchr::memmem::find_iter(&bytes[pos + 1..], &RECORD_MAGIC)
+                .map(|at| pos + 1 + at)
+                .find(|&at| matches!(unframe(&bytes[at..]), Framed::Record(..)));
+            match (next, framed) {
+                (Some(at), _) => {
+                    read.damaged_bytes += (at - pos) as u64;
+                    read.damaged_spans += 1;
+                    pos = at;
+                }
+                (None, Framed::Truncated) => {
+                    read.torn_bytes = (bytes.len() - pos) as u64;
+                    break;
+                }
+                (None, _) => {
+                    read.damaged_bytes += (bytes.len() - pos) as u64;
+                    read.damaged_spans += 1;
+                    break;
+                }
+            }
+        }
+        read
+    }
+
+    /// The earlier format: length-delimited records; a torn tail ends it.
+    fn parse_legacy(bytes: &[u8]) -> SegmentRead {
+        let mut read = SegmentRead::default();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let left = rest.len();
+            match pb::UsageRecord::decode_length_delimited(&mut rest) {
+                Ok(r) => read.records.push(r),
+                Err(_) => {
+                    read.torn_bytes = left as u64;
+                    break;
+                }
+            }
+        }
+        read
+    }
+}
+
 /// Delivery bookkeeping of one journal segment.
 #[derive(Debug, Default)]
 struct SegmentState {
@@ -39,6 +173,9 @@ struct Current {
     file: Arc<File>,
     seq: u64,
     opened: Instant,
+    /// Bytes of whole records (and the header) in the file: a failed write
+    /// is cut back to this.
+    len: u64,
 }
 
 /// The append-only journal: numbered segment files in one directory.
@@ -50,8 +187,14 @@ pub struct Journal {
     unsynced: Mutex<Vec<Arc<File>>>,
     segments: Mutex<BTreeMap<u64, SegmentState>>,
     /// Bytes on disk; above `max_bytes` new requests are refused.
-    bytes: std::sync::atomic::AtomicU64,
+    bytes: AtomicU64,
     max_bytes: u64,
+    /// A write or sync failed: nothing is appended until a fresh segment
+    /// has been written and synced.
+    failed: AtomicBool,
+    /// Records that could not be written; kept here until they are
+    /// journaled or delivered.
+    held: Mutex<Vec<pb::UsageRecord>>,
 }
 
 fn safe_name(node_id: &str) -> String {
@@ -67,11 +210,20 @@ fn safe_name(node_id: &str) -> String {
         .collect()
 }
 
+/// Why the journal takes no records now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Undelivered usage has reached `journal_max_bytes`.
+    Full,
+    /// The disk refused a write or a sync.
+    Failing,
+}
+
 impl Journal {
     /// Opens the journal in `dir`; segments left by an earlier run are
     /// queued for replay.
     pub fn open(dir: &Path, node_id: &str, max_bytes: u64) -> std::io::Result<Journal> {
-        std::fs::create_dir_all(dir)?;
+        aiproxy_shared::fs::private_dir(dir)?;
         let prefix = format!("usage-{}-", safe_name(node_id));
         let mut segments = BTreeMap::new();
         let mut bytes = 0;
@@ -95,6 +247,7 @@ impl Journal {
         }
         let seq = segments.keys().next_back().map_or(1, |s| s + 1);
         let file = Self::create(dir, &prefix, seq)?;
+        bytes += SEGMENT_MAGIC.len() as u64;
         segments.insert(seq, SegmentState::default());
         Ok(Journal {
             dir: dir.to_path_buf(),
@@ -103,11 +256,14 @@ impl Journal {
                 file: Arc::new(file),
                 seq,
                 opened: Instant::now(),
+                len: SEGMENT_MAGIC.len() as u64,
             }),
             unsynced: Mutex::default(),
             segments: Mutex::new(segments),
             bytes: bytes.into(),
             max_bytes,
+            failed: AtomicBool::new(false),
+            held: Mutex::default(),
         })
     }
 
@@ -115,44 +271,102 @@ impl Journal {
         self.dir.join(format!("{}{seq:012}.log", self.prefix))
     }
 
+    /// A new segment file with its header written; removed again if the
+    /// header cannot be written.
     fn create(dir: &Path, prefix: &str, seq: u64) -> std::io::Result<File> {
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("{prefix}{seq:012}.log")))
+        let path = dir.join(format!("{prefix}{seq:012}.log"));
+        let mut file = aiproxy_shared::fs::append_private(&path)?;
+        if let Err(e) = file.write_all(SEGMENT_MAGIC) {
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(file)
     }
 
-    /// Whether the journal has room for more records.
-    pub fn has_room(&self) -> bool {
-        self.bytes.load(std::sync::atomic::Ordering::Relaxed) < self.max_bytes
+    /// Whether the journal takes records now, and why not.
+    pub fn availability(&self) -> Result<(), Unavailable> {
+        if self.failed.load(Ordering::Relaxed) {
+            Err(Unavailable::Failing)
+        } else if self.bytes.load(Ordering::Relaxed) >= self.max_bytes {
+            Err(Unavailable::Full)
+        } else {
+            Ok(())
+        }
     }
 
     /// Appends one record (one write, no fsync: it survives the process
     /// being killed; the beat fsyncs for power loss). Returns its segment.
+    /// A write that fails is cut back to the last whole record, and the
+    /// journal takes nothing more until `recover` succeeds.
     fn append(&self, record: &pb::UsageRecord) -> std::io::Result<u64> {
-        let mut buf = Vec::with_capacity(record.encoded_len() + 5);
-        record.encode_length_delimited(&mut buf).expect("Vec grows");
+        let buf = frame(record);
         let mut current = self.current.lock().expect("journal lock");
-        (&*current.file).write_all(&buf)?;
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(std::io::Error::other("usage journal is failing"));
+        }
+        if let Err(e) = (&*current.file).write_all(&buf) {
+            self.failed.store(true, Ordering::Relaxed);
+            // A partial write must not stay in front of later records; if it
+            // cannot be cut, recovery starts a new segment anyway and replay
+            // skips the torn end.
+            if let Err(cut) = current.file.set_len(current.len) {
+                tracing::error!(error = %cut, "cannot cut a partial usage journal write back");
+            }
+            return Err(e);
+        }
+        current.len += buf.len() as u64;
         let seq = current.seq;
-        self.bytes
-            .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
         let mut segments = self.segments.lock().expect("journal lock");
         let state = segments.entry(seq).or_default();
         state.written += 1;
         if state.written >= SEGMENT_RECORDS {
             drop(segments);
             // Full: the next beat syncs it, off the request's path.
-            let closed = self.next_segment(&mut current)?;
-            self.unsynced.lock().expect("journal lock").push(closed);
+            match self.next_segment(&mut current) {
+                Ok(closed) => self.unsynced.lock().expect("journal lock").push(closed),
+                Err(e) => {
+                    self.failed.store(true, Ordering::Relaxed);
+                    tracing::error!(error = %e, "cannot open the next usage journal segment");
+                }
+            }
         }
         Ok(seq)
     }
 
+    /// After a failure: opens a fresh segment and syncs it; the journal
+    /// takes records again only if both work. Blocks on the disk.
+    fn recover(&self) -> std::io::Result<()> {
+        let mut current = self.current.lock().expect("journal lock");
+        let closed = self.next_segment(&mut current)?;
+        current.file.sync_data()?;
+        self.unsynced.lock().expect("journal lock").push(closed);
+        self.failed.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Keeps a record that could not be written, for the reporter.
+    fn hold(&self, record: pb::UsageRecord) {
+        self.held.lock().expect("journal lock").push(record);
+    }
+
+    fn take_held(&self) -> Vec<pb::UsageRecord> {
+        std::mem::take(&mut *self.held.lock().expect("journal lock"))
+    }
+
     /// Closes the current segment (when old enough, or `force`) and opens
     /// the next, then syncs what was written. Blocks on the disk: not for a
-    /// runtime worker.
+    /// runtime worker. A failure stops appends until `recover`.
     fn rotate(&self, force: bool) -> std::io::Result<()> {
+        let result = self.rotate_and_sync(force);
+        if result.is_err() {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn rotate_and_sync(&self, force: bool) -> std::io::Result<()> {
         let synced = {
             let mut current = self.current.lock().expect("journal lock");
             let written = self
@@ -188,12 +402,15 @@ impl Journal {
     fn next_segment(&self, current: &mut Current) -> std::io::Result<Arc<File>> {
         let next = current.seq + 1;
         let file = Arc::new(Self::create(&self.dir, &self.prefix, next)?);
+        self.bytes
+            .fetch_add(SEGMENT_MAGIC.len() as u64, Ordering::Relaxed);
         self.segments
             .lock()
             .expect("journal lock")
             .insert(next, SegmentState::default());
         current.seq = next;
         current.opened = Instant::now();
+        current.len = SEGMENT_MAGIC.len() as u64;
         Ok(std::mem::replace(&mut current.file, file))
     }
 
@@ -234,34 +451,37 @@ impl Journal {
         let path = self.path(seq);
         let len = std::fs::metadata(&path).map_or(0, |m| m.len());
         match std::fs::remove_file(&path) {
-            Ok(()) => {
-                self.bytes
-                    .fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
-                self.segments.lock().expect("journal lock").remove(&seq);
-            }
+            Ok(()) => self.forget(seq, len),
             Err(e) => {
                 tracing::error!(error = %e, path = %path.display(), "cannot remove a delivered usage journal segment")
             }
         }
     }
 
-    /// Every complete record of a segment; a torn tail from a crash is ignored.
-    fn read(&self, seq: u64) -> std::io::Result<Vec<pb::UsageRecord>> {
+    /// Keeps a damaged segment, delivered as far as it could be read, as
+    /// `<name>.damaged` for the operator; it is not read again.
+    fn set_aside(&self, seq: u64) {
         let path = self.path(seq);
-        let mut bytes = Vec::new();
-        File::open(&path)?.read_to_end(&mut bytes)?;
-        let mut records = Vec::new();
-        let mut rest = bytes.as_slice();
-        while !rest.is_empty() {
-            match pb::UsageRecord::decode_length_delimited(&mut rest) {
-                Ok(r) => records.push(r),
-                Err(_) => {
-                    tracing::warn!(path = %path.display(), "ignoring a torn record at the end of a usage journal segment");
-                    break;
-                }
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let aside = path.with_extension("log.damaged");
+        match std::fs::rename(&path, &aside) {
+            Ok(()) => self.forget(seq, len),
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), "cannot set a damaged usage journal segment aside")
             }
         }
-        Ok(records)
+    }
+
+    fn forget(&self, seq: u64, len: u64) {
+        self.bytes.fetch_sub(len, Ordering::Relaxed);
+        self.segments.lock().expect("journal lock").remove(&seq);
+    }
+
+    /// Every whole record of a segment, past any damage.
+    fn read(&self, seq: u64) -> std::io::Result<SegmentRead> {
+        let mut bytes = Vec::new();
+        File::open(self.path(seq))?.read_to_end(&mut bytes)?;
+        Ok(SegmentRead::parse(&bytes))
     }
 }
 
@@ -299,27 +519,33 @@ impl UsageSink {
         )
     }
 
-    /// Whether records can still be kept; when not, requests are refused
+    /// Whether records can be kept now; when not, requests are refused
     /// rather than served unbilled.
-    pub fn has_room(&self) -> bool {
-        self.journal.has_room()
+    pub fn availability(&self) -> Result<(), Unavailable> {
+        self.journal.availability()
     }
 
-    /// Journals the record, then queues it for delivery.
+    /// Journals the record, then queues it for delivery. A record the disk
+    /// refuses is held in memory until it is journaled or delivered.
     pub fn report(&self, record: pb::UsageRecord) {
-        let seq = match self.journal.append(&record) {
-            Ok(seq) => seq,
+        match self.journal.append(&record) {
+            Ok(seq) => self.queue.push(seq, record),
             Err(e) => {
-                tracing::error!(error = %e, request_id = %record.request_id, "cannot journal a usage record; delivering from memory only");
-                0
+                tracing::error!(error = %e, request_id = %record.request_id, "cannot journal a usage record; holding it in memory, refusing new requests until the journal recovers");
+                self.journal.hold(record);
             }
-        };
-        let mut items = self.queue.items.lock().expect("usage queue");
+        }
+    }
+}
+
+impl Queue {
+    fn push(&self, seq: u64, record: pb::UsageRecord) {
+        let mut items = self.items.lock().expect("usage queue");
         items.push((seq, record));
         let full = items.len() == BATCH_MAX;
         drop(items);
         if full {
-            self.queue.full.notify_one();
+            self.full.notify_one();
         }
     }
 }
@@ -336,6 +562,7 @@ pub async fn run_reporter(
         client,
         node_id,
         journal,
+        queue: queue.clone(),
     };
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     loop {
@@ -351,16 +578,26 @@ pub async fn run_reporter(
     }
     reporter.flush_all(queue.take()).await;
     // What was not delivered stays journaled for the next start.
-    if let Err(e) = reporter.journal.rotate(true) {
+    let journal = reporter.journal.clone();
+    let synced = tokio::task::spawn_blocking(move || journal.rotate(true))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    if let Err(e) = synced {
         tracing::error!(error = %e, "cannot sync the usage journal at shutdown");
     }
     reporter.beat().await;
+    let lost = reporter.journal.take_held();
+    if !lost.is_empty() {
+        let ids: Vec<&str> = lost.iter().map(|r| r.request_id.as_str()).collect();
+        tracing::error!(records = lost.len(), request_ids = ?ids, "usage neither journaled nor delivered at shutdown");
+    }
 }
 
 struct Reporter {
     client: Client,
     node_id: String,
     journal: Arc<Journal>,
+    queue: Arc<Queue>,
 }
 
 impl Reporter {
@@ -412,29 +649,73 @@ impl Reporter {
         }
     }
 
-    /// Closes an old segment, deletes delivered ones and replays the rest.
+    /// After a disk failure: a fresh segment, then the records held in
+    /// memory go to the journal, or straight to the control plane.
+    async fn recover(&self) {
+        if self.journal.availability() == Err(Unavailable::Failing) {
+            let journal = self.journal.clone();
+            let recovered = tokio::task::spawn_blocking(move || journal.recover())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            match recovered {
+                Ok(()) => tracing::warn!("usage journal writable again; serving resumes"),
+                Err(e) => tracing::debug!(error = %e, "usage journal still failing"),
+            }
+        }
+        let held = self.journal.take_held();
+        if held.is_empty() {
+            return;
+        }
+        let mut left = Vec::new();
+        for record in held {
+            if !left.is_empty() {
+                left.push(record);
+                continue;
+            }
+            match self.journal.append(&record) {
+                Ok(seq) => self.queue.push(seq, record),
+                Err(_) => left.push(record),
+            }
+        }
+        if left.is_empty() {
+            return;
+        }
+        let n = left.len();
+        match self.send(left.clone()).await {
+            Ok(_) => tracing::info!(records = n, "usage the disk refused delivered from memory"),
+            Err(e) => {
+                tracing::warn!(records = n, error = %e, "usage the disk refused is still held in memory");
+                for record in left {
+                    self.journal.hold(record);
+                }
+            }
+        }
+    }
+
+    /// Recovers a failed journal, closes an old segment, deletes delivered
+    /// ones and replays the rest.
     async fn beat(&self) {
+        self.recover().await;
         let journal = self.journal.clone();
         let rotated = tokio::task::spawn_blocking(move || journal.rotate(false))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         if let Err(e) = rotated {
-            tracing::error!(error = %e, "cannot rotate the usage journal");
+            tracing::error!(error = %e, "cannot rotate or sync the usage journal; refusing requests until it recovers");
         }
         for (seq, delivered) in self.journal.closed() {
             if delivered {
                 self.journal.remove(seq);
                 continue;
             }
-            let records = match self.journal.read(seq) {
+            let read = match self.journal.read(seq) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::error!(error = %e, seq, "cannot read a usage journal segment");
+                    tracing::error!(error = %e, seq, "cannot read a usage journal segment; kept for the next try");
                     continue;
                 }
             };
-            let total = records.len();
-            for chunk in records.chunks(BATCH_MAX) {
+            for chunk in read.records.chunks(BATCH_MAX) {
                 if let Err(e) = self.send(chunk.to_vec()).await {
                     tracing::debug!(error = %e, "usage replay deferred");
                     return;
@@ -442,14 +723,36 @@ impl Reporter {
             }
             // All taken (ingestion is idempotent: a crash before this removal
             // only replays duplicates, never bills twice).
-            self.journal.remove(seq);
-            tracing::info!(records = total, seq, "usage journal segment replayed");
+            let records = read.records.len();
+            if read.torn_bytes > 0 {
+                tracing::warn!(
+                    seq,
+                    records,
+                    torn_bytes = read.torn_bytes,
+                    "usage journal segment ended in a record cut short by a crash"
+                );
+            }
+            if read.damaged_spans > 0 {
+                tracing::error!(
+                    seq,
+                    records,
+                    damaged_spans = read.damaged_spans,
+                    damaged_bytes = read.damaged_bytes,
+                    "usage journal segment was damaged; every whole record in it was replayed, the segment is kept as .damaged"
+                );
+                self.journal.set_aside(seq);
+            } else {
+                self.journal.remove(seq);
+                tracing::info!(records, seq, "usage journal segment replayed");
+            }
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs::OpenOptions;
+
     use super::*;
 
     fn record(id: &str) -> pb::UsageRecord {
@@ -460,6 +763,18 @@ mod tests {
         }
     }
 
+    fn ids(read: &SegmentRead) -> Vec<&str> {
+        read.records.iter().map(|r| r.request_id.as_str()).collect()
+    }
+
+    fn append_raw(journal: &Journal, seq: u64, bytes: &[u8]) {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(journal.path(seq))
+            .unwrap();
+        f.write_all(bytes).unwrap();
+    }
+
     #[test]
     fn segments_round_trip_ignore_torn_tails_and_survive_restarts() {
         let dir = tempfile::tempdir().unwrap();
@@ -467,19 +782,13 @@ mod tests {
         let seq = journal.append(&record("a")).unwrap();
         journal.append(&record("b")).unwrap();
         assert!(journal.closed().is_empty(), "the current segment is open");
-        // A crash mid-write leaves a partial record.
-        let mut f = OpenOptions::new()
-            .append(true)
-            .open(journal.path(seq))
-            .unwrap();
-        f.write_all(&[0x40, 1, 2]).unwrap();
-        let ids: Vec<_> = journal
-            .read(seq)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.request_id)
-            .collect();
-        assert_eq!(ids, vec!["a", "b"]);
+        // A crash mid-write leaves the first part of a record.
+        let torn = frame(&record("c"));
+        append_raw(&journal, seq, &torn[..torn.len() - 3]);
+        let read = journal.read(seq).unwrap();
+        assert_eq!(ids(&read), vec!["a", "b"]);
+        assert_eq!(read.torn_bytes, torn.len() as u64 - 3);
+        assert_eq!(read.damaged_spans, 0, "a torn tail is not damage");
         drop(journal);
 
         // The next start replays what the previous one left.
@@ -490,6 +799,89 @@ mod tests {
         // Another node's segments in the same directory are not ours.
         let other = Journal::open(dir.path(), "node-2", 1 << 20).unwrap();
         assert!(other.closed().is_empty());
+    }
+
+    #[test]
+    fn replay_resynchronises_past_a_damaged_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), "n", 1 << 20).unwrap();
+        let seq = journal.append(&record("before")).unwrap();
+        // A torn write, then garbage, then a record whose bytes were flipped,
+        // each followed by records that must all survive.
+        let torn = frame(&record("torn"));
+        append_raw(&journal, seq, &torn[..torn.len() / 2]);
+        for i in 0..3 {
+            append_raw(&journal, seq, &frame(&record(&format!("after-tear-{i}"))));
+        }
+        append_raw(&journal, seq, b"\xff\x00garbage\xA1\x5E");
+        append_raw(&journal, seq, &frame(&record("after-garbage")));
+        let mut flipped = frame(&record("flipped"));
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        append_raw(&journal, seq, &flipped);
+        append_raw(&journal, seq, &frame(&record("last")));
+        let read = journal.read(seq).unwrap();
+        assert_eq!(
+            ids(&read),
+            vec![
+                "before",
+                "after-tear-0",
+                "after-tear-1",
+                "after-tear-2",
+                "after-garbage",
+                "last"
+            ]
+        );
+        assert_eq!(read.damaged_spans, 3);
+        assert_eq!(read.torn_bytes, 0);
+        assert!(read.damaged_bytes > 0);
+    }
+
+    #[test]
+    fn segments_of_the_earlier_format_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = Vec::new();
+        for id in ["x", "y"] {
+            record(id).encode_length_delimited(&mut bytes).unwrap();
+        }
+        bytes.extend_from_slice(&[0x40, 1]);
+        std::fs::write(dir.path().join("usage-n-000000000007.log"), &bytes).unwrap();
+        let journal = Journal::open(dir.path(), "n", 1 << 20).unwrap();
+        assert_eq!(journal.closed(), vec![(7, false)]);
+        let read = journal.read(7).unwrap();
+        assert_eq!(ids(&read), vec!["x", "y"]);
+        assert_eq!(read.torn_bytes, 2);
+    }
+
+    #[test]
+    fn a_failed_write_is_cut_back_and_the_journal_refuses_until_it_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), "n", 1 << 20).unwrap();
+        let seq = journal.append(&record("a")).unwrap();
+        let len = std::fs::metadata(journal.path(seq)).unwrap().len();
+        // The file becomes unwritable mid-record: the bytes that made it
+        // are cut away and nothing more goes in.
+        let broken = Arc::new(
+            OpenOptions::new()
+                .read(true)
+                .open(journal.path(seq))
+                .unwrap(),
+        );
+        let good = std::mem::replace(&mut journal.current.lock().unwrap().file, broken);
+        assert!(journal.append(&record("b")).is_err());
+        assert_eq!(journal.availability(), Err(Unavailable::Failing));
+        journal.current.lock().unwrap().file = good;
+        assert!(
+            journal.append(&record("c")).is_err(),
+            "nothing is appended until the journal recovers"
+        );
+        assert_eq!(std::fs::metadata(journal.path(seq)).unwrap().len(), len);
+        journal.recover().unwrap();
+        assert_eq!(journal.availability(), Ok(()));
+        let next = journal.append(&record("d")).unwrap();
+        assert_eq!(next, seq + 1, "recovery starts a fresh segment");
+        assert_eq!(ids(&journal.read(seq).unwrap()), vec!["a"]);
+        assert_eq!(ids(&journal.read(next).unwrap()), vec!["d"]);
     }
 
     #[test]
@@ -504,6 +896,22 @@ mod tests {
         journal.settle(first, 1, true);
         journal.settle(second, 1, false);
         assert_eq!(journal.closed(), vec![(first, true), (second, false)]);
+    }
+
+    #[test]
+    fn a_damaged_segment_is_set_aside_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path(), "n", 1 << 20).unwrap();
+        let seq = journal.append(&record("a")).unwrap();
+        journal.set_aside(seq);
+        assert!(!journal.path(seq).exists());
+        assert!(journal.path(seq).with_extension("log.damaged").exists());
+        drop(journal);
+        let journal = Journal::open(dir.path(), "n", 1 << 20).unwrap();
+        assert!(
+            journal.closed().is_empty(),
+            "set-aside segments are not replayed"
+        );
     }
 
     #[test]
@@ -523,7 +931,10 @@ mod tests {
         assert_eq!(next, first + 1);
         journal.rotate(false).unwrap();
         assert!(journal.unsynced.lock().unwrap().is_empty());
-        assert_eq!(journal.read(first).unwrap().len(), SEGMENT_RECORDS as usize);
+        assert_eq!(
+            journal.read(first).unwrap().records.len(),
+            SEGMENT_RECORDS as usize
+        );
         journal.settle(first, SEGMENT_RECORDS, true);
         assert_eq!(journal.closed(), vec![(first, true)]);
     }
@@ -531,9 +942,22 @@ mod tests {
     #[test]
     fn a_full_journal_says_so() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = Journal::open(dir.path(), "n", 10).unwrap();
-        assert!(journal.has_room());
+        let journal = Journal::open(dir.path(), "n", 40).unwrap();
+        assert_eq!(journal.availability(), Ok(()));
         journal.append(&record("a-request-id-long-enough")).unwrap();
-        assert!(!journal.has_room());
+        assert_eq!(journal.availability(), Err(Unavailable::Full));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_spool_and_its_segments_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        let journal = Journal::open(&spool, "n", 1 << 20).unwrap();
+        let seq = journal.append(&record("a")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&spool), 0o700);
+        assert_eq!(mode(&journal.path(seq)), 0o600);
     }
 }

@@ -5,6 +5,7 @@
 pub mod billing;
 pub mod config;
 pub mod domain;
+pub mod fs;
 pub mod http;
 pub mod keys;
 pub mod pricing;

@@ -40,6 +40,12 @@ impl<'a> Message<'a> {
     pub fn parse(bytes: &'a [u8]) -> Option<Message<'a>> {
         serde_json::from_slice::<Object<Message<'a>>>(bytes).ok()?.0
     }
+
+    /// Parses an array of messages; members that are not objects are left out.
+    pub fn parse_array(bytes: &'a [u8]) -> Option<Vec<Message<'a>>> {
+        let members = serde_json::from_slice::<Vec<Object<Message<'a>>>>(bytes).ok()?;
+        Some(members.into_iter().filter_map(|m| m.0).collect())
+    }
 }
 
 /// Token counts as Anthropic, Chat Completions and Responses spell them.
@@ -173,7 +179,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
     }
 }
 
-/// A whole number of tokens; anything else reads as absent.
+/// A whole number of tokens, in any JSON spelling; anything else reads as absent.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Count(pub Option<u64>);
 
@@ -250,8 +256,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Scalar<'a>, E> {
                 Ok(Scalar::Signed(n))
             }
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar<'a>, E> {
-                Ok(Scalar::Other)
+            /// `12.0` and `1.2e1` are spellings of 12; `2.5` is no count.
+            fn visit_f64<E: de::Error>(self, f: f64) -> Result<Scalar<'a>, E> {
+                const EXACT: f64 = (1u64 << 53) as f64;
+                Ok(if f.fract() == 0.0 && (0.0..=EXACT).contains(&f) {
+                    Scalar::Unsigned(f as u64)
+                } else {
+                    Scalar::Other
+                })
             }
             fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar<'a>, E> {
                 Ok(Scalar::Other)
