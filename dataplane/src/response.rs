@@ -79,20 +79,19 @@ fn terminal_response(sse: &[u8]) -> Option<Value> {
     crate::tap::for_each_event(sse, |data| {
         // Only terminal events are parsed; a `\u` escape can spell any type.
         let find = |needle: &[u8]| memchr::memmem::find(data, needle).is_some();
-        if find(b"\\u")
+        let maybe_terminal = find(b"\\u")
             || find(b"response.completed")
             || find(b"response.incomplete")
-            || find(b"response.failed")
+            || find(b"response.failed");
+        if maybe_terminal
+            && let Ok(mut event) = serde_json::from_slice::<Value>(data)
+            && matches!(
+                event.get("type").and_then(Value::as_str),
+                Some("response.completed" | "response.incomplete" | "response.failed")
+            )
+            && let Some(response) = event.get_mut("response")
         {
-            if let Ok(mut event) = serde_json::from_slice::<Value>(data)
-                && matches!(
-                    event.get("type").and_then(Value::as_str),
-                    Some("response.completed" | "response.incomplete" | "response.failed")
-                )
-                && let Some(response) = event.get_mut("response")
-            {
-                last = Some(response.take());
-            }
+            last = Some(response.take());
         }
     });
     last

@@ -50,7 +50,7 @@ fn frame(record: &pb::UsageRecord) -> Vec<u8> {
 
 /// What the bytes at the start of a slice are.
 enum Framed {
-    Record(pb::UsageRecord, usize),
+    Record(Box<pb::UsageRecord>, usize),
     /// A prefix of a record: the bytes end before it does.
     Truncated,
     Invalid,
@@ -79,7 +79,7 @@ fn unframe(bytes: &[u8]) -> Framed {
         return Framed::Invalid;
     }
     match pb::UsageRecord::decode(payload) {
-        Ok(r) => Framed::Record(r, RECORD_HEADER + len),
+        Ok(r) => Framed::Record(Box::new(r), RECORD_HEADER + len),
         Err(_) => Framed::Invalid,
     }
 }
@@ -112,7 +112,7 @@ impl SegmentRead {
         while pos < bytes.len() {
             let framed = unframe(&bytes[pos..]);
             if let Framed::Record(record, size) = framed {
-                read.records.push(record);
+                read.records.push(*record);
                 pos += size;
                 continue;
             }
