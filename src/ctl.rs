@@ -442,6 +442,7 @@ const NODE_COLUMNS: Columns = &[
     ("CURRENT", "current"),
     ("LAST SEEN", "last_seen"),
     ("LAST ERROR", "last_error"),
+    ("LEFT OUT", "dropped"),
 ];
 const APPLY_COLUMNS: Columns = &[("KIND", "kind"), ("NAME", "name"), ("ACTION", "action")];
 const CHECK_COLUMNS: Columns = &[
@@ -512,6 +513,11 @@ fn cell(v: &Value) -> String {
         Value::String(s) => {
             let s: String = s.chars().take(60).collect();
             s
+        }
+        Value::Array(items) if items.is_empty() => "-".into(),
+        Value::Array(items) if items.iter().all(Value::is_string) => {
+            let joined: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            joined.join("; ").chars().take(120).collect()
         }
         other => other.to_string(),
     }

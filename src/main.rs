@@ -216,7 +216,12 @@ fn all_in_one(config: Config, runtime: &tokio::runtime::Runtime) -> Result<(), F
         .unwrap_or_else(|| Secret::new(aiproxy_shared::keys::random_hex(32)));
 
     // One store for both planes: the admin views see what the relay does.
-    let state = state_store(&config)?;
+    // Its connection is driven by the data plane's runtime; the control
+    // plane's runtime calls it through the same handle.
+    let state = {
+        let _entered = runtime.enter();
+        state_store(&config)?
+    };
     let control = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("aiproxy-control")
@@ -380,8 +385,10 @@ fn default_node_id() -> String {
         .unwrap_or_else(|| "node".into())
 }
 
+/// The data directory holds secrets, the database and the usage journal:
+/// it is made (or narrowed to) 0700.
 fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)
+    aiproxy_shared::fs::private_dir(dir)
         .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))
 }
 

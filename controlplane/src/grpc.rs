@@ -29,6 +29,8 @@ pub struct NodeStatus {
     pub node_id: String,
     pub applied_version: u64,
     pub last_error: String,
+    /// Entries of the applied snapshot the node left out, with reasons.
+    pub dropped: Vec<String>,
     pub last_seen: chrono::DateTime<chrono::Utc>,
 }
 
@@ -176,7 +178,9 @@ impl NodeService for NodeApi {
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
         let ack = request.into_inner();
-        if ack.applied {
+        if ack.applied && !ack.dropped.is_empty() {
+            tracing::warn!(node_id = %ack.node_id, version = ack.version, dropped = ?ack.dropped, "node applied snapshot without entries it could not use");
+        } else if ack.applied {
             tracing::debug!(node_id = %ack.node_id, version = ack.version, "node applied snapshot");
         } else {
             tracing::warn!(node_id = %ack.node_id, version = ack.version, error = %ack.error, "node rejected snapshot");
@@ -188,12 +192,14 @@ impl NodeService for NodeApi {
                 node_id: ack.node_id.clone(),
                 applied_version: 0,
                 last_error: String::new(),
+                dropped: Vec::new(),
                 last_seen: chrono::Utc::now(),
             });
         entry.last_seen = chrono::Utc::now();
         if ack.applied {
             entry.applied_version = ack.version;
             entry.last_error.clear();
+            entry.dropped = ack.dropped;
         } else {
             entry.last_error = ack.error;
         }

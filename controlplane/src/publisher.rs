@@ -172,6 +172,12 @@ impl Publisher {
                         return None;
                     }
                 };
+                // Never publish what a node cannot use: one such entry
+                // would otherwise be every node's problem.
+                if let Some(problem) = aiproxy_shared::domain::credentials_problem(&credentials) {
+                    tracing::error!(account_id = a.id, problem = %problem, "account left out of the snapshot");
+                    return None;
+                }
                 Some(pb::Account {
                     id: a.id,
                     name: a.name,

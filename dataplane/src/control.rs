@@ -131,34 +131,28 @@ async fn watch_once(
             Some(pb::watch_event::Event::Snapshot(snapshot)) => {
                 let version = snapshot.version;
                 let started = std::time::Instant::now();
-                let ack = match Snapshot::try_from(snapshot) {
-                    Ok(applied) => {
-                        let (accounts, keys) = (applied.accounts.len(), applied.keys.len());
-                        scheduler.adopt(&applied.scheduling);
-                        holder.store(applied);
-                        tracing::info!(
-                            version,
-                            accounts,
-                            api_keys = keys,
-                            apply_us = started.elapsed().as_micros() as u64,
-                            "snapshot applied"
-                        );
-                        pb::AckRequest {
-                            node_id: node_id.to_string(),
-                            version,
-                            applied: true,
-                            error: String::new(),
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(version, error = %e, "snapshot rejected; keeping the previous one");
-                        pb::AckRequest {
-                            node_id: node_id.to_string(),
-                            version,
-                            applied: false,
-                            error: e.to_string(),
-                        }
-                    }
+                let (applied, problems) = Snapshot::from_proto(snapshot);
+                let dropped: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                for problem in &dropped {
+                    tracing::error!(version, problem = %problem, "snapshot entry unusable; the rest applies");
+                }
+                let (accounts, keys) = (applied.accounts.len(), applied.keys.len());
+                scheduler.adopt(&applied.scheduling);
+                holder.store(applied);
+                tracing::info!(
+                    version,
+                    accounts,
+                    api_keys = keys,
+                    dropped = dropped.len(),
+                    apply_us = started.elapsed().as_micros() as u64,
+                    "snapshot applied"
+                );
+                let ack = pb::AckRequest {
+                    node_id: node_id.to_string(),
+                    version,
+                    applied: true,
+                    error: String::new(),
+                    dropped,
                 };
                 acks.send_replace(Some(ack));
             }

@@ -555,12 +555,11 @@ mod tests {
             wait_timeout_set: true,
             ..Default::default()
         };
-        let snapshot = crate::snapshot::Snapshot::try_from(aiproxy_proto::v1::Snapshot {
+        let (snapshot, _) = crate::snapshot::Snapshot::from_proto(aiproxy_proto::v1::Snapshot {
             version: 1,
             settings: Some(settings),
             ..Default::default()
-        })
-        .expect("snapshot");
+        });
         s.adopt(&snapshot.scheduling);
         let now = s.settings();
         assert_eq!(now.session_ttl, Duration::from_secs(5));

@@ -189,21 +189,23 @@ impl Snapshot {
     }
 }
 
+/// An entry a node could not use; it is left out (or fenced off) alone
+/// and reported, and the rest of the snapshot applies.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("api key {0} has a malformed hash")]
+    #[error("api key {0} has a malformed hash (left out)")]
     KeyHash(i64),
-    #[error("user {0} has a malformed price rate")]
+    #[error("user {0} has a malformed price rate (left out: its keys are refused)")]
     PriceRate(i64),
-    #[error("price of {0} is malformed")]
+    #[error("price of {0} is malformed (left out)")]
     Price(String),
-    #[error("account {0} has a credential that is not a valid header value")]
-    Credential(i64),
-    #[error("api key {0} has a malformed cost")]
+    #[error("account {0}: credentials.{1} is not a valid header value (left out)")]
+    Credential(i64, &'static str),
+    #[error("api key {0} has a malformed cost (left out)")]
     KeyCost(i64),
-    #[error("package {0} is malformed")]
+    #[error("package {0} is malformed (fenced off: it admits nothing)")]
     Package(i64),
-    #[error("client filter: {0}")]
+    #[error("client filter: {0} (refusing every client it applies to)")]
     ClientFilter(String),
 }
 
@@ -215,32 +217,182 @@ fn decimal(s: &str) -> Option<Decimal> {
     }
 }
 
-impl TryFrom<pb::Snapshot> for Snapshot {
-    type Error = SnapshotError;
+/// Refuses every client: what a filter the node cannot read stands for.
+fn refuse_all() -> Policy {
+    Policy {
+        mode: crate::filter::Mode::Simple,
+        allowed: Vec::new(),
+        ..Policy::off()
+    }
+}
 
-    /// Validates everything first, so a bad snapshot is rejected whole.
-    fn try_from(s: pb::Snapshot) -> Result<Self, SnapshotError> {
+fn account(a: pb::Account, kind: AccountKind) -> Result<AccountEntry, SnapshotError> {
+    let header = |field: &'static str, v: String| {
+        HeaderValue::from_str(&v).map_err(|_| SnapshotError::Credential(a.id, field))
+    };
+    let api_key = a
+        .credentials
+        .get("api_key")
+        .map(|k| header("api_key", k.trim().to_string()))
+        .transpose()?;
+    let bearer = a
+        .credentials
+        .get("access_token")
+        .map(|t| header("access_token", format!("Bearer {}", t.trim())))
+        .transpose()?;
+    let mut extra_headers = Vec::new();
+    if kind == AccountKind::OpenAiResponses
+        && let Some(id) = a.credentials.get("account_id")
+    {
+        extra_headers.push((
+            HeaderName::from_static("chatgpt-account-id"),
+            header("account_id", id.trim().to_string())?,
+        ));
+    }
+    let base_url = if a.base_url.is_empty() {
+        kind.default_base_url().to_string()
+    } else {
+        a.base_url
+    };
+    Ok(AccountEntry {
+        id: a.id,
+        name: a.name,
+        kind,
+        base_url: base_url.trim_end_matches('/').to_string(),
+        api_key,
+        bearer,
+        proxy_url: (!a.proxy_url.is_empty()).then_some(a.proxy_url),
+        project: a
+            .credentials
+            .get("project_id")
+            .filter(|p| !p.is_empty())
+            .cloned(),
+        extra_headers,
+        priority: a.priority,
+        max_concurrency: a.max_concurrency.max(0) as u32,
+        weight: a.weight.max(1),
+        bound_key_ids: a.bound_api_key_ids,
+        bound_user_ids: a.bound_user_ids,
+        schedulable: a.schedulable,
+        rate_limit_reset_at_ms: a.rate_limit_reset_at_ms,
+    })
+}
+
+fn price(p: &pb::ModelPrice) -> Result<ModelPrice, SnapshotError> {
+    let field = |v: &str| decimal(v).ok_or_else(|| SnapshotError::Price(p.model.clone()));
+    Ok(ModelPrice {
+        input: field(&p.input)?,
+        output: field(&p.output)?,
+        cache_write_5m: field(&p.cache_write_5m)?,
+        cache_write_1h: field(&p.cache_write_1h)?,
+        cache_read: field(&p.cache_read)?,
+        long_context: match p.long_context_threshold {
+            0 => None,
+            threshold => Some(LongContext {
+                threshold,
+                input: field(&p.long_input)?,
+                output: field(&p.long_output)?,
+                cache_write_5m: field(&p.long_cache_write_5m)?,
+                cache_write_1h: field(&p.long_cache_write_1h)?,
+                cache_read: field(&p.long_cache_read)?,
+            }),
+        },
+        version: p.version,
+    })
+}
+
+fn package(p: &pb::Package) -> Result<PackageState, SnapshotError> {
+    let bad = || SnapshotError::Package(p.id);
+    let limit = |v: &str| -> Result<Option<Decimal>, SnapshotError> {
+        if v.is_empty() {
+            Ok(None)
+        } else {
+            decimal(v).map(Some).ok_or_else(bad)
+        }
+    };
+    Ok(PackageState {
+        id: p.id,
+        kind: p.kind.parse().map_err(|_| bad())?,
+        active: p.active,
+        starts_at_ms: p.starts_at_ms,
+        expires_at_ms: p.expires_at_ms,
+        allowed_models: p.allowed_models.clone(),
+        daily_quota: limit(&p.daily_quota)?,
+        weekly_quota: limit(&p.weekly_quota)?,
+        monthly_quota: limit(&p.monthly_quota)?,
+        quota_total: limit(&p.quota_total)?,
+        usage: p
+            .usage
+            .as_ref()
+            .map(crate::spending::package_usage)
+            .unwrap_or_default(),
+    })
+}
+
+/// A package the node cannot read: present, so its owner is not unmetered,
+/// and never in force, so it admits nothing.
+fn fenced_package(p: &pb::Package) -> PackageState {
+    PackageState {
+        id: p.id,
+        kind: aiproxy_shared::billing::PackageKind::Quota,
+        active: false,
+        starts_at_ms: 0,
+        expires_at_ms: 0,
+        allowed_models: Vec::new(),
+        daily_quota: None,
+        weekly_quota: None,
+        monthly_quota: None,
+        quota_total: Some(Decimal::ZERO),
+        usage: Default::default(),
+    }
+}
+
+impl Snapshot {
+    /// Converts what the control plane sent. An entry the node cannot use
+    /// is left out, or fenced off where leaving it out would grant more
+    /// (a package, a client filter), and returned with the reason; one bad
+    /// entry never keeps the rest from applying.
+    pub fn from_proto(s: pb::Snapshot) -> (Snapshot, Vec<SnapshotError>) {
+        let mut problems = Vec::new();
         let settings = s.settings.clone().unwrap_or_default();
         let global_filter = settings.client_filter.clone().unwrap_or_default();
-        let shared_filter = Arc::new(
-            Policy::resolve(&global_filter, "", &[]).map_err(SnapshotError::ClientFilter)?,
-        );
+        let shared_filter = Arc::new(match Policy::resolve(&global_filter, "", &[]) {
+            Ok(p) => p,
+            Err(e) => {
+                problems.push(SnapshotError::ClientFilter(e));
+                refuse_all()
+            }
+        });
         let mut keys = HashMap::with_capacity(s.api_keys.len());
         for k in s.api_keys {
             let client_filter = if k.client_filter.is_empty() && k.allowed_clients.is_empty() {
                 shared_filter.clone()
             } else {
                 Arc::new(
-                    Policy::resolve(&global_filter, &k.client_filter, &k.allowed_clients).map_err(
-                        |e| SnapshotError::ClientFilter(format!("api key {}: {e}", k.id)),
-                    )?,
+                    match Policy::resolve(&global_filter, &k.client_filter, &k.allowed_clients) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            problems.push(SnapshotError::ClientFilter(format!(
+                                "api key {}: {e}",
+                                k.id
+                            )));
+                            refuse_all()
+                        }
+                    },
                 )
             };
-            let hash: [u8; 32] = k
-                .key_hash
-                .as_slice()
-                .try_into()
-                .map_err(|_| SnapshotError::KeyHash(k.id))?;
+            let Ok(hash) = <[u8; 32]>::try_from(k.key_hash.as_slice()) else {
+                problems.push(SnapshotError::KeyHash(k.id));
+                continue;
+            };
+            let cost_limit = match k.cost_limit.as_str() {
+                "" => Some(None),
+                v => decimal(v).map(Some),
+            };
+            let (Some(cost_limit), Some(cost_used)) = (cost_limit, decimal(&k.cost_used)) else {
+                problems.push(SnapshotError::KeyCost(k.id));
+                continue;
+            };
             keys.insert(
                 hash,
                 Arc::new(KeyEntry {
@@ -252,17 +404,18 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                     expires_at_ms: k.expires_at_ms,
                     max_concurrency: k.max_concurrency,
                     bills_packages: k.billing_type == "package",
-                    cost_limit: (!k.cost_limit.is_empty())
-                        .then(|| decimal(&k.cost_limit).ok_or(SnapshotError::KeyCost(k.id)))
-                        .transpose()?,
-                    cost_used: decimal(&k.cost_used).ok_or(SnapshotError::KeyCost(k.id))?,
+                    cost_limit,
+                    cost_used,
                     client_filter,
                 }),
             );
         }
         let mut users = HashMap::with_capacity(s.users.len());
         for u in s.users {
-            let price_rate = decimal(&u.price_rate).ok_or(SnapshotError::PriceRate(u.id))?;
+            let Some(price_rate) = decimal(&u.price_rate) else {
+                problems.push(SnapshotError::PriceRate(u.id));
+                continue;
+            };
             users.insert(
                 u.id,
                 UserEntry {
@@ -275,27 +428,12 @@ impl TryFrom<pb::Snapshot> for Snapshot {
         }
         let mut prices = HashMap::with_capacity(s.prices.len());
         for p in s.prices {
-            let field = |v: &str| decimal(v).ok_or_else(|| SnapshotError::Price(p.model.clone()));
-            let price = ModelPrice {
-                input: field(&p.input)?,
-                output: field(&p.output)?,
-                cache_write_5m: field(&p.cache_write_5m)?,
-                cache_write_1h: field(&p.cache_write_1h)?,
-                cache_read: field(&p.cache_read)?,
-                long_context: match p.long_context_threshold {
-                    0 => None,
-                    threshold => Some(LongContext {
-                        threshold,
-                        input: field(&p.long_input)?,
-                        output: field(&p.long_output)?,
-                        cache_write_5m: field(&p.long_cache_write_5m)?,
-                        cache_write_1h: field(&p.long_cache_write_1h)?,
-                        cache_read: field(&p.long_cache_read)?,
-                    }),
-                },
-                version: p.version,
-            };
-            prices.insert(p.model, price);
+            match price(&p) {
+                Ok(price) => {
+                    prices.insert(p.model, price);
+                }
+                Err(e) => problems.push(e),
+            }
         }
         let mut accounts = Vec::with_capacity(s.accounts.len());
         for a in s.accounts {
@@ -305,88 +443,23 @@ impl TryFrom<pb::Snapshot> for Snapshot {
                 tracing::warn!(account_id = a.id, kind = %a.kind, "unknown account type skipped");
                 continue;
             };
-            let header =
-                |v: String| HeaderValue::from_str(&v).map_err(|_| SnapshotError::Credential(a.id));
-            let api_key = a
-                .credentials
-                .get("api_key")
-                .map(|k| header(k.trim().to_string()))
-                .transpose()?;
-            let bearer = a
-                .credentials
-                .get("access_token")
-                .map(|t| header(format!("Bearer {}", t.trim())))
-                .transpose()?;
-            let mut extra_headers = Vec::new();
-            if kind == AccountKind::OpenAiResponses
-                && let Some(id) = a.credentials.get("account_id")
-            {
-                extra_headers.push((
-                    HeaderName::from_static("chatgpt-account-id"),
-                    header(id.trim().to_string())?,
-                ));
+            match account(a, kind) {
+                Ok(entry) => accounts.push(Arc::new(entry)),
+                Err(e) => problems.push(e),
             }
-            let base_url = if a.base_url.is_empty() {
-                kind.default_base_url().to_string()
-            } else {
-                a.base_url
-            };
-            accounts.push(Arc::new(AccountEntry {
-                id: a.id,
-                name: a.name,
-                kind,
-                base_url: base_url.trim_end_matches('/').to_string(),
-                api_key,
-                bearer,
-                proxy_url: (!a.proxy_url.is_empty()).then_some(a.proxy_url),
-                project: a
-                    .credentials
-                    .get("project_id")
-                    .filter(|p| !p.is_empty())
-                    .cloned(),
-                extra_headers,
-                priority: a.priority,
-                max_concurrency: a.max_concurrency.max(0) as u32,
-                weight: a.weight.max(1),
-                bound_key_ids: a.bound_api_key_ids,
-                bound_user_ids: a.bound_user_ids,
-                schedulable: a.schedulable,
-                rate_limit_reset_at_ms: a.rate_limit_reset_at_ms,
-            }));
         }
         accounts.sort_by_key(|a| (a.priority, a.id));
         let mut packages: HashMap<i64, Vec<PackageState>> = HashMap::new();
         let mut package_owner = HashMap::with_capacity(s.packages.len());
         for p in s.packages {
-            let bad = || SnapshotError::Package(p.id);
-            let limit = |v: &str| -> Result<Option<Decimal>, SnapshotError> {
-                if v.is_empty() {
-                    Ok(None)
-                } else {
-                    decimal(v).map(Some).ok_or_else(bad)
-                }
-            };
-            let state = PackageState {
-                id: p.id,
-                kind: p.kind.parse().map_err(|_| bad())?,
-                active: p.active,
-                starts_at_ms: p.starts_at_ms,
-                expires_at_ms: p.expires_at_ms,
-                allowed_models: p.allowed_models.clone(),
-                daily_quota: limit(&p.daily_quota)?,
-                weekly_quota: limit(&p.weekly_quota)?,
-                monthly_quota: limit(&p.monthly_quota)?,
-                quota_total: limit(&p.quota_total)?,
-                usage: p
-                    .usage
-                    .as_ref()
-                    .map(crate::spending::package_usage)
-                    .unwrap_or_default(),
-            };
+            let state = package(&p).unwrap_or_else(|e| {
+                problems.push(e);
+                fenced_package(&p)
+            });
             package_owner.insert(p.id, p.user_id);
             packages.entry(p.user_id).or_default().push(state);
         }
-        Ok(Snapshot {
+        let snapshot = Snapshot {
             version: s.version,
             keys,
             users,
@@ -398,7 +471,8 @@ impl TryFrom<pb::Snapshot> for Snapshot {
             package_owner,
             billing_tz: FixedOffset::east_opt(settings.billing_utc_offset_seconds)
                 .unwrap_or_else(|| FixedOffset::east_opt(0).expect("UTC")),
-        })
+        };
+        (snapshot, problems)
     }
 }
 
@@ -470,7 +544,8 @@ mod tests {
 
     #[test]
     fn converts_and_orders_accounts() {
-        let s = Snapshot::try_from(snapshot()).unwrap();
+        let (s, problems) = Snapshot::from_proto(snapshot());
+        assert!(problems.is_empty());
         assert_eq!(s.version, 3);
         assert_eq!(
             s.accounts.iter().map(|a| a.id).collect::<Vec<_>>(),
@@ -483,23 +558,73 @@ mod tests {
     }
 
     #[test]
-    fn rejects_malformed_snapshots_whole() {
-        let mut bad = snapshot();
-        bad.api_keys[0].key_hash = vec![1, 2, 3];
-        assert!(matches!(
-            Snapshot::try_from(bad),
-            Err(SnapshotError::KeyHash(1))
-        ));
-        let mut bad = snapshot();
-        bad.users[0].price_rate = "lots".into();
-        assert!(Snapshot::try_from(bad).is_err());
+    fn a_bad_entry_is_left_out_alone_and_reported() {
         let mut bad = snapshot();
         bad.accounts[0]
             .credentials
             .insert("api_key".into(), "line\nbreak".into());
-        assert!(matches!(
-            Snapshot::try_from(bad),
-            Err(SnapshotError::Credential(9))
-        ));
+        bad.accounts[1]
+            .credentials
+            .insert("access_token".into(), "to\rk".into());
+        bad.api_keys.push(pb::ApiKey {
+            id: 2,
+            user_id: 2,
+            key_hash: vec![1, 2, 3],
+            ..Default::default()
+        });
+        bad.users.push(pb::User {
+            id: 3,
+            price_rate: "lots".into(),
+            ..Default::default()
+        });
+        let (s, problems) = Snapshot::from_proto(bad);
+        let reasons: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            reasons,
+            vec![
+                "api key 2 has a malformed hash (left out)",
+                "user 3 has a malformed price rate (left out: its keys are refused)",
+                "account 9: credentials.api_key is not a valid header value (left out)",
+                "account 8: credentials.access_token is not a valid header value (left out)",
+            ]
+        );
+        assert!(
+            reasons
+                .iter()
+                .all(|r| !r.contains("break") && !r.contains("to\rk"))
+        );
+        assert!(s.accounts.is_empty());
+        assert!(s.keys.contains_key(&[7; 32]), "good entries still apply");
+        assert!(s.users.contains_key(&2) && !s.users.contains_key(&3));
+    }
+
+    #[test]
+    fn entries_that_would_grant_more_are_fenced_off_not_left_out() {
+        let mut s = snapshot();
+        s.packages.push(pb::Package {
+            id: 4,
+            user_id: 2,
+            kind: "mystery".into(),
+            active: true,
+            ..Default::default()
+        });
+        s.api_keys[0].client_filter = "loose".into();
+        s.settings = Some(pb::RelaySettings {
+            client_filter: Some(pb::ClientFilter {
+                enabled: true,
+                allowed_clients: vec!["cursor".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let (s, problems) = Snapshot::from_proto(s);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        // The user is not unmetered: the package is there and admits nothing.
+        let p = s.package(4).expect("fenced package");
+        assert!(!p.active);
+        // A key whose filter cannot be read refuses every client.
+        let key = &s.keys[&[7; 32]];
+        assert_eq!(key.client_filter.mode, crate::filter::Mode::Simple);
+        assert!(key.client_filter.allowed.is_empty());
     }
 }

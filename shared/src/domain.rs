@@ -101,6 +101,36 @@ impl AccountKind {
     }
 }
 
+/// Credential fields some upstream call carries in a header (trimmed).
+pub const HEADER_CREDENTIALS: [&str; 4] = ["api_key", "access_token", "account_id", "session_key"];
+
+/// Why a credential value cannot be used, naming the field but never the value.
+pub fn credential_problem(field: &str, value: &str) -> Option<String> {
+    let value = value.trim();
+    if HEADER_CREDENTIALS.contains(&field) {
+        // Printable ASCII: what every upstream reads the same way.
+        if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+            return Some(format!(
+                "credentials.{field} is not a valid header value: it must be printable ASCII without line breaks"
+            ));
+        }
+    } else if value.chars().any(char::is_control) {
+        return Some(format!(
+            "credentials.{field} contains control characters (a line break?)"
+        ));
+    }
+    None
+}
+
+/// The first problem of any credential of an account.
+pub fn credentials_problem<'a>(
+    creds: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Option<String> {
+    creds
+        .into_iter()
+        .find_map(|(field, value)| credential_problem(field, value))
+}
+
 /// Whether the usage in a record came from the upstream or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -135,5 +165,18 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
         }
         assert_eq!(AccountKind::parse("claude"), None);
+    }
+
+    #[test]
+    fn credentials_that_cannot_be_sent_are_named_without_their_value() {
+        assert_eq!(credential_problem("api_key", "  sk-ant-123 \n"), None);
+        for bad in ["sk-ant\n123", "sk-\u{e9}t\u{e9}", "a\rb", "x\u{0}"] {
+            let problem = credential_problem("api_key", bad).expect(bad);
+            assert!(problem.starts_with("credentials.api_key"), "{problem}");
+            assert!(!problem.contains("sk-"));
+        }
+        assert!(credential_problem("access_token", "t\nx").is_some());
+        assert_eq!(credential_problem("refresh_token", "r\u{e9}fresh"), None);
+        assert!(credential_problem("refresh_token", "r\nx").is_some());
     }
 }

@@ -26,9 +26,31 @@ pub fn new_api_key() -> String {
     format!("{API_KEY_PREFIX}{}", random_hex(24))
 }
 
-/// The part of a key that may be shown again after creation.
+/// Characters of a key's secret part that may be shown again after creation.
+const VISIBLE_SECRET: usize = 4;
+
+/// The part of a key that may be shown again after creation: the fixed
+/// prefix and four characters of a generated key; four characters of any
+/// other (an operator-supplied key shows no more than a generated one).
 pub fn visible_prefix(plaintext: &str) -> String {
-    plaintext.chars().take(API_KEY_PREFIX.len() + 4).collect()
+    let fixed = if plaintext.starts_with(API_KEY_PREFIX) {
+        API_KEY_PREFIX.len()
+    } else {
+        0
+    };
+    plaintext.chars().take(fixed + VISIBLE_SECRET).collect()
+}
+
+/// A secret shown as dots and, when long, its last four characters
+/// (counted in characters, so any text is safe to mask).
+pub fn mask_tail(secret: &str) -> String {
+    let n = secret.chars().count();
+    if n >= 20 {
+        let tail: String = secret.chars().skip(n - VISIBLE_SECRET).collect();
+        format!("••••{tail}")
+    } else {
+        "••••".into()
+    }
 }
 
 /// Constant-time comparison of two secrets.
@@ -50,6 +72,18 @@ mod tests {
             hash_key_hex("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn shown_parts_never_reveal_more_than_four_secret_characters() {
+        let generated = new_api_key();
+        assert_eq!(visible_prefix(&generated).len(), API_KEY_PREFIX.len() + 4);
+        assert_eq!(visible_prefix("operator-chosen-secret-key"), "oper");
+        assert_eq!(visible_prefix("日本語のキー0123456789"), "日本語の");
+        assert_eq!(mask_tail("short"), "••••");
+        assert_eq!(mask_tail("sk-ant-api03-0123456789abcdef"), "••••cdef");
+        // Characters, not bytes: no slicing inside a multi-byte character.
+        assert_eq!(mask_tail("ключ-к-апи-которыйдлинный"), "••••нный");
     }
 
     #[test]

@@ -16,4 +16,45 @@ pub fn init(format: LogFormat) {
     };
     // A second init (tests) keeps the first subscriber.
     let _ = result;
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(location = %location, message = %redact_panic(&payload), "panic");
+    }));
+}
+
+/// A panic message without the text it quotes: the standard library quotes
+/// a string it failed to slice (`… of `<the string>``), and that string may
+/// be a credential.
+pub fn redact_panic(message: &str) -> String {
+    match message.find(" of `") {
+        Some(at) => format!("{} of <redacted>", &message[..at]),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_slicing_panic_does_not_carry_the_string() {
+        let secret = String::from("sk-ant-\u{e9}\u{e9}\u{e9}-secret-value");
+        let caught = std::panic::catch_unwind(|| {
+            let at = "sk-ant-".len() + 1;
+            secret[at..].to_string()
+        });
+        let payload = caught.unwrap_err();
+        let message = payload.downcast_ref::<String>().unwrap();
+        assert!(message.contains("secret-value"), "{message}");
+        let redacted = super::redact_panic(message);
+        assert!(!redacted.contains("secret"), "{redacted}");
+        assert!(redacted.contains("char boundary"), "{redacted}");
+    }
 }

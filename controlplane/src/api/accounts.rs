@@ -99,6 +99,9 @@ fn check_url(field: &str, url: &Option<String>, schemes: &[&str]) -> ApiResult<(
 }
 
 fn check_credentials(kind: AccountKind, creds: &Credentials) -> ApiResult<()> {
+    if let Some(problem) = aiproxy_shared::domain::credentials_problem(creds) {
+        return Err(ApiError::BadRequest(problem));
+    }
     for field in kind.required_credentials() {
         if creds.get(*field).is_none_or(|v| v.trim().is_empty()) {
             return Err(ApiError::BadRequest(format!(
@@ -110,18 +113,12 @@ fn check_credentials(kind: AccountKind, creds: &Credentials) -> ApiResult<()> {
     Ok(())
 }
 
-/// Shows which credential fields are set, never their values.
+/// Shows which credential fields are set, never their values: at most the
+/// last four characters of a long one.
 fn mask(creds: &Credentials) -> Value {
     let masked: BTreeMap<&str, String> = creds
         .iter()
-        .map(|(k, v)| {
-            let shown = if v.len() >= 20 {
-                format!("••••{}", &v[v.len() - 4..])
-            } else {
-                "••••".into()
-            };
-            (k.as_str(), shown)
-        })
+        .map(|(k, v)| (k.as_str(), aiproxy_shared::keys::mask_tail(v)))
         .collect();
     json!(masked)
 }
@@ -136,10 +133,19 @@ fn open(state: &ApiState, account: &Account) -> ApiResult<Credentials> {
 
 fn view(state: &ApiState, account: &Account) -> ApiResult<Value> {
     let mut body = serde_json::to_value(account).map_err(|e| ApiError::Internal(e.to_string()))?;
-    body["credentials"] = match open(state, account) {
-        Ok(creds) => mask(&creds),
-        Err(_) => json!({ "error": "unreadable with the current secret key" }),
+    let (credentials, problem) = match open(state, account) {
+        Ok(creds) => (
+            mask(&creds),
+            aiproxy_shared::domain::credentials_problem(&creds),
+        ),
+        Err(_) => (
+            json!({ "error": "unreadable with the current secret key" }),
+            Some("credentials are unreadable with the current secret key".into()),
+        ),
     };
+    body["credentials"] = credentials;
+    // Why data planes are not sent this account, if they are not.
+    body["publish_error"] = json!(problem);
     Ok(body)
 }
 

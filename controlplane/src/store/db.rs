@@ -91,7 +91,14 @@ impl Store {
     /// Connects to `url` (`mysql://…` or `sqlite://…`), creating a SQLite file if needed.
     pub async fn connect(url: &str) -> StoreResult<Store> {
         let pool = if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)?
+            let options = SqliteConnectOptions::from_str(url)?;
+            // Created 0600 before SQLite opens it; its WAL and shared-memory
+            // files take the database file's mode.
+            let file = options.get_filename();
+            if !file.as_os_str().is_empty() && file != std::path::Path::new(":memory:") {
+                aiproxy_shared::fs::ensure_private_file(file).map_err(sqlx::Error::Io)?;
+            }
+            let options = options
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)

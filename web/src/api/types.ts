@@ -311,6 +311,8 @@ export interface DataPlaneNode {
   current: boolean
   /** Why the node refused the last snapshot it was sent. */
   last_error?: string | null
+  /** Entries of the applied snapshot the node could not use, with reasons. */
+  dropped?: string[]
   last_seen: string
 }
 

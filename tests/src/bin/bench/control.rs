@@ -240,7 +240,8 @@ pub async fn run(smoke: bool, bin: &std::path::Path) -> String {
     let wire = prost::Message::encoded_len(&*snapshot);
     let owned = (*snapshot).clone();
     let started = Instant::now();
-    let applied = aiproxy_dataplane::snapshot::Snapshot::try_from(owned).expect("apply");
+    let (applied, problems) = aiproxy_dataplane::snapshot::Snapshot::from_proto(owned);
+    assert!(problems.is_empty(), "{problems:?}");
     let apply = started.elapsed();
     assert_eq!(applied.keys.len(), keys);
     store.close().await;
