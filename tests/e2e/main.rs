@@ -2,6 +2,7 @@
 mod billing;
 mod console;
 mod embedded;
+mod hardening;
 mod limits;
 mod loss;
 mod multinode;

@@ -1,0 +1,285 @@
+//! Hostile input, bad values and broken disks, against the real binary:
+//! each test is a fault that once took something down or lost usage.
+use std::time::{Duration, Instant};
+
+use aiproxy_tests::harness::Admin;
+use aiproxy_tests::mock::MockUpstream;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use crate::embedded::{Embedded, start, start_with};
+use crate::scheduling::plain_body;
+
+/// The all-in-one's SQLite database, opened beside the running process.
+async fn database(e: &Embedded) -> sqlx::SqliteConnection {
+    let url = format!("sqlite://{}", e.data_dir().join("aiproxy.db").display());
+    sqlx::SqliteConnection::connect(&url).await.unwrap()
+}
+
+/// Makes the control plane rebuild and publish the snapshot after a change
+/// written straight into the database.
+async fn bump(db: &mut sqlx::SqliteConnection) {
+    sqlx::query("UPDATE snapshot_version SET version = version + 1 WHERE id = 1")
+        .execute(&mut *db)
+        .await
+        .unwrap();
+}
+
+/// Posts `body` with `key` until the answer is `status` (the relay applies
+/// changes asynchronously), for at most ten seconds.
+async fn until_status(e: &Embedded, key: &str, status: u16) -> aiproxy_tests::client::Reply {
+    let url = format!("{}/v1/messages", e.proxy);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = e
+            .http
+            .send("POST", &url, &[("x-api-key", key)], Some(&plain_body("hi")))
+            .await;
+        if reply.status == status {
+            return reply;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {status}, still {}: {}",
+            reply.status,
+            reply.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn user_with_key(admin: &Admin, name: &str) -> (i64, i64, String) {
+    let user = admin.create_user(name).await;
+    let user_id = user["id"].as_i64().unwrap();
+    let (key_id, key) = admin.create_key(user_id, name).await;
+    (user_id, key_id, key)
+}
+
+#[tokio::test]
+async fn one_unusable_row_never_stops_the_fleet() {
+    let mock = MockUpstream::start().await;
+    let e = start().await;
+    // The API names the field and keeps the value out of its answer.
+    for (field, value) in [
+        ("api_key", "sk-ant-pasted\nwith-a-newline"),
+        ("api_key", "sk-ant-\u{2014}smart-dash"),
+    ] {
+        let reply = e
+            .admin
+            .call(
+                "POST",
+                "/accounts",
+                Some(json!({"name": "bad", "type": "claude-api", "base_url": mock.url(),
+                    "credentials": {field: value}})),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{}", reply.text());
+        let message = reply.json()["error"].to_string();
+        assert!(message.contains("credentials.api_key"), "{message}");
+        assert!(!message.contains("pasted") && !message.contains("smart"), "{message}");
+    }
+    let good = e
+        .admin
+        .create_account("good", &mock.url(), "sk-ant-good")
+        .await;
+    let odd = e
+        .admin
+        .create_account("odd", &mock.url(), "sk-ant-odd")
+        .await;
+    let (_, first_id, first) = user_with_key(&e.admin, "first").await;
+    until_status(&e, &first, 200).await;
+
+    // A credential with a newline lands in the database behind the API's
+    // back (an old version, a restore, a hand edit).
+    let mut db = database(&e).await;
+    let secret = std::fs::read_to_string(e.data_dir().join("secret.key")).unwrap();
+    let sealer = aiproxy_controlplane::crypto::Sealer::new(secret.trim());
+    let sealed = sealer.seal(br#"{"api_key":"sk-ant-odd\nsecond-line"}"#);
+    sqlx::query("UPDATE accounts SET credentials = ? WHERE id = ?")
+        .bind(&sealed)
+        .bind(odd["id"].as_i64().unwrap())
+        .execute(&mut db)
+        .await
+        .unwrap();
+    bump(&mut db).await;
+
+    // Snapshots keep flowing: a new key works, a disabled one stops.
+    let (_, _, second) = user_with_key(&e.admin, "second").await;
+    until_status(&e, &second, 200).await;
+    e.admin
+        .expect(
+            "PATCH",
+            &format!("/api-keys/{first_id}"),
+            Some(json!({"status": "disabled"})),
+            200,
+        )
+        .await;
+    until_status(&e, &first, 401).await;
+    // Every request went to the good account; the odd one says why it is out.
+    let accounts = e.admin.expect("GET", "/accounts", None, 200).await;
+    let row = |id: &Value| {
+        accounts["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| &a["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row(&good["id"])["publish_error"], Value::Null);
+    let problem = row(&odd["id"])["publish_error"].as_str().unwrap().to_string();
+    assert!(problem.contains("credentials.api_key"), "{problem}");
+    assert!(
+        mock.received()
+            .iter()
+            .all(|r| r.headers.get("x-api-key").map(String::as_str) == Some("sk-ant-good")),
+        "the odd account was never called"
+    );
+
+    // A row the node itself cannot read (a client filter edited by hand)
+    // is fenced off alone and reported by the node.
+    let (_, third_id, third) = user_with_key(&e.admin, "third").await;
+    until_status(&e, &third, 200).await;
+    sqlx::query("UPDATE api_keys SET client_filter = 'loose' WHERE id = ?")
+        .bind(third_id)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    bump(&mut db).await;
+    let refused = until_status(&e, &third, 403).await;
+    assert!(refused.text().contains("client not allowed"), "{}", refused.text());
+    until_status(&e, &second, 200).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let nodes = e.admin.expect("GET", "/nodes", None, 200).await;
+        let dropped = nodes["items"][0]["dropped"].to_string();
+        if dropped.contains(&format!("api key {third_id}")) {
+            assert!(dropped.contains("loose"), "{dropped}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reported: {nodes}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = e.process.log_text();
+    assert!(!log.contains("second-line"), "a credential reached the log");
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn a_non_ascii_credential_is_masked_by_characters_and_never_logged() {
+    let mock = MockUpstream::start().await;
+    let e = start().await;
+    let secret = "ключ-к-апи-который-длинный-и-секретный";
+    let account = e
+        .admin
+        .create_account_with(json!({"name": "cyrillic", "type": "claude-api", "base_url": mock.url(),
+            "credentials": {"api_key": "sk-ant-plain", "note": secret}}))
+        .await;
+    assert_eq!(account["credentials"]["note"], "••••тный");
+    let listed = e.admin.expect("GET", "/accounts", None, 200).await;
+    assert_eq!(listed["items"][0]["credentials"]["note"], "••••тный");
+    assert!(!listed.to_string().contains("секрет"));
+    assert!(!e.process.log_text().contains("секрет"));
+    e.process.stop().await;
+}
+
+/// Keys under `prefix` in the Redis at `url`, by a plain RESP `KEYS` call.
+async fn redis_keys(url: &str, prefix: &str) -> usize {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let addr = url
+        .trim_start_matches("redis://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let pattern = format!("{prefix}*");
+    let command = format!("*2\r\n$4\r\nKEYS\r\n${}\r\n{pattern}\r\n", pattern.len());
+    conn.write_all(command.as_bytes()).await.unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    reader.read_line(&mut line).await.unwrap();
+    line.trim()
+        .strip_prefix('*')
+        .unwrap_or_else(|| panic!("unexpected Redis reply {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_all_in_one_runs_on_redis() {
+    let Some(redis) = std::env::var("AIPROXY_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("AIPROXY_TEST_REDIS_URL is not set: the all-in-one on Redis is not tested");
+        return;
+    };
+    let namespace = format!("aiproxy-e2e-aio-{}", std::process::id());
+    let mock = MockUpstream::start().await;
+    let e = start_with(&[
+        ("AIPROXY_REDIS_URL", redis.clone()),
+        ("AIPROXY_REDIS_NAMESPACE", namespace.clone()),
+    ])
+    .await;
+    e.admin.create_account("one", &mock.url(), "sk-ant-1").await;
+    let (_, _, key) = user_with_key(&e.admin, "redis-user").await;
+    until_status(&e, &key, 200).await;
+    // A session binding is written where every node would see it.
+    let body = crate::scheduling::claude_code_body(
+        &crate::scheduling::claude_code_user_id("5d0e7f0a-2d7b-4b0e-9d55-1f0e6a3b9c21"),
+        "hello",
+    );
+    let reply = e
+        .http
+        .send(
+            "POST",
+            &format!("{}/v1/messages", e.proxy),
+            &[("x-api-key", &key)],
+            Some(&body),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis_keys(&redis, &namespace).await == 0 {
+        assert!(Instant::now() < deadline, "nothing was written to Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    e.process.stop().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_and_what_it_holds_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = MockUpstream::start().await;
+    let e = start().await;
+    e.admin.create_account("one", &mock.url(), "sk-ant-1").await;
+    let (user_id, _, key) = user_with_key(&e.admin, "private").await;
+    until_status(&e, &key, 200).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = e.data_dir();
+    assert_eq!(mode(dir), 0o700);
+    assert_eq!(mode(&dir.join("spool")), 0o700);
+    for file in ["aiproxy.db", "secret.key"] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+    for entry in std::fs::read_dir(dir.join("spool")).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    // An operator-supplied key is listed with no more than a generated one shows.
+    let created = e
+        .admin
+        .expect(
+            "POST",
+            "/api-keys",
+            Some(json!({"user_id": user_id, "name": "own", "key": "operator-chosen-secret-0001"})),
+            201,
+        )
+        .await;
+    assert_eq!(created["key_prefix"], "oper");
+    let listed = e.admin.expect("GET", "/api-keys", None, 200).await;
+    assert!(!listed.to_string().contains("operator-chosen"));
+    e.process.stop().await;
+}
