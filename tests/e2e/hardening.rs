@@ -283,3 +283,194 @@ async fn the_data_directory_and_what_it_holds_are_private() {
     assert!(!listed.to_string().contains("operator-chosen"));
     e.process.stop().await;
 }
+
+/// A tmpfs of `size` mounted on `dir` for the test's life (root only).
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    /// `None` when this process may not mount (not root): said, not failed.
+    fn mount(dir: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir)
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(SmallDisk {
+                dir: dir.to_path_buf(),
+            }),
+            _ if !running_as_root() => {
+                eprintln!("not root: cannot mount a small filesystem; the full-disk test does not run");
+                None
+            }
+            other => panic!("mount tmpfs on {}: {other:?}", dir.display()),
+        }
+    }
+
+    /// Writes a file until the filesystem is full.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.dir.join("filler")).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.dir.join("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_full_disk_stops_serving_until_usage_can_be_kept_and_loses_nothing() {
+    use crate::split::{NODE_TOKEN, TestDatabase, controlplane, dataplane};
+    use aiproxy_tests::harness::{ADMIN_PASSWORD, wait_ready};
+
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("dp1").join("spool"), "256k") else {
+        return;
+    };
+    let db = TestDatabase::new(dir.path(), "fulldisk").await;
+    let mock = MockUpstream::start().await;
+    let http = aiproxy_tests::client::Http::default();
+    let cp = controlplane(&db.url, dir.path(), "127.0.0.1:0", &[]).await;
+    let grpc = cp.addrs["grpc"];
+    let dp = dataplane(grpc, dir.path(), "dp1", NODE_TOKEN, &[]).await;
+    wait_ready(
+        &http,
+        &format!("{}/readyz", dp.url("proxy")),
+        Duration::from_secs(30),
+    )
+    .await;
+    let admin = Admin::login(&http, &cp.url("admin"), "admin", ADMIN_PASSWORD).await;
+    admin.create_account("one", &mock.url(), "sk-ant-1").await;
+    let (_, _, key) = user_with_key(&admin, "disk").await;
+    let url = format!("{}/v1/messages", dp.url("proxy"));
+    let send = || {
+        let (http, url, key) = (http.clone(), url.clone(), key.clone());
+        async move {
+            http.send(
+                "POST",
+                &url,
+                &[("x-api-key", &key), ("anthropic-version", "2023-06-01")],
+                Some(&plain_body("hi")),
+            )
+            .await
+        }
+    };
+    let mut served = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = send().await;
+        if reply.status == 200 {
+            served.push(reply.headers["x-request-id"].to_str().unwrap().to_string());
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served: {}", reply.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The control plane goes away: usage can only be kept on disk.
+    cp.kill().await;
+    for _ in 0..10 {
+        let reply = send().await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        served.push(reply.headers["x-request-id"].to_str().unwrap().to_string());
+    }
+    disk.fill();
+    // Records still fit in the journal's last page, then the disk refuses a
+    // write: from then on requests are refused in the caller's shape.
+    let mut refused = 0;
+    for _ in 0..100 {
+        let reply = send().await;
+        match reply.status {
+            200 if refused == 0 => {
+                served.push(reply.headers["x-request-id"].to_str().unwrap().to_string())
+            }
+            503 => {
+                let body = reply.json();
+                assert_eq!(body["type"], "error", "{body}");
+                assert_eq!(body["error"]["type"], "overloaded_error", "{body}");
+                let message = body["error"]["message"].as_str().unwrap();
+                assert!(message.starts_with("usage journal unavailable"), "{message}");
+                refused += 1;
+                if refused == 5 {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other} after {refused} refusals: {}", reply.text()),
+        }
+    }
+    assert_eq!(refused, 5, "a full disk never stopped serving");
+
+    // Room again: serving resumes by itself.
+    disk.free();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let reply = send().await;
+        if reply.status == 200 {
+            served.push(reply.headers["x-request-id"].to_str().unwrap().to_string());
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(Instant::now() < deadline, "serving never resumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The control plane returns; every request a client was served is billed.
+    let cp = controlplane(&db.url, dir.path(), &grpc.to_string(), &[]).await;
+    let admin = Admin::login(&http, &cp.url("admin"), "admin", ADMIN_PASSWORD).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = admin
+            .expect("GET", "/request-logs?page_size=500", None, 200)
+            .await;
+        let logged: Vec<&str> = logs["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|r| r["request_id"].as_str())
+            .collect();
+        let missing: Vec<&String> = served
+            .iter()
+            .filter(|id| !logged.contains(&id.as_str()))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} served requests never billed: {missing:?}\n{}",
+            missing.len(),
+            served.len(),
+            dp.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    dp.stop().await;
+    cp.stop().await;
+    db.drop().await;
+    drop(disk);
+}
