@@ -56,11 +56,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    let mut config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => return config_error(e),
     };
     aiproxy_shared::telemetry::init(config.log_format);
+    if !matches!(cli.command, Some(Command::Ctl { .. }) | Some(Command::Migrate)) {
+        fit_connection_limits(&mut config, cli.command.as_ref());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -84,6 +87,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Raises the soft limit of open files to the hard one, then fits the
+/// connection caps under it (a proxy connection may hold an upstream one
+/// too), so running out of descriptors is a refused connection, never a
+/// stalled accept.
+fn fit_connection_limits(config: &mut Config, command: Option<&Command>) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(hard)) = (limit.current, limit.maximum)
+        && current < hard
+    {
+        limit.current = Some(hard);
+        if setrlimit(Resource::Nofile, limit.clone()).is_err() {
+            limit = getrlimit(Resource::Nofile);
+        }
+    }
+    let Some(files) = limit.current else {
+        return;
+    };
+    let files = usize::try_from(files).unwrap_or(usize::MAX);
+    // Database, Redis, gRPC, journal and the like.
+    let room = files.saturating_sub(256);
+    let server = &mut config.server;
+    let (proxy, admin) = match command {
+        Some(Command::Controlplane) => (0, server.admin_max_connections),
+        Some(Command::Dataplane) => (server.max_connections, 0),
+        _ => (server.max_connections, server.admin_max_connections),
+    };
+    if 2 * proxy + admin <= room {
+        return;
+    }
+    let admin_fit = admin.min(room / 4).max(1);
+    let proxy_fit = (room.saturating_sub(admin_fit) / 2).max(1);
+    tracing::warn!(
+        open_files = files,
+        max_connections = proxy_fit.min(proxy),
+        admin_max_connections = admin_fit,
+        "the open-file limit is low: connection limits lowered to fit it (raise `ulimit -n`)"
+    );
+    server.max_connections = server.max_connections.min(proxy_fit);
+    server.admin_max_connections = server.admin_max_connections.min(admin_fit);
 }
 
 enum Failure {
@@ -143,6 +188,7 @@ fn controlplane_settings(
         admin_password: config.admin_password.clone(),
         jwt_expire_hours: config.jwt.expire_hours,
         admin_listen: config.listen.admin,
+        admin_limits: config.limits(config.server.admin_max_connections),
         grpc_listen: config.listen.grpc,
         grpc_tls: match (&config.grpc_tls_cert, &config.grpc_tls_key) {
             (Some(cert), Some(key)) => Some(aiproxy_controlplane::GrpcTls {
@@ -170,8 +216,17 @@ fn dataplane_settings(
     controlplane_ca: Option<Vec<u8>>,
     node_token: Secret,
     state: Arc<dyn StateStore>,
+    default_drain_delay: u64,
 ) -> aiproxy_dataplane::Settings {
+    let server = &config.server;
     aiproxy_dataplane::Settings {
+        max_body_bytes_in_flight: server.max_body_bytes_in_flight,
+        body_read_timeout: Duration::from_secs(server.body_read_timeout),
+        server: aiproxy_dataplane::server::ServerSettings {
+            limits: config.limits(server.max_connections),
+            drain_delay: Duration::from_secs(server.drain_delay.unwrap_or(default_drain_delay)),
+            drain_grace: Duration::from_secs(server.drain_grace),
+        },
         controlplane_url,
         controlplane_ca,
         node_token,
@@ -248,7 +303,7 @@ fn all_in_one(config: Config, runtime: &tokio::runtime::Runtime) -> Result<(), F
         let dp_tasks = TaskTracker::new();
         let url = format!("http://{}", loopback_if_unspecified(cp.grpc_addr));
         let dp = aiproxy_dataplane::start(
-            dataplane_settings(&config, url, None, node_token, state),
+            dataplane_settings(&config, url, None, node_token, state, 0),
             dp_cancel.clone(),
             &dp_tasks,
         )
@@ -278,6 +333,10 @@ fn background_priority() {
         tracing::debug!(error = %e, "could not lower the control plane's priority");
     }
 }
+
+/// Seconds `aiproxy dataplane` keeps accepting after SIGTERM while its
+/// readiness fails, unless `server.drain_delay` says otherwise.
+const DATAPLANE_DRAIN_DELAY: u64 = 5;
 
 /// Nice value of the all-in-one's control-plane threads.
 const BACKGROUND_NICE: i32 = 5;
@@ -340,7 +399,7 @@ async fn dataplane(config: Config) -> Result<(), Failure> {
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let dp = aiproxy_dataplane::start(
-        dataplane_settings(&config, url, ca, node_token, state),
+        dataplane_settings(&config, url, ca, node_token, state, DATAPLANE_DRAIN_DELAY),
         cancel.clone(),
         &tasks,
     )

@@ -44,6 +44,8 @@ pub struct NodeApi {
     /// The zone package periods and daily usage are counted in.
     billing_tz: chrono::FixedOffset,
     nodes: NodeRegistry,
+    /// Shutdown: watch streams end, so the server can stop.
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The data planes this control plane serves, by node id.
@@ -70,6 +72,7 @@ impl NodeApi {
         state: Arc<dyn StateStore>,
         billing_tz: chrono::FixedOffset,
         nodes: NodeRegistry,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> Self {
         Self {
             store,
@@ -79,6 +82,7 @@ impl NodeApi {
             state,
             billing_tz,
             nodes,
+            shutdown,
         }
     }
 
@@ -130,6 +134,7 @@ impl NodeService for NodeApi {
         let mut rx = self.publisher.subscribe();
         let mut usage = self.publisher.subscribe_usage();
         let (tx, out) = tokio::sync::mpsc::channel(2);
+        let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             let mut sent = req.last_version;
             let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
@@ -167,6 +172,8 @@ impl NodeService for NodeApi {
                         }
                     }
                     _ = tx.closed() => return,
+                    // Ending the stream lets the node reconnect elsewhere.
+                    _ = shutdown.cancelled() => return,
                 }
             }
         });

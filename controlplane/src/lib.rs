@@ -14,6 +14,7 @@ pub mod publisher;
 pub mod settings;
 pub mod store;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -39,6 +40,8 @@ pub struct Settings {
     pub admin_password: Option<Secret>,
     pub jwt_expire_hours: u64,
     pub admin_listen: SocketAddr,
+    /// Connection limits of the admin port.
+    pub admin_limits: aiproxy_shared::serve::Limits,
     pub grpc_listen: SocketAddr,
     /// Defaults of the runtime settings (`/api/v1/settings` overrides them).
     pub setting_defaults: settings::Defaults,
@@ -184,16 +187,20 @@ pub async fn start(
     let manage = manage::ManageApi::new(app.clone(), settings.admin_token.expose().to_string())
         .into_server();
     let admin_cancel = cancel.clone();
+    let admin_limits = settings.admin_limits.clone();
     tracker.spawn(async move {
-        let served = axum::serve(
+        let drain = aiproxy_shared::serve::serve(
             admin,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+            admin_limits,
+            move |peer| admin_service(app.clone(), peer),
+            admin_cancel,
         )
-        .with_graceful_shutdown(admin_cancel.cancelled_owned())
         .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin API server failed");
-        }
+        drain
+            .finish(ADMIN_GRACE, |left| {
+                tracing::warn!(connections = left, "admin requests still running at shutdown; cut")
+            })
+            .await;
     });
 
     let node_api = grpc::NodeApi::new(
@@ -204,6 +211,7 @@ pub async fn start(
         settings.state.clone(),
         settings.billing_tz,
         nodes,
+        cancel.clone(),
     );
     let service = node_api.into_server(settings.node_token.expose().to_string());
     let mut server = tonic::transport::Server::builder();
@@ -228,10 +236,21 @@ pub async fn start(
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .add_service(service)
             .add_service(manage)
-            .serve_with_incoming_shutdown(incoming, grpc_cancel.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "gRPC server failed");
+            .serve_with_incoming_shutdown(incoming, grpc_cancel.clone().cancelled_owned());
+        // Watch streams end when shutdown begins; calls still running get a
+        // grace, then the server is dropped with them.
+        tokio::pin!(served);
+        let result = tokio::select! {
+            result = &mut served => Some(result),
+            _ = async {
+                grpc_cancel.cancelled().await;
+                tokio::time::sleep(GRPC_GRACE).await;
+            } => None,
+        };
+        match result {
+            Some(Err(e)) => tracing::error!(error = %e, "gRPC server failed"),
+            None => tracing::warn!("gRPC calls still running at shutdown; cut"),
+            Some(Ok(())) => {}
         }
     });
 
@@ -239,6 +258,32 @@ pub async fn start(
         admin_addr,
         grpc_addr,
         store,
+    })
+}
+
+/// How long admin requests and gRPC calls may run on after shutdown begins.
+const ADMIN_GRACE: Duration = Duration::from_secs(10);
+const GRPC_GRACE: Duration = Duration::from_secs(5);
+
+/// The admin router as one connection's service, with the peer's address
+/// where handlers (the login throttle) read it.
+fn admin_service(
+    app: axum::Router,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<axum::body::Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<http::Response<axum::body::Body>, std::convert::Infallible>>
+                 + Send
+                 + 'static,
+> + Send
++ 'static {
+    hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let mut app = app.clone();
+        async move { tower_service::Service::call(&mut app, req).await }
     })
 }
 

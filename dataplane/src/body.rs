@@ -2,6 +2,8 @@
 //! upstream body that forwards every chunk as it arrives.
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -97,6 +99,8 @@ pub struct TapBody {
     pipeline: Pipeline,
     meter: Option<Meter>,
     done: bool,
+    /// Set when the node cuts responses at the end of its drain.
+    cutting: Arc<AtomicBool>,
 }
 
 /// What upstream bytes go through on their way out: decompression (in
@@ -158,6 +162,7 @@ impl TapBody {
         pipeline: Pipeline,
         meter: Meter,
         idle: Duration,
+        cutting: Arc<AtomicBool>,
     ) -> Self {
         Self {
             upstream,
@@ -168,6 +173,7 @@ impl TapBody {
             pipeline,
             meter: Some(meter),
             done: false,
+            cutting,
         }
     }
 
@@ -289,9 +295,15 @@ impl Body for TapBody {
 }
 
 impl Drop for TapBody {
-    /// The client went away (or the server is dropping the response):
+    /// The client went away (or the node cut the response at shutdown):
     /// record what was used so far; dropping `upstream` cancels the upstream request.
     fn drop(&mut self) {
+        if self.cutting.load(Ordering::Relaxed)
+            && let Some(meter) = self.meter.as_mut()
+            && meter.error_class.is_empty()
+        {
+            meter.error_class = "shutdown".into();
+        }
         self.end(false);
     }
 }

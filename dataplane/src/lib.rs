@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adapters;
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod control;
@@ -56,6 +57,12 @@ pub struct Settings {
     /// Accounts tried for one request before giving up.
     pub max_attempts: usize,
     pub max_body_bytes: usize,
+    /// Request bodies being read at once, in bytes, across the node.
+    pub max_body_bytes_in_flight: usize,
+    /// Longest time a client may take to send a request's body.
+    pub body_read_timeout: Duration,
+    /// Connection limits and the drain.
+    pub server: server::ServerSettings,
     pub scheduling: scheduler::SchedulerSettings,
     /// Sticky sessions, leases and marks shared with the other nodes.
     pub state: Arc<dyn aiproxy_shared::state::StateStore>,
@@ -73,6 +80,9 @@ pub enum StartError {
     #[error("usage journal: {0}")]
     Journal(std::io::Error),
 }
+
+/// Longest wait at shutdown for the last usage to reach the control plane.
+const FINAL_DELIVERY: Duration = Duration::from_secs(15);
 
 pub struct DataPlane {
     pub proxy_addr: SocketAddr,
@@ -148,12 +158,20 @@ pub async fn start(
         connect_timeout: settings.connect_timeout,
         control: client,
         node_id: settings.node_id.clone(),
+        draining: Default::default(),
+        cutting: Default::default(),
+        admission: Default::default(),
+        bodies: admission::BodyBudget::new(settings.max_body_bytes_in_flight),
+        body_read_timeout: settings.body_read_timeout,
     });
     tracker.spawn(async move {
-        server::serve(listener, relay, cancel).await;
-        // Every response has ended or been dropped, so every record is queued.
+        server::serve(listener, relay, settings.server, cancel).await;
+        // Every response has ended or been cut, so every record is queued:
+        // deliver them now, for a bounded time; the rest stays journaled.
         reporter_stop.cancel();
-        let _ = reporter.await;
+        if tokio::time::timeout(FINAL_DELIVERY, reporter).await.is_err() {
+            tracing::warn!("usage not all delivered before exit; the journal keeps it for the next start");
+        }
     });
     Ok(DataPlane {
         proxy_addr,

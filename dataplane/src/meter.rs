@@ -33,6 +33,8 @@ pub struct Meter {
     pub sink: UsageSink,
     /// Held until the response ends, then released.
     pub lease: Option<Lease>,
+    /// The request's count against its key and user on this node.
+    pub admitted: Option<crate::admission::Admitted>,
     pub error_class: String,
     /// The sticky session the request belongs to; empty when none.
     pub session_hash: String,
@@ -51,6 +53,7 @@ impl Meter {
             lease.bind_session(crate::session::response_session(id));
         }
         drop(self.lease.take());
+        drop(self.admitted.take());
         if !self.billed {
             return;
         }

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
 use crate::adapters::{self, Outgoing};
+use crate::admission::{Admission, Admitted, BodyBudget};
 use crate::auth::{Caller, authenticate, model_allowed, query_without_key};
 use crate::body::{Pipeline, RelayBody, TapBody};
 use crate::errors::RelayError;
@@ -26,6 +27,9 @@ use crate::scheduler::{Ask, Lease, Scheduler};
 use crate::snapshot::{AccountEntry, Snapshot, SnapshotHolder};
 use crate::tap::{Decoder, Observed, Unwrapper, UsageFormat, UsageTap};
 use crate::usage::{Unavailable, UsageSink};
+
+/// The class of a key's rate-limit refusal.
+const RATE_LIMITED: &str = "rate_limited";
 
 /// Largest error body read from an account that failed, to judge it.
 const MAX_FAILURE_BODY: usize = 1 << 20;
@@ -52,6 +56,15 @@ pub struct Relay {
     /// The control plane, told about refused tokens and rate limits.
     pub control: crate::control::Client,
     pub node_id: String,
+    /// Shutdown began: readiness fails so load balancers move away.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The drain's grace is over: responses cut now are recorded as `shutdown`.
+    pub cutting: Arc<std::sync::atomic::AtomicBool>,
+    /// Refusals decided before a body is read.
+    pub admission: Arc<Admission>,
+    /// Request-body bytes held at once across the node.
+    pub bodies: BodyBudget,
+    pub body_read_timeout: Duration,
 }
 
 /// A response from an account, with the leases it holds.
@@ -90,6 +103,8 @@ enum LastFailure {
 
 /// Who asked, for which model: the parts of a usage record known up front.
 struct Asked {
+    /// Counts the request on this node until its response ends.
+    admitted: Admitted,
     key: Arc<crate::snapshot::KeyEntry>,
     key_id: i64,
     user_id: i64,
@@ -133,7 +148,22 @@ impl Relay {
             Err(Unavailable::Full) => return Err(RelayError::journal_full()),
             Err(Unavailable::Failing) => return Err(RelayError::journal_unavailable()),
         }
-        let body = request::read_body(body, &parts.headers, self.max_body_bytes).await?;
+        // Everything that refuses a request whatever its body, before the
+        // body is read: a refused request holds no memory.
+        let admitted = self.admission.admit(&caller.key, caller.user, now_ms)?;
+        self.snapshot
+            .spending
+            .pre_admit(&snapshot, &caller.key, chrono::Utc::now())?;
+        let mut body_bytes = self.bodies.none();
+        let body = request::read_body(
+            body,
+            &parts.headers,
+            self.max_body_bytes,
+            &self.bodies,
+            &mut body_bytes,
+            self.body_read_timeout,
+        )
+        .await?;
         let parsed = request::parse(endpoint, &parts.headers, body, &caller.key.client_filter)?;
         if !model_allowed(&caller.key, &parsed.model) {
             return Err(RelayError::model_not_allowed());
@@ -148,7 +178,7 @@ impl Relay {
             0 => self.timeout,
             ms => Duration::from_millis(ms),
         };
-        let asked = asked(&caller, &parsed, package_id);
+        let asked = asked(&caller, &parsed, package_id, admitted);
         let ask = Ask {
             key: &caller.key,
             user: caller.user,
@@ -157,7 +187,18 @@ impl Relay {
             pool: endpoint.name(),
             now_ms,
         };
-        let (mut account, mut lease) = self.scheduler.acquire(&snapshot, &ask).await?;
+        let (mut account, mut lease) = match self.scheduler.acquire(&snapshot, &ask).await {
+            Ok(picked) => picked,
+            Err(e) => {
+                // Later requests of a key over its rate are refused before
+                // their bodies are read.
+                if let (RATE_LIMITED, Some(secs)) = (e.class, e.retry_after) {
+                    self.admission
+                        .rate_limited(caller.key.id, now_ms + secs as i64 * 1000);
+                }
+                return Err(e);
+            }
+        };
         let query = query_without_key(parts.uri.query());
         let outgoing = Outgoing {
             endpoint,
@@ -428,7 +469,14 @@ impl Relay {
             unwrap,
             tap,
         };
-        let body = TapBody::new(body, first, pipeline, meter, self.idle_timeout);
+        let body = TapBody::new(
+            body,
+            first,
+            pipeline,
+            meter,
+            self.idle_timeout,
+            self.cutting.clone(),
+        );
         Ok(Response::from_parts(
             head,
             RelayBody::Tapped(Box::new(body)),
@@ -494,6 +542,7 @@ impl Relay {
             price_rate: asked.price_rate,
             sink: self.sink.clone(),
             lease: None,
+            admitted: Some(asked.admitted),
             error_class: String::new(),
             session_hash: asked.session_hash,
             package_id: asked.package_id,
@@ -605,8 +654,9 @@ fn report_refused_token(control: crate::control::Client, node_id: String, accoun
     });
 }
 
-fn asked(caller: &Caller<'_>, parsed: &Parsed, package_id: i64) -> Asked {
+fn asked(caller: &Caller<'_>, parsed: &Parsed, package_id: i64, admitted: Admitted) -> Asked {
     Asked {
+        admitted,
         key: caller.key.clone(),
         key_id: caller.key.id,
         user_id: caller.key.user_id,

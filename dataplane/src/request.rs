@@ -1,11 +1,14 @@
 //! The client's request as the relay reads it: the body (bounded), its model,
 //! stream flag and session, and the one rewrite billing needs.
-use bytes::Bytes;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use crate::admission::{BodyBudget, BodyBytes};
 use crate::errors::RelayError;
 use crate::filter::{self, Mode, Policy};
 use crate::routes::Endpoint;
@@ -78,11 +81,16 @@ pub fn parse(
     })
 }
 
-/// Reads the request body up to `max` bytes; larger bodies get a 413.
+/// Reads the request body: at most `max` bytes (else 413), within
+/// `timeout` (else 408), each byte taken from the node's `budget` first
+/// (else 503). `held` keeps the bytes counted until the request is done.
 pub async fn read_body(
     body: Incoming,
     headers: &HeaderMap,
     max: usize,
+    budget: &BodyBudget,
+    held: &mut BodyBytes,
+    timeout: Duration,
 ) -> Result<Bytes, RelayError> {
     let too_large = || {
         RelayError::new(
@@ -98,11 +106,40 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(_) => Err(RelayError::bad_request("could not read the request body")),
+    // A declared length is taken whole before a byte is read.
+    let declared = declared.map(|n| n as usize);
+    if let Some(n) = declared {
+        budget.take(held, n)?;
     }
+    let read = async {
+        let mut body = body;
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|_| RelayError::bad_request("could not read the request body"))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if buf.len() + data.len() > max {
+                return Err(too_large());
+            }
+            if declared.is_none() {
+                budget.take(held, data.len())?;
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        RelayError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "request body not received within {} s",
+                timeout.as_secs()
+            ),
+        )
+    })?
 }
 
 #[cfg(test)]

@@ -1,15 +1,15 @@
-//! The client-facing HTTP server: accept loop, routing, graceful drain.
+//! The client-facing HTTP server: connection limits, routing, and the drain
+//! a load balancer can follow.
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use aiproxy_shared::serve::Limits;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -19,44 +19,67 @@ use crate::models::{self, Listing};
 use crate::relay::Relay;
 use crate::routes::{self, Route};
 
-/// How long in-flight requests may take to finish after shutdown begins.
-const DRAIN_GRACE: Duration = Duration::from_secs(30);
+/// How the proxy port treats connections, and how it stops.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub limits: Limits,
+    /// After shutdown begins, `/readyz` fails and connections are still
+    /// accepted this long, so a load balancer stops sending first.
+    pub drain_delay: Duration,
+    /// Then in-flight requests get this long before they are cut.
+    pub drain_grace: Duration,
+}
 
-pub async fn serve(listener: TcpListener, relay: Arc<Relay>, cancel: CancellationToken) {
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let (stream, _peer) = tokio::select! {
-            _ = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let relay = relay.clone();
-        let service = service_fn(move |req| {
-            let relay = relay.clone();
-            async move { Ok::<_, Infallible>(route(&relay, req).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "client connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("proxy connections drained"),
-        _ = tokio::time::sleep(DRAIN_GRACE) => tracing::warn!("proxy drain grace period over; closing connections"),
+/// Serves until `cancel`, then drains: `/readyz` answers 503 at once, the
+/// listener stays open for `drain_delay`, in-flight requests get
+/// `drain_grace`, and what is still running then is cut and recorded as
+/// `error_class=shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    relay: Arc<Relay>,
+    settings: ServerSettings,
+    cancel: CancellationToken,
+) {
+    let stop = CancellationToken::new();
+    let service_relay = relay.clone();
+    let accepting = tokio::spawn(aiproxy_shared::serve::serve(
+        listener,
+        settings.limits.clone(),
+        move |_peer| {
+            let relay = service_relay.clone();
+            service_fn(move |req| {
+                let relay = relay.clone();
+                async move { Ok::<_, Infallible>(route(&relay, req).await) }
+            })
+        },
+        stop.clone(),
+    ));
+    cancel.cancelled().await;
+    relay.draining.store(true, Ordering::Relaxed);
+    tracing::info!(
+        delay_secs = settings.drain_delay.as_secs_f64(),
+        "draining: /readyz now fails; still accepting until the load balancer notices"
+    );
+    tokio::time::sleep(settings.drain_delay).await;
+    stop.cancel();
+    let Ok(drain) = accepting.await else {
+        return;
+    };
+    tracing::info!(
+        grace_secs = settings.drain_grace.as_secs_f64(),
+        "listener closed; waiting for requests in flight"
+    );
+    let clean = drain
+        .finish(settings.drain_grace, |left| {
+            relay.cutting.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                connections = left,
+                "drain grace over; cutting what is still in flight"
+            );
+        })
+        .await;
+    if clean {
+        tracing::info!("proxy connections drained");
     }
 }
 
@@ -79,18 +102,7 @@ async fn route(relay: &Relay, req: Request<Incoming>) -> Response<RelayBody> {
             &request_id,
         ),
         Route::Healthz => text(StatusCode::OK, "ok", &request_id),
-        Route::Readyz => match relay.snapshot.load() {
-            Some(s) => text(
-                StatusCode::OK,
-                &format!("ready: snapshot version {}", s.version),
-                &request_id,
-            ),
-            None => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: no snapshot yet",
-                &request_id,
-            ),
-        },
+        Route::Readyz => readiness(relay, &request_id),
         Route::NotFound => {
             let path = req.uri().path();
             let shape = if path.starts_with("/v1beta") {
@@ -107,6 +119,30 @@ async fn route(relay: &Relay, req: Request<Incoming>) -> Response<RelayBody> {
             )
             .into_response(shape, &request_id)
         }
+    }
+}
+
+/// Ready while the node can serve and bill: a snapshot, a usable journal,
+/// and no drain under way.
+fn readiness(relay: &Relay, request_id: &HeaderValue) -> Response<RelayBody> {
+    let unready = |why: &str| text(StatusCode::SERVICE_UNAVAILABLE, why, request_id);
+    if relay.draining.load(Ordering::Relaxed) {
+        return unready("not ready: draining for shutdown");
+    }
+    match relay.sink.availability() {
+        Ok(()) => {}
+        Err(crate::usage::Unavailable::Full) => return unready("not ready: usage journal full"),
+        Err(crate::usage::Unavailable::Failing) => {
+            return unready("not ready: usage journal unavailable");
+        }
+    }
+    match relay.snapshot.load() {
+        Some(s) => text(
+            StatusCode::OK,
+            &format!("ready: snapshot version {}", s.version),
+            request_id,
+        ),
+        None => unready("not ready: no snapshot yet"),
     }
 }
 

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 
 use aiproxy_proto::v1 as pb;
-use aiproxy_shared::billing::{Draw, PackageUsage, Periods, draw};
+use aiproxy_shared::billing::{Draw, PackageState, PackageUsage, Periods, Refusal, draw};
 use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 
@@ -99,6 +99,63 @@ impl Spending {
         pushed.map_or(key.cost_used, |u| u.max(key.cost_used))
     }
 
+    /// The user's packages with what was spent since the snapshot; `None`
+    /// when the key does not draw on packages or the user has none.
+    fn package_states(&self, snapshot: &Snapshot, key: &KeyEntry) -> Option<Vec<PackageState>> {
+        if !key.bills_packages {
+            return None;
+        }
+        let owned = snapshot.packages.get(&key.user_id)?;
+        let pushed = self.packages.lock().expect("spending lock");
+        Some(
+            owned
+                .iter()
+                .map(|p| {
+                    let mut p = p.clone();
+                    if let Some(newer) = pushed.get(&p.id) {
+                        p.usage.merge(newer);
+                    }
+                    p
+                })
+                .collect(),
+        )
+    }
+
+    fn check_key_limit(&self, key: &KeyEntry) -> Result<(), RelayError> {
+        if key
+            .cost_limit
+            .is_some_and(|limit| self.key_used(key) >= limit)
+        {
+            return Err(RelayError::quota("quota exceeded"));
+        }
+        Ok(())
+    }
+
+    /// Before the body is read: the refusals that hold for any model (the
+    /// key's cost limit; no package in force with room left).
+    pub fn pre_admit(
+        &self,
+        snapshot: &Snapshot,
+        key: &KeyEntry,
+        now: DateTime<Utc>,
+    ) -> Result<(), RelayError> {
+        self.check_key_limit(key)?;
+        let Some(states) = self.package_states(snapshot, key).filter(|s| !s.is_empty()) else {
+            return Ok(());
+        };
+        let now_ms = now.timestamp_millis();
+        let periods = Periods::at(now, snapshot.billing_tz);
+        let in_force: Vec<&PackageState> = states.iter().filter(|p| p.in_force(now_ms)).collect();
+        if in_force.iter().any(|p| p.exhausted(periods).is_none()) {
+            return Ok(());
+        }
+        let refusal = in_force
+            .iter()
+            .find_map(|p| p.exhausted(periods))
+            .unwrap_or(Refusal::Quota);
+        Err(RelayError::quota(refusal.message()))
+    }
+
     /// Whether the key and the user's packages leave room for a request for
     /// `model`; the package it draws on (0: none), or the seed's refusal.
     pub fn admit(
@@ -108,30 +165,10 @@ impl Spending {
         model: &str,
         now: DateTime<Utc>,
     ) -> Result<i64, RelayError> {
-        if key
-            .cost_limit
-            .is_some_and(|limit| self.key_used(key) >= limit)
-        {
-            return Err(RelayError::quota("quota exceeded"));
-        }
-        if !key.bills_packages {
-            return Ok(0);
-        }
-        let Some(owned) = snapshot.packages.get(&key.user_id) else {
+        self.check_key_limit(key)?;
+        let Some(states) = self.package_states(snapshot, key) else {
             return Ok(0);
         };
-        let pushed = self.packages.lock().expect("spending lock");
-        let states: Vec<_> = owned
-            .iter()
-            .map(|p| {
-                let mut p = p.clone();
-                if let Some(newer) = pushed.get(&p.id) {
-                    p.usage.merge(newer);
-                }
-                p
-            })
-            .collect();
-        drop(pushed);
         let periods = Periods::at(now, snapshot.billing_tz);
         match draw(&states, model, now.timestamp_millis(), periods, false) {
             Ok(Draw::Unmetered) => Ok(0),

@@ -101,6 +101,45 @@ impl Default for ProxySettings {
     }
 }
 
+/// How the listening ports treat connections, and how a data plane stops.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSettings {
+    /// Connections open at once on the proxy port; more are answered 503.
+    pub max_connections: usize,
+    /// The same for the admin port.
+    pub admin_max_connections: usize,
+    /// Seconds a client has to send a request's headers, from their first byte.
+    pub header_read_timeout: u64,
+    /// Seconds a connection may sit with no request before it is closed.
+    pub keepalive_timeout: u64,
+    /// Seconds a client has to send a request's body.
+    pub body_read_timeout: u64,
+    /// Request-body bytes a data plane holds at once; more are refused (503).
+    pub max_body_bytes_in_flight: usize,
+    /// Seconds a data plane keeps accepting after shutdown begins, while
+    /// `/readyz` already fails; unset means 5 for `aiproxy dataplane` and 0
+    /// for the all-in-one (which has no load balancer to tell).
+    pub drain_delay: Option<u64>,
+    /// Seconds requests in flight then get before they are cut.
+    pub drain_grace: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            admin_max_connections: 1_024,
+            header_read_timeout: 30,
+            keepalive_timeout: 75,
+            body_read_timeout: 60,
+            max_body_bytes_in_flight: 256 << 20,
+            drain_delay: None,
+            drain_grace: 30,
+        }
+    }
+}
+
 /// TTLs of cross-node state, seconds (the seed's cache settings).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -218,6 +257,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub listen: Listen,
     pub proxy: ProxySettings,
+    pub server: ServerSettings,
     pub cache: CacheSettings,
     pub billing: BillingSettings,
     pub jwt: JwtSettings,
@@ -244,6 +284,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             listen: Listen::default(),
             proxy: ProxySettings::default(),
+            server: ServerSettings::default(),
             cache: CacheSettings::default(),
             billing: BillingSettings::default(),
             jwt: JwtSettings::default(),
@@ -363,6 +404,41 @@ impl Config {
             "AIPROXY_JOURNAL_MAX_BYTES",
             &mut self.proxy.journal_max_bytes,
         )?;
+        let server = &mut self.server;
+        parse_env(&get, "AIPROXY_MAX_CONNECTIONS", &mut server.max_connections)?;
+        parse_env(
+            &get,
+            "AIPROXY_ADMIN_MAX_CONNECTIONS",
+            &mut server.admin_max_connections,
+        )?;
+        parse_env(
+            &get,
+            "AIPROXY_HEADER_READ_TIMEOUT",
+            &mut server.header_read_timeout,
+        )?;
+        parse_env(
+            &get,
+            "AIPROXY_KEEPALIVE_TIMEOUT",
+            &mut server.keepalive_timeout,
+        )?;
+        parse_env(
+            &get,
+            "AIPROXY_BODY_READ_TIMEOUT",
+            &mut server.body_read_timeout,
+        )?;
+        parse_env(
+            &get,
+            "AIPROXY_MAX_BODY_BYTES_IN_FLIGHT",
+            &mut server.max_body_bytes_in_flight,
+        )?;
+        if let Some(v) = get("AIPROXY_DRAIN_DELAY") {
+            server.drain_delay = Some(
+                v.trim()
+                    .parse()
+                    .map_err(|e: std::num::ParseIntError| env_error("AIPROXY_DRAIN_DELAY", e.to_string()))?,
+            );
+        }
+        parse_env(&get, "AIPROXY_DRAIN_GRACE", &mut server.drain_grace)?;
         parse_env(&get, "AIPROXY_SESSION_TTL", &mut self.cache.session_ttl)?;
         parse_env(
             &get,
@@ -471,6 +547,18 @@ impl Config {
             ("cache.unavailable_ttl", self.cache.unavailable_ttl),
             ("cache.redis_timeout_ms", self.cache.redis_timeout_ms),
             ("jwt.expire_hours", self.jwt.expire_hours),
+            ("server.header_read_timeout", self.server.header_read_timeout),
+            ("server.keepalive_timeout", self.server.keepalive_timeout),
+            ("server.body_read_timeout", self.server.body_read_timeout),
+            ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.admin_max_connections",
+                self.server.admin_max_connections as u64,
+            ),
+            (
+                "server.max_body_bytes_in_flight",
+                self.server.max_body_bytes_in_flight as u64,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!(
@@ -491,6 +579,15 @@ impl Config {
 
     pub fn proxy_timeout(&self) -> Duration {
         Duration::from_secs(self.proxy.timeout)
+    }
+
+    /// Connection limits of a port allowing `max_connections`.
+    pub fn limits(&self, max_connections: usize) -> crate::serve::Limits {
+        crate::serve::Limits {
+            max_connections,
+            header_read_timeout: Duration::from_secs(self.server.header_read_timeout),
+            keepalive_timeout: Duration::from_secs(self.server.keepalive_timeout),
+        }
     }
 
     /// A required secret, with the error a split deployment shows when it is missing.

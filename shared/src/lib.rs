@@ -10,6 +10,7 @@ pub mod http;
 pub mod keys;
 pub mod pricing;
 pub mod ratelimit;
+pub mod serve;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
