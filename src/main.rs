@@ -109,7 +109,7 @@ fn fit_connection_limits(config: &mut Config, command: Option<&Command>) {
     };
     let files = usize::try_from(files).unwrap_or(usize::MAX);
     // Database, Redis, gRPC, journal and the like.
-    let room = files.saturating_sub(256);
+    let room = files.saturating_sub(256.min(files / 4));
     let server = &mut config.server;
     let (proxy, admin) = match command {
         Some(Command::Controlplane) => (0, server.admin_max_connections),

@@ -474,3 +474,414 @@ async fn a_full_disk_stops_serving_until_usage_can_be_kept_and_loses_nothing() {
     db.drop().await;
     drop(disk);
 }
+
+/// Peak resident memory of a process, in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// Reads until the peer closes; `None` if it is still open after `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    read.ok().map(|_| got)
+}
+
+/// Opens `n` connections at once, then sorts them: refused (the peer
+/// answered and closed within `within`, or would not connect) or held.
+async fn open_many(
+    addr: std::net::SocketAddr,
+    n: usize,
+    within: Duration,
+) -> (Vec<tokio::net::TcpStream>, Vec<Vec<u8>>) {
+    let mut opened = Vec::new();
+    let mut refused = Vec::new();
+    for _ in 0..n {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(c) => opened.push(c),
+            Err(_) => refused.push(Vec::new()),
+        }
+    }
+    let checks = opened.into_iter().map(|mut c| async move {
+        let answer = closed_within(&mut c, within).await;
+        (c, answer)
+    });
+    let mut held = Vec::new();
+    for (c, answer) in futures_join_all(checks).await {
+        match answer {
+            Some(answer) => refused.push(answer),
+            None => held.push(c),
+        }
+    }
+    (held, refused)
+}
+
+/// Runs the futures side by side and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn slow_idle_and_surplus_connections_are_closed_on_both_ports() {
+    use tokio::io::AsyncWriteExt;
+    let e = start_with(&[
+        ("AIPROXY_HEADER_READ_TIMEOUT", "1".into()),
+        ("AIPROXY_KEEPALIVE_TIMEOUT", "2".into()),
+        ("AIPROXY_MAX_CONNECTIONS", "16".into()),
+    ])
+    .await;
+    for port in ["proxy", "admin"] {
+        let addr = e.process.addrs[port];
+        // Headers that never finish: closed once the header deadline passes.
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        assert!(
+            closed_within(&mut slow, Duration::from_secs(10)).await.is_some(),
+            "{port}: half-sent headers kept the connection open"
+        );
+        // A kept-alive connection with nothing more to ask: closed when idle.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = closed_within(&mut idle, Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("{port}: an idle connection stayed open"));
+        assert!(answer.starts_with(b"HTTP/1.1 "), "{port}: {answer:?}");
+    }
+    // The proxy port holds 16 connections; the rest are refused at once.
+    let (held, refused) =
+        open_many(e.process.addrs["proxy"], 40, Duration::from_millis(500)).await;
+    assert!(held.len() <= 16, "{} connections held", held.len());
+    assert!(refused.len() >= 24, "{} refused", refused.len());
+    for answer in &refused {
+        let text = String::from_utf8_lossy(answer);
+        assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    }
+    // Once they go idle and are closed, the port serves again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e
+        .http
+        .try_send("GET", &format!("{}/healthz", e.proxy), &[], None)
+        .await
+        .map(|r| r.status)
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the proxy port never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_flood_under_a_low_file_limit_is_refused_not_stalled() {
+    use aiproxy_tests::harness::{ADMIN_PASSWORD, Process, wait_ready};
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("prlimit is missing (util-linux): the file-limit test does not run");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
+        ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
+        ("AIPROXY_PROXY_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_ADMIN_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_GRPC_LISTEN", "127.0.0.1:0".to_string()),
+        ("AIPROXY_KEEPALIVE_TIMEOUT", "2".to_string()),
+    ];
+    let bin = crate::bin().display().to_string();
+    let process = Process::spawn(
+        std::path::Path::new("prlimit"),
+        &["--nofile=256:256", &bin],
+        &env,
+        &["admin", "grpc", "proxy"],
+        dir.path().join("aiproxy.log"),
+    )
+    .await;
+    let http = aiproxy_tests::client::Http::default();
+    let proxy = process.url("proxy");
+    wait_ready(&http, &format!("{proxy}/readyz"), Duration::from_secs(30)).await;
+    // Far more connections than descriptors: each is held or refused
+    // promptly, none left hanging.
+    let (held, refused) =
+        open_many(process.addrs["proxy"], 400, Duration::from_millis(500)).await;
+    let refused = refused.len();
+    assert!(refused > 0, "nothing refused with 256 descriptors");
+    assert!(held.len() < 256, "{} held", held.len());
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http
+        .try_send("GET", &format!("{proxy}/healthz"), &[], None)
+        .await
+        .map(|r| r.status)
+        .unwrap_or(0)
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the node never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = process.log_text();
+    let spins = log.matches("Too many open files").count();
+    assert!(spins < 5, "accept failed {spins} times:\n{log}");
+    process.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_refused_by_their_key_are_never_read() {
+    let mock = MockUpstream::start().await;
+    let e = start_with(&[("AIPROXY_MAX_BODY_BYTES_IN_FLIGHT", (64u64 << 20).to_string())]).await;
+    e.admin
+        .create_account("slow", &mock.url(), "mock-endless")
+        .await;
+    let user = e.admin.create_user("bulky").await;
+    let user_id = user["id"].as_i64().unwrap();
+    let key = e
+        .admin
+        .expect(
+            "POST",
+            "/api-keys",
+            Some(json!({"user_id": user_id, "name": "one-at-a-time", "max_concurrency": 1})),
+            201,
+        )
+        .await;
+    let key = key["key"].as_str().unwrap().to_string();
+    let url = format!("{}/v1/messages", e.proxy);
+    // One long stream holds the key's only slot.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let holder = loop {
+        let holder = e
+            .http
+            .stream(
+                &url,
+                &[("x-api-key", &key)],
+                &json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "stream": true,
+                    "messages": [{"role": "user", "content": "hold"}]}),
+            )
+            .await;
+        if holder.status() == 200 {
+            break holder;
+        }
+        assert!(Instant::now() < deadline, "{}", holder.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let before = peak_rss_mib(e.process.pid());
+    // 40 requests of 24 MB each arrive at once for the same key.
+    let big = json!({"model": "claude-sonnet-4-5", "max_tokens": 8,
+        "messages": [{"role": "user", "content": "x".repeat(24 << 20)}]});
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let (http, url, key, big) = (e.http.clone(), url.clone(), key.clone(), big.clone());
+        senders.spawn(async move {
+            http.try_send("POST", &url, &[("x-api-key", &key)], Some(&big))
+                .await
+                .map(|r| r.status)
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(done) = senders.join_next().await {
+        statuses.push(done.unwrap());
+    }
+    assert!(
+        statuses.iter().all(|s| matches!(s, Ok(429) | Err(_))),
+        "{statuses:?}"
+    );
+    let after = peak_rss_mib(e.process.pid());
+    assert!(
+        after < before + 100,
+        "peak memory went from {before} MiB to {after} MiB"
+    );
+    drop(holder);
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn a_decompression_bomb_is_refused_without_inflating_it() {
+    let mock = MockUpstream::start().await;
+    let e = start().await;
+    e.admin.create_account("bomb", &mock.url(), "mock-bomb").await;
+    let key = e.user_key("bombed").await;
+    let before = peak_rss_mib(e.process.pid());
+    let reply = until_status(&e, &key, 502).await;
+    assert!(reply.text().contains("could not be decoded"), "{}", reply.text());
+    let after = peak_rss_mib(e.process.pid());
+    assert!(
+        after < before + 100,
+        "peak memory went from {before} MiB to {after} MiB"
+    );
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn the_control_plane_stops_promptly_with_nodes_attached() {
+    use crate::split::{NODE_TOKEN, TestDatabase, controlplane, dataplane};
+    use aiproxy_tests::harness::wait_ready;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new(dir.path(), "cpstop").await;
+    let http = aiproxy_tests::client::Http::default();
+    let cp = controlplane(&db.url, dir.path(), "127.0.0.1:0", &[]).await;
+    let grpc = cp.addrs["grpc"];
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2"] {
+        let dp = dataplane(grpc, dir.path(), name, NODE_TOKEN, &[]).await;
+        wait_ready(
+            &http,
+            &format!("{}/readyz", dp.url("proxy")),
+            Duration::from_secs(30),
+        )
+        .await;
+        nodes.push(dp);
+    }
+    let started = Instant::now();
+    cp.stop().await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "the control plane took {took:?} to stop"
+    );
+    // The nodes keep serving from their snapshot while it is away.
+    for dp in &nodes {
+        let reply = http
+            .send("GET", &format!("{}/readyz", dp.url("proxy")), &[], None)
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    for dp in nodes {
+        dp.stop().await;
+    }
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn a_draining_node_fails_readiness_keeps_accepting_then_cuts_and_bills_the_stream() {
+    use crate::split::{NODE_TOKEN, TestDatabase, controlplane, dataplane};
+    use aiproxy_tests::harness::{ADMIN_PASSWORD, wait_ready};
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new(dir.path(), "drain").await;
+    let mock = MockUpstream::start().await;
+    let http = aiproxy_tests::client::Http::default();
+    let cp = controlplane(&db.url, dir.path(), "127.0.0.1:0", &[]).await;
+    let dp = dataplane(
+        cp.addrs["grpc"],
+        dir.path(),
+        "draining",
+        NODE_TOKEN,
+        &[
+            ("AIPROXY_DRAIN_DELAY", "2".into()),
+            ("AIPROXY_DRAIN_GRACE", "2".into()),
+        ],
+    )
+    .await;
+    let proxy = dp.url("proxy");
+    wait_ready(&http, &format!("{proxy}/readyz"), Duration::from_secs(30)).await;
+    let admin = Admin::login(&http, &cp.url("admin"), "admin", ADMIN_PASSWORD).await;
+    admin
+        .create_account("endless", &mock.url(), "mock-endless")
+        .await;
+    let (_, _, key) = user_with_key(&admin, "streamer").await;
+    let url = format!("{proxy}/v1/messages");
+    let stream_body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8, "stream": true,
+        "messages": [{"role": "user", "content": "go on"}]});
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        let response = http.stream(&url, &[("x-api-key", &key)], &stream_body).await;
+        if response.status() == 200 {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "{}", response.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    // The stream keeps flowing while the node drains.
+    let reader = tokio::spawn(async move {
+        let mut bytes = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            bytes += frame.data_ref().map_or(0, |d| d.len());
+        }
+        bytes
+    });
+
+    let pid = dp.pid();
+    let terminated = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    // Readiness fails at once, while requests are still accepted.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let ready = http
+            .send("GET", &format!("{proxy}/readyz"), &[], None)
+            .await;
+        if ready.status == 503 {
+            assert!(ready.text().contains("draining"), "{}", ready.text());
+            break;
+        }
+        assert!(Instant::now() < deadline, "readiness still {}", ready.status);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let healthz = aiproxy_tests::client::Http::default()
+        .send("GET", &format!("{proxy}/healthz"), &[], None)
+        .await;
+    assert_eq!(healthz.status, 200, "a new connection during the drain delay");
+    assert!(terminated.elapsed() < Duration::from_secs(2));
+    // The stream is cut once delay and grace are over; the node exits.
+    let streamed = tokio::time::timeout(Duration::from_secs(20), reader)
+        .await
+        .expect("the stream was never cut")
+        .unwrap();
+    assert!(streamed > 0);
+    assert!(
+        terminated.elapsed() >= Duration::from_secs(3),
+        "cut after {:?}",
+        terminated.elapsed()
+    );
+    dp.stop().await;
+    // Its usage reached the control plane before it exited, as `shutdown`.
+    let row = admin
+        .wait_for_log(&request_id, Duration::from_secs(5))
+        .await;
+    assert_eq!(row["error_class"], "shutdown", "{row}");
+    assert_eq!(row["input_tokens"], aiproxy_tests::mock::USAGE.input, "{row}");
+    cp.stop().await;
+    db.drop().await;
+}

@@ -15,6 +15,8 @@
 //! - `mock-slow`: streams that pause two seconds after the first event;
 //! - `mock-steady`: streams with 600 ms between all their events;
 //! - `mock-cut`: streams that end early, cleanly, before their final event;
+//! - `mock-endless`: an Anthropic stream that sends a delta every 200 ms for a minute;
+//! - `mock-bomb`: a 529 whose gzip body inflates to 256 MiB;
 //! - Code Assist (`/v1internal:…`) answers only for its one project, wrapped in `{"response": …}`;
 //! - anything else: a normal answer.
 use std::collections::HashMap;
@@ -234,6 +236,20 @@ async fn handle(
         sse_response(events, gzip, pause, pace, state.cancelled.clone())
     };
     let resp = match path.as_str() {
+        "/v1/messages" if key == "mock-bomb" => gzip_bomb(),
+        "/v1/messages" if key == "mock-endless" => {
+            let mut events = sse_events(&model);
+            let delta = events[3].clone();
+            events.truncate(3);
+            events.extend(std::iter::repeat_n(delta, 300));
+            self::sse_response(
+                events,
+                false,
+                Duration::from_millis(200),
+                Duration::from_millis(200),
+                state.cancelled.clone(),
+            )
+        }
         "/v1/messages" => match failure {
             Some(status) => anthropic_error(status, reset_at),
             None if stream => sse_response(sse_events(&model), gzip),
@@ -621,6 +637,27 @@ fn gemini_error(status: StatusCode) -> Response<MockBody> {
             json!([{"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "58s"}]);
     }
     json_response(status, json!({ "error": error }))
+}
+
+/// An overloaded answer whose small gzip body inflates to 256 MiB of zeros.
+fn gzip_bomb() -> Response<MockBody> {
+    static BOMB: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let body = BOMB.get_or_init(|| {
+        use std::io::Write;
+        let mut enc =
+            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            enc.write_all(&zeros).expect("in memory");
+        }
+        Bytes::from(enc.finish().expect("in memory"))
+    });
+    let mut resp = Response::new(Full::new(body.clone()).boxed());
+    *resp.status_mut() = StatusCode::from_u16(529).expect("529");
+    let h = resp.headers_mut();
+    h.insert("content-type", "application/json".parse().expect("header"));
+    h.insert("content-encoding", "gzip".parse().expect("header"));
+    resp
 }
 
 fn json_or_gzip(body: Value, compress: bool) -> Response<MockBody> {
