@@ -61,7 +61,10 @@ fn main() -> ExitCode {
         Err(e) => return config_error(e),
     };
     aiproxy_shared::telemetry::init(config.log_format);
-    if !matches!(cli.command, Some(Command::Ctl { .. }) | Some(Command::Migrate)) {
+    if !matches!(
+        cli.command,
+        Some(Command::Ctl { .. }) | Some(Command::Migrate)
+    ) {
         fit_connection_limits(&mut config, cli.command.as_ref());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -100,7 +103,7 @@ fn fit_connection_limits(config: &mut Config, command: Option<&Command>) {
         && current < hard
     {
         limit.current = Some(hard);
-        if setrlimit(Resource::Nofile, limit.clone()).is_err() {
+        if setrlimit(Resource::Nofile, limit).is_err() {
             limit = getrlimit(Resource::Nofile);
         }
     }
@@ -189,6 +192,8 @@ fn controlplane_settings(
         jwt_expire_hours: config.jwt.expire_hours,
         admin_listen: config.listen.admin,
         admin_limits: config.limits(config.server.admin_max_connections),
+        trusted_proxies: config.trusted_proxies().map_err(Failure::Config)?,
+        max_password_checks: config.server.max_password_checks,
         grpc_listen: config.listen.grpc,
         grpc_tls: match (&config.grpc_tls_cert, &config.grpc_tls_key) {
             (Some(cert), Some(key)) => Some(aiproxy_controlplane::GrpcTls {

@@ -2,7 +2,7 @@
 mod accounts;
 mod apply;
 pub mod audit;
-mod auth;
+pub mod auth;
 mod cache;
 mod keys;
 mod logs;
@@ -10,7 +10,7 @@ mod oauth;
 mod packages;
 mod prices;
 mod settings;
-mod throttle;
+pub mod throttle;
 mod usage;
 mod users;
 
@@ -33,6 +33,8 @@ pub struct ApiState {
     pub store: Store,
     /// Wrong passwords per account and address.
     pub password_throttle: throttle::PasswordThrottle,
+    /// Password checks at once.
+    pub login_gate: throttle::LoginGate,
     pub sealer: Sealer,
     pub jwt: JwtKeys,
     pub publisher: Publisher,
@@ -182,6 +184,9 @@ pub enum ApiError {
     /// Too many wrong passwords: tries wait this long, unchecked.
     #[error("too many wrong passwords; try again in {} s", whole_seconds(.0))]
     Throttled(std::time::Duration),
+    /// This process is at capacity for the work asked: retry shortly.
+    #[error("{0}")]
+    Busy(&'static str),
 }
 
 /// A wait in seconds, rounded up: a client retrying then is not early.
@@ -200,6 +205,7 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
         }
     }
 }
@@ -215,10 +221,15 @@ impl IntoResponse for ApiError {
             Json(json!({ "error": { "code": code, "message": self.to_string() } })),
         )
             .into_response();
-        if let ApiError::Throttled(wait) = &self {
+        let retry = match &self {
+            ApiError::Throttled(wait) => Some(whole_seconds(wait)),
+            ApiError::Busy(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry {
             response
                 .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, whole_seconds(wait).into());
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         response
     }

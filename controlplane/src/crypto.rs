@@ -55,6 +55,19 @@ impl Sealer {
         format!("{SEAL_PREFIX}{}", hex::encode(out))
     }
 
+    /// A text sealed by [`Sealer::seal`], or one stored before sealing (it
+    /// has no seal prefix) as it is.
+    pub fn open_text(&self, stored: &str) -> Result<String, CryptoError> {
+        if !self.is_sealed(stored) {
+            return Ok(stored.to_string());
+        }
+        String::from_utf8(self.open(stored)?).map_err(|_| CryptoError::Malformed)
+    }
+
+    pub fn is_sealed(&self, stored: &str) -> bool {
+        stored.starts_with(SEAL_PREFIX)
+    }
+
     pub fn open(&self, sealed: &str) -> Result<Vec<u8>, CryptoError> {
         let raw = sealed
             .strip_prefix(SEAL_PREFIX)

@@ -64,6 +64,7 @@ pub fn list_nodes(nodes: &NodeRegistry) -> Vec<NodeStatus> {
 }
 
 impl NodeApi {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         publisher: Publisher,

@@ -194,15 +194,21 @@ impl HealthChecker {
             let message = format!("unknown account type {}", account.kind);
             return (String::new(), HealthOutcome::Inconclusive { message }, None);
         };
-        let client = match &account.proxy_url {
-            Some(proxy) => match aiproxy_shared::http::client_via(proxy, Duration::from_secs(10)) {
-                Ok(c) => c,
-                Err(e) => {
-                    let message = format!("proxy: {e}");
-                    return (String::new(), HealthOutcome::Inconclusive { message }, None);
-                }
-            },
-            None => self.direct.clone(),
+        let proxy = account
+            .proxy_sealed
+            .as_deref()
+            .map(|p| {
+                let url = self.sealer.open_text(p).map_err(|e| e.to_string())?;
+                aiproxy_shared::http::ProxyUrl::parse(&url).map_err(|e| e.to_string())
+            })
+            .transpose();
+        let client = match proxy {
+            Ok(Some(proxy)) => aiproxy_shared::http::client_via(&proxy, Duration::from_secs(10)),
+            Ok(None) => self.direct.clone(),
+            Err(e) => {
+                let message = format!("proxy: {e}");
+                return (String::new(), HealthOutcome::Inconclusive { message }, None);
+            }
         };
         let mut refreshed = false;
         loop {

@@ -42,6 +42,10 @@ pub struct Settings {
     pub admin_listen: SocketAddr,
     /// Connection limits of the admin port.
     pub admin_limits: aiproxy_shared::serve::Limits,
+    /// Proxies whose `X-Forwarded-For` names the client on the admin port.
+    pub trusted_proxies: Vec<aiproxy_shared::net::Cidr>,
+    /// Password checks running at once.
+    pub max_password_checks: usize,
     pub grpc_listen: SocketAddr,
     /// Defaults of the runtime settings (`/api/v1/settings` overrides them).
     pub setting_defaults: settings::Defaults,
@@ -90,6 +94,7 @@ pub struct ControlPlane {
 pub async fn migrate(database_url: &str) -> Result<Store, StartError> {
     let store = Store::connect(database_url).await?;
     store.migrate().await?;
+    store.backfill_username_keys().await?;
     store.seed_prices_if_empty().await?;
     Ok(store)
 }
@@ -105,6 +110,7 @@ pub async fn start(
     bootstrap_admin(&store, settings.admin_password.as_ref()).await?;
 
     let sealer = Sealer::new(settings.secret_key.expose());
+    seal_what_earlier_versions_kept_in_clear(&store, &sealer).await?;
     let jwt = JwtKeys::new(settings.secret_key.expose(), settings.jwt_expire_hours);
     let publisher = Publisher::new(
         store.clone(),
@@ -162,6 +168,7 @@ pub async fn start(
     let nodes = grpc::NodeRegistry::default();
     let app = api::router(api::ApiState {
         password_throttle: Default::default(),
+        login_gate: api::throttle::LoginGate::new(settings.max_password_checks),
         nodes: nodes.clone(),
         store: store.clone(),
         sealer: sealer.clone(),
@@ -188,17 +195,21 @@ pub async fn start(
         .into_server();
     let admin_cancel = cancel.clone();
     let admin_limits = settings.admin_limits.clone();
+    let trusted = std::sync::Arc::new(settings.trusted_proxies.clone());
     tracker.spawn(async move {
         let drain = aiproxy_shared::serve::serve(
             admin,
             admin_limits,
-            move |peer| admin_service(app.clone(), peer),
+            move |peer| admin_service(app.clone(), peer, trusted.clone()),
             admin_cancel,
         )
         .await;
         drain
             .finish(ADMIN_GRACE, |left| {
-                tracing::warn!(connections = left, "admin requests still running at shutdown; cut")
+                tracing::warn!(
+                    connections = left,
+                    "admin requests still running at shutdown; cut"
+                )
             })
             .await;
     });
@@ -261,27 +272,59 @@ pub async fn start(
     })
 }
 
+/// Proxy URLs were stored, and written to the audit log, as they were
+/// given, password included: seal the one, mask the other. Idempotent.
+async fn seal_what_earlier_versions_kept_in_clear(
+    store: &Store,
+    sealer: &Sealer,
+) -> Result<(), StartError> {
+    for account in store.list_accounts().await? {
+        if let Some(proxy) = account
+            .proxy_sealed
+            .as_deref()
+            .filter(|p| !sealer.is_sealed(p))
+        {
+            store
+                .reseal_account_proxy(account.id, &sealer.seal(proxy.as_bytes()))
+                .await?;
+            tracing::info!(account_id = account.id, "proxy URL sealed");
+        }
+    }
+    for (id, detail) in store.audit_details_containing("proxy_url").await? {
+        if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&detail) {
+            api::audit::mask(&mut value);
+            let masked = value.to_string();
+            if masked != detail {
+                store.set_audit_detail(id, &masked).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// How long admin requests and gRPC calls may run on after shutdown begins.
 const ADMIN_GRACE: Duration = Duration::from_secs(10);
 const GRPC_GRACE: Duration = Duration::from_secs(5);
 
-/// The admin router as one connection's service, with the peer's address
-/// where handlers (the login throttle) read it.
+/// The admin router as one connection's service, with the client's address
+/// (the peer, or who a trusted proxy says it forwards) where handlers (the
+/// login throttle) read it.
 fn admin_service(
     app: axum::Router,
     peer: SocketAddr,
+    trusted: std::sync::Arc<Vec<aiproxy_shared::net::Cidr>>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<axum::body::Body>,
     Error = std::convert::Infallible,
     Future = impl Future<Output = Result<http::Response<axum::body::Body>, std::convert::Infallible>>
-                 + Send
-                 + 'static,
+             + Send
+             + 'static,
 > + Send
 + 'static {
     hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        req.extensions_mut()
-            .insert(axum::extract::ConnectInfo(peer));
+        let client = aiproxy_shared::net::client_ip(peer.ip(), req.headers(), &trusted);
+        req.extensions_mut().insert(api::auth::ClientIp(client));
         let mut app = app.clone();
         async move { tower_service::Service::call(&mut app, req).await }
     })

@@ -172,9 +172,18 @@ impl Publisher {
                         return None;
                     }
                 };
+                let proxy = match a.proxy_sealed.as_deref().map(|p| self.inner.sealer.open_text(p)).transpose() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!(account_id = a.id, error = %e, "account proxy unreadable; account left out");
+                        return None;
+                    }
+                };
                 // Never publish what a node cannot use: one such entry
                 // would otherwise be every node's problem.
-                if let Some(problem) = aiproxy_shared::domain::credentials_problem(&credentials) {
+                if let Some(problem) =
+                    aiproxy_shared::domain::account_problem(&credentials, proxy.as_deref())
+                {
                     tracing::error!(account_id = a.id, problem = %problem, "account left out of the snapshot");
                     return None;
                 }
@@ -183,7 +192,7 @@ impl Publisher {
                     name: a.name,
                     kind: a.kind,
                     base_url: a.base_url.unwrap_or_default(),
-                    proxy_url: a.proxy_url.unwrap_or_default(),
+                    proxy_url: proxy.unwrap_or_default(),
                     credentials,
                     priority: a.priority,
                     max_concurrency: a.max_concurrency,

@@ -19,7 +19,7 @@ pub use packages::{NewPackage, Package, PackagePatch};
 pub use prices::{PriceRow, PriceVersion, shipped_prices};
 pub use reports::{ConsistencyReport, GroupBy, RerateReport, RerateScope, UsageTotals};
 pub use usage::{DailyUsage, IngestOutcome, RequestLog, RequestLogFilter, UsageRow};
-pub use users::{NewUser, User, UserPatch};
+pub use users::{NewUser, User, UserPatch, username_key};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]

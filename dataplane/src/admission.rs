@@ -138,15 +138,13 @@ impl BodyBudget {
             .ok()
             .filter(|n| (*n as usize) <= self.max)
             .and_then(|n| self.bytes.clone().try_acquire_many_owned(n).ok())
-            .ok_or_else(|| {
-                RelayError {
-                    retry_after: Some(1),
-                    ..RelayError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "overloaded",
-                        "server busy: too many request bodies in flight; retry shortly",
-                    )
-                }
+            .ok_or_else(|| RelayError {
+                retry_after: Some(1),
+                ..RelayError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "server busy: too many request bodies in flight; retry shortly",
+                )
             })?;
         match &mut held.0 {
             Some(p) => p.merge(permit),
@@ -214,6 +212,9 @@ mod tests {
         assert!(budget.take(&mut b, 20).is_err());
         drop(a);
         budget.take(&mut b, 100).unwrap();
-        assert!(budget.take(&mut budget.none(), 1000).is_err(), "more than the whole budget");
+        assert!(
+            budget.take(&mut budget.none(), 1000).is_err(),
+            "more than the whole budget"
+        );
     }
 }

@@ -169,8 +169,13 @@ pub async fn start(
         // Every response has ended or been cut, so every record is queued:
         // deliver them now, for a bounded time; the rest stays journaled.
         reporter_stop.cancel();
-        if tokio::time::timeout(FINAL_DELIVERY, reporter).await.is_err() {
-            tracing::warn!("usage not all delivered before exit; the journal keeps it for the next start");
+        if tokio::time::timeout(FINAL_DELIVERY, reporter)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "usage not all delivered before exit; the journal keeps it for the next start"
+            );
         }
     });
     Ok(DataPlane {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aiproxy_shared::domain::AccountKind;
-use aiproxy_shared::http::HttpClient;
+use aiproxy_shared::http::{HttpClient, ProxyUrl};
 use aiproxy_shared::state::Mark;
 use bytes::Bytes;
 use http::header;
@@ -41,7 +41,7 @@ pub struct Relay {
     /// Direct upstream client.
     pub client: HttpClient,
     /// Clients through each account proxy in use, by proxy URL.
-    pub proxied: std::sync::Mutex<std::collections::HashMap<String, HttpClient>>,
+    pub proxied: std::sync::Mutex<std::collections::HashMap<ProxyUrl, HttpClient>>,
     pub sink: UsageSink,
     /// Upstream timeout for the response head and first byte, used until
     /// the snapshot carries the control plane's `proxy.timeout`.
@@ -302,21 +302,7 @@ impl Relay {
             // the fix arrives in a snapshot, so no mark.
             Err(error) => return Called::Failed { error, mark: None },
         };
-        let client = match self.client_for(account) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(account_id = account.id, error = %e, "account proxy unusable");
-                return Called::Failed {
-                    error: RelayError::upstream("account proxy is misconfigured"),
-                    mark: Some(failure::unreachable(
-                        account.id,
-                        "proxy_misconfigured",
-                        now,
-                        cap,
-                    )),
-                };
-            }
-        };
+        let client = self.client_for(account);
         let started = Instant::now();
         let response = match tokio::time::timeout(timeout, client.request(upstream)).await {
             Err(_) => {
@@ -552,21 +538,16 @@ impl Relay {
     }
 
     /// The client for an account: direct, or through its proxy (one pooled
-    /// client per proxy URL, made on first use).
-    fn client_for(
-        &self,
-        account: &AccountEntry,
-    ) -> Result<HttpClient, aiproxy_shared::http::ProxyError> {
-        let Some(proxy) = &account.proxy_url else {
-            return Ok(self.client.clone());
+    /// client per proxy, made on first use).
+    fn client_for(&self, account: &AccountEntry) -> HttpClient {
+        let Some(proxy) = &account.proxy else {
+            return self.client.clone();
         };
         let mut proxied = self.proxied.lock().expect("proxy clients lock");
-        if let Some(c) = proxied.get(proxy) {
-            return Ok(c.clone());
-        }
-        let client = aiproxy_shared::http::client_via(proxy, self.connect_timeout)?;
-        proxied.insert(proxy.clone(), client.clone());
-        Ok(client)
+        proxied
+            .entry(proxy.clone())
+            .or_insert_with(|| aiproxy_shared::http::client_via(proxy, self.connect_timeout))
+            .clone()
     }
 
     /// Marks the account, then tells the control plane, in the background.

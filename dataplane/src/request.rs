@@ -134,10 +134,7 @@ pub async fn read_body(
         RelayError::new(
             StatusCode::REQUEST_TIMEOUT,
             "body_timeout",
-            format!(
-                "request body not received within {} s",
-                timeout.as_secs()
-            ),
+            format!("request body not received within {} s", timeout.as_secs()),
         )
     })?
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use aiproxy_proto::v1 as pb;
 use aiproxy_shared::billing::PackageState;
 use aiproxy_shared::domain::AccountKind;
+use aiproxy_shared::http::ProxyUrl;
 use aiproxy_shared::pricing::{LongContext, ModelPrice, PriceTable};
 use chrono::FixedOffset;
 
@@ -77,7 +78,7 @@ pub struct AccountEntry {
     /// `Bearer <access_token>` for OAuth accounts.
     pub bearer: Option<HeaderValue>,
     /// Outbound proxy for this account's upstream calls.
-    pub proxy_url: Option<String>,
+    pub proxy: Option<ProxyUrl>,
     /// Google Cloud project a Code Assist (gemini-oauth) account calls with.
     pub project: Option<String>,
     /// Headers this account adds to every upstream call (e.g. `chatgpt-account-id`).
@@ -108,7 +109,7 @@ impl AccountEntry {
             base_url: "http://up".into(),
             api_key: Some(HeaderValue::from_static("k")),
             bearer: Some(HeaderValue::from_static("Bearer t")),
-            proxy_url: None,
+            proxy: None,
             project: None,
             extra_headers: Vec::new(),
             priority: 0,
@@ -201,6 +202,8 @@ pub enum SnapshotError {
     Price(String),
     #[error("account {0}: credentials.{1} is not a valid header value (left out)")]
     Credential(i64, &'static str),
+    #[error("account {0}: {1} (left out)")]
+    Proxy(i64, String),
     #[error("api key {0} has a malformed cost (left out)")]
     KeyCost(i64),
     #[error("package {0} is malformed (fenced off: it admits nothing)")]
@@ -249,6 +252,10 @@ fn account(a: pb::Account, kind: AccountKind) -> Result<AccountEntry, SnapshotEr
             header("account_id", id.trim().to_string())?,
         ));
     }
+    let proxy = match a.proxy_url.as_str() {
+        "" => None,
+        url => Some(ProxyUrl::parse(url).map_err(|e| SnapshotError::Proxy(a.id, e.to_string()))?),
+    };
     let base_url = if a.base_url.is_empty() {
         kind.default_base_url().to_string()
     } else {
@@ -261,7 +268,7 @@ fn account(a: pb::Account, kind: AccountKind) -> Result<AccountEntry, SnapshotEr
         base_url: base_url.trim_end_matches('/').to_string(),
         api_key,
         bearer,
-        proxy_url: (!a.proxy_url.is_empty()).then_some(a.proxy_url),
+        proxy,
         project: a
             .credentials
             .get("project_id")

@@ -123,6 +123,12 @@ pub struct ServerSettings {
     pub drain_delay: Option<u64>,
     /// Seconds requests in flight then get before they are cut.
     pub drain_grace: u64,
+    /// Reverse proxies (addresses or ranges) whose `X-Forwarded-For` names
+    /// the client on the admin port; from anyone else it is ignored.
+    pub trusted_proxies: Vec<String>,
+    /// Password checks (argon2, about 19 MiB each) running at once; sign-ins
+    /// beyond are answered 503 at once.
+    pub max_password_checks: usize,
 }
 
 impl Default for ServerSettings {
@@ -136,6 +142,8 @@ impl Default for ServerSettings {
             max_body_bytes_in_flight: 256 << 20,
             drain_delay: None,
             drain_grace: 30,
+            trusted_proxies: Vec::new(),
+            max_password_checks: 4,
         }
     }
 }
@@ -432,13 +440,23 @@ impl Config {
             &mut server.max_body_bytes_in_flight,
         )?;
         if let Some(v) = get("AIPROXY_DRAIN_DELAY") {
-            server.drain_delay = Some(
-                v.trim()
-                    .parse()
-                    .map_err(|e: std::num::ParseIntError| env_error("AIPROXY_DRAIN_DELAY", e.to_string()))?,
-            );
+            server.drain_delay = Some(v.trim().parse().map_err(|e: std::num::ParseIntError| {
+                env_error("AIPROXY_DRAIN_DELAY", e.to_string())
+            })?);
         }
         parse_env(&get, "AIPROXY_DRAIN_GRACE", &mut server.drain_grace)?;
+        if let Some(v) = get("AIPROXY_TRUSTED_PROXIES") {
+            server.trusted_proxies = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        parse_env(
+            &get,
+            "AIPROXY_MAX_PASSWORD_CHECKS",
+            &mut server.max_password_checks,
+        )?;
         parse_env(&get, "AIPROXY_SESSION_TTL", &mut self.cache.session_ttl)?;
         parse_env(
             &get,
@@ -531,6 +549,7 @@ impl Config {
                     .into(),
             ));
         }
+        self.trusted_proxies()?;
         if crate::billing::parse_timezone(&self.billing.timezone).is_none() {
             return Err(ConfigError::Invalid(format!(
                 "billing.timezone must be UTC or an offset such as +08:00, not {:?}",
@@ -547,7 +566,10 @@ impl Config {
             ("cache.unavailable_ttl", self.cache.unavailable_ttl),
             ("cache.redis_timeout_ms", self.cache.redis_timeout_ms),
             ("jwt.expire_hours", self.jwt.expire_hours),
-            ("server.header_read_timeout", self.server.header_read_timeout),
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout,
+            ),
             ("server.keepalive_timeout", self.server.keepalive_timeout),
             ("server.body_read_timeout", self.server.body_read_timeout),
             ("server.max_connections", self.server.max_connections as u64),
@@ -558,6 +580,10 @@ impl Config {
             (
                 "server.max_body_bytes_in_flight",
                 self.server.max_body_bytes_in_flight as u64,
+            ),
+            (
+                "server.max_password_checks",
+                self.server.max_password_checks as u64,
             ),
         ] {
             if value == 0 {
@@ -579,6 +605,12 @@ impl Config {
 
     pub fn proxy_timeout(&self) -> Duration {
         Duration::from_secs(self.proxy.timeout)
+    }
+
+    /// The reverse proxies whose `X-Forwarded-For` is believed.
+    pub fn trusted_proxies(&self) -> Result<Vec<crate::net::Cidr>, ConfigError> {
+        crate::net::parse_ranges(&self.server.trusted_proxies.join(","))
+            .map_err(|e| ConfigError::Invalid(format!("server.trusted_proxies: {e}")))
     }
 
     /// Connection limits of a port allowing `max_connections`.

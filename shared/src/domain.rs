@@ -131,6 +131,19 @@ pub fn credentials_problem<'a>(
         .find_map(|(field, value)| credential_problem(field, value))
 }
 
+/// Why an account cannot be sent to data planes: a credential or its proxy
+/// URL they could not use. Never quotes a secret.
+pub fn account_problem<'a>(
+    creds: impl IntoIterator<Item = (&'a String, &'a String)>,
+    proxy_url: Option<&str>,
+) -> Option<String> {
+    credentials_problem(creds).or_else(|| {
+        proxy_url
+            .and_then(|url| crate::http::ProxyUrl::parse(url).err())
+            .map(|e| format!("proxy_url: {e}"))
+    })
+}
+
 /// Whether the usage in a record came from the upstream or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

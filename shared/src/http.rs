@@ -60,12 +60,112 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
+/// Why a proxy URL cannot be used; the URL is quoted with its password masked.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("proxy URL is not valid: {0}")]
     Invalid(String),
-    #[error("proxy scheme must be http, https, socks5 or socks5h")]
+    #[error(
+        "proxy scheme must be http (CONNECT; upstream traffic stays TLS end to end), socks5 or socks5h"
+    )]
     Scheme,
+}
+
+/// An account's outbound proxy, checked once: `http://` (CONNECT),
+/// `socks5://` or `socks5h://`, a host and a port, optional `user:password@`.
+/// `https://` proxies are refused: the proxy password would travel in clear
+/// text to a proxy that expects TLS.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ProxyUrl {
+    scheme: String,
+    host_port: String,
+    user: Option<String>,
+    password: String,
+}
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl ProxyUrl {
+    pub fn parse(url: &str) -> Result<ProxyUrl, ProxyError> {
+        let invalid = |why: &str| ProxyError::Invalid(format!("{} ({why})", mask_proxy_url(url)));
+        let uri: Uri = url.trim().parse().map_err(|_| invalid("not a URL"))?;
+        let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
+        let (credentials, host_port) = match authority.as_str().rsplit_once('@') {
+            Some((userinfo, hp)) => (Some(userinfo), hp),
+            None => (None, authority.as_str()),
+        };
+        if authority.host().is_empty() {
+            return Err(invalid("no host"));
+        }
+        if authority.port_u16().is_none() {
+            return Err(invalid("a port is required"));
+        }
+        let has_path = !matches!(uri.path(), "" | "/");
+        if has_path || uri.query().is_some() {
+            return Err(invalid("a proxy URL has no path"));
+        }
+        let scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
+        if !matches!(scheme.as_str(), "http" | "socks5" | "socks5h") {
+            return Err(ProxyError::Scheme);
+        }
+        let (user, password) = match credentials.map(|c| c.split_once(':').unwrap_or((c, ""))) {
+            Some((u, p)) => (Some(percent_decode(u)), percent_decode(p)),
+            None => (None, String::new()),
+        };
+        if user
+            .iter()
+            .chain(std::iter::once(&password))
+            .any(|s| s.chars().any(char::is_control))
+        {
+            return Err(invalid("control characters in the credentials"));
+        }
+        Ok(ProxyUrl {
+            scheme,
+            host_port: host_port.to_string(),
+            user,
+            password,
+        })
+    }
+
+    /// The URL with its password replaced, fit for logs and answers.
+    pub fn masked(&self) -> String {
+        match &self.user {
+            Some(user) if self.password.is_empty() => {
+                format!("{}://{user}@{}", self.scheme, self.host_port)
+            }
+            Some(user) => format!("{}://{user}:••••@{}", self.scheme, self.host_port),
+            None => format!("{}://{}", self.scheme, self.host_port),
+        }
+    }
+}
+
+/// Any proxy URL, valid or not, with the password in its user info masked.
+pub fn mask_proxy_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return if url.contains('@') {
+            "••••".into()
+        } else {
+            url.to_string()
+        };
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:••••")
+            } else {
+                user.to_string()
+            };
+            format!("{scheme}://{masked}@{host}{tail}")
+        }
+        None => url.to_string(),
+    }
 }
 
 /// A direct client.
@@ -73,66 +173,32 @@ pub fn client(connect_timeout: Duration) -> HttpClient {
     build(Connector::Direct(tcp(connect_timeout)))
 }
 
-/// A client whose connections go through `proxy_url` (`http://`, `socks5://`
-/// or `socks5h://`, with optional `user:password@`).
-pub fn client_via(proxy_url: &str, connect_timeout: Duration) -> Result<HttpClient, ProxyError> {
-    let uri: Uri = proxy_url
-        .parse()
-        .map_err(|_| ProxyError::Invalid(proxy_url.to_string()))?;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| ProxyError::Invalid(proxy_url.to_string()))?;
-    let credentials = authority
-        .as_str()
-        .rsplit_once('@')
-        .map(|(userinfo, _)| userinfo.to_string());
-    let host_port = authority
-        .as_str()
-        .rsplit_once('@')
-        .map_or(authority.as_str(), |(_, hp)| hp);
-    if authority.port_u16().is_none() {
-        return Err(ProxyError::Invalid(format!(
-            "{proxy_url} (a port is required)"
-        )));
-    }
-    let scheme = uri.scheme_str().unwrap_or_default().to_ascii_lowercase();
-    let target = |scheme: &str| -> Result<Uri, ProxyError> {
-        format!("{scheme}://{host_port}")
-            .parse()
-            .map_err(|_| ProxyError::Invalid(proxy_url.to_string()))
-    };
-    let (user, password) = match credentials
-        .as_deref()
-        .map(|c| c.split_once(':').unwrap_or((c, "")))
-    {
-        Some((u, p)) => (Some(percent_decode(u)), percent_decode(p)),
-        None => (None, String::new()),
-    };
-    let connector = match scheme.as_str() {
-        "http" | "https" => {
-            let mut tunnel = Tunnel::new(target("http")?, tcp(connect_timeout));
-            if let Some(user) = user {
-                let basic = format!(
-                    "Basic {}",
-                    base64_encode(format!("{user}:{password}").as_bytes())
-                );
-                let value = http::HeaderValue::from_str(&basic)
-                    .map_err(|_| ProxyError::Invalid(proxy_url.to_string()))?;
+/// A client whose connections go through `proxy`.
+pub fn client_via(proxy: &ProxyUrl, connect_timeout: Duration) -> HttpClient {
+    let target = format!("http://{}", proxy.host_port)
+        .parse::<Uri>()
+        .expect("a parsed authority makes a URI");
+    let connector = if proxy.scheme == "http" {
+        let mut tunnel = Tunnel::new(target, tcp(connect_timeout));
+        if let Some(user) = &proxy.user {
+            let basic = format!(
+                "Basic {}",
+                base64_encode(format!("{user}:{}", proxy.password).as_bytes())
+            );
+            if let Ok(value) = http::HeaderValue::from_str(&basic) {
                 tunnel = tunnel.with_auth(value);
             }
-            Connector::Http(tunnel)
         }
-        "socks5" | "socks5h" => {
-            let mut socks =
-                SocksV5::new(target("http")?, tcp(connect_timeout)).local_dns(scheme == "socks5");
-            if let Some(user) = user {
-                socks = socks.with_auth(user, password);
-            }
-            Connector::Socks(socks)
+        Connector::Http(tunnel)
+    } else {
+        let mut socks =
+            SocksV5::new(target, tcp(connect_timeout)).local_dns(proxy.scheme == "socks5");
+        if let Some(user) = &proxy.user {
+            socks = socks.with_auth(user.clone(), proxy.password.clone());
         }
-        _ => return Err(ProxyError::Scheme),
+        Connector::Socks(socks)
     };
-    Ok(build(connector))
+    build(connector)
 }
 
 fn tcp(connect_timeout: Duration) -> HttpConnector {
@@ -357,15 +423,33 @@ mod tests {
     }
 
     #[test]
-    fn proxy_urls_are_checked() {
-        assert!(client_via("http://127.0.0.1:3128", Duration::from_secs(1)).is_ok());
-        assert!(client_via("socks5h://u:p@127.0.0.1:1080", Duration::from_secs(1)).is_ok());
+    fn proxy_urls_are_checked_and_never_quoted_with_their_password() {
+        assert!(ProxyUrl::parse("http://127.0.0.1:3128").is_ok());
+        let socks = ProxyUrl::parse("socks5h://u:p%40ss@127.0.0.1:1080").unwrap();
+        assert_eq!(socks.masked(), "socks5h://u:••••@127.0.0.1:1080");
+        assert_eq!(format!("{socks:?}"), "socks5h://u:••••@127.0.0.1:1080");
         assert!(matches!(
-            client_via("ftp://127.0.0.1:21", Duration::from_secs(1)),
+            ProxyUrl::parse("ftp://127.0.0.1:21"),
             Err(ProxyError::Scheme)
         ));
-        assert!(client_via("http://127.0.0.1", Duration::from_secs(1)).is_err());
-        assert!(client_via("not a url", Duration::from_secs(1)).is_err());
+        assert!(matches!(
+            ProxyUrl::parse("https://u:secret@proxy.example:443"),
+            Err(ProxyError::Scheme)
+        ));
+        for bad in [
+            "http://user:hunter2@proxy.example",
+            "not a url",
+            "http://user:hunter2@proxy.example:3128/path",
+            "http://:3128",
+        ] {
+            let e = ProxyUrl::parse(bad).unwrap_err().to_string();
+            assert!(!e.contains("hunter2"), "{e}");
+        }
+        assert_eq!(
+            mask_proxy_url("http://user:hunter2@proxy.example"),
+            "http://user:••••@proxy.example"
+        );
+        assert_eq!(mask_proxy_url("socks5://h:1080"), "socks5://h:1080");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod domain;
 pub mod fs;
 pub mod http;
 pub mod keys;
+pub mod net;
 pub mod pricing;
 pub mod ratelimit;
 pub mod serve;

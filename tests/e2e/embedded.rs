@@ -37,7 +37,18 @@ impl Embedded {
 
 /// The all-in-one with extra environment variables.
 pub async fn start_with(extra: &[(&str, String)]) -> Embedded {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap(), extra).await
+}
+
+impl Embedded {
+    /// Stops the process and starts it again on the same data directory.
+    pub async fn restart(self, extra: &[(&str, String)]) -> Embedded {
+        self.process.stop().await;
+        start_in(self._dir, extra).await
+    }
+}
+
+async fn start_in(dir: tempfile::TempDir, extra: &[(&str, String)]) -> Embedded {
     let mut env = vec![
         ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
         ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),

@@ -69,14 +69,19 @@ async fn one_unusable_row_never_stops_the_fleet() {
             .call(
                 "POST",
                 "/accounts",
-                Some(json!({"name": "bad", "type": "claude-api", "base_url": mock.url(),
-                    "credentials": {field: value}})),
+                Some(
+                    json!({"name": "bad", "type": "claude-api", "base_url": mock.url(),
+                    "credentials": {field: value}}),
+                ),
             )
             .await;
         assert_eq!(reply.status, 400, "{}", reply.text());
         let message = reply.json()["error"].to_string();
         assert!(message.contains("credentials.api_key"), "{message}");
-        assert!(!message.contains("pasted") && !message.contains("smart"), "{message}");
+        assert!(
+            !message.contains("pasted") && !message.contains("smart"),
+            "{message}"
+        );
     }
     let good = e
         .admin
@@ -127,7 +132,10 @@ async fn one_unusable_row_never_stops_the_fleet() {
             .clone()
     };
     assert_eq!(row(&good["id"])["publish_error"], Value::Null);
-    let problem = row(&odd["id"])["publish_error"].as_str().unwrap().to_string();
+    let problem = row(&odd["id"])["publish_error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(problem.contains("credentials.api_key"), "{problem}");
     assert!(
         mock.received()
@@ -147,7 +155,11 @@ async fn one_unusable_row_never_stops_the_fleet() {
         .unwrap();
     bump(&mut db).await;
     let refused = until_status(&e, &third, 403).await;
-    assert!(refused.text().contains("client not allowed"), "{}", refused.text());
+    assert!(
+        refused.text().contains("client not allowed"),
+        "{}",
+        refused.text()
+    );
     until_status(&e, &second, 200).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -172,8 +184,10 @@ async fn a_non_ascii_credential_is_masked_by_characters_and_never_logged() {
     let secret = "ключ-к-апи-который-длинный-и-секретный";
     let account = e
         .admin
-        .create_account_with(json!({"name": "cyrillic", "type": "claude-api", "base_url": mock.url(),
-            "credentials": {"api_key": "sk-ant-plain", "note": secret}}))
+        .create_account_with(
+            json!({"name": "cyrillic", "type": "claude-api", "base_url": mock.url(),
+            "credentials": {"api_key": "sk-ant-plain", "note": secret}}),
+        )
         .await;
     assert_eq!(account["credentials"]["note"], "••••тный");
     let listed = e.admin.expect("GET", "/accounts", None, 200).await;
@@ -294,7 +308,13 @@ impl SmallDisk {
     fn mount(dir: &std::path::Path, size: &str) -> Option<SmallDisk> {
         std::fs::create_dir_all(dir).unwrap();
         let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(dir)
             .status();
         match status {
@@ -302,7 +322,9 @@ impl SmallDisk {
                 dir: dir.to_path_buf(),
             }),
             _ if !running_as_root() => {
-                eprintln!("not root: cannot mount a small filesystem; the full-disk test does not run");
+                eprintln!(
+                    "not root: cannot mount a small filesystem; the full-disk test does not run"
+                );
                 None
             }
             other => panic!("mount tmpfs on {}: {other:?}", dir.display()),
@@ -414,13 +436,19 @@ async fn a_full_disk_stops_serving_until_usage_can_be_kept_and_loses_nothing() {
                 assert_eq!(body["type"], "error", "{body}");
                 assert_eq!(body["error"]["type"], "overloaded_error", "{body}");
                 let message = body["error"]["message"].as_str().unwrap();
-                assert!(message.starts_with("usage journal unavailable"), "{message}");
+                assert!(
+                    message.starts_with("usage journal unavailable"),
+                    "{message}"
+                );
                 refused += 1;
                 if refused == 5 {
                     break;
                 }
             }
-            other => panic!("unexpected {other} after {refused} refusals: {}", reply.text()),
+            other => panic!(
+                "unexpected {other} after {refused} refusals: {}",
+                reply.text()
+            ),
         }
     }
     assert_eq!(refused, 5, "a full disk never stopped serving");
@@ -534,7 +562,9 @@ async fn open_many(
 }
 
 /// Runs the futures side by side and collects their outputs in order.
-async fn futures_join_all<F: std::future::Future + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F: std::future::Future + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output>
 where
     F::Output: Send + 'static,
 {
@@ -563,7 +593,9 @@ async fn slow_idle_and_surplus_connections_are_closed_on_both_ports() {
             .await
             .unwrap();
         assert!(
-            closed_within(&mut slow, Duration::from_secs(10)).await.is_some(),
+            closed_within(&mut slow, Duration::from_secs(10))
+                .await
+                .is_some(),
             "{port}: half-sent headers kept the connection open"
         );
         // A kept-alive connection with nothing more to ask: closed when idle.
@@ -577,8 +609,7 @@ async fn slow_idle_and_surplus_connections_are_closed_on_both_ports() {
         assert!(answer.starts_with(b"HTTP/1.1 "), "{port}: {answer:?}");
     }
     // The proxy port holds 16 connections; the rest are refused at once.
-    let (held, refused) =
-        open_many(e.process.addrs["proxy"], 40, Duration::from_millis(500)).await;
+    let (held, refused) = open_many(e.process.addrs["proxy"], 40, Duration::from_millis(500)).await;
     assert!(held.len() <= 16, "{} connections held", held.len());
     assert!(refused.len() >= 24, "{} refused", refused.len());
     for answer in &refused {
@@ -636,8 +667,7 @@ async fn a_connection_flood_under_a_low_file_limit_is_refused_not_stalled() {
     wait_ready(&http, &format!("{proxy}/readyz"), Duration::from_secs(30)).await;
     // Far more connections than descriptors: each is held or refused
     // promptly, none left hanging.
-    let (held, refused) =
-        open_many(process.addrs["proxy"], 400, Duration::from_millis(500)).await;
+    let (held, refused) = open_many(process.addrs["proxy"], 400, Duration::from_millis(500)).await;
     let refused = refused.len();
     assert!(refused > 0, "nothing refused with 256 descriptors");
     assert!(held.len() < 256, "{} held", held.len());
@@ -662,7 +692,11 @@ async fn a_connection_flood_under_a_low_file_limit_is_refused_not_stalled() {
 #[tokio::test]
 async fn bodies_refused_by_their_key_are_never_read() {
     let mock = MockUpstream::start().await;
-    let e = start_with(&[("AIPROXY_MAX_BODY_BYTES_IN_FLIGHT", (64u64 << 20).to_string())]).await;
+    let e = start_with(&[(
+        "AIPROXY_MAX_BODY_BYTES_IN_FLIGHT",
+        (64u64 << 20).to_string(),
+    )])
+    .await;
     e.admin
         .create_account("slow", &mock.url(), "mock-endless")
         .await;
@@ -731,11 +765,17 @@ async fn bodies_refused_by_their_key_are_never_read() {
 async fn a_decompression_bomb_is_refused_without_inflating_it() {
     let mock = MockUpstream::start().await;
     let e = start().await;
-    e.admin.create_account("bomb", &mock.url(), "mock-bomb").await;
+    e.admin
+        .create_account("bomb", &mock.url(), "mock-bomb")
+        .await;
     let key = e.user_key("bombed").await;
     let before = peak_rss_mib(e.process.pid());
     let reply = until_status(&e, &key, 502).await;
-    assert!(reply.text().contains("could not be decoded"), "{}", reply.text());
+    assert!(
+        reply.text().contains("could not be decoded"),
+        "{}",
+        reply.text()
+    );
     let after = peak_rss_mib(e.process.pid());
     assert!(
         after < before + 100,
@@ -817,7 +857,9 @@ async fn a_draining_node_fails_readiness_keeps_accepting_then_cuts_and_bills_the
         "messages": [{"role": "user", "content": "go on"}]});
     let deadline = Instant::now() + Duration::from_secs(10);
     let response = loop {
-        let response = http.stream(&url, &[("x-api-key", &key)], &stream_body).await;
+        let response = http
+            .stream(&url, &[("x-api-key", &key)], &stream_body)
+            .await;
         if response.status() == 200 {
             break response;
         }
@@ -856,13 +898,20 @@ async fn a_draining_node_fails_readiness_keeps_accepting_then_cuts_and_bills_the
             assert!(ready.text().contains("draining"), "{}", ready.text());
             break;
         }
-        assert!(Instant::now() < deadline, "readiness still {}", ready.status);
+        assert!(
+            Instant::now() < deadline,
+            "readiness still {}",
+            ready.status
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let healthz = aiproxy_tests::client::Http::default()
         .send("GET", &format!("{proxy}/healthz"), &[], None)
         .await;
-    assert_eq!(healthz.status, 200, "a new connection during the drain delay");
+    assert_eq!(
+        healthz.status, 200,
+        "a new connection during the drain delay"
+    );
     assert!(terminated.elapsed() < Duration::from_secs(2));
     // The stream is cut once delay and grace are over; the node exits.
     let streamed = tokio::time::timeout(Duration::from_secs(20), reader)
@@ -881,7 +930,318 @@ async fn a_draining_node_fails_readiness_keeps_accepting_then_cuts_and_bills_the
         .wait_for_log(&request_id, Duration::from_secs(5))
         .await;
     assert_eq!(row["error_class"], "shutdown", "{row}");
-    assert_eq!(row["input_tokens"], aiproxy_tests::mock::USAGE.input, "{row}");
+    assert_eq!(
+        row["input_tokens"],
+        aiproxy_tests::mock::USAGE.input,
+        "{row}"
+    );
     cp.stop().await;
     db.drop().await;
+}
+
+/// A login as `name`, as if forwarded for `client` by a trusted proxy.
+async fn login_from(
+    http: &aiproxy_tests::client::Http,
+    admin_url: &str,
+    client: &str,
+    name: &str,
+    password: &str,
+) -> aiproxy_tests::client::Reply {
+    http.send(
+        "POST",
+        &format!("{admin_url}/api/v1/auth/login"),
+        &[("x-forwarded-for", client)],
+        Some(&json!({"username": name, "password": password})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_login_flood_keeps_memory_flat_and_counts_addresses_behind_a_trusted_proxy() {
+    use aiproxy_tests::harness::ADMIN_PASSWORD;
+    let e = start_with(&[
+        ("AIPROXY_TRUSTED_PROXIES", "127.0.0.1".into()),
+        ("AIPROXY_MAX_PASSWORD_CHECKS", "2".into()),
+    ])
+    .await;
+    let admin_url = e.process.url("admin");
+    let before = peak_rss_mib(e.process.pid());
+    // 400 sign-ins at once, random names, from 400 addresses.
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let (http, url) = (e.http.clone(), admin_url.clone());
+        flood.spawn(async move {
+            let client = format!("198.18.{}.{}", i / 250, i % 250 + 1);
+            login_from(
+                &http,
+                &url,
+                &client,
+                &format!("nobody-{i}"),
+                "wrong-password",
+            )
+            .await
+            .status
+        });
+    }
+    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    while let Some(done) = flood.join_next().await {
+        *statuses.entry(done.unwrap()).or_default() += 1;
+    }
+    assert!(
+        statuses.keys().all(|s| matches!(s, 401 | 503)),
+        "{statuses:?}"
+    );
+    assert!(statuses.get(&503).copied().unwrap_or(0) > 0, "{statuses:?}");
+    let after = peak_rss_mib(e.process.pid());
+    assert!(
+        after < before + 150,
+        "peak memory went from {before} MiB to {after} MiB: {statuses:?}"
+    );
+
+    // One address guessing names is held up after 20 wrong passwords,
+    // before any hashing.
+    let mut refused_at = None;
+    for i in 0..25 {
+        let reply = login_from(
+            &e.http,
+            &admin_url,
+            "203.0.113.50",
+            &format!("guess-{i}"),
+            "x",
+        )
+        .await;
+        if reply.status == 429 {
+            assert!(reply.headers.contains_key("retry-after"));
+            refused_at = Some(i);
+            break;
+        }
+        assert_eq!(reply.status, 401, "{}", reply.text());
+    }
+    assert_eq!(refused_at, Some(20));
+    // Another client behind the same proxy is not.
+    let ok = login_from(&e.http, &admin_url, "198.51.100.1", "admin", ADMIN_PASSWORD).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn one_account_has_one_lockout_however_its_name_is_spelled() {
+    use crate::split::{TestDatabase, controlplane};
+    use aiproxy_tests::harness::ADMIN_PASSWORD;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new(dir.path(), "names").await;
+    let cp = controlplane(&db.url, dir.path(), "127.0.0.1:0", &[]).await;
+    let http = aiproxy_tests::client::Http::default();
+    let url = format!("{}/api/v1/auth/login", cp.url("admin"));
+    let login = |name: &'static str, password: &'static str| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            http.send(
+                "POST",
+                &url,
+                &[],
+                Some(&json!({"username": name, "password": password})),
+            )
+            .await
+        }
+    };
+    // Any spelling of the name signs in to the one account.
+    for name in ["admin", "ADMIN    ", " Admin"] {
+        let reply = login(name, ADMIN_PASSWORD).await;
+        assert_eq!(reply.status, 200, "{name:?}: {}", reply.text());
+        assert_eq!(reply.json()["user"]["username"], "admin");
+    }
+    // Five wrong guesses, each spelled differently, lock the account for
+    // this address, whatever the next spelling.
+    for name in ["admin", "ADMIN", "Admin", "admin  ", "aDmIn"] {
+        assert_eq!(login(name, "wrong-password").await.status, 401, "{name:?}");
+    }
+    for name in ["ADMIN    ", "admin"] {
+        let reply = login(name, ADMIN_PASSWORD).await;
+        assert_eq!(reply.status, 429, "{name:?}: {}", reply.text());
+    }
+    cp.stop().await;
+    db.drop().await;
+}
+
+#[tokio::test]
+async fn proxy_passwords_are_sealed_masked_and_checked_like_the_relay_checks_them() {
+    let mock = MockUpstream::start().await;
+    let e = start().await;
+    let secret_proxy = "http://relay-user:hunter2-proxy-pass@127.0.0.1:3128";
+    for (url, why) in [
+        (
+            "http://relay-user:hunter2-proxy-pass@127.0.0.1",
+            "a port is required",
+        ),
+        (
+            "https://relay-user:hunter2-proxy-pass@127.0.0.1:443",
+            "proxy scheme",
+        ),
+        (
+            "http://relay-user:hunter2-proxy-pass@127.0.0.1:3128/path",
+            "no path",
+        ),
+    ] {
+        let reply = e
+            .admin
+            .call(
+                "POST",
+                "/accounts",
+                Some(
+                    json!({"name": "p", "type": "claude-api", "base_url": mock.url(),
+                    "proxy_url": url, "credentials": {"api_key": "sk-ant-1"}}),
+                ),
+            )
+            .await;
+        assert_eq!(reply.status, 400, "{url}: {}", reply.text());
+        assert!(reply.text().contains(why), "{url}: {}", reply.text());
+        assert!(!reply.text().contains("hunter2"), "{}", reply.text());
+    }
+    let account = e
+        .admin
+        .create_account_with(
+            json!({"name": "proxied", "type": "claude-api", "base_url": mock.url(),
+            "proxy_url": secret_proxy, "credentials": {"api_key": "sk-ant-1"}}),
+        )
+        .await;
+    assert_eq!(
+        account["proxy_url"],
+        "http://relay-user:••••@127.0.0.1:3128"
+    );
+    let id = account["id"].as_i64().unwrap();
+    e.admin
+        .expect(
+            "PATCH",
+            &format!("/accounts/{id}"),
+            Some(json!({"proxy_url": secret_proxy.replace("3128", "3129")})),
+            200,
+        )
+        .await;
+    let listed = e.admin.expect("GET", "/accounts", None, 200).await;
+    let audit = e.admin.expect("GET", "/audit-logs", None, 200).await;
+    for (what, text) in [
+        ("accounts", listed.to_string()),
+        ("audit", audit.to_string()),
+    ] {
+        assert!(!text.contains("hunter2"), "{what}: {text}");
+    }
+    assert!(audit.to_string().contains("relay-user:••••@"), "{audit}");
+    let mut db = database(&e).await;
+    let stored: String = sqlx::query_scalar("SELECT proxy_url FROM accounts WHERE id = ?")
+        .bind(id)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert!(stored.starts_with("v1:"), "stored in clear: {stored}");
+
+    // A URL an earlier version stored in clear, and wrote to the audit
+    // log, is sealed and masked at the next start.
+    sqlx::query("UPDATE accounts SET proxy_url = ? WHERE id = ?")
+        .bind(secret_proxy)
+        .bind(id)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_logs SET detail = ? WHERE id = (SELECT MIN(id) FROM audit_logs)")
+        .bind(json!({"proxy_url": secret_proxy}).to_string())
+        .execute(&mut db)
+        .await
+        .unwrap();
+    drop(db);
+    let e = e.restart(&[]).await;
+    let mut db = database(&e).await;
+    let stored: String = sqlx::query_scalar("SELECT proxy_url FROM accounts WHERE id = ?")
+        .bind(id)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert!(stored.starts_with("v1:"), "still in clear: {stored}");
+    let details: Vec<Option<String>> = sqlx::query_scalar("SELECT detail FROM audit_logs")
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    assert!(
+        details.iter().flatten().all(|d| !d.contains("hunter2")),
+        "{details:?}"
+    );
+    let account = e
+        .admin
+        .expect("GET", &format!("/accounts/{id}"), None, 200)
+        .await;
+    assert_eq!(
+        account["proxy_url"],
+        "http://relay-user:••••@127.0.0.1:3128"
+    );
+    assert!(!e.process.log_text().contains("hunter2"));
+    e.process.stop().await;
+}
+
+#[tokio::test]
+async fn users_keep_out_of_operator_business() {
+    let mock = MockUpstream::start().await;
+    let e = start().await;
+    e.admin.create_account("one", &mock.url(), "sk-ant-1").await;
+    let user = e.admin.create_user("customer").await;
+    let user_id = user["id"].as_i64().unwrap();
+    let (key_id, key) = e.admin.create_key(user_id, "theirs").await;
+    let served = until_status(&e, &key, 200).await;
+    let request_id = served.headers["x-request-id"].to_str().unwrap().to_string();
+    e.admin
+        .wait_for_log(&request_id, Duration::from_secs(10))
+        .await;
+    let customer = Admin::login(
+        &e.http,
+        &e.process.url("admin"),
+        "customer",
+        "user-password-1",
+    )
+    .await;
+
+    // What they pay, and nothing about the pool.
+    let logs = customer.expect("GET", "/request-logs", None, 200).await;
+    let row = &logs["items"][0];
+    assert_eq!(row["request_id"], request_id.as_str());
+    assert!(row["cost"].is_string());
+    for hidden in ["upstream_cost", "account_id", "node_id"] {
+        assert!(row.get(hidden).is_none(), "{hidden} shown: {row}");
+    }
+    let usage = customer
+        .expect("GET", "/usage?group_by=model", None, 200)
+        .await;
+    assert!(usage["items"][0].get("upstream_cost").is_none(), "{usage}");
+    let csv = customer.call("GET", "/request-logs/export", None).await;
+    let header = csv.text().lines().next().unwrap().to_string();
+    assert!(
+        !header.contains("upstream_cost") && !header.contains("node_id"),
+        "{header}"
+    );
+    // The operator still sees everything.
+    let theirs = e.admin.expect("GET", "/request-logs", None, 200).await;
+    assert!(theirs["items"][0]["upstream_cost"].is_string());
+
+    // An administrator's disable holds against the owner.
+    let path = format!("/api-keys/{key_id}");
+    e.admin
+        .expect("PATCH", &path, Some(json!({"status": "disabled"})), 200)
+        .await;
+    let refused = customer
+        .call("PATCH", &path, Some(json!({"status": "active"})))
+        .await;
+    assert_eq!(refused.status, 403, "{}", refused.text());
+    until_status(&e, &key, 401).await;
+    let listed = customer.expect("GET", "/api-keys", None, 200).await;
+    assert_eq!(listed["items"][0]["disabled_by_admin"], true);
+    e.admin
+        .expect("PATCH", &path, Some(json!({"status": "active"})), 200)
+        .await;
+    // The owner's own disable is theirs to lift.
+    customer
+        .expect("PATCH", &path, Some(json!({"status": "disabled"})), 200)
+        .await;
+    customer
+        .expect("PATCH", &path, Some(json!({"status": "active"})), 200)
+        .await;
+    until_status(&e, &key, 200).await;
+    e.process.stop().await;
 }

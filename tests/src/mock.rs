@@ -644,8 +644,7 @@ fn gzip_bomb() -> Response<MockBody> {
     static BOMB: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
     let body = BOMB.get_or_init(|| {
         use std::io::Write;
-        let mut enc =
-            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         let zeros = vec![0u8; 1 << 20];
         for _ in 0..256 {
             enc.write_all(&zeros).expect("in memory");

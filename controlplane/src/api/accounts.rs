@@ -2,6 +2,7 @@
 use std::collections::BTreeMap;
 
 use aiproxy_shared::domain::AccountKind;
+use aiproxy_shared::http::{ProxyUrl, mask_proxy_url};
 use aiproxy_shared::state::MarkKind;
 use axum::Json;
 use axum::extract::State;
@@ -123,6 +124,19 @@ fn mask(creds: &Credentials) -> Value {
     json!(masked)
 }
 
+/// Checks a proxy URL with the parser the relay uses, and seals it: it may
+/// carry a password.
+fn seal_proxy(state: &ApiState, url: &str) -> ApiResult<String> {
+    let url = url.trim();
+    if url.len() > 512 {
+        return Err(ApiError::BadRequest(
+            "proxy_url must be at most 512 characters".into(),
+        ));
+    }
+    ProxyUrl::parse(url).map_err(|e| ApiError::BadRequest(format!("proxy_url: {e}")))?;
+    Ok(state.sealer.seal(url.as_bytes()))
+}
+
 fn open(state: &ApiState, account: &Account) -> ApiResult<Credentials> {
     let plain = state
         .sealer
@@ -133,17 +147,26 @@ fn open(state: &ApiState, account: &Account) -> ApiResult<Credentials> {
 
 fn view(state: &ApiState, account: &Account) -> ApiResult<Value> {
     let mut body = serde_json::to_value(account).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let (credentials, problem) = match open(state, account) {
-        Ok(creds) => (
+    let proxy = account
+        .proxy_sealed
+        .as_deref()
+        .map(|p| state.sealer.open_text(p))
+        .transpose();
+    let (credentials, problem) = match (open(state, account), &proxy) {
+        (Ok(creds), Ok(proxy)) => (
             mask(&creds),
-            aiproxy_shared::domain::credentials_problem(&creds),
+            aiproxy_shared::domain::account_problem(&creds, proxy.as_deref()),
         ),
-        Err(_) => (
-            json!({ "error": "unreadable with the current secret key" }),
-            Some("credentials are unreadable with the current secret key".into()),
+        (creds, _) => (
+            creds.map_or_else(
+                |_| json!({ "error": "unreadable with the current secret key" }),
+                |c| mask(&c),
+            ),
+            Some("credentials or proxy are unreadable with the current secret key".into()),
         ),
     };
     body["credentials"] = credentials;
+    body["proxy_url"] = json!(proxy.ok().flatten().map(|p| mask_proxy_url(&p)));
     // Why data planes are not sent this account, if they are not.
     body["publish_error"] = json!(problem);
     Ok(body)
@@ -203,11 +226,11 @@ pub async fn create(
         ));
     }
     check_url("base_url", &req.base_url, &["http", "https"])?;
-    check_url(
-        "proxy_url",
-        &req.proxy_url,
-        &["http", "https", "socks5", "socks5h"],
-    )?;
+    let proxy_sealed = req
+        .proxy_url
+        .as_deref()
+        .map(|url| seal_proxy(&state, url))
+        .transpose()?;
     check_weight(req.weight)?;
     let mut credentials = req.credentials;
     check_credentials(kind, &credentials)?;
@@ -219,7 +242,7 @@ pub async fn create(
             kind: kind.as_str().to_string(),
             credentials_sealed: seal(&state, &credentials),
             base_url: req.base_url.map(|u| u.trim_end_matches('/').to_string()),
-            proxy_url: req.proxy_url,
+            proxy_sealed,
             priority: req.priority,
             max_concurrency: req.max_concurrency.max(0),
             weight: req.weight,
@@ -249,13 +272,11 @@ pub async fn update(
     if let Some(Some(url)) = &req.base_url {
         check_url("base_url", &Some(url.clone()), &["http", "https"])?;
     }
-    if let Some(Some(url)) = &req.proxy_url {
-        check_url(
-            "proxy_url",
-            &Some(url.clone()),
-            &["http", "https", "socks5", "socks5h"],
-        )?;
-    }
+    let proxy_sealed = match &req.proxy_url {
+        Some(Some(url)) => Some(Some(seal_proxy(&state, url)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
     if let Some(weight) = req.weight {
         check_weight(weight)?;
     }
@@ -299,7 +320,7 @@ pub async fn update(
         base_url: req
             .base_url
             .map(|u| u.map(|u| u.trim_end_matches('/').to_string())),
-        proxy_url: req.proxy_url,
+        proxy_sealed,
         priority: req.priority,
         max_concurrency: req.max_concurrency.map(|c| c.max(0)),
         weight: req.weight,

@@ -138,11 +138,11 @@ async fn apply_user(
             // each time would change the row on every apply).
             if let Some(password) = user.get("password").and_then(Value::as_str) {
                 let (password, hash) = (password.to_string(), current.password_hash.clone());
-                let same = tokio::task::spawn_blocking(move || {
-                    crate::crypto::verify_password(&password, &hash)
-                })
-                .await
-                .map_err(|e| fail(ApiError::Internal(e.to_string())))?;
+                let same = state
+                    .login_gate
+                    .run(move || crate::crypto::verify_password(&password, &hash))
+                    .await
+                    .map_err(fail)?;
                 if same {
                     user.remove("password");
                 }

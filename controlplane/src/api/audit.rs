@@ -132,11 +132,17 @@ fn is_secret(field: &str) -> bool {
             .any(|suffix| field.ends_with(suffix))
 }
 
-fn mask(v: &mut Value) {
+/// Masks secrets in a JSON detail in place: named secret fields, and the
+/// password inside any proxy URL.
+pub(crate) fn mask(v: &mut Value) {
     match v {
         Value::Object(map) => {
             for (k, field) in map.iter_mut() {
-                if is_secret(k) {
+                if k.to_ascii_lowercase().ends_with("proxy_url")
+                    && let Value::String(url) = field
+                {
+                    *url = aiproxy_shared::http::mask_proxy_url(url);
+                } else if is_secret(k) {
                     *field = match field {
                         Value::Object(inner) => Value::Object(
                             inner.keys().map(|k| (k.clone(), json!("••••"))).collect(),
@@ -203,5 +209,8 @@ mod tests {
         );
         assert_eq!(v["priority"], 3);
         assert_eq!(masked(b""), None);
+        let proxied = masked(br#"{"proxy_url":"socks5://me:hunter5@p.example:1080"}"#).unwrap();
+        assert!(!proxied.contains("hunter5"), "{proxied}");
+        assert!(proxied.contains("socks5://me:"), "{proxied}");
     }
 }

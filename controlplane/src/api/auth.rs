@@ -6,7 +6,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, ApiResult, ApiState, JsonBody};
-use crate::crypto::verify_password;
 use crate::store::User;
 
 /// The authenticated caller of an admin-API route.
@@ -132,11 +131,15 @@ fn dummy_hash() -> String {
         .clone()
 }
 
-/// The caller's address, when the call came over the network.
-pub(super) type Peer = Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>;
+/// The client's address as the admin port reckoned it (behind a trusted
+/// proxy, the one `X-Forwarded-For` names), when the call came over the network.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+pub(super) type Peer = Option<axum::Extension<ClientIp>>;
 
 fn peer_ip(peer: &Peer) -> Option<std::net::IpAddr> {
-    peer.as_ref().map(|p| p.0.0.ip())
+    peer.as_ref().map(|p| p.0.0)
 }
 
 pub async fn login(
@@ -149,13 +152,10 @@ pub async fn login(
         return Err(ApiError::Throttled(wait));
     }
     let user = state.store.find_user_by_name(&req.username).await?;
-    let hash = user.as_ref().map(|u| u.password_hash.clone());
-    let password = req.password;
-    let valid = tokio::task::spawn_blocking(move || {
-        verify_password(&password, &hash.unwrap_or_else(dummy_hash))
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let hash = user
+        .as_ref()
+        .map_or_else(dummy_hash, |u| u.password_hash.clone());
+    let valid = state.login_gate.verify(from, req.password, hash).await?;
     let user = match user {
         Some(u) if valid => u,
         _ => {
@@ -218,10 +218,10 @@ pub async fn change_password(
     }
     super::users::check_password(&req.new_password)?;
     let hash = auth.user.password_hash.clone();
-    let current = req.current_password;
-    let valid = tokio::task::spawn_blocking(move || verify_password(&current, &hash))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let valid = state
+        .login_gate
+        .verify(from, req.current_password, hash)
+        .await?;
     if !valid {
         state.password_throttle.failed(&auth.user.username, from);
         return Err(ApiError::BadRequest(
@@ -230,7 +230,7 @@ pub async fn change_password(
     }
     state.password_throttle.succeeded(&auth.user.username, from);
     let patch = crate::store::UserPatch {
-        password_hash: Some(super::users::hash(req.new_password).await?),
+        password_hash: Some(super::users::hash(&state, req.new_password).await?),
         ..Default::default()
     };
     let user = state.store.update_user(auth.user.id, &patch).await?;

@@ -224,7 +224,18 @@ pub async fn update(
     PathId(id): PathId,
     JsonBody(req): JsonBody<UpdateKey>,
 ) -> ApiResult<Json<ApiKey>> {
-    visible_key(&state, &auth, id).await?;
+    let current = visible_key(&state, &auth, id).await?;
+    // An administrator's disable holds until an administrator lifts it.
+    let enabling = req.status.as_deref() == Some("active");
+    if enabling && !auth.is_admin() && current.disabled_by_admin {
+        return Err(ApiError::Forbidden(
+            "this key was disabled by an administrator; only an administrator can enable it",
+        ));
+    }
+    let disabled_by_admin = match req.status.as_deref() {
+        Some(status) if auth.is_admin() => Some(status == "disabled"),
+        _ => None,
+    };
     if let Some(name) = &req.name {
         check_name(name)?;
     }
@@ -256,6 +267,8 @@ pub async fn update(
     let patch = ApiKeyPatch {
         name: req.name.map(|n| n.trim().to_string()),
         status: req.status,
+        disabled_by_admin,
+        by_owner: enabling && !auth.is_admin(),
         billing_type: req.billing_type,
         cost_limit: req
             .cost_limit

@@ -32,9 +32,28 @@ pub async fn list(
 ) -> ApiResult<Json<Value>> {
     let filter = filter(&auth, q);
     let (items, total) = state.store.list_request_logs(&filter).await?;
+    let mut items = json!(items);
+    if !auth.is_admin() {
+        hide_the_pool(&mut items);
+    }
     Ok(Json(
         json!({ "items": items, "total": total, "page": filter.page, "page_size": filter.page_size }),
     ))
+}
+
+/// What a user's own logs and usage never show: what the operator paid,
+/// and which account and node served them.
+const OPERATOR_FIELDS: [&str; 3] = ["upstream_cost", "account_id", "node_id"];
+
+/// Removes the operator's fields from every row of `rows`.
+pub(super) fn hide_the_pool(rows: &mut Value) {
+    if let Value::Array(rows) = rows {
+        for row in rows.iter_mut().filter_map(Value::as_object_mut) {
+            for field in OPERATOR_FIELDS {
+                row.remove(field);
+            }
+        }
+    }
 }
 
 /// The filter a caller may use: users see only their own requests, whatever they ask for.
@@ -61,13 +80,43 @@ pub async fn export(
     auth: AuthUser,
     QueryParams(q): QueryParams<LogQuery>,
 ) -> ApiResult<Response> {
+    let admin = auth.is_admin();
     let mut filter = filter(&auth, q);
     filter.page_size = 500;
-    let mut csv = String::from(
-        "request_id,created_at,user_id,api_key_id,account_id,node_id,model,platform,endpoint,status_code,\
-         input_tokens,output_tokens,cache_creation_tokens,cache_creation_1h_tokens,cache_read_tokens,total_tokens,\
-         upstream_cost,cost,price_version,duration_ms,ttfb_ms,stream,error_class,usage_source\n",
-    );
+    const COLUMNS: [&str; 24] = [
+        "request_id",
+        "created_at",
+        "user_id",
+        "api_key_id",
+        "account_id",
+        "node_id",
+        "model",
+        "platform",
+        "endpoint",
+        "status_code",
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_tokens",
+        "cache_creation_1h_tokens",
+        "cache_read_tokens",
+        "total_tokens",
+        "upstream_cost",
+        "cost",
+        "price_version",
+        "duration_ms",
+        "ttfb_ms",
+        "stream",
+        "error_class",
+        "usage_source",
+    ];
+    let shown = |column: &str| admin || !OPERATOR_FIELDS.contains(&column);
+    let mut csv: String = COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| shown(c))
+        .collect::<Vec<_>>()
+        .join(",");
+    csv.push('\n');
     let mut rows = 0u32;
     for page in 1.. {
         filter.page = page;
@@ -102,7 +151,12 @@ pub async fn export(
                 r.error_class.clone(),
                 r.usage_source.clone(),
             ];
-            let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+            let line: Vec<String> = COLUMNS
+                .iter()
+                .zip(fields.iter())
+                .filter(|(column, _)| shown(column))
+                .map(|(_, f)| csv_field(f))
+                .collect();
             csv.push_str(&line.join(","));
             csv.push('\n');
         }

@@ -34,6 +34,10 @@ pub async fn totals(
         0 => "UTC".to_string(),
         _ => state.billing_tz.to_string(),
     };
+    let mut items = json!(items);
+    if !auth.is_admin() {
+        super::logs::hide_the_pool(&mut items);
+    }
     Ok(Json(
         json!({ "group_by": group_name, "billing_timezone": zone, "items": items }),
     ))

@@ -71,10 +71,11 @@ pub(super) fn check_password(password: &str) -> ApiResult<()> {
     Ok(())
 }
 
-pub(super) async fn hash(password: String) -> ApiResult<String> {
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+pub(super) async fn hash(state: &ApiState, password: String) -> ApiResult<String> {
+    state
+        .login_gate
+        .run(move || hash_password(&password))
+        .await?
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
@@ -104,9 +105,9 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<User>)> {
     auth.require_admin()?;
     let username = req.username.trim().to_string();
-    if username.is_empty() || username.len() > 64 {
+    if username.is_empty() || username.len() > 64 || username.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(
-            "username must be 1 to 64 characters".into(),
+            "username must be 1 to 64 characters, none of them control characters".into(),
         ));
     }
     check_role(&req.role)?;
@@ -121,7 +122,7 @@ pub async fn create(
         .store
         .create_user(&NewUser {
             username,
-            password_hash: hash(req.password).await?,
+            password_hash: hash(&state, req.password).await?,
             role: req.role,
             price_rate,
             email: req.email,
@@ -151,7 +152,7 @@ pub async fn update(
     let password_hash = match req.password {
         Some(p) => {
             check_password(&p)?;
-            Some(hash(p).await?)
+            Some(hash(&state, p).await?)
         }
         None => None,
     };

@@ -18,7 +18,9 @@ pub struct Account {
     #[serde(skip)]
     pub credentials_sealed: String,
     pub base_url: Option<String>,
-    pub proxy_url: Option<String>,
+    /// The outbound proxy URL, sealed like credentials (it may hold a password).
+    #[serde(skip)]
+    pub proxy_sealed: Option<String>,
     pub priority: i32,
     pub max_concurrency: i32,
     /// Share of picks among accounts of equal priority when weights differ.
@@ -56,7 +58,7 @@ impl_from_row!(Account, |r| {
         status: r.try_get("status")?,
         credentials_sealed: r.try_get("credentials")?,
         base_url: r.try_get("base_url")?,
-        proxy_url: r.try_get("proxy_url")?,
+        proxy_sealed: r.try_get("proxy_url")?,
         priority: r.try_get("priority")?,
         max_concurrency: r.try_get("max_concurrency")?,
         weight: r.try_get("weight")?,
@@ -87,7 +89,7 @@ pub struct NewAccount {
     pub kind: String,
     pub credentials_sealed: String,
     pub base_url: Option<String>,
-    pub proxy_url: Option<String>,
+    pub proxy_sealed: Option<String>,
     pub priority: i32,
     pub max_concurrency: i32,
     pub weight: i32,
@@ -103,7 +105,7 @@ pub struct AccountPatch {
     pub status: Option<String>,
     pub credentials_sealed: Option<String>,
     pub base_url: Option<Option<String>>,
-    pub proxy_url: Option<Option<String>>,
+    pub proxy_sealed: Option<Option<String>>,
     pub priority: Option<i32>,
     pub max_concurrency: Option<i32>,
     pub weight: Option<i32>,
@@ -127,6 +129,19 @@ macro_rules! select_accounts {
 }
 
 impl Store {
+    /// Replaces an account's stored proxy URL (to seal one kept in clear
+    /// text by an earlier version); the snapshot does not change.
+    pub async fn reseal_account_proxy(&self, id: i64, sealed: &str) -> StoreResult<()> {
+        with_pool!(self, p => {
+            sqlx::query("UPDATE accounts SET proxy_url = ? WHERE id = ?")
+                .bind(sealed)
+                .bind(id)
+                .execute(p)
+                .await?;
+        });
+        Ok(())
+    }
+
     pub async fn create_account(&self, new: &NewAccount) -> StoreResult<Account> {
         let now = Utc::now();
         let id = with_pool!(self, p => {
@@ -140,7 +155,7 @@ impl Store {
             .bind(new.enabled)
             .bind(&new.credentials_sealed)
             .bind(&new.base_url)
-            .bind(&new.proxy_url)
+            .bind(&new.proxy_sealed)
             .bind(new.priority)
             .bind(new.max_concurrency)
             .bind(new.weight)
@@ -195,7 +210,7 @@ impl Store {
             .bind(patch.status.as_ref().unwrap_or(&cur.status))
             .bind(patch.credentials_sealed.as_ref().unwrap_or(&cur.credentials_sealed))
             .bind(patch.base_url.clone().unwrap_or(cur.base_url.clone()))
-            .bind(patch.proxy_url.clone().unwrap_or(cur.proxy_url.clone()))
+            .bind(patch.proxy_sealed.clone().unwrap_or(cur.proxy_sealed.clone()))
             .bind(patch.priority.unwrap_or(cur.priority))
             .bind(patch.max_concurrency.unwrap_or(cur.max_concurrency))
             .bind(patch.weight.unwrap_or(cur.weight))

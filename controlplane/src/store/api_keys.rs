@@ -16,6 +16,8 @@ pub struct ApiKey {
     pub key_prefix: String,
     pub billing_type: String,
     pub status: String,
+    /// Disabled by an administrator: only an administrator enables it again.
+    pub disabled_by_admin: bool,
     pub request_count: i64,
     pub cost_used: Decimal,
     pub cost_limit: Option<Decimal>,
@@ -41,6 +43,7 @@ impl_from_row!(ApiKey, |r| {
         key_prefix: r.try_get("key_prefix")?,
         billing_type: r.try_get("billing_type")?,
         status: r.try_get("status")?,
+        disabled_by_admin: r.try_get("disabled_by_admin")?,
         request_count: r.try_get("request_count")?,
         cost_used: r.try_get::<Usd, _>("cost_used")?.0,
         cost_limit: r.try_get::<Option<Usd>, _>("cost_limit")?.map(|u| u.0),
@@ -76,6 +79,10 @@ pub struct NewApiKey {
 pub struct ApiKeyPatch {
     pub name: Option<String>,
     pub status: Option<String>,
+    pub disabled_by_admin: Option<bool>,
+    /// The change is a user's: it must not enable a key an administrator
+    /// disabled, even if one did so a moment ago.
+    pub by_owner: bool,
     pub billing_type: Option<String>,
     pub cost_limit: Option<Option<Decimal>>,
     pub rate_limit: Option<i32>,
@@ -89,7 +96,7 @@ pub struct ApiKeyPatch {
 macro_rules! select_keys {
     ($tail:literal) => {
         concat!(
-            "SELECT id, user_id, name, key_hash, key_prefix, billing_type, status, request_count, cost_used, cost_limit, \
+            "SELECT id, user_id, name, key_hash, key_prefix, billing_type, status, disabled_by_admin, request_count, cost_used, cost_limit, \
              rate_limit, allowed_models, max_concurrency, client_filter, allowed_clients, expires_at, last_used_at, created_at, updated_at FROM api_keys",
             $tail
         )
@@ -161,12 +168,14 @@ impl Store {
         let now = Utc::now();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
-            sqlx::query(
-                "UPDATE api_keys SET name = ?, status = ?, billing_type = ?, cost_limit = ?, rate_limit = ?, allowed_models = ?, \
-                 max_concurrency = ?, client_filter = ?, allowed_clients = ?, expires_at = ?, updated_at = ? WHERE id = ?",
+            let done = sqlx::query(
+                "UPDATE api_keys SET name = ?, status = ?, disabled_by_admin = ?, billing_type = ?, cost_limit = ?, rate_limit = ?, allowed_models = ?, \
+                 max_concurrency = ?, client_filter = ?, allowed_clients = ?, expires_at = ?, updated_at = ? \
+                 WHERE id = ? AND (? = 0 OR disabled_by_admin = 0)",
             )
             .bind(patch.name.as_ref().unwrap_or(&cur.name))
             .bind(patch.status.as_ref().unwrap_or(&cur.status))
+            .bind(patch.disabled_by_admin.unwrap_or(cur.disabled_by_admin))
             .bind(patch.billing_type.as_ref().unwrap_or(&cur.billing_type))
             .bind(patch.cost_limit.unwrap_or(cur.cost_limit).map(Usd))
             .bind(patch.rate_limit.unwrap_or(cur.rate_limit))
@@ -177,8 +186,14 @@ impl Store {
             .bind(patch.expires_at.unwrap_or(cur.expires_at))
             .bind(now)
             .bind(id)
+            .bind(patch.by_owner)
             .execute(&mut *tx)
             .await?;
+            if done.rows_affected() == 0 {
+                return Err(StoreError::Conflict(
+                    "the key was disabled by an administrator meanwhile".into(),
+                ));
+            }
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
         });

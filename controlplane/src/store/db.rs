@@ -188,6 +188,11 @@ const MYSQL_MIGRATIONS: &[EmbeddedMigration] = &[
         "sessions",
         include_str!("../../../migrations/mysql/0005_sessions.sql"),
     ),
+    (
+        6,
+        "hardening",
+        include_str!("../../../migrations/mysql/0006_hardening.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
     (
@@ -214,6 +219,11 @@ const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
         5,
         "sessions",
         include_str!("../../../migrations/sqlite/0005_sessions.sql"),
+    ),
+    (
+        6,
+        "hardening",
+        include_str!("../../../migrations/sqlite/0006_hardening.sql"),
     ),
 ];
 

@@ -123,6 +123,27 @@ impl Store {
         })
     }
 
+    /// Audit details that mention `needle`, to rewrite them.
+    pub async fn audit_details_containing(&self, needle: &str) -> StoreResult<Vec<(i64, String)>> {
+        with_pool!(self, p => Ok(sqlx::query_as(
+            "SELECT id, detail FROM audit_logs WHERE detail LIKE ? ORDER BY id",
+        )
+        .bind(format!("%{needle}%"))
+        .fetch_all(p)
+        .await?))
+    }
+
+    pub async fn set_audit_detail(&self, id: i64, detail: &str) -> StoreResult<()> {
+        with_pool!(self, p => {
+            sqlx::query("UPDATE audit_logs SET detail = ? WHERE id = ?")
+                .bind(detail)
+                .bind(id)
+                .execute(p)
+                .await?;
+        });
+        Ok(())
+    }
+
     pub async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
         let mut sql = String::from(
             "SELECT id, actor_id, actor, action, target, status, detail, created_at FROM audit_logs WHERE 1 = 1",

@@ -126,7 +126,7 @@ async fn account(store: &Store) -> Account {
             kind: "claude-api".into(),
             credentials_sealed: "sealed".into(),
             base_url: Some("http://127.0.0.1:1".into()),
-            proxy_url: None,
+            proxy_sealed: None,
             priority: 10,
             max_concurrency: 3,
             weight: 1,
@@ -376,3 +376,86 @@ on_every_backend!(migrations_are_rerunnable, |store| {
 
 mod billing;
 mod operations;
+
+on_every_backend!(user_names_match_one_normalised_form_everywhere, |store| {
+    let alice = user(store, "Alice").await;
+    for spelling in ["Alice", "alice", "ALICE", "  alice\t", "alice   "] {
+        let found = store.find_user_by_name(spelling).await.unwrap();
+        assert_eq!(found.map(|u| u.id), Some(alice.id), "{spelling:?}");
+    }
+    // Trailing spaces and case make no second account, on either database.
+    for twin in ["alice", "ALICE  "] {
+        let again = store
+            .create_user(&NewUser {
+                username: twin.into(),
+                password_hash: "h".into(),
+                role: "user".into(),
+                price_rate: dec("1"),
+                email: None,
+                max_concurrency: 0,
+            })
+            .await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "{twin:?}");
+    }
+    assert!(store.find_user_by_name("alic").await.unwrap().is_none());
+    // Accents are not folded away: "alicé" is someone else.
+    assert!(store.find_user_by_name("alicé").await.unwrap().is_none());
+});
+
+on_every_backend!(an_owner_cannot_enable_a_key_an_admin_disabled, |store| {
+    let u = user(store, "owner").await;
+    let k = store
+        .create_api_key(&NewApiKey {
+            user_id: u.id,
+            name: "k".into(),
+            key_hash: "ab".repeat(32),
+            key_prefix: "sk-aiproxy-abcd".into(),
+            billing_type: "package".into(),
+            cost_limit: None,
+            rate_limit: 0,
+            allowed_models: vec![],
+            max_concurrency: 0,
+            client_filter: None,
+            allowed_clients: Vec::new(),
+            expires_at: None,
+        })
+        .await
+        .unwrap();
+    let disabled = store
+        .update_api_key(
+            k.id,
+            &ApiKeyPatch {
+                status: Some("disabled".into()),
+                disabled_by_admin: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(disabled.disabled_by_admin);
+    let attempt = store
+        .update_api_key(
+            k.id,
+            &ApiKeyPatch {
+                status: Some("active".into()),
+                by_owner: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(attempt, Err(StoreError::Conflict(_))));
+    assert_eq!(store.get_api_key(k.id).await.unwrap().status, "disabled");
+    let enabled = store
+        .update_api_key(
+            k.id,
+            &ApiKeyPatch {
+                status: Some("active".into()),
+                disabled_by_admin: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(enabled.status, "active");
+    assert!(!enabled.disabled_by_admin);
+});

@@ -70,6 +70,12 @@ macro_rules! select_users {
     };
 }
 
+/// The one form a user name is matched by, the same on every database:
+/// trimmed and in lower case.
+pub fn username_key(username: &str) -> String {
+    username.trim().to_lowercase()
+}
+
 impl Store {
     pub async fn count_users(&self) -> StoreResult<i64> {
         with_pool!(self, p => Ok(sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(p).await?))
@@ -80,10 +86,11 @@ impl Store {
         let id = with_pool!(self, p => {
             let mut tx = p.begin().await?;
             let done = sqlx::query(
-                "INSERT INTO users (username, password_hash, role, status, price_rate, email, max_concurrency, created_at, updated_at) \
-                 VALUES (?, ?, ?, 'active', ?, ?, ?, ?, ?)",
+                "INSERT INTO users (username, username_key, password_hash, role, status, price_rate, email, max_concurrency, created_at, updated_at) \
+                 VALUES (?, ?, ?, ?, 'active', ?, ?, ?, ?, ?)",
             )
             .bind(&new.username)
+            .bind(username_key(&new.username))
             .bind(&new.password_hash)
             .bind(&new.role)
             .bind(Usd(new.price_rate))
@@ -109,11 +116,47 @@ impl Store {
             .ok_or(StoreError::NotFound))
     }
 
+    /// The user whose name matches `username` once both are normalised.
     pub async fn find_user_by_name(&self, username: &str) -> StoreResult<Option<User>> {
-        with_pool!(self, p => Ok(sqlx::query_as::<_, User>(select_users!(" WHERE username = ?"))
-            .bind(username)
+        with_pool!(self, p => Ok(sqlx::query_as::<_, User>(select_users!(" WHERE username_key = ?"))
+            .bind(username_key(username))
             .fetch_optional(p)
             .await?))
+    }
+
+    /// Fills in the normalised name of users created before it existed. Two
+    /// names that normalise alike (possible on SQLite before) keep the
+    /// first; the other is reported and signs in by a name with its id.
+    pub async fn backfill_username_keys(&self) -> StoreResult<()> {
+        let missing: Vec<(i64, String)> = with_pool!(self, p => sqlx::query_as(
+            "SELECT id, username FROM users WHERE username_key IS NULL ORDER BY id",
+        )
+        .fetch_all(p)
+        .await?);
+        for (id, name) in missing {
+            let key = username_key(&name);
+            let taken: Option<i64> = with_pool!(self, p => sqlx::query_scalar(
+                "SELECT id FROM users WHERE username_key = ?",
+            )
+            .bind(&key)
+            .fetch_optional(p)
+            .await?);
+            let key = if taken.is_some() {
+                let renamed = format!("{key}#{id}");
+                tracing::warn!(user_id = id, sign_in_as = %renamed, "two user names differ only in case or spaces; this one signs in with its id appended");
+                renamed
+            } else {
+                key
+            };
+            with_pool!(self, p => {
+                sqlx::query("UPDATE users SET username_key = ? WHERE id = ?")
+                    .bind(&key)
+                    .bind(id)
+                    .execute(p)
+                    .await?;
+            });
+        }
+        Ok(())
     }
 
     pub async fn list_users(&self) -> StoreResult<Vec<User>> {

@@ -61,6 +61,8 @@ export interface ApiKey {
   key_prefix: string
   billing_type: BillingType
   status: ActiveStatus
+  /** Disabled by an administrator: only an administrator enables it again. */
+  disabled_by_admin: boolean
   request_count: number
   cost_used: string
   cost_limit: string | null
@@ -215,8 +217,9 @@ export interface RequestLog {
   request_id: string
   user_id: number
   api_key_id: number
-  account_id: number | null
-  node_id: string
+  /** Admins only: a user's own logs never name the account or node. */
+  account_id?: number | null
+  node_id?: string
   model: string
   platform: string
   endpoint: string
@@ -227,7 +230,8 @@ export interface RequestLog {
   cache_creation_1h_tokens: number
   cache_read_tokens: number
   total_tokens: number
-  upstream_cost: string
+  /** Admins only: what the operator paid. */
+  upstream_cost?: string
   cost: string
   price_version: number
   duration_ms: number
@@ -265,7 +269,8 @@ export interface UsageTotals {
   cache_creation_tokens: number
   cache_read_tokens: number
   total_tokens: number
-  upstream_cost: string
+  /** Admins only. */
+  upstream_cost?: string
   cost: string
 }
 

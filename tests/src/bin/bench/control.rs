@@ -47,7 +47,7 @@ async fn seeded(store: &Store) -> (i64, i64, i64) {
             kind: "claude-api".into(),
             credentials_sealed: Sealer::new(SECRET).seal(br#"{"api_key":"k"}"#),
             base_url: None,
-            proxy_url: None,
+            proxy_sealed: None,
             priority: 1,
             max_concurrency: 0,
             weight: 1,
