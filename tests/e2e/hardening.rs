@@ -532,8 +532,21 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> 
     read.ok().map(|_| got)
 }
 
+/// `/healthz`'s status, or 0 when the node does not answer within two
+/// seconds (a stalled accept loop must fail a test, not hang it).
+async fn healthz(http: &aiproxy_tests::client::Http, base: &str) -> u16 {
+    let url = format!("{base}/healthz");
+    let asked = http.try_send("GET", &url, &[], None);
+    match tokio::time::timeout(Duration::from_secs(2), asked).await {
+        Ok(Ok(reply)) => reply.status,
+        _ => 0,
+    }
+}
+
 /// Opens `n` connections at once, then sorts them: refused (the peer
-/// answered and closed within `within`, or would not connect) or held.
+/// answered and closed within `within`, or refused the connection) or
+/// held. A connection that cannot even be opened within two seconds (the
+/// node's accept queue is full: it stalls) fails the test.
 async fn open_many(
     addr: std::net::SocketAddr,
     n: usize,
@@ -541,10 +554,12 @@ async fn open_many(
 ) -> (Vec<tokio::net::TcpStream>, Vec<Vec<u8>>) {
     let mut opened = Vec::new();
     let mut refused = Vec::new();
-    for _ in 0..n {
-        match tokio::net::TcpStream::connect(addr).await {
-            Ok(c) => opened.push(c),
-            Err(_) => refused.push(Vec::new()),
+    for i in 0..n {
+        let connect = tokio::net::TcpStream::connect(addr);
+        match tokio::time::timeout(Duration::from_secs(2), connect).await {
+            Ok(Ok(c)) => opened.push(c),
+            Ok(Err(_)) => refused.push(Vec::new()),
+            Err(_) => panic!("connection {i} stalled: the node stopped accepting"),
         }
     }
     let checks = opened.into_iter().map(|mut c| async move {
@@ -619,14 +634,7 @@ async fn slow_idle_and_surplus_connections_are_closed_on_both_ports() {
     // Once they go idle and are closed, the port serves again.
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while e
-        .http
-        .try_send("GET", &format!("{}/healthz", e.proxy), &[], None)
-        .await
-        .map(|r| r.status)
-        .unwrap_or(0)
-        != 200
-    {
+    while healthz(&e.http, &e.proxy).await != 200 {
         assert!(Instant::now() < deadline, "the proxy port never recovered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -673,13 +681,7 @@ async fn a_connection_flood_under_a_low_file_limit_is_refused_not_stalled() {
     assert!(held.len() < 256, "{} held", held.len());
     drop(held);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while http
-        .try_send("GET", &format!("{proxy}/healthz"), &[], None)
-        .await
-        .map(|r| r.status)
-        .unwrap_or(0)
-        != 200
-    {
+    while healthz(&http, &proxy).await != 200 {
         assert!(Instant::now() < deadline, "the node never recovered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

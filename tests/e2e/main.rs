@@ -15,7 +15,13 @@ mod split;
 
 use std::path::PathBuf;
 
-/// The binary cargo built for these tests.
+/// The binary cargo built for these tests, or the one `AIPROXY_TEST_BIN`
+/// names (to show that a test fails on another build).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_aiproxy"))
+    std::env::var_os("AIPROXY_TEST_BIN")
+        .filter(|p| !p.is_empty())
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_aiproxy")),
+            PathBuf::from,
+        )
 }
