@@ -20,6 +20,8 @@ pub mod scheduler;
 pub mod server;
 pub mod session;
 pub mod snapshot;
+#[cfg(test)]
+mod spelling;
 pub mod spending;
 pub mod tap;
 pub mod usage;

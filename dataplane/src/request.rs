@@ -216,4 +216,135 @@ mod tests {
         assert_eq!(session.source, "claude_code");
         assert_eq!(Some(session), b.session);
     }
+
+    mod spellings {
+        //! Any valid spelling of a request body reads the same: model,
+        //! stream flag, session, and the usage request added to a stream.
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+
+        use super::*;
+        use crate::spelling::{Dice, spell};
+
+        fn text(dice: &mut Dice) -> String {
+            let pieces = [
+                "Hello",
+                " ",
+                "\"quoted\"",
+                "\\",
+                "\n",
+                "世界",
+                "é",
+                "🦀",
+                "/",
+                "{\"model\":\"x\"}",
+            ];
+            // Never blank: a blank prompt opens no session.
+            let mut t = String::from("prompt ");
+            t.extend((0..dice.below(5) + 1).map(|_| *dice.pick(&pieces)));
+            t
+        }
+
+        /// An endpoint and a body for it, as a client of that API sends it.
+        fn request(kind: usize, model: &str, stream: bool, dice: &mut Dice) -> (Endpoint, Value) {
+            let (system, message) = (text(dice), text(dice));
+            match kind {
+                0 => {
+                    let user_id = json!({"device_id": "d1", "account_uuid": "a1",
+                        "session_id": "5d0e7f0a-2d7b-4b0e-9d55-1f0e6a3b9c21"})
+                    .to_string();
+                    (
+                        Endpoint::AnthropicMessages,
+                        json!({"model": model, "max_tokens": 1024, "stream": stream,
+                            "metadata": {"user_id": user_id},
+                            "system": [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}],
+                            "messages": [{"role": "user", "content": [{"type": "text", "text": message}]}]}),
+                    )
+                }
+                1 => (
+                    Endpoint::AnthropicMessages,
+                    json!({"model": model, "max_tokens": 64, "stream": stream, "system": system,
+                        "messages": [{"role": "user", "content": message}]}),
+                ),
+                2 => (
+                    Endpoint::OpenAiChat,
+                    json!({"model": model, "stream": stream, "n": 1,
+                        "messages": [{"role": "system", "content": system}, {"role": "user", "content": message}]}),
+                ),
+                3 => (
+                    Endpoint::OpenAiResponses,
+                    json!({"model": model, "stream": stream, "instructions": system, "store": false,
+                        "input": [{"role": "user", "content": [{"type": "input_text", "text": message}]}]}),
+                ),
+                _ => (
+                    Endpoint::GeminiGenerate {
+                        model: model.to_string(),
+                        stream,
+                    },
+                    json!({"systemInstruction": {"parts": [{"text": system}]},
+                        "contents": [{"role": "user", "parts": [{"text": message}]}],
+                        "generationConfig": {"maxOutputTokens": 256}}),
+                ),
+            }
+        }
+
+        /// Equal as JSON values: numbers by value (`1024.0` is `1024`).
+        fn same(a: &Value, b: &Value) -> bool {
+            match (a, b) {
+                (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+                (Value::Array(x), Value::Array(y)) => {
+                    x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+                }
+                (Value::Object(x), Value::Object(y)) => {
+                    x.len() == y.len()
+                        && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+                }
+                _ => a == b,
+            }
+        }
+
+        fn read(endpoint: &Endpoint, body: &str) -> (String, bool, Option<Session>, Value) {
+            let parsed = parse(
+                endpoint,
+                &HeaderMap::new(),
+                Bytes::from(body.to_string()),
+                &Policy::off(),
+            )
+            .unwrap_or_else(|e| panic!("{}: {body}", e.message));
+            let sent: Value = serde_json::from_slice(&parsed.body).unwrap();
+            (parsed.model, parsed.stream, parsed.session, sent)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+            #[test]
+            fn any_spelling_of_a_request_reads_the_same(
+                kind in 0usize..5,
+                model in "[a-z][a-z0-9.-]{0,30}",
+                stream in any::<bool>(),
+                seed in 1..u64::MAX,
+            ) {
+                let mut dice = Dice(seed);
+                let (endpoint, body) = request(kind, &model, stream, &mut dice);
+                let canonical = read(&endpoint, &body.to_string());
+                let mut spelled = String::new();
+                if dice.chance(30) {
+                    spelled.push_str(" \r\n\t");
+                }
+                spell(&body, &mut dice, &mut spelled);
+                let read_back = read(&endpoint, &spelled);
+                prop_assert_eq!(&read_back.0, &model);
+                prop_assert_eq!(read_back.1, stream);
+                prop_assert!(canonical.2.is_some(), "no session for {}", body);
+                prop_assert_eq!(&read_back.2, &canonical.2, "{}", spelled);
+                // What goes upstream means the same, with the usage request
+                // added to a streamed chat completion however it was spelled.
+                prop_assert!(same(&read_back.3, &canonical.3), "{} vs {}", read_back.3, canonical.3);
+                if endpoint == Endpoint::OpenAiChat && stream {
+                    prop_assert_eq!(&read_back.3["stream_options"]["include_usage"], &json!(true));
+                }
+            }
+        }
+    }
 }

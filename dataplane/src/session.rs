@@ -64,9 +64,10 @@ impl<'a> RequestHead<'a> {
         self.metadata
     }
 
-    /// `max_tokens`, when it is a whole number.
+    /// `max_tokens`, when it is a whole number (in any spelling: `1`, `1.0`, `1e0`).
     pub fn max_tokens(&self) -> Option<u64> {
-        serde_json::from_str(self.max_tokens?.get()).ok()
+        let n: f64 = serde_json::from_str(self.max_tokens?.get()).ok()?;
+        (n.fract() == 0.0 && (0.0..=(1u64 << 53) as f64).contains(&n)).then_some(n as u64)
     }
 
     /// Runs `f` over the ids in Claude Code's `metadata.user_id`: before 2.1.78
