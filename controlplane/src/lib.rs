@@ -324,10 +324,23 @@ fn admin_service(
 + 'static {
     hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let client = aiproxy_shared::net::client_ip(peer.ip(), req.headers(), &trusted);
+        if client == peer.ip() && req.headers().contains_key("x-forwarded-for") {
+            warn_untrusted_forwarding(peer.ip());
+        }
         req.extensions_mut().insert(api::auth::ClientIp(client));
         let mut app = app.clone();
         async move { tower_service::Service::call(&mut app, req).await }
     })
+}
+
+/// Says once that `X-Forwarded-For` arrives from a peer that is not a
+/// trusted proxy: every client behind it then shares its address for the
+/// sign-in limits.
+fn warn_untrusted_forwarding(peer: std::net::IpAddr) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(%peer, "X-Forwarded-For from a peer not in server.trusted_proxies is ignored: sign-in limits count that peer's address for every client behind it");
+    }
 }
 
 /// Creates the `admin` user on first start. The password comes from

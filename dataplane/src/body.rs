@@ -99,41 +99,51 @@ pub struct TapBody {
     pipeline: Pipeline,
     meter: Option<Meter>,
     done: bool,
+    /// The upstream body ended; what the pipeline holds still goes out.
+    upstream_ended: bool,
     /// Set when the node cuts responses at the end of its drain.
     cutting: Arc<AtomicBool>,
 }
 
 /// What upstream bytes go through on their way out: decompression (in
 /// bounded pieces), Code Assist unwrapping where the account needs it, then
-/// the usage tap.
+/// the usage tap. Raw bytes are pushed in; processed bytes are taken out a
+/// piece at a time, so the upstream is read again only when nothing taken
+/// in is left to process.
 pub struct Pipeline {
     pub decoder: Option<Decoder>,
     pub unwrap: Option<Unwrapper>,
     pub tap: UsageTap,
+    /// Raw bytes waiting, when there is no decoder.
+    pub raw: Option<Bytes>,
 }
 
 impl Pipeline {
-    /// Takes raw upstream bytes; returns what can go out now.
-    fn feed(&mut self, raw: Bytes) -> Result<Bytes, DecodeError> {
-        match &mut self.decoder {
-            Some(d) => {
-                d.push(&raw);
-                Ok(self.next_piece()?.unwrap_or_default())
-            }
-            None => self.after_decoding(raw),
+    pub fn new(decoder: Option<Decoder>, unwrap: Option<Unwrapper>, tap: UsageTap) -> Self {
+        Pipeline {
+            decoder,
+            unwrap,
+            tap,
+            raw: None,
         }
     }
 
-    /// The next decoded piece of bytes already taken; `None` when the
-    /// upstream must be read again.
-    fn next_piece(&mut self) -> Result<Option<Bytes>, DecodeError> {
-        let Some(d) = &mut self.decoder else {
-            return Ok(None);
-        };
-        match d.next_piece()? {
-            Some(piece) => self.after_decoding(piece).map(Some),
-            None => Ok(None),
+    /// Takes raw upstream bytes.
+    fn push(&mut self, raw: Bytes) {
+        match &mut self.decoder {
+            Some(d) => d.push(&raw),
+            None => self.raw = Some(raw),
         }
+    }
+
+    /// The next processed piece of what was pushed (possibly empty, when a
+    /// stage holds it back); `None` once everything pushed is processed.
+    fn next(&mut self) -> Result<Option<Bytes>, DecodeError> {
+        let piece = match &mut self.decoder {
+            Some(d) => d.next_piece()?,
+            None => self.raw.take(),
+        };
+        piece.map(|bytes| self.after_decoding(bytes)).transpose()
     }
 
     fn after_decoding(&mut self, mut bytes: Bytes) -> Result<Bytes, DecodeError> {
@@ -144,7 +154,8 @@ impl Pipeline {
         Ok(bytes)
     }
 
-    /// Whatever the stages still hold at the end of the body.
+    /// Whatever the stages still hold at the end of the body (call once
+    /// `next` has given `None`).
     fn finish(&mut self) -> Bytes {
         let tail = match &mut self.unwrap {
             Some(u) => u.finish(),
@@ -173,6 +184,7 @@ impl TapBody {
             pipeline,
             meter: Some(meter),
             done: false,
+            upstream_ended: false,
             cutting,
         }
     }
@@ -227,18 +239,26 @@ impl Body for TapBody {
             return Poll::Ready(None);
         }
         loop {
-            // Bytes already read go out first, a decoded piece at a time:
+            // Bytes already read go out first, a processed piece at a time:
             // the upstream is read again only when they are used up.
-            let ready = match this.first.take() {
-                Some(first) => this.pipeline.feed(first).map(Some),
-                None => this.pipeline.next_piece(),
-            };
-            match ready {
-                Ok(Some(bytes)) if !bytes.is_empty() => {
-                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                }
-                Ok(_) => {}
+            if let Some(first) = this.first.take() {
+                this.pipeline.push(first);
+            }
+            match this.pipeline.next() {
+                Ok(Some(bytes)) if bytes.is_empty() => continue,
+                Ok(Some(bytes)) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                Ok(None) => {}
                 Err(e) => return Poll::Ready(Some(Err(this.fail(e)))),
+            }
+            if this.upstream_ended {
+                this.done = true;
+                let tail = this.pipeline.finish();
+                this.end(true);
+                return Poll::Ready(if tail.is_empty() {
+                    None
+                } else {
+                    Some(Ok(Frame::data(tail)))
+                });
             }
             let polled = Pin::new(&mut this.upstream).poll_frame(cx);
             if polled.is_pending() {
@@ -258,15 +278,11 @@ impl Body for TapBody {
             }
             this.heard = tokio::time::Instant::now();
             match ready!(polled) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(raw) => match this.pipeline.feed(raw) {
-                        // A compressed chunk can decode to nothing yet.
-                        Ok(bytes) if bytes.is_empty() => continue,
-                        Ok(bytes) => return Poll::Ready(Some(Ok(Frame::data(bytes)))),
-                        Err(e) => return Poll::Ready(Some(Err(this.fail(e)))),
-                    },
-                    Err(_trailers) => continue,
-                },
+                Some(Ok(frame)) => {
+                    if let Ok(raw) = frame.into_data() {
+                        this.pipeline.push(raw);
+                    }
+                }
                 Some(Err(e)) => {
                     this.done = true;
                     if let Some(meter) = this.meter.as_mut() {
@@ -275,16 +291,7 @@ impl Body for TapBody {
                     this.end(false);
                     return Poll::Ready(Some(Err(e.into())));
                 }
-                None => {
-                    this.done = true;
-                    let tail = this.pipeline.finish();
-                    this.end(true);
-                    return Poll::Ready(if tail.is_empty() {
-                        None
-                    } else {
-                        Some(Ok(Frame::data(tail)))
-                    });
-                }
+                None => this.upstream_ended = true,
             }
         }
     }
@@ -305,5 +312,41 @@ impl Drop for TapBody {
             meter.error_class = "shutdown".into();
         }
         self.end(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::tap::UsageFormat;
+
+    /// Everything pushed comes out, whatever a stage holds back: a gzip
+    /// Code Assist body far larger than one decoded piece, in one chunk.
+    #[test]
+    fn a_compressed_wrapped_body_comes_out_whole_and_is_metered() {
+        let text = "x".repeat(300 << 10);
+        let wrapped = serde_json::json!({"response": {"candidates": [{"content": {"parts": [{"text": text}]}}],
+            "usageMetadata": {"promptTokenCount": 11, "candidatesTokenCount": 7}, "modelVersion": "gemini-2.5-pro"}});
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(wrapped.to_string().as_bytes()).unwrap();
+        let gz = gz.finish().unwrap();
+        let mut pipeline = Pipeline::new(
+            Decoder::detect(Some("gzip"), &gz),
+            Some(Unwrapper::new(false)),
+            UsageTap::new(UsageFormat::Gemini, Some("application/json")),
+        );
+        pipeline.push(Bytes::from(gz));
+        let mut out = Vec::new();
+        while let Some(piece) = pipeline.next().unwrap() {
+            out.extend_from_slice(&piece);
+        }
+        out.extend_from_slice(&pipeline.finish());
+        pipeline.tap.finish();
+        let body: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(body, wrapped["response"]);
+        assert_eq!(pipeline.tap.observed().usage.input, 11);
+        assert_eq!(pipeline.tap.observed().usage.output, 7);
     }
 }

@@ -131,6 +131,17 @@ impl RelayError {
             "account not available",
         )
     }
+    /// The model's price could not be read: serving it would bill nothing.
+    pub fn price_unavailable() -> Self {
+        Self {
+            retry_after: Some(30),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "price_unavailable",
+                "this model's price is unavailable; the operator has been told",
+            )
+        }
+    }
     pub fn not_ready() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -143,7 +143,7 @@ pub async fn start(
         queue,
         client.clone(),
         settings.node_id.clone(),
-        journal,
+        journal.clone(),
         reporter_stop.clone(),
     ));
 
@@ -178,6 +178,7 @@ pub async fn start(
             tracing::warn!(
                 "usage not all delivered before exit; the journal keeps it for the next start"
             );
+            usage::report_lost(&journal);
         }
     });
     Ok(DataPlane {

@@ -168,6 +168,9 @@ impl Relay {
         if !model_allowed(&caller.key, &parsed.model) {
             return Err(RelayError::model_not_allowed());
         }
+        if snapshot.prices.is_fenced(&parsed.model) {
+            return Err(RelayError::price_unavailable());
+        }
         let package_id = self.snapshot.spending.admit(
             &snapshot,
             &caller.key,
@@ -450,11 +453,7 @@ impl Relay {
         head.headers.insert("x-request-id", request_id.clone());
         let unwrap =
             (account.kind == AccountKind::GeminiOauth).then(|| Unwrapper::new(tap.is_sse()));
-        let pipeline = Pipeline {
-            decoder,
-            unwrap,
-            tap,
-        };
+        let pipeline = Pipeline::new(decoder, unwrap, tap);
         let body = TapBody::new(
             body,
             first,

@@ -81,9 +81,10 @@ pub fn parse(
     })
 }
 
-/// Reads the request body: at most `max` bytes (else 413), within
-/// `timeout` (else 408), each byte taken from the node's `budget` first
-/// (else 503). `held` keeps the bytes counted until the request is done.
+/// Reads the request body: at most `max` bytes (else 413, at once when the
+/// declared length says so), within `timeout` (else 408), each byte taken
+/// from the node's `budget` as it arrives (else 503). `held` keeps the
+/// bytes counted until the request is done.
 pub async fn read_body(
     body: Incoming,
     headers: &HeaderMap,
@@ -106,29 +107,36 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > max as u64) {
         return Err(too_large());
     }
-    // A declared length is taken whole before a byte is read.
-    let declared = declared.map(|n| n as usize);
-    if let Some(n) = declared {
-        budget.take(held, n)?;
-    }
+    // Bytes are taken from the budget as they arrive: a client that
+    // declares much and sends little holds only what it sent.
     let read = async {
         let mut body = body;
-        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut len = 0;
         while let Some(frame) = body.frame().await {
             let frame =
                 frame.map_err(|_| RelayError::bad_request("could not read the request body"))?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            if buf.len() + data.len() > max {
+            if len + data.len() > max {
                 return Err(too_large());
             }
-            if declared.is_none() {
-                budget.take(held, data.len())?;
-            }
-            buf.extend_from_slice(&data);
+            budget.take(held, data.len())?;
+            len += data.len();
+            chunks.push(data);
         }
-        Ok(buf.freeze())
+        Ok(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().expect("one chunk"),
+            _ => {
+                let mut whole = BytesMut::with_capacity(len);
+                for chunk in chunks {
+                    whole.extend_from_slice(&chunk);
+                }
+                whole.freeze()
+            }
+        })
     };
     tokio::time::timeout(timeout, read).await.map_err(|_| {
         RelayError::new(

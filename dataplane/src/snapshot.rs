@@ -198,7 +198,7 @@ pub enum SnapshotError {
     KeyHash(i64),
     #[error("user {0} has a malformed price rate (left out: its keys are refused)")]
     PriceRate(i64),
-    #[error("price of {0} is malformed (left out)")]
+    #[error("price of {0} is malformed (fenced off: the model is refused until it is fixed)")]
     Price(String),
     #[error("account {0}: credentials.{1} is not a valid header value (left out)")]
     Credential(i64, &'static str),
@@ -434,13 +434,21 @@ impl Snapshot {
             );
         }
         let mut prices = HashMap::with_capacity(s.prices.len());
+        let mut fenced = Vec::new();
         for p in s.prices {
             match price(&p) {
                 Ok(price) => {
                     prices.insert(p.model, price);
                 }
-                Err(e) => problems.push(e),
+                Err(e) => {
+                    problems.push(e);
+                    fenced.push(p.model);
+                }
             }
+        }
+        let mut prices = PriceTable::new(prices);
+        for model in fenced {
+            prices.fence(model);
         }
         let mut accounts = Vec::with_capacity(s.accounts.len());
         for a in s.accounts {
@@ -471,7 +479,7 @@ impl Snapshot {
             keys,
             users,
             accounts,
-            prices: PriceTable::new(prices),
+            prices,
             request_timeout_ms: settings.request_timeout_ms,
             scheduling: SchedulingOverrides::from_proto(&settings),
             packages,
@@ -616,6 +624,11 @@ mod tests {
             ..Default::default()
         });
         s.api_keys[0].client_filter = "loose".into();
+        s.prices.push(pb::ModelPrice {
+            model: "claude-sonnet-4-5".into(),
+            input: "three dollars".into(),
+            ..Default::default()
+        });
         s.settings = Some(pb::RelaySettings {
             client_filter: Some(pb::ClientFilter {
                 enabled: true,
@@ -625,7 +638,11 @@ mod tests {
             ..Default::default()
         });
         let (s, problems) = Snapshot::from_proto(s);
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        // A model whose price cannot be read is refused, not served free.
+        assert!(s.prices.is_fenced("claude-sonnet-4-5"));
+        assert!(s.prices.is_fenced("claude-sonnet-4-5-20250929"));
+        assert!(!s.prices.is_fenced("gpt-4o"));
         // The user is not unmetered: the package is there and admits nothing.
         let p = s.package(4).expect("fenced package");
         assert!(!p.active);

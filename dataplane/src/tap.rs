@@ -114,9 +114,10 @@ impl Observed {
     /// Gemini: thoughts are billed as output; cached content is inside the prompt count.
     fn gemini_usage(&mut self, u: &GeminiCounts) {
         let count = |c: Count| c.0.unwrap_or(0);
-        let prompt = count(u.prompt_token_count) + count(u.tool_use_prompt_token_count);
+        let prompt =
+            count(u.prompt_token_count).saturating_add(count(u.tool_use_prompt_token_count));
         let cached = count(u.cached_content_token_count).min(prompt);
-        let output = count(u.candidates_token_count) + count(u.thoughts_token_count);
+        let output = count(u.candidates_token_count).saturating_add(count(u.thoughts_token_count));
         self.usage = TokenUsage {
             input: prompt - cached,
             output,

@@ -463,7 +463,12 @@ impl Journal {
     fn set_aside(&self, seq: u64) {
         let path = self.path(seq);
         let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-        let aside = path.with_extension("log.damaged");
+        // Segment numbers start over once the journal is empty: the time
+        // keeps an earlier damaged segment of the same number.
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let aside = path.with_extension(format!("log.{stamp}.damaged"));
         match std::fs::rename(&path, &aside) {
             Ok(()) => self.forget(seq, len),
             Err(e) => {
@@ -473,7 +478,13 @@ impl Journal {
     }
 
     fn forget(&self, seq: u64, len: u64) {
-        self.bytes.fetch_sub(len, Ordering::Relaxed);
+        // A file may be longer than what was counted (a failed write that
+        // could not be cut back): never wrap below zero.
+        let _ = self
+            .bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some(b.saturating_sub(len))
+            });
         self.segments.lock().expect("journal lock").remove(&seq);
     }
 
@@ -551,6 +562,9 @@ impl Queue {
 }
 
 /// Delivers journaled records until cancelled, then flushes what it holds.
+/// The journal's own upkeep (sync, rotation, recovery after a disk error)
+/// runs beside it on its own beat, so a slow or unreachable control plane
+/// never delays it.
 pub async fn run_reporter(
     queue: Arc<Queue>,
     client: Client,
@@ -561,9 +575,10 @@ pub async fn run_reporter(
     let reporter = Reporter {
         client,
         node_id,
-        journal,
-        queue: queue.clone(),
+        journal: journal.clone(),
     };
+    let keeper_stop = CancellationToken::new();
+    let keeper = tokio::spawn(keep_journal(journal, queue.clone(), keeper_stop.clone()));
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     loop {
         let beat = tokio::select! {
@@ -573,23 +588,72 @@ pub async fn run_reporter(
         };
         reporter.flush_all(queue.take()).await;
         if beat {
-            reporter.beat().await;
+            reporter.deliver_backlog().await;
         }
     }
+    // The keeper's last beat syncs what was written and journals what it
+    // can of the records held in memory; then they are delivered.
+    keeper_stop.cancel();
+    let _ = keeper.await;
     reporter.flush_all(queue.take()).await;
-    // What was not delivered stays journaled for the next start.
-    let journal = reporter.journal.clone();
-    let synced = tokio::task::spawn_blocking(move || journal.rotate(true))
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-    if let Err(e) = synced {
-        tracing::error!(error = %e, "cannot sync the usage journal at shutdown");
-    }
-    reporter.beat().await;
-    let lost = reporter.journal.take_held();
+    reporter.deliver_backlog().await;
+    report_lost(&reporter.journal);
+}
+
+/// Logs the records neither journaled nor delivered (the disk and the
+/// control plane both failed), by request id.
+pub fn report_lost(journal: &Journal) {
+    let lost = journal.take_held();
     if !lost.is_empty() {
         let ids: Vec<&str> = lost.iter().map(|r| r.request_id.as_str()).collect();
         tracing::error!(records = lost.len(), request_ids = ?ids, "usage neither journaled nor delivered at shutdown");
+    }
+}
+
+/// The journal's upkeep, every `FLUSH_INTERVAL` and once more when
+/// stopped: after a disk error a fresh segment (serving resumes when it can
+/// be written and synced) and the held records journaled into it; then the
+/// sync of what was written, and the closing of an old segment.
+async fn keep_journal(journal: Arc<Journal>, queue: Arc<Queue>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    loop {
+        let last = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.cancelled() => true,
+        };
+        if journal.availability() == Err(Unavailable::Failing) {
+            let j = journal.clone();
+            match tokio::task::spawn_blocking(move || j.recover()).await {
+                Ok(Ok(())) => tracing::warn!("usage journal writable again; serving resumes"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "usage journal still failing"),
+                Err(e) => tracing::error!(error = %e, "usage journal recovery panicked"),
+            }
+        }
+        let held = journal.take_held();
+        let mut left = Vec::new();
+        for record in held {
+            if !left.is_empty() {
+                left.push(record);
+                continue;
+            }
+            match journal.append(&record) {
+                Ok(seq) => queue.push(seq, record),
+                Err(_) => left.push(record),
+            }
+        }
+        for record in left {
+            journal.hold(record);
+        }
+        let j = journal.clone();
+        let rotated = tokio::task::spawn_blocking(move || j.rotate(last))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(e) = rotated {
+            tracing::error!(error = %e, "cannot rotate or sync the usage journal; refusing requests until it recovers");
+        }
+        if last {
+            return;
+        }
     }
 }
 
@@ -597,7 +661,6 @@ struct Reporter {
     client: Client,
     node_id: String,
     journal: Arc<Journal>,
-    queue: Arc<Queue>,
 }
 
 impl Reporter {
@@ -613,21 +676,34 @@ impl Reporter {
         }
     }
 
-    /// Sends everything in batches of at most `BATCH_MAX`.
+    /// Sends everything in batches of at most `BATCH_MAX`; once one fails,
+    /// the rest stay journaled for replay without waiting on more sends.
     async fn flush_all(&self, mut pending: Vec<(u64, pb::UsageRecord)>) {
+        let mut reachable = true;
         while !pending.is_empty() {
             let rest = pending.split_off(pending.len().min(BATCH_MAX));
-            self.flush(std::mem::replace(&mut pending, rest)).await;
+            let batch = std::mem::replace(&mut pending, rest);
+            if reachable {
+                reachable = self.flush(batch).await;
+            } else {
+                self.settle(&batch, false);
+            }
         }
     }
 
-    async fn flush(&self, batch: Vec<(u64, pb::UsageRecord)>) {
+    fn settle(&self, batch: &[(u64, pb::UsageRecord)], taken: bool) {
         let mut per_segment: BTreeMap<u64, u64> = BTreeMap::new();
-        let mut records = Vec::with_capacity(batch.len());
-        for (seq, r) in batch {
-            *per_segment.entry(seq).or_default() += 1;
-            records.push(r);
+        for (seq, _) in batch {
+            *per_segment.entry(*seq).or_default() += 1;
         }
+        for (seq, count) in per_segment {
+            self.journal.settle(seq, count, taken);
+        }
+    }
+
+    /// One batch; whether the control plane took it.
+    async fn flush(&self, batch: Vec<(u64, pb::UsageRecord)>) -> bool {
+        let records: Vec<pb::UsageRecord> = batch.iter().map(|(_, r)| r.clone()).collect();
         let n = records.len();
         let taken = match self.send(records).await {
             Ok(ack) => {
@@ -644,64 +720,29 @@ impl Reporter {
                 false
             }
         };
-        for (seq, count) in per_segment {
-            self.journal.settle(seq, count, taken);
-        }
+        self.settle(&batch, taken);
+        taken
     }
 
-    /// After a disk failure: a fresh segment, then the records held in
-    /// memory go to the journal, or straight to the control plane.
-    async fn recover(&self) {
+    /// Records the disk refused go straight to the control plane while the
+    /// journal is failing; deleted segments are removed, the rest replayed.
+    async fn deliver_backlog(&self) {
         if self.journal.availability() == Err(Unavailable::Failing) {
-            let journal = self.journal.clone();
-            let recovered = tokio::task::spawn_blocking(move || journal.recover())
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            match recovered {
-                Ok(()) => tracing::warn!("usage journal writable again; serving resumes"),
-                Err(e) => tracing::debug!(error = %e, "usage journal still failing"),
-            }
-        }
-        let held = self.journal.take_held();
-        if held.is_empty() {
-            return;
-        }
-        let mut left = Vec::new();
-        for record in held {
-            if !left.is_empty() {
-                left.push(record);
-                continue;
-            }
-            match self.journal.append(&record) {
-                Ok(seq) => self.queue.push(seq, record),
-                Err(_) => left.push(record),
-            }
-        }
-        if left.is_empty() {
-            return;
-        }
-        let n = left.len();
-        match self.send(left.clone()).await {
-            Ok(_) => tracing::info!(records = n, "usage the disk refused delivered from memory"),
-            Err(e) => {
-                tracing::warn!(records = n, error = %e, "usage the disk refused is still held in memory");
-                for record in left {
-                    self.journal.hold(record);
+            let held = self.journal.take_held();
+            if !held.is_empty() {
+                let n = held.len();
+                match self.send(held.clone()).await {
+                    Ok(_) => {
+                        tracing::info!(records = n, "usage the disk refused delivered from memory")
+                    }
+                    Err(e) => {
+                        tracing::warn!(records = n, error = %e, "usage the disk refused is still held in memory");
+                        for record in held {
+                            self.journal.hold(record);
+                        }
+                    }
                 }
             }
-        }
-    }
-
-    /// Recovers a failed journal, closes an old segment, deletes delivered
-    /// ones and replays the rest.
-    async fn beat(&self) {
-        self.recover().await;
-        let journal = self.journal.clone();
-        let rotated = tokio::task::spawn_blocking(move || journal.rotate(false))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        if let Err(e) = rotated {
-            tracing::error!(error = %e, "cannot rotate or sync the usage journal; refusing requests until it recovers");
         }
         for (seq, delivered) in self.journal.closed() {
             if delivered {
@@ -905,7 +946,12 @@ mod tests {
         let seq = journal.append(&record("a")).unwrap();
         journal.set_aside(seq);
         assert!(!journal.path(seq).exists());
-        assert!(journal.path(seq).with_extension("log.damaged").exists());
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".damaged"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
         drop(journal);
         let journal = Journal::open(dir.path(), "n", 1 << 20).unwrap();
         assert!(

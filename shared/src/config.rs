@@ -550,6 +550,12 @@ impl Config {
             ));
         }
         self.trusted_proxies()?;
+        if self.proxy.max_body_bytes > self.server.max_body_bytes_in_flight {
+            return Err(ConfigError::Invalid(format!(
+                "proxy.max_body_bytes ({}) must not exceed server.max_body_bytes_in_flight ({}): such bodies could never be read",
+                self.proxy.max_body_bytes, self.server.max_body_bytes_in_flight
+            )));
+        }
         if crate::billing::parse_timezone(&self.billing.timezone).is_none() {
             return Err(ConfigError::Invalid(format!(
                 "billing.timezone must be UTC or an offset such as +08:00, not {:?}",

@@ -144,6 +144,7 @@ impl ProxyUrl {
 }
 
 /// Any proxy URL, valid or not, with the password in its user info masked.
+/// The user info ends at the last `@` (a password may hold `/`, `?`, `#`).
 pub fn mask_proxy_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return if url.contains('@') {
@@ -152,17 +153,13 @@ pub fn mask_proxy_url(url: &str) -> String {
             url.to_string()
         };
     };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let masked = if userinfo.contains(':') {
-                format!("{user}:••••")
-            } else {
-                user.to_string()
+            let masked = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:••••"),
+                None => userinfo.to_string(),
             };
-            format!("{scheme}://{masked}@{host}{tail}")
+            format!("{scheme}://{masked}@{host}")
         }
         None => url.to_string(),
     }
@@ -450,6 +447,18 @@ mod tests {
             "http://user:••••@proxy.example"
         );
         assert_eq!(mask_proxy_url("socks5://h:1080"), "socks5://h:1080");
+        for raw in [
+            "http://u:pa/ss@h:3128",
+            "http://u:pa?ss#x@h:3128",
+            "http://u:p@ss@h:3128",
+        ] {
+            let masked = mask_proxy_url(raw);
+            assert!(!masked.contains("ss"), "{raw} → {masked}");
+            let e = ProxyUrl::parse(raw)
+                .map(|_| String::new())
+                .unwrap_or_else(|e| e.to_string());
+            assert!(!e.contains("pa"), "{e}");
+        }
     }
 
     #[test]

@@ -33,6 +33,16 @@ impl std::str::FromStr for Cidr {
                 .ok_or_else(|| format!("{s:?} has a bad prefix length"))?,
             None => max,
         };
+        // `::ffff:10.0.0.0/104` is the IPv4 range `10.0.0.0/8`.
+        if let IpAddr::V6(v6) = addr
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && prefix >= 96
+        {
+            return Ok(Cidr {
+                addr: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            });
+        }
         Ok(Cidr { addr, prefix })
     }
 }
@@ -40,7 +50,7 @@ impl std::str::FromStr for Cidr {
 impl Cidr {
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        match (canonical(self.addr), ip) {
+        match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
                 let mask = u32::MAX
                     .checked_shl(32 - u32::from(self.prefix))
@@ -93,7 +103,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
         .flat_map(|v| v.split(','))
         .collect::<Vec<_>>();
     for hop in hops.into_iter().rev() {
-        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+        let Some(ip) = forwarded_address(hop) else {
             break;
         };
         client = canonical(ip);
@@ -102,6 +112,21 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
         }
     }
     client
+}
+
+/// An address as proxies write it in `X-Forwarded-For`: bare, `ip:port`,
+/// or `[v6]` with or without a port.
+fn forwarded_address(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Ok(ip) = hop.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = hop.strip_prefix('[') {
+        return rest.split_once(']')?.0.parse().ok();
+    }
+    let (host, port) = hop.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 /// The range one actor is counted by: an IPv4 address, or an IPv6 /64
@@ -142,6 +167,13 @@ mod tests {
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains("8.8.8.8".parse().unwrap()));
         assert!("10.0.0.0/33".parse::<Cidr>().is_err());
+        // A mapped range is the IPv4 range it maps, never everything.
+        let mapped: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(mapped.contains("10.9.9.9".parse().unwrap()));
+        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
+        let mapped_host: Cidr = "::ffff:10.0.0.1".parse().unwrap();
+        assert!(mapped_host.contains("10.0.0.1".parse().unwrap()));
+        assert!(!mapped_host.contains("8.8.8.8".parse().unwrap()));
         assert!("proxy.local".parse::<Cidr>().is_err());
         assert_eq!(parse_ranges("10.0.0.0/8, 127.0.0.1").unwrap().len(), 2);
     }
@@ -168,6 +200,15 @@ mod tests {
         assert_eq!(
             client_ip(peer, &headers(&["1.2.3.4", "198.51.100.7"]), &trusted),
             "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        // Ports and brackets, as some proxies write them.
+        assert_eq!(
+            client_ip(peer, &headers(&["198.51.100.7:51234"]), &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(peer, &headers(&["[2001:db8::1]:443"]), &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
         );
         // Garbage ends the walk at the last trustworthy hop.
         assert_eq!(client_ip(peer, &headers(&["junk"]), &trusted), peer);

@@ -96,11 +96,33 @@ impl ModelPrice {
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
     prices: HashMap<String, ModelPrice>,
+    /// Models whose price is known to exist but could not be read: they
+    /// must not be served at no price.
+    fenced: std::collections::HashSet<String>,
 }
 
 impl PriceTable {
     pub fn new(prices: HashMap<String, ModelPrice>) -> Self {
-        Self { prices }
+        Self {
+            prices,
+            fenced: Default::default(),
+        }
+    }
+
+    /// Marks `model`'s price as unreadable.
+    pub fn fence(&mut self, model: String) {
+        self.fenced.insert(model);
+    }
+
+    /// Whether `model` would be billed by a price that could not be read
+    /// (the same name resolution as [`PriceTable::lookup`]).
+    pub fn is_fenced(&self, model: &str) -> bool {
+        if self.fenced.is_empty() || self.prices.contains_key(model) {
+            return false;
+        }
+        self.fenced.contains(model)
+            || strip_version_suffix(model)
+                .is_some_and(|base| self.fenced.contains(base) && !self.prices.contains_key(base))
     }
 
     pub fn len(&self) -> usize {

@@ -194,10 +194,29 @@ async fn refuse_one(listener: &TcpListener, reserve: &mut Option<std::fs::File>)
     *reserve = open_reserve();
 }
 
-/// A 503 written without waiting, then the connection is closed.
-async fn answer_busy(stream: TcpStream) {
+/// Refusals being written at once; beyond this a surplus connection is
+/// dropped without an answer.
+const MAX_BUSY_ANSWERS: usize = 256;
+static BUSY_ANSWERS: AtomicUsize = AtomicUsize::new(0);
+
+/// A 503, then the connection is closed: the write side first, and the
+/// client's request read and discarded for a moment, so the close is not a
+/// reset that would discard the answer before the client reads it.
+async fn answer_busy(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\nconnection: close\r\ncontent-type: text/plain\r\ncontent-length: 28\r\n\r\ntoo many connections; retry\n";
+    if BUSY_ANSWERS.fetch_add(1, Ordering::Relaxed) >= MAX_BUSY_ANSWERS {
+        BUSY_ANSWERS.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
     let _ = stream.try_write(BUSY);
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    BUSY_ANSWERS.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// What the watchdog of one connection knows: requests in flight, when

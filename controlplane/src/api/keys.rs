@@ -268,7 +268,7 @@ pub async fn update(
         name: req.name.map(|n| n.trim().to_string()),
         status: req.status,
         disabled_by_admin,
-        by_owner: enabling && !auth.is_admin(),
+        by_owner: !auth.is_admin(),
         billing_type: req.billing_type,
         cost_limit: req
             .cost_limit

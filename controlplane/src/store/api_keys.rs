@@ -80,8 +80,8 @@ pub struct ApiKeyPatch {
     pub name: Option<String>,
     pub status: Option<String>,
     pub disabled_by_admin: Option<bool>,
-    /// The change is a user's: it must not enable a key an administrator
-    /// disabled, even if one did so a moment ago.
+    /// The change is the key's owner's (not an administrator's): it never
+    /// moves the status of a key an administrator disabled.
     pub by_owner: bool,
     pub billing_type: Option<String>,
     pub cost_limit: Option<Option<Decimal>>,
@@ -168,13 +168,20 @@ impl Store {
         let now = Utc::now();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
-            let done = sqlx::query(
-                "UPDATE api_keys SET name = ?, status = ?, disabled_by_admin = ?, billing_type = ?, cost_limit = ?, rate_limit = ?, allowed_models = ?, \
+            sqlx::query(
+                "UPDATE api_keys SET name = ?, \
+                 status = CASE WHEN ? AND disabled_by_admin THEN status ELSE ? END, \
+                 disabled_by_admin = CASE WHEN ? THEN disabled_by_admin ELSE ? END, \
+                 billing_type = ?, cost_limit = ?, rate_limit = ?, allowed_models = ?, \
                  max_concurrency = ?, client_filter = ?, allowed_clients = ?, expires_at = ?, updated_at = ? \
-                 WHERE id = ? AND (? = 0 OR disabled_by_admin = 0)",
+                 WHERE id = ?",
             )
             .bind(patch.name.as_ref().unwrap_or(&cur.name))
+            // An owner's change never moves a key an administrator disabled,
+            // even one that landed after `cur` was read.
+            .bind(patch.by_owner)
             .bind(patch.status.as_ref().unwrap_or(&cur.status))
+            .bind(patch.by_owner)
             .bind(patch.disabled_by_admin.unwrap_or(cur.disabled_by_admin))
             .bind(patch.billing_type.as_ref().unwrap_or(&cur.billing_type))
             .bind(patch.cost_limit.unwrap_or(cur.cost_limit).map(Usd))
@@ -186,14 +193,8 @@ impl Store {
             .bind(patch.expires_at.unwrap_or(cur.expires_at))
             .bind(now)
             .bind(id)
-            .bind(patch.by_owner)
             .execute(&mut *tx)
             .await?;
-            if done.rows_affected() == 0 {
-                return Err(StoreError::Conflict(
-                    "the key was disabled by an administrator meanwhile".into(),
-                ));
-            }
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
         });

@@ -109,6 +109,9 @@ pub struct Decoder {
     input: Vec<u8>,
     at: usize,
     state: State,
+    /// Whole gzip members decoded: bytes after the last one that are not
+    /// another member are ignored, as gzip tools do.
+    members: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -191,6 +194,7 @@ impl Decoder {
             } else {
                 State::Body
             },
+            members: 0,
         })
     }
 
@@ -228,6 +232,10 @@ impl Decoder {
                     if input.is_empty() {
                         break;
                     }
+                    if self.members > 0 && !input.starts_with(&[0x1f]) {
+                        self.state = State::Done;
+                        continue;
+                    }
                     match gzip_header_len(input)? {
                         Some(n) => {
                             self.at += n;
@@ -244,6 +252,7 @@ impl Decoder {
                         break;
                     }
                     // Another gzip member may follow.
+                    self.members += 1;
                     self.state = State::Header;
                     self.inflate.reset(false);
                 }
@@ -367,6 +376,11 @@ mod tests {
             flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         raw.write_all(SAMPLE.as_bytes()).unwrap();
         let raw = raw.finish().unwrap();
+        // Padding after the last member, as some servers send, is ignored.
+        let mut padded = gzip(b"whole");
+        padded.extend_from_slice(&[0, 0, 0, 0]);
+        let decoder = Decoder::detect(Some("gzip"), &[]).unwrap();
+        assert_eq!(decode_in_chunks(decoder, &padded, 3), b"whole");
         for body in [zlib, raw] {
             let decoder = Decoder::detect(Some("deflate"), &body).unwrap();
             assert_eq!(decode_in_chunks(decoder, &body, 7), SAMPLE.as_bytes());
