@@ -1,5 +1,7 @@
 //! The client's request as the relay reads it: the body (bounded), its model,
 //! stream flag and session, and the one rewrite billing needs.
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -138,6 +140,12 @@ pub async fn read_body(
             }
         })
     };
+    // Most bodies are in by now: only one still arriving takes a timer.
+    let mut read = std::pin::pin!(read);
+    let first = std::future::poll_fn(|cx| Poll::Ready(read.as_mut().poll(cx))).await;
+    if let Poll::Ready(done) = first {
+        return done;
+    }
     tokio::time::timeout(timeout, read).await.map_err(|_| {
         RelayError::new(
             StatusCode::REQUEST_TIMEOUT,

@@ -363,7 +363,7 @@ struct Tracking<S> {
 }
 
 /// Ends the request's count when dropped.
-struct InFlight(Arc<Watch>);
+pub struct InFlight(Arc<Watch>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -374,23 +374,44 @@ impl Drop for InFlight {
 impl<S, B> hyper::service::Service<Request<Incoming>> for Tracking<S>
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>,
-    S::Future: Send + 'static,
 {
     type Response = Response<TrackedBody<B>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = Tracked<S::Future>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.watch.begin();
-        let guard = InFlight(self.watch.clone());
-        let response = self.inner.call(req);
-        Box::pin(async move {
-            let response = response.await?;
-            Ok(response.map(|body| TrackedBody {
-                inner: body,
-                _guard: guard,
-            }))
-        })
+        Tracked {
+            inner: self.inner.call(req),
+            guard: Some(InFlight(self.watch.clone())),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The service's future, unboxed, holding the request's count until its
+    /// response exists (then its body holds it).
+    pub struct Tracked<F> {
+        #[pin]
+        inner: F,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<F, B> Future for Tracked<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<TrackedBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let guard = this.guard.take().expect("polled after completion");
+        Poll::Ready(Ok(response.map(|body| TrackedBody {
+            inner: body,
+            _guard: guard,
+        })))
     }
 }
 
