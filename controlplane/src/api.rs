@@ -16,41 +16,16 @@ mod users;
 
 use axum::Json;
 use axum::Router;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::crypto::{JwtKeys, Sealer};
-use crate::publisher::Publisher;
-use crate::store::{Store, StoreError};
-
-pub use auth::AuthUser;
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct ApiState {
-    pub store: Store,
-    /// Wrong passwords per account and address.
-    pub password_throttle: throttle::PasswordThrottle,
-    /// Password checks at once.
-    pub login_gate: throttle::LoginGate,
-    pub sealer: Sealer,
-    pub jwt: JwtKeys,
-    pub publisher: Publisher,
-    pub refresher: crate::oauth::Refresher,
-    pub health: crate::health::HealthChecker,
-    /// The scheduling state the data planes share.
-    pub state: std::sync::Arc<dyn aiproxy_shared::state::StateStore>,
-    /// The zone package periods and daily usage are counted in.
-    pub billing_tz: chrono::FixedOffset,
-    /// Defaults of the runtime settings.
-    pub setting_defaults: crate::settings::Defaults,
-    /// The data planes this control plane serves, and what they applied.
-    pub nodes: crate::grpc::NodeRegistry,
-    /// OAuth endpoints, for the sign-in flow of new subscriptions.
-    pub oauth_endpoints: aiproxy_shared::config::OAuthSettings,
-}
+pub use crate::service::{ServiceError, ServiceResult, Services};
+// The names the handlers still use while they move to the service layer.
+pub(crate) use crate::service::{
+    Actor as AuthUser, ServiceError as ApiError, ServiceResult as ApiResult,
+    Services as ApiState, check_models, check_status, double_option,
+};
 
 /// Largest price file `/prices/import` takes.
 pub(crate) const PRICE_FILE_LIMIT: usize = 16 * 1024 * 1024;
@@ -163,57 +138,10 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such route")
 }
 
-/// An admin-API failure, rendered as `{"error":{"code","message"}}`.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    Unauthorized(&'static str),
-    #[error("{0}")]
-    Forbidden(&'static str),
-    #[error("{0}")]
-    NotFound(&'static str),
-    #[error("{0}")]
-    Conflict(String),
-    /// A dependency (the shared state store) cannot be reached.
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("internal error")]
-    Internal(String),
-    /// Too many wrong passwords: tries wait this long, unchecked.
-    #[error("too many wrong passwords; try again in {} s", whole_seconds(.0))]
-    Throttled(std::time::Duration),
-    /// This process is at capacity for the work asked: retry shortly.
-    #[error("{0}")]
-    Busy(&'static str),
-}
-
-/// A wait in seconds, rounded up: a client retrying then is not early.
-fn whole_seconds(wait: &std::time::Duration) -> u64 {
-    wait.as_millis().div_ceil(1000).max(1) as u64
-}
-
-impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str) {
-        match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            ApiError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
-            ApiError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
+impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
-        if let ApiError::Internal(detail) = &self {
+        if let ServiceError::Internal(detail) = &self {
             tracing::error!(error = %detail, "admin API internal error");
         }
         let mut response = (
@@ -221,12 +149,7 @@ impl IntoResponse for ApiError {
             Json(json!({ "error": { "code": code, "message": self.to_string() } })),
         )
             .into_response();
-        let retry = match &self {
-            ApiError::Throttled(wait) => Some(whole_seconds(wait)),
-            ApiError::Busy(_) => Some(1),
-            _ => None,
-        };
-        if let Some(secs) = retry {
+        if let Some(secs) = self.retry_after() {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
@@ -234,18 +157,6 @@ impl IntoResponse for ApiError {
         response
     }
 }
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound => ApiError::NotFound("not found"),
-            StoreError::Conflict(m) => ApiError::Conflict(m),
-            other => ApiError::Internal(other.to_string()),
-        }
-    }
-}
-
-pub type ApiResult<T> = Result<T, ApiError>;
 
 /// JSON body extractor whose rejections use the API's error shape.
 pub struct JsonBody<T>(pub T);
@@ -303,30 +214,3 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
     }
 }
 
-/// Validates an optional list of model names.
-fn check_models(models: &[String]) -> ApiResult<()> {
-    if models.iter().any(|m| m.trim().is_empty() || m.len() > 128) {
-        return Err(ApiError::BadRequest(
-            "allowed_models entries must be 1 to 128 characters".into(),
-        ));
-    }
-    Ok(())
-}
-
-fn check_status(status: &str) -> ApiResult<()> {
-    match status {
-        "active" | "disabled" => Ok(()),
-        _ => Err(ApiError::BadRequest(
-            "status must be active or disabled".into(),
-        )),
-    }
-}
-
-/// Deserializes a field that may be absent (None), null (Some(None)) or set.
-fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::Deserialize<'de>,
-{
-    serde::Deserialize::deserialize(d).map(Some)
-}

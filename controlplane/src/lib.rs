@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod manage;
 pub mod oauth;
 pub mod publisher;
+pub mod service;
 pub mod settings;
 pub mod store;
 
@@ -166,7 +167,7 @@ pub async fn start(
         billing_tz: settings.billing_tz,
     };
     let nodes = grpc::NodeRegistry::default();
-    let app = api::router(api::ApiState {
+    let app = api::router(service::Services {
         password_throttle: Default::default(),
         login_gate: api::throttle::LoginGate::new(settings.max_password_checks),
         nodes: nodes.clone(),

@@ -5,68 +5,8 @@ use axum::http::request::Parts;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, ApiResult, ApiState, JsonBody};
+use super::{ApiError, ApiResult, ApiState, AuthUser, JsonBody};
 use crate::store::User;
-
-/// The authenticated caller of an admin-API route.
-#[derive(Debug, Clone)]
-pub struct AuthUser {
-    pub user: User,
-}
-
-impl AuthUser {
-    /// The management service acting with its admin-scoped token: an admin
-    /// that is no row in `users` (id 0).
-    fn service(name: &str) -> AuthUser {
-        let now = chrono::Utc::now();
-        AuthUser {
-            user: User {
-                id: 0,
-                username: name.to_string(),
-                password_hash: String::new(),
-                role: "admin".into(),
-                status: "active".into(),
-                price_rate: rust_decimal::Decimal::ONE,
-                email: None,
-                max_concurrency: 0,
-                created_at: now,
-                updated_at: now,
-                token_generation: 0,
-            },
-        }
-    }
-
-    pub fn is_admin(&self) -> bool {
-        self.user.role == "admin"
-    }
-
-    pub fn require_admin(&self) -> ApiResult<()> {
-        if self.is_admin() {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden("admin role required"))
-        }
-    }
-
-    /// Whose things a listing shows: the user asked for (or everyone's) for
-    /// an admin, always the caller's own for a user.
-    pub fn listing_scope(&self, asked: Option<i64>) -> Option<i64> {
-        if self.is_admin() {
-            asked
-        } else {
-            Some(self.user.id)
-        }
-    }
-
-    /// Admins may act on anyone; users only on themselves.
-    pub fn require_self_or_admin(&self, user_id: i64) -> ApiResult<()> {
-        if self.is_admin() || self.user.id == user_id {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden("not allowed for this user"))
-        }
-    }
-}
 
 impl FromRequestParts<ApiState> for AuthUser {
     type Rejection = ApiError;

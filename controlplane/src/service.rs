@@ -1,0 +1,192 @@
+//! The control plane's capabilities, one typed operation each: who may do
+//! it, validation, sealing and the store transaction (the store signals the
+//! snapshot publisher itself when it commits). The admin REST API,
+//! declarative apply and the management gRPC service are adapters over it.
+use crate::crypto::{JwtKeys, Sealer};
+use crate::publisher::Publisher;
+use crate::store::{Store, StoreError, User};
+
+/// What every operation can reach.
+#[derive(Clone)]
+pub struct Services {
+    pub store: Store,
+    /// Wrong passwords per account and address.
+    pub password_throttle: crate::api::throttle::PasswordThrottle,
+    /// Password checks at once.
+    pub login_gate: crate::api::throttle::LoginGate,
+    pub sealer: Sealer,
+    pub jwt: JwtKeys,
+    pub publisher: Publisher,
+    pub refresher: crate::oauth::Refresher,
+    pub health: crate::health::HealthChecker,
+    /// The scheduling state the data planes share.
+    pub state: std::sync::Arc<dyn aiproxy_shared::state::StateStore>,
+    /// The zone package periods and daily usage are counted in.
+    pub billing_tz: chrono::FixedOffset,
+    /// Defaults of the runtime settings.
+    pub setting_defaults: crate::settings::Defaults,
+    /// The data planes this control plane serves, and what they applied.
+    pub nodes: crate::grpc::NodeRegistry,
+    /// OAuth endpoints, for the sign-in flow of new subscriptions.
+    pub oauth_endpoints: aiproxy_shared::config::OAuthSettings,
+}
+
+/// Why an operation failed; the adapters render it (the REST API as
+/// `{"error":{"code","message"}}`, gRPC as a status).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    /// A dependency (the shared state store) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+    /// Too many wrong passwords: tries wait this long, unchecked.
+    #[error("too many wrong passwords; try again in {} s", whole_seconds(.0))]
+    Throttled(std::time::Duration),
+    /// This process is at capacity for the work asked: retry shortly.
+    #[error("{0}")]
+    Busy(&'static str),
+}
+
+/// A wait in seconds, rounded up: a client retrying then is not early.
+fn whole_seconds(wait: &std::time::Duration) -> u64 {
+    wait.as_millis().div_ceil(1000).max(1) as u64
+}
+
+impl ServiceError {
+    /// The HTTP status and the short code the REST API answers with.
+    pub fn parts(&self) -> (http::StatusCode, &'static str) {
+        use http::StatusCode;
+        match self {
+            ServiceError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ServiceError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ServiceError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ServiceError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ServiceError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ServiceError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ServiceError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ServiceError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ServiceError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+        }
+    }
+
+    /// Seconds a client should wait before trying again, when it should.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ServiceError::Throttled(wait) => Some(whole_seconds(wait)),
+            ServiceError::Busy(_) => Some(1),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => ServiceError::NotFound("not found"),
+            StoreError::Conflict(m) => ServiceError::Conflict(m),
+            other => ServiceError::Internal(other.to_string()),
+        }
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// Who is acting: a signed-in user, or the control plane's own principal
+/// (the management token, the start-up file, the health checker) as an
+/// admin that is no row in `users` (id 0).
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub user: User,
+}
+
+impl Actor {
+    /// An admin principal that is no user.
+    pub fn service(name: &str) -> Actor {
+        let now = chrono::Utc::now();
+        Actor {
+            user: User {
+                id: 0,
+                username: name.to_string(),
+                password_hash: String::new(),
+                role: "admin".into(),
+                status: "active".into(),
+                price_rate: rust_decimal::Decimal::ONE,
+                email: None,
+                max_concurrency: 0,
+                created_at: now,
+                updated_at: now,
+                token_generation: 0,
+            },
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.user.role == "admin"
+    }
+
+    pub fn require_admin(&self) -> ServiceResult<()> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden("admin role required"))
+        }
+    }
+
+    /// Whose things a listing shows: the user asked for (or everyone's) for
+    /// an admin, always the caller's own for a user.
+    pub fn listing_scope(&self, asked: Option<i64>) -> Option<i64> {
+        if self.is_admin() {
+            asked
+        } else {
+            Some(self.user.id)
+        }
+    }
+
+    /// Admins may act on anyone; users only on themselves.
+    pub fn require_self_or_admin(&self, user_id: i64) -> ServiceResult<()> {
+        if self.is_admin() || self.user.id == user_id {
+            Ok(())
+        } else {
+            Err(ServiceError::Forbidden("not allowed for this user"))
+        }
+    }
+}
+
+/// Validates an optional list of model names.
+pub(crate) fn check_models(models: &[String]) -> ServiceResult<()> {
+    if models.iter().any(|m| m.trim().is_empty() || m.len() > 128) {
+        return Err(ServiceError::BadRequest(
+            "allowed_models entries must be 1 to 128 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_status(status: &str) -> ServiceResult<()> {
+    match status {
+        "active" | "disabled" => Ok(()),
+        _ => Err(ServiceError::BadRequest(
+            "status must be active or disabled".into(),
+        )),
+    }
+}
+
+/// Deserializes a field that may be absent (None), null (Some(None)) or set.
+pub(crate) fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    serde::Deserialize::deserialize(d).map(Some)
+}
