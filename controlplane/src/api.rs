@@ -23,8 +23,8 @@ use serde_json::json;
 pub use crate::service::{ServiceError, ServiceResult, Services};
 // The names the handlers still use while they move to the service layer.
 pub(crate) use crate::service::{
-    Actor as AuthUser, ServiceError as ApiError, ServiceResult as ApiResult,
-    Services as ApiState, check_models, check_status, double_option,
+    Actor as AuthUser, ServiceError as ApiError, ServiceResult as ApiResult, Services as ApiState,
+    check_models, check_status, double_option,
 };
 
 /// Largest price file `/prices/import` takes.
@@ -213,4 +213,3 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
         }
     }
 }
-

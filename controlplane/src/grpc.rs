@@ -280,7 +280,6 @@ impl NodeService for NodeApi {
                 .map_err(|e| Status::internal(e.to_string()))?;
             if changed {
                 tracing::info!(node_id = %req.node_id, account_id = req.account_id, reset_at = %reset.to_rfc3339(), "account rate-limited upstream");
-                self.publisher.notify();
             }
         }
         if !req.suspected_ban.is_empty() {
@@ -290,7 +289,6 @@ impl NodeService for NodeApi {
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
             tracing::warn!(node_id = %req.node_id, account_id = req.account_id, %message, "upstream refused the account with permission_error: flagged as likely banned");
-            self.publisher.notify();
         }
         if !req.credential_failure.is_empty() {
             let outcome = HealthOutcome::Refused {

@@ -15,7 +15,6 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::Sealer;
 use crate::oauth::{Credentials, Refresher};
-use crate::publisher::Publisher;
 use crate::settings::{Defaults, SystemSettings};
 use crate::store::{
     Account, HealthEffect, HealthOutcome, NewAudit, OAuthUsage, Store, StoreResult, UsageWindow,
@@ -45,7 +44,6 @@ pub struct CheckReport {
 pub struct HealthChecker {
     store: Store,
     sealer: Sealer,
-    publisher: Publisher,
     refresher: Refresher,
     endpoints: OAuthSettings,
     defaults: Defaults,
@@ -64,7 +62,6 @@ impl HealthChecker {
     pub fn new(
         store: Store,
         sealer: Sealer,
-        publisher: Publisher,
         refresher: Refresher,
         endpoints: OAuthSettings,
         defaults: Defaults,
@@ -72,7 +69,6 @@ impl HealthChecker {
         Self {
             store,
             sealer,
-            publisher,
             refresher,
             endpoints,
             defaults,
@@ -175,7 +171,6 @@ impl HealthChecker {
                     detail: Some(&detail),
                 })
                 .await?;
-            self.publisher.notify();
         }
         Ok(effect)
     }

@@ -107,7 +107,6 @@ impl Jobs {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(accounts = n, "rate limits lapsed; accounts back in service");
-                self.publisher.notify();
             }
             Err(e) => tracing::warn!(error = %e, "rate-limit recovery failed"),
         }

@@ -144,16 +144,10 @@ pub async fn start(
         source,
     })?;
 
-    let refresher = oauth::Refresher::new(
-        store.clone(),
-        sealer.clone(),
-        publisher.clone(),
-        settings.oauth.clone(),
-    );
+    let refresher = oauth::Refresher::new(store.clone(), sealer.clone(), settings.oauth.clone());
     let health = health::HealthChecker::new(
         store.clone(),
         sealer.clone(),
-        publisher.clone(),
         refresher.clone(),
         settings.oauth.clone(),
         settings.setting_defaults.clone(),

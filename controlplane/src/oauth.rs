@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::crypto::Sealer;
-use crate::publisher::Publisher;
 use crate::store::{AccountPatch, Store, StoreError};
 
 /// Client id of Claude Code's OAuth application.
@@ -102,25 +101,18 @@ pub struct Refresher {
 struct Inner {
     store: Store,
     sealer: Sealer,
-    publisher: Publisher,
     http: HttpClient,
     endpoints: OAuthSettings,
     locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Refresher {
-    pub fn new(
-        store: Store,
-        sealer: Sealer,
-        publisher: Publisher,
-        endpoints: OAuthSettings,
-    ) -> Self {
+    pub fn new(store: Store, sealer: Sealer, endpoints: OAuthSettings) -> Self {
         let http = aiproxy_shared::http::client(Duration::from_secs(10));
         Self {
             inner: Arc::new(Inner {
                 store,
                 sealer,
-                publisher,
                 http,
                 endpoints,
                 locks: Mutex::default(),
@@ -449,7 +441,6 @@ impl Refresher {
             ..Default::default()
         };
         self.inner.store.update_account(id, &patch).await?;
-        self.inner.publisher.notify();
         Ok(())
     }
 
@@ -461,7 +452,6 @@ impl Refresher {
             ..Default::default()
         };
         self.inner.store.update_account(id, &patch).await?;
-        self.inner.publisher.notify();
         Ok(())
     }
 

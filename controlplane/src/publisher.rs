@@ -31,7 +31,8 @@ struct Inner {
     /// One build at a time: builds side by side could publish an older
     /// version after a newer one, and nodes would briefly step back.
     building: tokio::sync::Mutex<()>,
-    changed: Notify,
+    /// The store's signal that a change was committed.
+    changed: std::sync::Arc<Notify>,
     /// Package and key usage as it changes, for every watcher.
     usage: broadcast::Sender<Arc<pb::UsageUpdate>>,
 }
@@ -48,6 +49,7 @@ impl Publisher {
         billing_utc_offset_seconds: i32,
     ) -> Self {
         let (latest, _) = watch::channel(None);
+        let changed = store.changes();
         let (usage, _) = broadcast::channel(16);
         Self {
             inner: Arc::new(Inner {
@@ -57,15 +59,10 @@ impl Publisher {
                 billing_utc_offset_seconds,
                 latest,
                 building: tokio::sync::Mutex::new(()),
-                changed: Notify::new(),
+                changed,
                 usage,
             }),
         }
-    }
-
-    /// Asks for a rebuild now instead of at the next poll.
-    pub fn notify(&self) {
-        self.inner.changed.notify_one();
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Option<Arc<pb::Snapshot>>> {

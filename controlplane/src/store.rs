@@ -70,7 +70,20 @@ impl Store {
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
         });
+        self.signal_change();
         Ok(())
+    }
+
+    /// Says a change that moves the snapshot version was committed: the
+    /// publisher of this process rebuilds now rather than at its next poll
+    /// (other control planes see it at theirs).
+    pub(crate) fn signal_change(&self) {
+        self.changes.notify_one();
+    }
+
+    /// Woken after each committed change that moves the snapshot version.
+    pub fn changes(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.changes.clone()
     }
 }
 

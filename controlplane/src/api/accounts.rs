@@ -256,7 +256,6 @@ pub async fn create(
         kind = kind.as_str(),
         "account created"
     );
-    state.publisher.notify();
     refresh_if_due(&state, kind, account.id);
     Ok((StatusCode::CREATED, Json(view(&state, &account)?)))
 }
@@ -335,7 +334,6 @@ pub async fn update(
         disabled_reason: re_enabled.then_some(None),
     };
     let account = state.store.update_account(id, &patch).await?;
-    state.publisher.notify();
     if limit_cleared {
         super::cache::clear_account_marks(&state, id, MarkKind::RateLimited).await;
     }
@@ -355,7 +353,6 @@ pub async fn remove(
 ) -> ApiResult<StatusCode> {
     auth.require_admin()?;
     state.store.delete_account(id).await?;
-    state.publisher.notify();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -395,7 +392,6 @@ async fn set_enabled(
         ..AccountPatch::default()
     };
     let account = state.store.update_account(id, &patch).await?;
-    state.publisher.notify();
     if enabled {
         super::cache::clear_account_marks(&state, id, MarkKind::Unavailable).await;
     }
@@ -436,7 +432,6 @@ pub async fn reset_all(
 
 async fn reset_accounts(state: &ApiState, id: Option<i64>, enable: bool) -> ApiResult<u64> {
     let reset = state.store.reset_accounts(id, enable).await?;
-    state.publisher.notify();
     let mut kinds = vec![MarkKind::RateLimited];
     if enable {
         kinds.push(MarkKind::Unavailable);

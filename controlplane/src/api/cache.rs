@@ -219,7 +219,6 @@ pub async fn clear_rate_limited(
         .state
         .clear_marks(Some(MarkKind::RateLimited), q.account_id)
         .await?;
-    state.publisher.notify();
     tracing::info!(account_id = ?q.account_id, cleared, marks, "rate limits cleared by an operator");
     Ok(Json(json!({ "cleared": cleared.max(marks) })))
 }

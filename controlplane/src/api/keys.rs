@@ -212,7 +212,6 @@ pub async fn create(
             expires_at: req.expires_at,
         })
         .await?;
-    state.publisher.notify();
     let mut body = serde_json::to_value(&key).map_err(|e| ApiError::Internal(e.to_string()))?;
     body["key"] = Value::String(plaintext);
     Ok((StatusCode::CREATED, Json(body)))
@@ -282,7 +281,6 @@ pub async fn update(
         expires_at: req.expires_at,
     };
     let key = state.store.update_api_key(id, &patch).await?;
-    state.publisher.notify();
     Ok(Json(key))
 }
 
@@ -293,6 +291,5 @@ pub async fn remove(
 ) -> ApiResult<StatusCode> {
     visible_key(&state, &auth, id).await?;
     state.store.delete_api_key(id).await?;
-    state.publisher.notify();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -185,7 +185,6 @@ pub async fn create(
     check_shape(&shape)?;
     let package = state.store.create_package(&new).await?;
     tracing::info!(package_id = package.id, user_id, "package created");
-    state.publisher.notify();
     Ok((StatusCode::CREATED, Json(package)))
 }
 
@@ -235,7 +234,6 @@ pub async fn update(
     shape.quota_total = patch.quota_total.unwrap_or(shape.quota_total);
     check_shape(&shape)?;
     let package = state.store.update_package(id, &patch).await?;
-    state.publisher.notify();
     Ok(Json(package))
 }
 
@@ -246,7 +244,6 @@ pub async fn remove(
 ) -> ApiResult<StatusCode> {
     auth.require_admin()?;
     state.store.delete_package(id).await?;
-    state.publisher.notify();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -259,7 +256,6 @@ pub async fn reset(
     auth.require_admin()?;
     state.store.reset_package_usage(Some(id), None).await?;
     tracing::info!(package_id = id, by = %auth.user.username, "package usage reset");
-    state.publisher.notify();
     Ok(Json(state.store.get_package(id).await?))
 }
 
@@ -272,6 +268,5 @@ pub async fn reset_for_user(
     auth.require_admin()?;
     let reset = state.store.reset_package_usage(None, Some(user_id)).await?;
     tracing::info!(user_id, reset, by = %auth.user.username, "package usage reset");
-    state.publisher.notify();
     Ok(Json(json!({ "reset": reset })))
 }

@@ -158,7 +158,6 @@ pub async fn put(
     };
     let versions = state.store.set_prices(&[row], &auth.user.username).await?;
     tracing::info!(model = %model, version = versions[0], by = %auth.user.username, "price set");
-    state.publisher.notify();
     Ok(Json(state.store.get_price(&model).await?))
 }
 
@@ -172,7 +171,6 @@ pub async fn remove(
         .store
         .delete_price(&model, &auth.user.username)
         .await?;
-    state.publisher.notify();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -288,7 +286,6 @@ pub async fn import(
         .set_prices(&rows, &format!("{} (LiteLLM import)", auth.user.username))
         .await?;
     tracing::info!(imported = rows.len(), skipped, "prices imported");
-    state.publisher.notify();
     Ok(Json(json!({ "imported": rows.len(), "skipped": skipped })))
 }
 

@@ -24,7 +24,6 @@ pub async fn update(
         .store
         .save_system_configs(&change.set, &change.unset)
         .await?;
-    state.publisher.notify();
     tracing::info!(user = %auth.user.username, set = ?change.set.keys().collect::<Vec<_>>(), unset = ?change.unset, "settings changed");
     let settings = SystemSettings::load(&state.store, &state.setting_defaults).await?;
     Ok(Json(settings.to_json()))

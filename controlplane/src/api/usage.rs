@@ -128,8 +128,6 @@ pub async fn rerate(
         before = %report.before_cost, after = %report.after_cost, applied = report.applied,
         by = %auth.user.username, "re-rated"
     );
-    if report.applied {
-        state.publisher.notify();
-    }
+    if report.applied {}
     Ok(Json(report))
 }

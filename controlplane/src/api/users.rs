@@ -129,7 +129,6 @@ pub async fn create(
             max_concurrency: req.max_concurrency.max(0),
         })
         .await?;
-    state.publisher.notify();
     Ok((StatusCode::CREATED, Json(user)))
 }
 
@@ -165,7 +164,6 @@ pub async fn update(
         max_concurrency: req.max_concurrency.map(|c| c.max(0)),
     };
     let user = state.store.update_user(id, &patch).await?;
-    state.publisher.notify();
     Ok(Json(user))
 }
 
@@ -179,6 +177,5 @@ pub async fn remove(
         return Err(ApiError::BadRequest("you cannot delete yourself".into()));
     }
     state.store.delete_user(id).await?;
-    state.publisher.notify();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -168,6 +168,7 @@ impl Store {
             .map_err(|e| StoreError::from_write(e, "account"))?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
             done.last_id()
         });
         self.get_account(id).await
@@ -225,6 +226,7 @@ impl Store {
             .await?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
         });
         self.get_account(id).await
     }
@@ -253,6 +255,7 @@ impl Store {
                 sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             }
             tx.commit().await?;
+            self.signal_change();
             Ok(changed)
         })
     }
@@ -271,6 +274,7 @@ impl Store {
                 sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             }
             tx.commit().await?;
+            self.signal_change();
             Ok(done.rows_affected())
         })
     }
@@ -290,6 +294,7 @@ impl Store {
             };
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
             Ok(done.rows_affected())
         })
     }
@@ -388,6 +393,7 @@ impl Store {
                 }
             };
             tx.commit().await?;
+            self.signal_change();
             Ok(effect)
         })
     }
@@ -443,6 +449,7 @@ impl Store {
             }
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
             Ok(done.rows_affected())
         })
     }

@@ -139,6 +139,7 @@ impl Store {
             .map_err(|e| StoreError::from_write(e, "api key"))?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
             done.last_id()
         });
         self.get_api_key(id).await
@@ -197,6 +198,7 @@ impl Store {
             .await?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
         });
         self.get_api_key(id).await
     }

@@ -37,6 +37,8 @@ pub struct Store {
     /// Ingestion batches run one at a time in this process (package usage is
     /// read, charged and written back; MySQL also locks the rows for other replicas).
     pub(crate) ingest_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Notified after every commit that moves the snapshot version.
+    pub(crate) changes: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// Runs `$body` with `$p` bound to the concrete pool; the body is compiled
@@ -126,6 +128,7 @@ impl Store {
         Ok(Store {
             pool,
             ingest_lock: Default::default(),
+            changes: Default::default(),
         })
     }
 

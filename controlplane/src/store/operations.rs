@@ -101,6 +101,7 @@ impl Store {
             }
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
             Ok(())
         })
     }
@@ -311,6 +312,7 @@ impl Store {
     pub async fn bump_snapshot_version(&self) -> StoreResult<u64> {
         with_pool!(self, p => {
             sqlx::query(BUMP_VERSION).execute(p).await?;
+            self.signal_change();
         });
         self.snapshot_version().await
     }

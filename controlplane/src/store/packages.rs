@@ -165,6 +165,7 @@ impl Store {
             .await?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
             done.last_id()
         });
         self.get_package(id).await
@@ -225,6 +226,7 @@ impl Store {
             .await?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
         });
         self.get_package(id).await
     }
@@ -261,6 +263,7 @@ impl Store {
             .await?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
             Ok(done.rows_affected())
         })
     }

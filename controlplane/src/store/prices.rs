@@ -175,6 +175,7 @@ impl Store {
             }
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
             Ok(versions)
         })
     }
@@ -199,6 +200,7 @@ impl Store {
                 .await?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
         });
         Ok(())
     }

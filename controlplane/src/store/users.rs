@@ -103,6 +103,7 @@ impl Store {
             .map_err(|e| StoreError::from_write(e, "user"))?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
             done.last_id()
         });
         self.get_user(id).await
@@ -187,6 +188,7 @@ impl Store {
             .await?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
         });
         self.get_user(id).await
     }
@@ -203,6 +205,7 @@ impl Store {
             sqlx::query("DELETE FROM user_packages WHERE user_id = ?").bind(id).execute(&mut *tx).await?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
+            self.signal_change();
         });
         Ok(())
     }
