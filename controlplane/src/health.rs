@@ -253,11 +253,7 @@ impl HealthChecker {
                 },
                 401 | 403 => {
                     let token = creds.get("access_token").filter(|t| !t.is_empty());
-                    if status == 401
-                        && !refreshed
-                        && crate::oauth::is_oauth(kind)
-                        && token.is_some()
-                    {
+                    if status == 401 && !refreshed && kind.is_oauth() && token.is_some() {
                         refreshed = true;
                         let refused: [u8; 32] =
                             Sha256::digest(token.map_or("", |t| t.as_str()).as_bytes()).into();

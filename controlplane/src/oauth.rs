@@ -54,16 +54,6 @@ pub enum RefreshError {
     Unavailable(String),
 }
 
-pub fn is_oauth(kind: AccountKind) -> bool {
-    matches!(
-        kind,
-        AccountKind::ClaudeOauth
-            | AccountKind::ClaudeSessionKey
-            | AccountKind::OpenAiResponses
-            | AccountKind::GeminiOauth
-    )
-}
-
 /// Where claude.ai sends the authorization code for Claude Code's client.
 pub(crate) const CLAUDE_REDIRECT_URI: &str = "https://platform.claude.com/oauth/code/callback";
 
@@ -130,7 +120,7 @@ impl Refresher {
             }
         };
         for account in accounts {
-            let oauth = AccountKind::parse(&account.kind).is_some_and(is_oauth);
+            let oauth = AccountKind::parse(&account.kind).is_some_and(AccountKind::is_oauth);
             if !oauth || !account.enabled || account.status != "valid" {
                 continue;
             }
@@ -472,7 +462,7 @@ impl Refresher {
         let store = &self.inner.store;
         let account = store.get_account(id).await?;
         let kind = AccountKind::parse(&account.kind)
-            .filter(|k| is_oauth(*k))
+            .filter(|k| k.is_oauth())
             .ok_or(RefreshError::NotOAuth(id))?;
         let mut creds = self.open(&account.credentials_sealed)?;
         let current = creds.get("access_token").cloned().unwrap_or_default();

@@ -1,7 +1,6 @@
 //! Packages and their periods: which package pays for a request, whether it
 //! has room, and how a charge lands in daily, weekly and monthly usage.
 //! The data plane admits with it; the control plane charges with it.
-use std::str::FromStr;
 
 use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Utc};
 use rust_decimal::Decimal;
@@ -57,22 +56,13 @@ impl Periods {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PackageKind {
-    /// USD per day, week and month, each reset at its period's start.
-    Subscription,
-    /// A USD total, used up once.
-    Quota,
-}
-
-impl FromStr for PackageKind {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "subscription" => Ok(PackageKind::Subscription),
-            "quota" => Ok(PackageKind::Quota),
-            _ => Err(()),
-        }
+crate::named_enum! {
+    /// How a package limits spending.
+    pub enum PackageKind refused "type must be subscription or quota" {
+        /// USD per day, week and month, each reset at its period's start.
+        Subscription = "subscription",
+        /// A USD total, used up once.
+        Quota = "quota",
     }
 }
 
@@ -305,6 +295,8 @@ pub fn draw<'a>(
 
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
+
     use super::*;
 
     fn d(s: &str) -> Decimal {

@@ -20,50 +20,83 @@ impl Platform {
     }
 }
 
-/// The kind of an upstream account, as stored in `accounts.type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum AccountKind {
-    #[serde(rename = "claude-api")]
-    ClaudeApi,
-    #[serde(rename = "claude-oauth")]
-    ClaudeOauth,
-    #[serde(rename = "claude-session-key")]
-    ClaudeSessionKey,
-    #[serde(rename = "openai")]
-    OpenAi,
-    #[serde(rename = "openai-responses")]
-    OpenAiResponses,
-    #[serde(rename = "gemini-api")]
-    GeminiApi,
-    #[serde(rename = "gemini-oauth")]
-    GeminiOauth,
+crate::named_enum! {
+    /// The kind of an upstream account, as stored in `accounts.type`.
+    pub enum AccountKind refused "type must be one of claude-api, claude-oauth, claude-session-key, openai, openai-responses, gemini-api, gemini-oauth" {
+        ClaudeApi = "claude-api",
+        ClaudeOauth = "claude-oauth",
+        ClaudeSessionKey = "claude-session-key",
+        OpenAi = "openai",
+        OpenAiResponses = "openai-responses",
+        GeminiApi = "gemini-api",
+        GeminiOauth = "gemini-oauth",
+    }
+}
+
+crate::named_enum! {
+    /// What an admin-API user may do: everything, or their own keys, usage and logs.
+    pub enum Role refused "role must be admin or user" {
+        Admin = "admin",
+        User = "user",
+    }
+}
+
+crate::named_enum! {
+    /// Whether a user, key or package is in force.
+    pub enum ActiveStatus refused "status must be active or disabled" {
+        Active = "active",
+        Disabled = "disabled",
+    }
+}
+
+crate::named_enum! {
+    /// An account's standing with its upstream.
+    pub enum AccountStatus refused "status must be valid, invalid or banned" {
+        Valid = "valid",
+        Invalid = "invalid",
+        Banned = "banned",
+    }
+}
+
+crate::named_enum! {
+    /// What a key's requests are charged to.
+    pub enum BillingType refused "billing_type must be package or standalone" {
+        /// The user's packages (and the key's own cost limit, if set).
+        Package = "package",
+        /// Only the key's own cost limit.
+        Standalone = "standalone",
+    }
+}
+
+crate::named_enum! {
+    /// How strictly a key's requests must look like a known client program.
+    pub enum FilterMode refused "client_filter must be off, simple or strict (or null to follow the settings)" {
+        Off = "off",
+        Simple = "simple",
+        Strict = "strict",
+    }
+}
+
+crate::named_enum! {
+    /// A client program the client filter knows.
+    pub enum ClientName refused "allowed_clients entries must be claude-code, codex-cli or gemini-cli" {
+        ClaudeCode = "claude-code",
+        CodexCli = "codex-cli",
+        GeminiCli = "gemini-cli",
+    }
 }
 
 impl AccountKind {
-    pub const ALL: [AccountKind; 7] = [
-        AccountKind::ClaudeApi,
-        AccountKind::ClaudeOauth,
-        AccountKind::ClaudeSessionKey,
-        AccountKind::OpenAi,
-        AccountKind::OpenAiResponses,
-        AccountKind::GeminiApi,
-        AccountKind::GeminiOauth,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccountKind::ClaudeApi => "claude-api",
-            AccountKind::ClaudeOauth => "claude-oauth",
-            AccountKind::ClaudeSessionKey => "claude-session-key",
-            AccountKind::OpenAi => "openai",
-            AccountKind::OpenAiResponses => "openai-responses",
-            AccountKind::GeminiApi => "gemini-api",
-            AccountKind::GeminiOauth => "gemini-oauth",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<AccountKind> {
-        AccountKind::ALL.into_iter().find(|k| k.as_str() == s)
+    /// Accounts that call upstreams with OAuth access tokens, which the
+    /// control plane refreshes (a session key is exchanged for them).
+    pub fn is_oauth(self) -> bool {
+        matches!(
+            self,
+            AccountKind::ClaudeOauth
+                | AccountKind::ClaudeSessionKey
+                | AccountKind::OpenAiResponses
+                | AccountKind::GeminiOauth
+        )
     }
 
     pub fn platform(self) -> Platform {
@@ -172,7 +205,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_through_their_names() {
-        for kind in AccountKind::ALL {
+        for &kind in AccountKind::ALL {
             assert_eq!(AccountKind::parse(kind.as_str()), Some(kind));
             let json = serde_json::to_string(&kind).unwrap();
             assert_eq!(json, format!("\"{}\"", kind.as_str()));

@@ -8,6 +8,8 @@ pub mod domain;
 pub mod fs;
 pub mod http;
 pub mod keys;
+pub mod money;
+pub mod names;
 pub mod net;
 pub mod pricing;
 pub mod ratelimit;

@@ -175,7 +175,7 @@ fn view(state: &ApiState, account: &Account) -> ApiResult<Value> {
 /// A token written by hand may already be close to expiry: refresh it now
 /// rather than at the next scan.
 fn refresh_if_due(state: &ApiState, kind: AccountKind, id: i64) {
-    if crate::oauth::is_oauth(kind) {
+    if kind.is_oauth() {
         let refresher = state.refresher.clone();
         tokio::spawn(async move {
             if let Err(e) = refresher.refresh(id, None).await {

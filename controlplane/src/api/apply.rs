@@ -324,7 +324,7 @@ async fn apply_account(
             }
             // OAuth tokens rotate after creation: the file's would undo that.
             // Other credentials are written only when they changed.
-            let oauth = AccountKind::parse(&current.kind).is_some_and(crate::oauth::is_oauth);
+            let oauth = AccountKind::parse(&current.kind).is_some_and(AccountKind::is_oauth);
             let unchanged = || {
                 let stored: BTreeMap<String, String> = state
                     .sealer

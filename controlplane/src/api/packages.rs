@@ -79,9 +79,7 @@ fn check_shape(p: &Package) -> ApiResult<()> {
             "a quota package needs quota_total".into(),
         )),
         Ok(_) => Ok(()),
-        Err(()) => Err(ApiError::BadRequest(
-            "type must be subscription or quota".into(),
-        )),
+        Err(refusal) => Err(ApiError::BadRequest(refusal.into())),
     }
 }
 

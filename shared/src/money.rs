@@ -1,0 +1,148 @@
+//! USD amounts as the admin API takes and gives them: written as a decimal
+//! string or a JSON number, read exactly, always answered as a string.
+use std::fmt;
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+
+/// An amount of money. A string is read exactly as written; a JSON number
+/// is read as the decimal it spells (`0.1` is 0.1, not the nearest binary
+/// fraction), exact up to 15 significant digits — beyond that, send a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(pub Decimal);
+
+impl Money {
+    pub fn is_negative(&self) -> bool {
+        self.0.is_sign_negative() && !self.0.is_zero()
+    }
+}
+
+impl From<Money> for Decimal {
+    fn from(m: Money) -> Decimal {
+        m.0
+    }
+}
+
+impl From<Decimal> for Money {
+    fn from(d: Decimal) -> Money {
+        Money(d)
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Parses a decimal written as text: plain (`1.50`) or scientific (`1.5e2`).
+pub fn parse_decimal(text: &str) -> Option<Decimal> {
+    let text = text.trim();
+    Decimal::from_str(text)
+        .or_else(|_| Decimal::from_scientific(text))
+        .ok()
+}
+
+const EXPECTING: &str = "a decimal amount, as a string such as \"1.50\" or a number";
+
+impl serde::Serialize for Money {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Money {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Money, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Money;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str(EXPECTING)
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Money, E> {
+                parse_decimal(s)
+                    .map(Money)
+                    .ok_or_else(|| E::custom(format!("{s:?} is not {EXPECTING}")))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Money, E> {
+                Ok(Money(Decimal::from(n)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Money, E> {
+                Ok(Money(Decimal::from(n)))
+            }
+            /// The shortest text that reads back as this float is the
+            /// decimal the client wrote (for up to 15 significant digits).
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Money, E> {
+                if !n.is_finite() {
+                    return Err(E::custom(EXPECTING));
+                }
+                parse_decimal(&n.to_string())
+                    .map(Money)
+                    .ok_or_else(|| E::custom(format!("{n} is out of range")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(feature = "schema")]
+impl utoipa::PartialSchema for Money {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^\s*-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\s*$")),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .description(Some(
+                "USD: a decimal string, or a number (exact up to 15 significant digits); answered as a string",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "schema")]
+impl utoipa::ToSchema for Money {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(json: &str) -> Result<Decimal, String> {
+        serde_json::from_str::<Money>(json)
+            .map(|m| m.0)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn strings_and_numbers_read_exactly_and_answer_as_strings() {
+        for (json, text) in [
+            ("\"0.1\"", "0.1"),
+            ("0.1", "0.1"),
+            ("2", "2"),
+            ("-3", "-3"),
+            ("12.50", "12.5"),
+            ("\"12.50\"", "12.50"),
+            ("1e-7", "0.0000001"),
+            ("\"1.5e2\"", "150"),
+            ("123456.7890123", "123456.7890123"),
+            ("0.30000000000000004", "0.30000000000000004"),
+        ] {
+            let d = read(json).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(
+                d.normalize(),
+                Decimal::from_str(text).unwrap().normalize(),
+                "{json}"
+            );
+        }
+        assert_eq!(
+            serde_json::to_string(&Money(Decimal::from_str("0.1").unwrap())).unwrap(),
+            "\"0.1\""
+        );
+        for bad in ["\"lots\"", "true", "[1]", "null"] {
+            assert!(read(bad).is_err(), "{bad}");
+        }
+    }
+}
