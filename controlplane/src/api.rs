@@ -24,7 +24,7 @@ pub use crate::service::{ServiceError, ServiceResult, Services};
 // The names the handlers still use while they move to the service layer.
 pub(crate) use crate::service::{
     Actor as AuthUser, ServiceError as ApiError, ServiceResult as ApiResult, Services as ApiState,
-    check_models, check_status, double_option,
+    double_option,
 };
 
 /// Largest price file `/prices/import` takes.
@@ -136,6 +136,45 @@ async fn openapi() -> impl IntoResponse {
 
 async fn not_found() -> ApiError {
     ApiError::NotFound("no such route")
+}
+
+/// How every failure is answered.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// `bad_request`, `unauthorized`, `forbidden`, `not_found`, `conflict`,
+    /// `unavailable`, `busy`, `too_many_requests` or `internal`.
+    pub code: String,
+    pub message: String,
+}
+
+/// The failures any route may answer with, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum Failures {
+    /// The request is malformed or a value is refused.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorBody),
+    /// No valid bearer token.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The caller's role may not do this.
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// No such thing, or not the caller's.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// It exists already, or changed meanwhile.
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// A dependency is unreachable, or the control plane is at capacity
+    /// (`Retry-After`).
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
 }
 
 impl IntoResponse for ServiceError {

@@ -2,6 +2,11 @@
 //! it, validation, sealing and the store transaction (the store signals the
 //! snapshot publisher itself when it commits). The admin REST API,
 //! declarative apply and the management gRPC service are adapters over it.
+pub mod keys;
+pub mod packages;
+pub mod prices;
+pub mod users;
+
 use crate::crypto::{JwtKeys, Sealer};
 use crate::publisher::Publisher;
 use crate::store::{Store, StoreError, User};
@@ -171,15 +176,6 @@ pub(crate) fn check_models(models: &[String]) -> ServiceResult<()> {
         ));
     }
     Ok(())
-}
-
-pub(crate) fn check_status(status: &str) -> ServiceResult<()> {
-    match status {
-        "active" | "disabled" => Ok(()),
-        _ => Err(ServiceError::BadRequest(
-            "status must be active or disabled".into(),
-        )),
-    }
 }
 
 /// Deserializes a field that may be absent (None), null (Some(None)) or set.

@@ -156,7 +156,7 @@ pub async fn change_password(
     if let Some(wait) = state.password_throttle.wait(&auth.user.username, from) {
         return Err(ApiError::Throttled(wait));
     }
-    super::users::check_password(&req.new_password)?;
+    crate::service::users::check_password(&req.new_password)?;
     let hash = auth.user.password_hash.clone();
     let valid = state
         .login_gate
@@ -170,7 +170,7 @@ pub async fn change_password(
     }
     state.password_throttle.succeeded(&auth.user.username, from);
     let patch = crate::store::UserPatch {
-        password_hash: Some(super::users::hash(&state, req.new_password).await?),
+        password_hash: Some(state.hash_password(req.new_password).await?),
         ..Default::default()
     };
     let user = state.store.update_user(auth.user.id, &patch).await?;

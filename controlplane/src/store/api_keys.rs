@@ -6,15 +6,19 @@ use serde::Serialize;
 use super::db::{Usd, impl_from_row, list_from_column, list_to_column, with_pool};
 use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ApiKey {
     pub id: i64,
     pub user_id: i64,
     pub name: String,
     #[serde(skip)]
     pub key_hash: String,
+    /// The fixed prefix and four characters of a generated key; four
+    /// characters of an operator-supplied one.
     pub key_prefix: String,
+    #[schema(value_type = aiproxy_shared::domain::BillingType)]
     pub billing_type: String,
+    #[schema(value_type = aiproxy_shared::domain::ActiveStatus)]
     pub status: String,
     /// Disabled by an administrator: only an administrator enables it again.
     pub disabled_by_admin: bool,
@@ -25,8 +29,10 @@ pub struct ApiKey {
     pub allowed_models: Vec<String>,
     pub max_concurrency: i32,
     /// Overrides the global client filter: off, simple or strict.
+    #[schema(value_type = Option<aiproxy_shared::domain::FilterMode>)]
     pub client_filter: Option<String>,
     /// With `client_filter`: the clients admitted (empty keeps the global list).
+    #[schema(value_type = Vec<aiproxy_shared::domain::ClientName>)]
     pub allowed_clients: Vec<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,

@@ -8,15 +8,17 @@ use serde::Serialize;
 use super::db::{Usd, impl_from_row, list_from_column, list_to_column, with_pool};
 use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Package {
     pub id: i64,
     pub user_id: i64,
     pub name: String,
     /// `subscription` or `quota`.
     #[serde(rename = "type")]
+    #[schema(value_type = aiproxy_shared::billing::PackageKind)]
     pub kind: String,
     /// `active` or `disabled`.
+    #[schema(value_type = aiproxy_shared::domain::ActiveStatus)]
     pub status: String,
     pub daily_quota: Option<Decimal>,
     pub weekly_quota: Option<Decimal>,

@@ -11,7 +11,7 @@ use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 /// Prices shipped with the binary, used to seed an empty `model_prices`.
 const SHIPPED_PRICES: &str = include_str!("../../prices.json");
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct PriceRow {
     pub model: String,
     pub input_price: Decimal,
@@ -66,7 +66,7 @@ macro_rules! price_row {
 impl_from_row!(PriceRow, |r| { Ok(price_row!(r, "updated_at", "version")) });
 
 /// One entry of a model's price history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PriceVersion {
     #[serde(flatten)]
     pub prices: PriceRow,

@@ -6,13 +6,15 @@ use serde::Serialize;
 use super::db::{Usd, impl_from_row, with_pool};
 use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct User {
     pub id: i64,
     pub username: String,
     #[serde(skip)]
     pub password_hash: String,
+    #[schema(value_type = aiproxy_shared::domain::Role)]
     pub role: String,
+    #[schema(value_type = aiproxy_shared::domain::ActiveStatus)]
     pub status: String,
     pub price_rate: Decimal,
     pub email: Option<String>,
