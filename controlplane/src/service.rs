@@ -2,9 +2,11 @@
 //! it, validation, sealing and the store transaction (the store signals the
 //! snapshot publisher itself when it commits). The admin REST API,
 //! declarative apply and the management gRPC service are adapters over it.
+pub mod cache;
 pub mod keys;
 pub mod packages;
 pub mod prices;
+pub mod settings;
 pub mod users;
 
 use crate::crypto::{JwtKeys, Sealer};

@@ -335,10 +335,10 @@ pub async fn update(
     };
     let account = state.store.update_account(id, &patch).await?;
     if limit_cleared {
-        super::cache::clear_account_marks(&state, id, MarkKind::RateLimited).await;
+        state.clear_account_marks(id, MarkKind::RateLimited).await;
     }
     if back_in_service {
-        super::cache::clear_account_marks(&state, id, MarkKind::Unavailable).await;
+        state.clear_account_marks(id, MarkKind::Unavailable).await;
     }
     if let Some(kind) = AccountKind::parse(&account.kind) {
         refresh_if_due(&state, kind, account.id);
@@ -393,7 +393,7 @@ async fn set_enabled(
     };
     let account = state.store.update_account(id, &patch).await?;
     if enabled {
-        super::cache::clear_account_marks(&state, id, MarkKind::Unavailable).await;
+        state.clear_account_marks(id, MarkKind::Unavailable).await;
     }
     tracing::info!(account_id = id, enabled, user = %auth.user.username, "account enabled state changed");
     Ok(Json(view(&state, &account)?))

@@ -75,9 +75,13 @@ async fn apply_all(
     report: &mut Report,
 ) -> ItemResult {
     if let Some(settings) = doc.settings {
-        let _ = super::settings::update(State(state.clone()), auth.clone(), JsonBody(settings))
-            .await
-            .map_err(|e| ("settings".to_string(), e))?;
+        let _ = super::settings::update(
+            State(state.clone()),
+            auth.clone(),
+            JsonBody(crate::service::settings::SettingsPatch(settings)),
+        )
+        .await
+        .map_err(|e| ("settings".to_string(), e))?;
         report.note("settings", "settings", "updated");
     }
     for price in doc.prices {

@@ -1,30 +1,25 @@
-//! `/settings`: typed reads and validated writes of the runtime settings;
-//! a change reaches the data planes with the next snapshot.
+//! `/settings`: the REST face of the runtime settings.
 use axum::Json;
 use axum::extract::State;
-use serde_json::{Map, Value};
 
-use super::{ApiError, ApiResult, ApiState, AuthUser, JsonBody};
-use crate::settings::{SystemSettings, validate};
+use super::JsonBody;
+use crate::service::settings::{SettingsPatch, SettingsView};
+use crate::service::{Actor, ServiceResult, Services};
 
-pub async fn get(State(state): State<ApiState>, auth: AuthUser) -> ApiResult<Json<Value>> {
-    auth.require_admin()?;
-    let settings = SystemSettings::load(&state.store, &state.setting_defaults).await?;
-    Ok(Json(settings.to_json()))
+/// The runtime settings, their types and limits (admins).
+#[utoipa::path(get, path = "/settings", tag = "settings",
+    responses((status = 200, body = SettingsView), super::Failures))]
+pub async fn get(State(s): State<Services>, actor: Actor) -> ServiceResult<Json<SettingsView>> {
+    Ok(Json(s.get_settings(&actor).await?))
 }
 
+/// Change runtime settings; `null` returns one to its default (admins).
+#[utoipa::path(patch, path = "/settings", tag = "settings", request_body = SettingsPatch,
+    responses((status = 200, body = SettingsView), super::Failures))]
 pub async fn update(
-    State(state): State<ApiState>,
-    auth: AuthUser,
-    JsonBody(patch): JsonBody<Map<String, Value>>,
-) -> ApiResult<Json<Value>> {
-    auth.require_admin()?;
-    let change = validate(&patch).map_err(ApiError::BadRequest)?;
-    state
-        .store
-        .save_system_configs(&change.set, &change.unset)
-        .await?;
-    tracing::info!(user = %auth.user.username, set = ?change.set.keys().collect::<Vec<_>>(), unset = ?change.unset, "settings changed");
-    let settings = SystemSettings::load(&state.store, &state.setting_defaults).await?;
-    Ok(Json(settings.to_json()))
+    State(s): State<Services>,
+    actor: Actor,
+    JsonBody(patch): JsonBody<SettingsPatch>,
+) -> ServiceResult<Json<SettingsView>> {
+    Ok(Json(s.update_settings(&actor, patch).await?))
 }
