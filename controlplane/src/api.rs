@@ -11,7 +11,6 @@ mod packages;
 mod prices;
 mod settings;
 pub mod throttle;
-mod usage;
 mod users;
 
 use axum::Json;
@@ -94,9 +93,9 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::put(prices::put).delete(prices::remove),
         )
         .route("/prices/{model}/history", get(prices::history))
-        .route("/usage", get(usage::totals))
-        .route("/usage/consistency", get(usage::consistency))
-        .route("/usage/rerate", post(usage::rerate))
+        .route("/usage", get(logs::totals))
+        .route("/usage/consistency", get(logs::consistency))
+        .route("/usage/rerate", post(logs::rerate))
         .route(
             "/cache/sessions",
             get(cache::sessions).delete(cache::clear_sessions),

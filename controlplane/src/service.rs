@@ -7,6 +7,7 @@ pub mod keys;
 pub mod packages;
 pub mod prices;
 pub mod settings;
+pub mod usage;
 pub mod users;
 
 use crate::crypto::{JwtKeys, Sealer};

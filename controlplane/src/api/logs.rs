@@ -1,170 +1,75 @@
-//! `/request-logs`: filtered, paginated request history.
+//! `/request-logs` and `/usage`: the REST face of usage.
 use axum::Json;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use utoipa::IntoParams;
 
-use super::{ApiResult, ApiState, AuthUser, QueryParams};
-use crate::store::RequestLogFilter;
+use super::{JsonBody, QueryParams};
+use crate::service::usage::{Grouping, LogPage, LogQuery, RerateRequest, UsageReport};
+use crate::service::{Actor, ServiceResult, Services};
+use crate::store::{ConsistencyReport, RerateReport};
 
-#[derive(Deserialize)]
-pub struct LogQuery {
+/// Filters of the request logs and usage totals.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogParams {
+    /// Admins: one user's requests (users always see their own).
     user_id: Option<i64>,
     api_key_id: Option<i64>,
+    /// Admins only.
     account_id: Option<i64>,
     model: Option<String>,
     status_code: Option<i32>,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
+    /// 1-based.
     page: Option<u32>,
+    /// 1 to 500 (default 50).
     page_size: Option<u32>,
-    /// `/usage` only: how totals are grouped.
-    pub(super) group_by: Option<String>,
+    /// `/usage` only: how totals are grouped (default `model`).
+    group_by: Option<Grouping>,
 }
 
+impl LogParams {
+    fn split(self) -> (Option<Grouping>, LogQuery) {
+        let query = LogQuery {
+            user_id: self.user_id,
+            api_key_id: self.api_key_id,
+            account_id: self.account_id,
+            model: self.model,
+            status_code: self.status_code,
+            from: self.from,
+            to: self.to,
+            page: self.page,
+            page_size: self.page_size,
+        };
+        (self.group_by, query)
+    }
+}
+
+/// Request logs, filtered and paged (users: their own, without the operator's fields).
+#[utoipa::path(get, path = "/request-logs", tag = "usage", params(LogParams),
+    responses((status = 200, body = LogPage), super::Failures))]
 pub async fn list(
-    State(state): State<ApiState>,
-    auth: AuthUser,
-    QueryParams(q): QueryParams<LogQuery>,
-) -> ApiResult<Json<Value>> {
-    let filter = filter(&auth, q);
-    let (items, total) = state.store.list_request_logs(&filter).await?;
-    let mut items = json!(items);
-    if !auth.is_admin() {
-        hide_the_pool(&mut items);
-    }
-    Ok(Json(
-        json!({ "items": items, "total": total, "page": filter.page, "page_size": filter.page_size }),
-    ))
+    State(s): State<Services>,
+    actor: Actor,
+    QueryParams(q): QueryParams<LogParams>,
+) -> ServiceResult<Json<LogPage>> {
+    Ok(Json(s.request_logs(&actor, q.split().1).await?))
 }
 
-/// What a user's own logs and usage never show: what the operator paid,
-/// and which account and node served them.
-const OPERATOR_FIELDS: [&str; 3] = ["upstream_cost", "account_id", "node_id"];
-
-/// Removes the operator's fields from every row of `rows`.
-pub(super) fn hide_the_pool(rows: &mut Value) {
-    if let Value::Array(rows) = rows {
-        for row in rows.iter_mut().filter_map(Value::as_object_mut) {
-            for field in OPERATOR_FIELDS {
-                row.remove(field);
-            }
-        }
-    }
-}
-
-/// The filter a caller may use: users see only their own requests, whatever they ask for.
-pub(super) fn filter(auth: &AuthUser, q: LogQuery) -> RequestLogFilter {
-    RequestLogFilter {
-        user_id: auth.listing_scope(q.user_id),
-        api_key_id: q.api_key_id,
-        account_id: if auth.is_admin() { q.account_id } else { None },
-        model: q.model.filter(|m| !m.is_empty()),
-        status_code: q.status_code,
-        from: q.from,
-        to: q.to,
-        page: q.page.unwrap_or(1).max(1),
-        page_size: q.page_size.unwrap_or(50).clamp(1, 500),
-    }
-}
-
-/// Most rows one CSV export holds; narrow the filters for more.
-const EXPORT_MAX_ROWS: u32 = 100_000;
-
-/// `GET /request-logs/export`: the same filters, as CSV.
+/// The same filters as CSV (up to 100,000 rows).
+#[utoipa::path(get, path = "/request-logs/export", tag = "usage", params(LogParams),
+    responses((status = 200, content_type = "text/csv", body = String), super::Failures))]
 pub async fn export(
-    State(state): State<ApiState>,
-    auth: AuthUser,
-    QueryParams(q): QueryParams<LogQuery>,
-) -> ApiResult<Response> {
-    let admin = auth.is_admin();
-    let mut filter = filter(&auth, q);
-    filter.page_size = 500;
-    const COLUMNS: [&str; 24] = [
-        "request_id",
-        "created_at",
-        "user_id",
-        "api_key_id",
-        "account_id",
-        "node_id",
-        "model",
-        "platform",
-        "endpoint",
-        "status_code",
-        "input_tokens",
-        "output_tokens",
-        "cache_creation_tokens",
-        "cache_creation_1h_tokens",
-        "cache_read_tokens",
-        "total_tokens",
-        "upstream_cost",
-        "cost",
-        "price_version",
-        "duration_ms",
-        "ttfb_ms",
-        "stream",
-        "error_class",
-        "usage_source",
-    ];
-    let shown = |column: &str| admin || !OPERATOR_FIELDS.contains(&column);
-    let mut csv: String = COLUMNS
-        .iter()
-        .copied()
-        .filter(|c| shown(c))
-        .collect::<Vec<_>>()
-        .join(",");
-    csv.push('\n');
-    let mut rows = 0u32;
-    for page in 1.. {
-        filter.page = page;
-        let (items, _) = state.store.list_request_logs(&filter).await?;
-        if items.is_empty() {
-            break;
-        }
-        for r in &items {
-            let fields = [
-                r.request_id.clone(),
-                r.created_at.to_rfc3339(),
-                r.user_id.to_string(),
-                r.api_key_id.to_string(),
-                r.account_id.map(|a| a.to_string()).unwrap_or_default(),
-                r.node_id.clone(),
-                r.model.clone(),
-                r.platform.clone(),
-                r.endpoint.clone(),
-                r.status_code.to_string(),
-                r.input_tokens.to_string(),
-                r.output_tokens.to_string(),
-                r.cache_creation_tokens.to_string(),
-                r.cache_creation_1h_tokens.to_string(),
-                r.cache_read_tokens.to_string(),
-                r.total_tokens.to_string(),
-                r.upstream_cost.to_string(),
-                r.cost.to_string(),
-                r.price_version.to_string(),
-                r.duration_ms.to_string(),
-                r.ttfb_ms.to_string(),
-                r.stream.to_string(),
-                r.error_class.clone(),
-                r.usage_source.clone(),
-            ];
-            let line: Vec<String> = COLUMNS
-                .iter()
-                .zip(fields.iter())
-                .filter(|(column, _)| shown(column))
-                .map(|(_, f)| csv_field(f))
-                .collect();
-            csv.push_str(&line.join(","));
-            csv.push('\n');
-        }
-        rows += items.len() as u32;
-        if rows >= EXPORT_MAX_ROWS {
-            break;
-        }
-    }
+    State(s): State<Services>,
+    actor: Actor,
+    QueryParams(q): QueryParams<LogParams>,
+) -> ServiceResult<Response> {
+    let csv = s.export_request_logs(&actor, q.split().1).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -178,29 +83,37 @@ pub async fn export(
         .into_response())
 }
 
-/// A CSV field, quoted when it must be; a leading formula character is
-/// neutralised so spreadsheets do not run it.
-fn csv_field(s: &str) -> String {
-    let s = if s.starts_with(['=', '+', '-', '@']) && s.parse::<f64>().is_err() {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
+/// Usage totals grouped by user, key, model, account (admins) or billing day.
+#[utoipa::path(get, path = "/usage", tag = "usage", params(LogParams),
+    responses((status = 200, body = UsageReport), super::Failures))]
+pub async fn totals(
+    State(s): State<Services>,
+    actor: Actor,
+    QueryParams(q): QueryParams<LogParams>,
+) -> ServiceResult<Json<UsageReport>> {
+    let (group, query) = q.split();
+    Ok(Json(
+        s.usage(&actor, group.unwrap_or_default(), query).await?,
+    ))
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn csv_fields_are_quoted_and_defused() {
-        assert_eq!(super::csv_field("plain"), "plain");
-        assert_eq!(super::csv_field("a,b"), "\"a,b\"");
-        assert_eq!(super::csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(super::csv_field("=SUM(A1)"), "'=SUM(A1)");
-        assert_eq!(super::csv_field("-1.5"), "-1.5");
-    }
+/// Every aggregate compared with the request logs (admins).
+#[utoipa::path(get, path = "/usage/consistency", tag = "usage",
+    responses((status = 200, body = ConsistencyReport), super::Failures))]
+pub async fn consistency(
+    State(s): State<Services>,
+    actor: Actor,
+) -> ServiceResult<Json<ConsistencyReport>> {
+    Ok(Json(s.consistency(&actor).await?))
+}
+
+/// Re-rate requests at today's prices after a price fix (admins).
+#[utoipa::path(post, path = "/usage/rerate", tag = "usage", request_body = RerateRequest,
+    responses((status = 200, body = RerateReport), super::Failures))]
+pub async fn rerate(
+    State(s): State<Services>,
+    actor: Actor,
+    JsonBody(req): JsonBody<RerateRequest>,
+) -> ServiceResult<Json<RerateReport>> {
+    Ok(Json(s.rerate(&actor, req).await?))
 }

@@ -41,7 +41,7 @@ impl GroupBy {
 }
 
 /// Totals of one group.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct UsageTotals {
     /// The user, key or account id, the model, or the day.
     pub group: String,
@@ -51,7 +51,9 @@ pub struct UsageTotals {
     pub cache_creation_tokens: i64,
     pub cache_read_tokens: i64,
     pub total_tokens: i64,
-    pub upstream_cost: Decimal,
+    /// What the operator paid: administrators only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_cost: Option<Decimal>,
     pub cost: Decimal,
 }
 
@@ -64,7 +66,7 @@ impl_from_row!(UsageTotals, |r| {
         cache_creation_tokens: r.try_get("cache_creation_tokens")?,
         cache_read_tokens: r.try_get("cache_read_tokens")?,
         total_tokens: r.try_get("total_tokens")?,
-        upstream_cost: r.try_get::<Usd, _>("upstream_cost")?.0,
+        upstream_cost: Some(r.try_get::<Usd, _>("upstream_cost")?.0),
         cost: r.try_get::<Usd, _>("cost")?.0,
     })
 });
@@ -134,7 +136,7 @@ impl Sums {
 }
 
 /// One aggregate that disagrees with the request logs.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Difference {
     /// `daily_usages`, `api_keys`, `accounts` or `user_packages`.
     pub table: &'static str,
@@ -147,7 +149,7 @@ pub struct Difference {
     pub actual: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConsistencyReport {
     pub clean: bool,
     pub request_logs: i64,
@@ -171,7 +173,7 @@ pub struct RerateScope {
 }
 
 /// Before and after of a re-rating.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct RerateReport {
     pub requests: i64,
     pub changed: i64,
@@ -183,7 +185,7 @@ pub struct RerateReport {
     pub applied: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct RerateModel {
     pub requests: i64,
     pub before_cost: Decimal,

@@ -58,14 +58,16 @@ pub struct IngestOutcome {
 }
 
 /// A row of `request_logs` as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RequestLog {
     pub id: i64,
     pub request_id: String,
     pub user_id: i64,
     pub api_key_id: i64,
-    pub account_id: Option<i64>,
-    pub node_id: String,
+    /// Which account and node served it, and what it cost upstream: for
+    /// administrators only (absent from a user's own logs).
+    #[serde(flatten)]
+    pub pool: Option<PoolFields>,
     pub model: String,
     pub platform: String,
     pub endpoint: String,
@@ -76,7 +78,7 @@ pub struct RequestLog {
     pub cache_creation_1h_tokens: i64,
     pub cache_read_tokens: i64,
     pub total_tokens: i64,
-    pub upstream_cost: Decimal,
+    /// What the user pays.
     pub cost: Decimal,
     pub price_version: i64,
     pub duration_ms: i32,
@@ -87,14 +89,25 @@ pub struct RequestLog {
     pub created_at: DateTime<Utc>,
 }
 
+/// The operator's side of a request: who served it and what it cost them.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PoolFields {
+    pub account_id: Option<i64>,
+    pub node_id: String,
+    pub upstream_cost: Decimal,
+}
+
 impl_from_row!(RequestLog, |r| {
     Ok(RequestLog {
         id: r.try_get("id")?,
         request_id: r.try_get("request_id")?,
         user_id: r.try_get("user_id")?,
         api_key_id: r.try_get("api_key_id")?,
-        account_id: r.try_get("account_id")?,
-        node_id: r.try_get("node_id")?,
+        pool: Some(PoolFields {
+            account_id: r.try_get("account_id")?,
+            node_id: r.try_get("node_id")?,
+            upstream_cost: r.try_get::<Usd, _>("upstream_cost")?.0,
+        }),
         model: r.try_get("model")?,
         platform: r.try_get("platform")?,
         endpoint: r.try_get("endpoint")?,
@@ -105,7 +118,6 @@ impl_from_row!(RequestLog, |r| {
         cache_creation_1h_tokens: r.try_get("cache_creation_1h_tokens")?,
         cache_read_tokens: r.try_get("cache_read_tokens")?,
         total_tokens: r.try_get("total_tokens")?,
-        upstream_cost: r.try_get::<Usd, _>("upstream_cost")?.0,
         cost: r.try_get::<Usd, _>("cost")?.0,
         price_version: r.try_get("price_version")?,
         duration_ms: r.try_get("duration_ms")?,
