@@ -588,8 +588,8 @@ async fn accounts(ctl: &mut Ctl, c: AccountsCommand) -> Result<(), Failure> {
         }
         AccountsCommand::Reset { id, all, enable } => {
             let id = match (id, all) {
-                (Some(id), false) => id,
-                (None, true) => 0,
+                (Some(id), false) => Some(id),
+                (None, true) => None,
                 _ => {
                     return Err(Failure::Run(anyhow::anyhow!("give an account id or --all")));
                 }
@@ -711,11 +711,19 @@ async fn packages(ctl: &mut Ctl, c: PackagesCommand) -> Result<(), Failure> {
             doc(r.map_err(failed)?)?
         }
         PackagesCommand::Reset { package, user } => {
+            let target = match (package, user) {
+                (Some(id), None) => pb::reset_packages_request::Target::PackageId(id),
+                (None, Some(id)) => pb::reset_packages_request::Target::UserId(id),
+                _ => {
+                    return Err(Failure::Run(anyhow::anyhow!(
+                        "give exactly one of --package and --user"
+                    )));
+                }
+            };
             let r = ctl
                 .client
                 .reset_packages(ctl.req(pb::ResetPackagesRequest {
-                    package_id: package.unwrap_or(0),
-                    user_id: user.unwrap_or(0),
+                    target: Some(target),
                 }))
                 .await;
             doc(r.map_err(failed)?)?

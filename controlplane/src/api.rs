@@ -3,14 +3,13 @@ mod accounts;
 mod apply;
 pub mod audit;
 pub mod auth;
-mod cache;
-mod keys;
-mod logs;
+pub(crate) mod cache;
+pub(crate) mod keys;
+pub(crate) mod logs;
 mod oauth;
 mod packages;
 mod prices;
 mod settings;
-pub mod throttle;
 mod users;
 
 use axum::Json;
@@ -20,18 +19,13 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 pub use crate::service::{ServiceError, ServiceResult, Services};
-// The names the handlers still use while they move to the service layer.
-pub(crate) use crate::service::{
-    Actor as AuthUser, ServiceError as ApiError, ServiceResult as ApiResult, Services as ApiState,
-    double_option,
-};
 
 /// Largest price file `/prices/import` takes.
 pub(crate) const PRICE_FILE_LIMIT: usize = 16 * 1024 * 1024;
 
 const OPENAPI: &str = include_str!("api/openapi.json");
 
-pub fn router(state: ApiState) -> Router {
+pub fn router(state: Services) -> Router {
     let v1 = Router::new()
         .route("/auth/login", post(auth::login))
         .route("/me", get(auth::me))
@@ -133,8 +127,8 @@ async fn openapi() -> impl IntoResponse {
     )
 }
 
-async fn not_found() -> ApiError {
-    ApiError::NotFound("no such route")
+async fn not_found() -> ServiceError {
+    ServiceError::NotFound("no such route")
 }
 
 /// How every failure is answered.
@@ -204,12 +198,12 @@ where
     T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = ServiceError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+            Err(rejection) => Err(ServiceError::BadRequest(rejection.body_text())),
         }
     }
 }
@@ -222,7 +216,7 @@ where
     T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = ServiceError;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
@@ -230,7 +224,7 @@ where
     ) -> Result<Self, Self::Rejection> {
         match axum::extract::Query::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Query(v)) => Ok(QueryParams(v)),
-            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+            Err(rejection) => Err(ServiceError::BadRequest(rejection.body_text())),
         }
     }
 }
@@ -239,7 +233,7 @@ where
 pub struct PathId(pub i64);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
-    type Rejection = ApiError;
+    type Rejection = ServiceError;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
@@ -247,7 +241,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
     ) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<i64>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(id)) => Ok(PathId(id)),
-            Err(_) => Err(ApiError::BadRequest("id must be an integer".into())),
+            Err(_) => Err(ServiceError::BadRequest("id must be an integer".into())),
         }
     }
 }

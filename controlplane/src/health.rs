@@ -26,7 +26,7 @@ const SWEEP_PARALLELISM: usize = 4;
 const CHATGPT_CHECK_PATH: &str = "/accounts/check/v4-2023-04-27";
 
 /// The result of checking one account, as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CheckReport {
     pub account_id: i64,
     /// `ok`, `failed` or `unknown`.

@@ -161,9 +161,9 @@ pub async fn start(
         billing_tz: settings.billing_tz,
     };
     let nodes = grpc::NodeRegistry::default();
-    let app = api::router(service::Services {
+    let services = service::Services {
         password_throttle: Default::default(),
-        login_gate: api::throttle::LoginGate::new(settings.max_password_checks),
+        login_gate: service::throttle::LoginGate::new(settings.max_password_checks),
         nodes: nodes.clone(),
         store: store.clone(),
         sealer: sealer.clone(),
@@ -175,19 +175,28 @@ pub async fn start(
         billing_tz: settings.billing_tz,
         setting_defaults: settings.setting_defaults.clone(),
         oauth_endpoints: settings.oauth.clone(),
-    });
+        tasks: tracker.clone(),
+    };
     if let Some(document) = &settings.apply_document {
         // One replica at a time, so two starting together create nothing twice.
         let report = store
-            .with_named_lock("aiproxy-apply-file", manage::apply_at_start(&app, document))
+            .with_named_lock(
+                "aiproxy-apply-file",
+                manage::apply_at_start(&services, document),
+            )
             .await?
             .map_err(StartError::Apply)?;
-        tracing::info!(items = %report["applied"], "declarative configuration applied at start");
+        tracing::info!(
+            items = report.applied,
+            "declarative configuration applied at start"
+        );
     }
     // After the start-up file, so the first sweep already sees its settings.
     jobs.spawn(cancel.clone(), tracker);
-    let manage = manage::ManageApi::new(app.clone(), settings.admin_token.expose().to_string())
-        .into_server();
+    let manage =
+        manage::ManageApi::new(services.clone(), settings.admin_token.expose().to_string())
+            .into_server();
+    let app = api::router(services);
     let admin_cancel = cancel.clone();
     let admin_limits = settings.admin_limits.clone();
     let trusted = std::sync::Arc::new(settings.trusted_proxies.clone());
@@ -287,7 +296,7 @@ async fn seal_what_earlier_versions_kept_in_clear(
     }
     for (id, detail) in store.audit_details_containing("proxy_url").await? {
         if let Ok(mut value) = serde_json::from_str::<serde_json::Value>(&detail) {
-            api::audit::mask(&mut value);
+            service::audit::mask(&mut value);
             let masked = value.to_string();
             if masked != detail {
                 store.set_audit_detail(id, &masked).await?;

@@ -2,11 +2,17 @@
 //! it, validation, sealing and the store transaction (the store signals the
 //! snapshot publisher itself when it commits). The admin REST API,
 //! declarative apply and the management gRPC service are adapters over it.
+pub mod accounts;
+pub mod apply;
+pub mod audit;
+pub mod auth;
 pub mod cache;
 pub mod keys;
+pub mod oauth;
 pub mod packages;
 pub mod prices;
 pub mod settings;
+pub mod throttle;
 pub mod usage;
 pub mod users;
 
@@ -19,9 +25,9 @@ use crate::store::{Store, StoreError, User};
 pub struct Services {
     pub store: Store,
     /// Wrong passwords per account and address.
-    pub password_throttle: crate::api::throttle::PasswordThrottle,
+    pub password_throttle: throttle::PasswordThrottle,
     /// Password checks at once.
-    pub login_gate: crate::api::throttle::LoginGate,
+    pub login_gate: throttle::LoginGate,
     pub sealer: Sealer,
     pub jwt: JwtKeys,
     pub publisher: Publisher,
@@ -37,6 +43,9 @@ pub struct Services {
     pub nodes: crate::grpc::NodeRegistry,
     /// OAuth endpoints, for the sign-in flow of new subscriptions.
     pub oauth_endpoints: aiproxy_shared::config::OAuthSettings,
+    /// Follow-up work an operation starts (a token refresh after a change),
+    /// waited for at shutdown.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// Why an operation failed; the adapters render it (the REST API as

@@ -221,7 +221,7 @@ fn build(connector: Connector) -> HttpClient {
 }
 
 /// Form-urlencodes one name or value.
-fn form_encode(s: &str) -> String {
+pub fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
@@ -235,7 +235,14 @@ fn form_encode(s: &str) -> String {
     out
 }
 
-fn percent_decode(s: &str) -> String {
+/// Decodes one form-urlencoded name or value (`+` is a space); a broken
+/// escape stays as written.
+pub fn form_decode(s: &str) -> String {
+    percent_decode(&s.replace('+', " "))
+}
+
+/// Decodes `%XX` escapes; a broken escape stays as written.
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let hex = |b: u8| (b as char).to_digit(16);
     let mut out = Vec::with_capacity(bytes.len());
@@ -417,6 +424,7 @@ mod tests {
         assert_eq!(percent_decode("p%40ss"), "p@ss");
         assert_eq!(percent_decode("100%"), "100%");
         assert_eq!(form_encode("a b/c=d"), "a+b%2Fc%3Dd");
+        assert_eq!(form_decode("a+b%2Fc%3Dd%2B"), "a b/c=d+");
     }
 
     #[test]

@@ -15,9 +15,9 @@ use crate::service::{Actor, ServiceResult, Services};
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SessionQuery {
-    key_id: Option<i64>,
+    pub(crate) key_id: Option<i64>,
     /// One session hash (with `key_id`).
-    session: Option<String>,
+    pub(crate) session: Option<String>,
 }
 
 /// Sticky sessions: key, session hash, account, seconds left (admins).
@@ -55,8 +55,8 @@ pub async fn concurrency(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ConcurrencyQuery {
-    scope: Option<LoadScope>,
-    id: Option<i64>,
+    pub(crate) scope: Option<LoadScope>,
+    pub(crate) id: Option<i64>,
 }
 
 /// Reset concurrency counters (admins).
@@ -83,7 +83,7 @@ pub async fn unavailable(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AccountQuery {
-    account_id: Option<i64>,
+    pub(crate) account_id: Option<i64>,
 }
 
 /// Put unavailable accounts back (admins).

@@ -14,7 +14,7 @@ use crate::store::ApiKey;
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Admins: one user's keys.
-    user_id: Option<i64>,
+    pub(crate) user_id: Option<i64>,
 }
 
 /// List API keys (admins: all or `?user_id`; users: their own).

@@ -17,24 +17,24 @@ use crate::store::{ConsistencyReport, RerateReport};
 #[into_params(parameter_in = Query)]
 pub struct LogParams {
     /// Admins: one user's requests (users always see their own).
-    user_id: Option<i64>,
-    api_key_id: Option<i64>,
+    pub(crate) user_id: Option<i64>,
+    pub(crate) api_key_id: Option<i64>,
     /// Admins only.
-    account_id: Option<i64>,
-    model: Option<String>,
-    status_code: Option<i32>,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
+    pub(crate) account_id: Option<i64>,
+    pub(crate) model: Option<String>,
+    pub(crate) status_code: Option<i32>,
+    pub(crate) from: Option<DateTime<Utc>>,
+    pub(crate) to: Option<DateTime<Utc>>,
     /// 1-based.
-    page: Option<u32>,
+    pub(crate) page: Option<u32>,
     /// 1 to 500 (default 50).
-    page_size: Option<u32>,
+    pub(crate) page_size: Option<u32>,
     /// `/usage` only: how totals are grouped (default `model`).
-    group_by: Option<Grouping>,
+    pub(crate) group_by: Option<Grouping>,
 }
 
 impl LogParams {
-    fn split(self) -> (Option<Grouping>, LogQuery) {
+    pub(crate) fn split(self) -> (Option<Grouping>, LogQuery) {
         let query = LogQuery {
             user_id: self.user_id,
             api_key_id: self.api_key_id,

@@ -6,13 +6,15 @@ use serde::Serialize;
 use super::db::{Usd, impl_from_row, list_from_column, list_to_column, with_pool};
 use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Account {
     pub id: i64,
     pub name: String,
     #[serde(rename = "type")]
+    #[schema(value_type = aiproxy_shared::domain::AccountKind)]
     pub kind: String,
     pub enabled: bool,
+    #[schema(value_type = aiproxy_shared::domain::AccountStatus)]
     pub status: String,
     /// Encrypted credential JSON; never leaves the control plane as is.
     #[serde(skip)]

@@ -22,7 +22,7 @@ const UPSERT_CONFIG: Dialect = Dialect {
 pub const PURGED_BEFORE_KEY: &str = "request_logs_purged_before";
 
 /// One admin change.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     /// User id of the actor; 0 for the management token and background jobs.

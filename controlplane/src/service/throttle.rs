@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aiproxy_shared::net::actor_range;
 use tokio::sync::Semaphore;
 
-use super::ApiError;
+use super::ServiceError;
 
 /// Wrong passwords for one account from one address before tries wait.
 const FREE_FAILURES: u32 = 5;
@@ -152,8 +152,8 @@ impl Drop for Checking {
     }
 }
 
-fn busy() -> ApiError {
-    ApiError::Busy("too many sign-ins at once; try again shortly")
+fn busy() -> ServiceError {
+    ServiceError::Busy("too many sign-ins at once; try again shortly")
 }
 
 impl LoginGate {
@@ -172,7 +172,7 @@ impl LoginGate {
         from: Option<IpAddr>,
         password: String,
         hash: String,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, ServiceError> {
         let from = from.map(actor_range);
         let _checking = self.enter(from)?;
         let permit = self
@@ -185,15 +185,15 @@ impl LoginGate {
             crate::crypto::verify_password(&password, &hash)
         })
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))
+        .map_err(|e| ServiceError::Internal(e.to_string()))
     }
 
-    fn enter(&self, from: Option<IpAddr>) -> Result<Checking, ApiError> {
+    fn enter(&self, from: Option<IpAddr>) -> Result<Checking, ServiceError> {
         if let Some(from) = from {
             let mut per = self.per_address.lock().expect("gate lock");
             let n = per.entry(from).or_default();
             if *n >= CHECKS_PER_ADDRESS {
-                return Err(ApiError::Throttled(Duration::from_secs(1)));
+                return Err(ServiceError::Throttled(Duration::from_secs(1)));
             }
             *n += 1;
         }
@@ -208,7 +208,7 @@ impl LoginGate {
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, ApiError> {
+    ) -> Result<T, ServiceError> {
         let permit = tokio::time::timeout(ADMIN_HASH_WAIT, self.hashing.clone().acquire_owned())
             .await
             .map_err(|_| busy())?
@@ -218,7 +218,7 @@ impl LoginGate {
             work()
         })
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))
+        .map_err(|e| ServiceError::Internal(e.to_string()))
     }
 }
 
@@ -306,7 +306,7 @@ mod tests {
         let ip: Option<IpAddr> = Some("198.51.100.1".parse().unwrap());
         let held = gate.hashing.clone().try_acquire_owned().unwrap();
         let refused = gate.verify(ip, "x".into(), hash.clone()).await;
-        assert!(matches!(refused, Err(ApiError::Busy(_))));
+        assert!(matches!(refused, Err(ServiceError::Busy(_))));
         drop(held);
         assert!(
             gate.verify(ip, "right-password".into(), hash.clone())
@@ -317,7 +317,7 @@ mod tests {
         let _b = gate.enter(ip.map(actor_range)).unwrap();
         assert!(matches!(
             gate.verify(ip, "x".into(), hash).await,
-            Err(ApiError::Throttled(_))
+            Err(ServiceError::Throttled(_))
         ));
     }
 }
