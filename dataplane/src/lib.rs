@@ -9,6 +9,7 @@ pub mod body;
 pub mod control;
 pub mod errors;
 pub mod failure;
+pub mod feed;
 pub mod filter;
 pub mod meter;
 pub mod models;
@@ -129,7 +130,7 @@ pub async fn start(
     ));
     tracker.spawn(scheduler.clone().run_renewals(cancel.clone()));
     let snapshot = Arc::new(SnapshotHolder::default());
-    tracker.spawn(control::run_feed(
+    tracker.spawn(feed::run_feed(
         client.clone(),
         settings.node_id.clone(),
         snapshot.clone(),
