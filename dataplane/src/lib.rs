@@ -4,6 +4,7 @@
 
 pub mod adapters;
 pub mod admission;
+pub mod answer;
 pub mod auth;
 pub mod body;
 pub mod control;

@@ -128,6 +128,7 @@ impl Relay {
             Err(e) => {
                 tracing::debug!(request_id = ?request_id, status = e.status.as_u16(), class = e.class, "request refused");
                 e.into_response(endpoint.error_shape(), request_id)
+                    .map(RelayBody::full)
             }
         }
     }
