@@ -9,17 +9,20 @@ use tokio_util::sync::CancellationToken;
 use crate::control::Client;
 use crate::scheduler::Scheduler;
 use crate::snapshot::{Snapshot, SnapshotHolder};
+use crate::spending::Spending;
 
 /// A watch stream with no message for this long is considered dead.
 const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Keeps `holder`, and the scheduler's settings, up to date until cancelled.
+/// Keeps `holder`, what was spent since its snapshot, and the scheduler's
+/// settings up to date until cancelled.
 pub async fn run_feed(
     client: Client,
     node_id: String,
     holder: Arc<SnapshotHolder>,
+    spending: Arc<Spending>,
     scheduler: Arc<Scheduler>,
     cancel: CancellationToken,
 ) {
@@ -27,7 +30,7 @@ pub async fn run_feed(
     loop {
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = watch_once(client.clone(), &node_id, &holder, &scheduler) => r,
+            r = watch_once(client.clone(), &node_id, &holder, &spending, &scheduler) => r,
         };
         match outcome {
             Ok(()) => backoff = BACKOFF_MIN,
@@ -48,6 +51,7 @@ async fn watch_once(
     mut client: Client,
     node_id: &str,
     holder: &SnapshotHolder,
+    spending: &Spending,
     scheduler: &Scheduler,
 ) -> Result<(), tonic::Status> {
     let request = pb::WatchRequest {
@@ -73,6 +77,8 @@ async fn watch_once(
                 let (accounts, keys) = (applied.accounts.len(), applied.keys.len());
                 scheduler.adopt(&applied.scheduling);
                 holder.store(applied);
+                // The snapshot carries everything ingested before it was built.
+                spending.clear();
                 tracing::info!(
                     version,
                     accounts,
@@ -90,7 +96,7 @@ async fn watch_once(
                 };
                 acks.send_replace(Some(ack));
             }
-            Some(pb::watch_event::Event::Usage(update)) => holder.spending.apply(&update),
+            Some(pb::watch_event::Event::Usage(update)) => spending.apply(&update),
             Some(pb::watch_event::Event::Heartbeat(_)) | None => {}
         }
     }
@@ -212,6 +218,17 @@ mod tests {
         tokio::spawn(server);
 
         let holder = Arc::new(SnapshotHolder::default());
+        // Spent under an earlier snapshot: over the key's limit until a
+        // newer snapshot (which counts it) arrives.
+        let spending = Arc::new(Spending::default());
+        let key = crate::snapshot::KeyEntry {
+            cost_limit: Some(rust_decimal::Decimal::ONE),
+            ..crate::snapshot::KeyEntry::for_tests(1, 1)
+        };
+        let earlier = Snapshot::for_tests();
+        let now = chrono::Utc::now();
+        spending.add(&earlier, 0, &key, rust_decimal::Decimal::TWO, now);
+        assert!(spending.pre_admit(&earlier, &key, now).is_err());
         let scheduler = Arc::new(Scheduler::new(
             Arc::new(MemoryStore::default()),
             SchedulerSettings {
@@ -227,6 +244,7 @@ mod tests {
             crate::control::client(&url, None, "token").unwrap(),
             "node".into(),
             holder.clone(),
+            spending.clone(),
             scheduler,
             cancel.clone(),
         ));
@@ -247,6 +265,10 @@ mod tests {
         cancel.cancel();
         feed.await.unwrap();
         assert_eq!(holder.version(), 2);
+        assert!(
+            spending.pre_admit(&earlier, &key, now).is_ok(),
+            "spending is cleared when a snapshot applies"
+        );
         let acked = fake.acked.lock().unwrap().clone();
         assert_eq!(
             acked.last(),

@@ -39,6 +39,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::relay::Relay;
 use crate::snapshot::SnapshotHolder;
+use crate::spending::Spending;
 use crate::usage::{Journal, UsageSink};
 
 /// What a data plane needs to start.
@@ -131,10 +132,12 @@ pub async fn start(
     ));
     tracker.spawn(scheduler.clone().run_renewals(cancel.clone()));
     let snapshot = Arc::new(SnapshotHolder::default());
+    let spending = Arc::new(Spending::default());
     tracker.spawn(feed::run_feed(
         client.clone(),
         settings.node_id.clone(),
         snapshot.clone(),
+        spending.clone(),
         scheduler.clone(),
         cancel.clone(),
     ));
@@ -151,6 +154,7 @@ pub async fn start(
 
     let relay = Arc::new(Relay {
         snapshot: snapshot.clone(),
+        spending,
         scheduler,
         client: aiproxy_shared::http::client(settings.connect_timeout),
         proxied: Default::default(),

@@ -25,6 +25,7 @@ use crate::response::{fold_stream, strip_response_headers};
 use crate::routes::Endpoint;
 use crate::scheduler::{Ask, Lease, Scheduler};
 use crate::snapshot::{AccountEntry, Snapshot, SnapshotHolder};
+use crate::spending::Spending;
 use crate::tap::{Decoder, Observed, Unwrapper, UsageFormat, UsageTap};
 use crate::usage::{Unavailable, UsageSink};
 
@@ -37,6 +38,8 @@ const MAX_FAILURE_BODY: usize = 1 << 20;
 /// Shared by every request on a node.
 pub struct Relay {
     pub snapshot: Arc<SnapshotHolder>,
+    /// What was spent since the snapshot.
+    pub spending: Arc<Spending>,
     pub scheduler: Arc<Scheduler>,
     /// Direct upstream client.
     pub client: HttpClient,
@@ -152,8 +155,7 @@ impl Relay {
         // Everything that refuses a request whatever its body, before the
         // body is read: a refused request holds no memory.
         let admitted = self.admission.admit(&caller.key, caller.user, now_ms)?;
-        self.snapshot
-            .spending
+        self.spending
             .pre_admit(&snapshot, &caller.key, chrono::Utc::now())?;
         let mut body_bytes = self.bodies.none();
         let body = request::read_body(
@@ -172,12 +174,9 @@ impl Relay {
         if snapshot.prices.is_fenced(&parsed.model) {
             return Err(RelayError::price_unavailable());
         }
-        let package_id = self.snapshot.spending.admit(
-            &snapshot,
-            &caller.key,
-            &parsed.model,
-            chrono::Utc::now(),
-        )?;
+        let package_id =
+            self.spending
+                .admit(&snapshot, &caller.key, &parsed.model, chrono::Utc::now())?;
         let timeout = match snapshot.request_timeout_ms {
             0 => self.timeout,
             ms => Duration::from_millis(ms),
@@ -533,7 +532,7 @@ impl Relay {
             session_hash: asked.session_hash,
             package_id: asked.package_id,
             key: asked.key,
-            spending: self.snapshot.spending.clone(),
+            spending: self.spending.clone(),
         }
     }
 

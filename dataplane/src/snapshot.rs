@@ -5,17 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aiproxy_proto::v1 as pb;
-use aiproxy_shared::billing::PackageState;
+use aiproxy_shared::billing::{PackageState, PackageUsage};
 use aiproxy_shared::domain::AccountKind;
 use aiproxy_shared::http::ProxyUrl;
 use aiproxy_shared::pricing::{LongContext, ModelPrice, PriceTable};
-use chrono::FixedOffset;
-
-use crate::filter::Policy;
-use crate::spending::Spending;
 use arc_swap::ArcSwapOption;
+use chrono::{FixedOffset, NaiveDate};
 use http::{HeaderName, HeaderValue};
 use rust_decimal::Decimal;
+
+use crate::filter::Policy;
 
 /// An API key as the relay needs it.
 #[derive(Debug)]
@@ -212,6 +211,26 @@ pub enum SnapshotError {
     ClientFilter(String),
 }
 
+/// A figure from the wire; one that cannot be read counts as nothing.
+pub fn amount(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap_or_default()
+}
+
+/// A package's usage from the wire.
+pub fn package_usage(u: &pb::PackageUsage) -> PackageUsage {
+    PackageUsage {
+        daily_used: amount(&u.daily_used),
+        weekly_used: amount(&u.weekly_used),
+        monthly_used: amount(&u.monthly_used),
+        day: (u.day != 0)
+            .then(|| NaiveDate::from_num_days_from_ce_opt(u.day))
+            .flatten(),
+        week: (u.week != 0).then_some(u.week),
+        month: (u.month != 0).then_some(u.month),
+        quota_used: amount(&u.quota_used),
+    }
+}
+
 fn decimal(s: &str) -> Option<Decimal> {
     if s.is_empty() {
         Some(Decimal::ZERO)
@@ -328,11 +347,7 @@ fn package(p: &pb::Package) -> Result<PackageState, SnapshotError> {
         weekly_quota: limit(&p.weekly_quota)?,
         monthly_quota: limit(&p.monthly_quota)?,
         quota_total: limit(&p.quota_total)?,
-        usage: p
-            .usage
-            .as_ref()
-            .map(crate::spending::package_usage)
-            .unwrap_or_default(),
+        usage: p.usage.as_ref().map(package_usage).unwrap_or_default(),
     })
 }
 
@@ -491,11 +506,10 @@ impl Snapshot {
     }
 }
 
-/// The node's current snapshot, read once per request, and what was spent since.
+/// The node's current snapshot, read once per request.
 #[derive(Default)]
 pub struct SnapshotHolder {
     current: ArcSwapOption<Snapshot>,
-    pub spending: Arc<Spending>,
 }
 
 impl SnapshotHolder {
@@ -505,7 +519,6 @@ impl SnapshotHolder {
 
     pub fn store(&self, snapshot: Snapshot) {
         self.current.store(Some(Arc::new(snapshot)));
-        self.spending.clear();
     }
 
     pub fn version(&self) -> u64 {
