@@ -7,7 +7,6 @@ use aiproxy_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::Client;
-use crate::scheduler::Scheduler;
 use crate::snapshot::{Snapshot, SnapshotHolder};
 use crate::spending::Spending;
 
@@ -16,21 +15,20 @@ const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Keeps `holder`, what was spent since its snapshot, and the scheduler's
-/// settings up to date until cancelled.
+/// Keeps `holder`, and what was spent since its snapshot, up to date until
+/// cancelled.
 pub async fn run_feed(
     client: Client,
     node_id: String,
     holder: Arc<SnapshotHolder>,
     spending: Arc<Spending>,
-    scheduler: Arc<Scheduler>,
     cancel: CancellationToken,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            r = watch_once(client.clone(), &node_id, &holder, &spending, &scheduler) => r,
+            r = watch_once(client.clone(), &node_id, &holder, &spending) => r,
         };
         match outcome {
             Ok(()) => backoff = BACKOFF_MIN,
@@ -52,7 +50,6 @@ async fn watch_once(
     node_id: &str,
     holder: &SnapshotHolder,
     spending: &Spending,
-    scheduler: &Scheduler,
 ) -> Result<(), tonic::Status> {
     let request = pb::WatchRequest {
         node_id: node_id.to_string(),
@@ -69,13 +66,12 @@ async fn watch_once(
             Some(pb::watch_event::Event::Snapshot(snapshot)) => {
                 let version = snapshot.version;
                 let started = std::time::Instant::now();
-                let (applied, problems) = Snapshot::from_proto(snapshot);
+                let (applied, problems) = Snapshot::from_proto(snapshot, holder.configured());
                 let dropped: Vec<String> = problems.iter().map(ToString::to_string).collect();
                 for problem in &dropped {
                     tracing::error!(version, problem = %problem, "snapshot entry unusable; the rest applies");
                 }
                 let (accounts, keys) = (applied.accounts.len(), applied.keys.len());
-                scheduler.adopt(&applied.scheduling);
                 holder.store(applied);
                 // The snapshot carries everything ingested before it was built.
                 spending.clear();
@@ -127,12 +123,10 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use aiproxy_proto::v1::node_service_server::{NodeService, NodeServiceServer};
-    use aiproxy_shared::state::memory::MemoryStore;
     use futures_util::StreamExt;
     use tonic::{Request, Response, Status};
 
     use super::*;
-    use crate::scheduler::SchedulerSettings;
 
     /// Streams two snapshots back to back; holds the first one's ack until
     /// the second's arrives (or a second passes), as a slow network could.
@@ -217,7 +211,7 @@ mod tests {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
         tokio::spawn(server);
 
-        let holder = Arc::new(SnapshotHolder::default());
+        let holder = Arc::new(SnapshotHolder::new(crate::settings::Effective::for_tests()));
         // Spent under an earlier snapshot: over the key's limit until a
         // newer snapshot (which counts it) arrives.
         let spending = Arc::new(Spending::default());
@@ -229,23 +223,12 @@ mod tests {
         let now = chrono::Utc::now();
         spending.add(&earlier, 0, &key, rust_decimal::Decimal::TWO, now);
         assert!(spending.pre_admit(&earlier, &key, now).is_err());
-        let scheduler = Arc::new(Scheduler::new(
-            Arc::new(MemoryStore::default()),
-            SchedulerSettings {
-                lease_ttl: Duration::from_secs(60),
-                session_ttl: Duration::from_secs(60),
-                wait_timeout: Duration::ZERO,
-                unavailable_cap: Duration::from_secs(300),
-            },
-            "node",
-        ));
         let cancel = CancellationToken::new();
         let feed = tokio::spawn(run_feed(
             crate::control::client(&url, None, "token").unwrap(),
             "node".into(),
             holder.clone(),
             spending.clone(),
-            scheduler,
             cancel.clone(),
         ));
 

@@ -21,6 +21,7 @@ pub mod routes;
 pub mod scheduler;
 pub mod server;
 pub mod session;
+pub mod settings;
 pub mod snapshot;
 #[cfg(test)]
 mod spelling;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::relay::Relay;
+use crate::settings::Effective;
 use crate::snapshot::SnapshotHolder;
 use crate::spending::Spending;
 use crate::usage::{Journal, UsageSink};
@@ -125,20 +127,24 @@ pub async fn start(
         source,
     })?;
 
+    // What requests go by until a snapshot's settings say otherwise.
+    let configured = Effective::configured(settings.proxy_timeout, &settings.scheduling);
+    let snapshot = Arc::new(SnapshotHolder::new(configured));
+    let spending = Arc::new(Spending::default());
     let scheduler = Arc::new(scheduler::Scheduler::new(
         settings.state.clone(),
-        settings.scheduling.clone(),
         &settings.node_id,
     ));
-    tracker.spawn(scheduler.clone().run_renewals(cancel.clone()));
-    let snapshot = Arc::new(SnapshotHolder::default());
-    let spending = Arc::new(Spending::default());
+    tracker.spawn(
+        scheduler
+            .clone()
+            .run_renewals(snapshot.settings(), cancel.clone()),
+    );
     tracker.spawn(feed::run_feed(
         client.clone(),
         settings.node_id.clone(),
         snapshot.clone(),
         spending.clone(),
-        scheduler.clone(),
         cancel.clone(),
     ));
 
@@ -159,7 +165,6 @@ pub async fn start(
         client: aiproxy_shared::http::client(settings.connect_timeout),
         proxied: Default::default(),
         sink,
-        timeout: settings.proxy_timeout,
         idle_timeout: settings.idle_timeout,
         max_body_bytes: settings.max_body_bytes,
         max_attempts: settings.max_attempts.max(1),

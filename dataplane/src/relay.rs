@@ -24,6 +24,7 @@ use crate::request::{self, Parsed};
 use crate::response::{fold_stream, strip_response_headers};
 use crate::routes::Endpoint;
 use crate::scheduler::{Ask, Lease, Scheduler};
+use crate::settings::Effective;
 use crate::snapshot::{AccountEntry, Snapshot, SnapshotHolder};
 use crate::spending::Spending;
 use crate::tap::{Decoder, Observed, Unwrapper, UsageFormat, UsageTap};
@@ -46,9 +47,6 @@ pub struct Relay {
     /// Clients through each account proxy in use, by proxy URL.
     pub proxied: std::sync::Mutex<std::collections::HashMap<ProxyUrl, HttpClient>>,
     pub sink: UsageSink,
-    /// Upstream timeout for the response head and first byte, used until
-    /// the snapshot carries the control plane's `proxy.timeout`.
-    pub timeout: Duration,
     /// Longest silence allowed inside a response body.
     pub idle_timeout: Duration,
     pub max_body_bytes: usize,
@@ -177,10 +175,7 @@ impl Relay {
         let package_id =
             self.spending
                 .admit(&snapshot, &caller.key, &parsed.model, chrono::Utc::now())?;
-        let timeout = match snapshot.request_timeout_ms {
-            0 => self.timeout,
-            ms => Duration::from_millis(ms),
-        };
+        let timeout = snapshot.settings.request_timeout;
         let asked = asked(&caller, &parsed, package_id, admitted);
         let ask = Ask {
             key: &caller.key,
@@ -215,7 +210,7 @@ impl Relay {
         for attempt in 1..=self.max_attempts {
             tried.push(account.id);
             let mut report = None;
-            let mark = match self.call(&account, &outgoing, timeout).await {
+            let mark = match self.call(&account, &outgoing, &snapshot.settings).await {
                 Called::Answered(response) => {
                     let attempt = Attempt {
                         response,
@@ -295,10 +290,10 @@ impl Relay {
         &self,
         account: &AccountEntry,
         outgoing: &Outgoing<'_>,
-        timeout: Duration,
+        settings: &Effective,
     ) -> Called {
         let now = chrono::Utc::now();
-        let cap = self.scheduler.settings().unavailable_cap;
+        let (timeout, cap) = (settings.request_timeout, settings.unavailable_cap);
         let upstream = match adapters::build(account, outgoing) {
             Ok(req) => req,
             // Not ready yet (e.g. a Code Assist project still being found):
