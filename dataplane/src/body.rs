@@ -26,10 +26,6 @@ impl RelayBody {
     pub fn full(bytes: Bytes) -> Self {
         RelayBody::Full(Some(bytes))
     }
-
-    pub fn empty() -> Self {
-        RelayBody::Full(None)
-    }
 }
 
 impl Body for RelayBody {

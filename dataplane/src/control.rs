@@ -10,7 +10,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 /// Adds the node token to every call.
 #[derive(Clone)]
-pub struct NodeAuth(MetadataValue<Ascii>);
+pub(crate) struct NodeAuth(MetadataValue<Ascii>);
 
 impl tonic::service::Interceptor for NodeAuth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -19,7 +19,7 @@ impl tonic::service::Interceptor for NodeAuth {
     }
 }
 
-pub type Client = NodeServiceClient<InterceptedService<Channel, NodeAuth>>;
+pub(crate) type Client = NodeServiceClient<InterceptedService<Channel, NodeAuth>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -54,7 +54,11 @@ pub fn endpoint(url: &str, ca_pem: Option<&[u8]>) -> Result<Endpoint, ControlErr
 }
 
 /// A lazily connecting client; calls fail fast while the control plane is down.
-pub fn client(url: &str, ca_pem: Option<&[u8]>, node_token: &str) -> Result<Client, ControlError> {
+pub(crate) fn client(
+    url: &str,
+    ca_pem: Option<&[u8]>,
+    node_token: &str,
+) -> Result<Client, ControlError> {
     let endpoint = endpoint(url, ca_pem)?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)

@@ -2,32 +2,32 @@
 //! snapshot, reporting usage back to it.
 #![forbid(unsafe_code)]
 
-pub mod adapters;
-pub mod admission;
-pub mod answer;
-pub mod auth;
-pub mod body;
+pub(crate) mod adapters;
+pub(crate) mod admission;
+pub(crate) mod answer;
+pub(crate) mod auth;
+pub(crate) mod body;
 pub mod control;
-pub mod errors;
-pub mod failure;
-pub mod feed;
-pub mod filter;
-pub mod meter;
-pub mod models;
-pub mod relay;
-pub mod request;
-pub mod response;
-pub mod routes;
+pub(crate) mod errors;
+pub(crate) mod failure;
+pub(crate) mod feed;
+pub(crate) mod filter;
+pub(crate) mod meter;
+pub(crate) mod models;
+pub(crate) mod relay;
+pub(crate) mod request;
+pub(crate) mod response;
+pub(crate) mod routes;
 pub mod scheduler;
 pub mod server;
-pub mod session;
+pub(crate) mod session;
 pub mod settings;
 pub mod snapshot;
 #[cfg(test)]
 mod spelling;
-pub mod spending;
-pub mod tap;
-pub mod usage;
+pub(crate) mod spending;
+pub(crate) mod tap;
+pub(crate) mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

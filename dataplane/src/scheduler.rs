@@ -25,7 +25,7 @@ pub use crate::settings::SchedulerSettings;
 
 /// Picks accounts and holds this node's leases; its TTLs and waits are
 /// those of the snapshot a request is served from.
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     store: Arc<dyn StateStore>,
     /// Leases of this node's requests in flight, renewed in one call per beat.
     live: Mutex<HashMap<String, Held>>,
@@ -36,7 +36,7 @@ pub struct Scheduler {
 }
 
 /// What a request asks of the scheduler.
-pub struct Ask<'a> {
+pub(crate) struct Ask<'a> {
     pub key: &'a KeyEntry,
     pub user: &'a UserEntry,
     pub kinds: &'a [AccountKind],
@@ -49,7 +49,7 @@ pub struct Ask<'a> {
 
 /// The leases one request holds. Dropping it gives them back (in the
 /// background), binding `bind` and applying `mark` in the same call.
-pub struct Lease {
+pub(crate) struct Lease {
     scheduler: Arc<Scheduler>,
     held: Held,
     pub bind: Option<Bind>,
@@ -57,6 +57,7 @@ pub struct Lease {
 }
 
 impl Lease {
+    #[cfg(test)]
     pub fn account_id(&self) -> i64 {
         self.held.account_id
     }

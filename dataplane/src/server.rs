@@ -35,7 +35,7 @@ pub struct ServerSettings {
 /// listener stays open for `drain_delay`, in-flight requests get
 /// `drain_grace`, and what is still running then is cut and recorded as
 /// `error_class=shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     relay: Arc<Relay>,
     settings: ServerSettings,

@@ -34,7 +34,7 @@ pub struct KeyEntry {
     pub cost_used: Decimal,
     /// Which client programs may use the key (the global filter unless the
     /// key overrides it; keys that do not share one policy).
-    pub client_filter: Arc<Policy>,
+    pub(crate) client_filter: Arc<Policy>,
 }
 
 impl KeyEntry {
@@ -187,12 +187,12 @@ pub enum SnapshotError {
 }
 
 /// A figure from the wire; one that cannot be read counts as nothing.
-pub fn amount(s: &str) -> Decimal {
+pub(crate) fn amount(s: &str) -> Decimal {
     Decimal::from_str(s).unwrap_or_default()
 }
 
 /// A package's usage from the wire.
-pub fn package_usage(u: &pb::PackageUsage) -> PackageUsage {
+pub(crate) fn package_usage(u: &pb::PackageUsage) -> PackageUsage {
     PackageUsage {
         daily_used: amount(&u.daily_used),
         weekly_used: amount(&u.weekly_used),
@@ -492,7 +492,7 @@ pub struct SnapshotHolder {
 }
 
 impl SnapshotHolder {
-    pub fn new(configured: Effective) -> Self {
+    pub(crate) fn new(configured: Effective) -> Self {
         SnapshotHolder {
             current: ArcSwapOption::empty(),
             configured,
@@ -501,7 +501,7 @@ impl SnapshotHolder {
     }
 
     /// What a snapshot's settings go over.
-    pub fn configured(&self) -> &Effective {
+    pub(crate) fn configured(&self) -> &Effective {
         &self.configured
     }
 
@@ -511,7 +511,7 @@ impl SnapshotHolder {
 
     /// Makes `snapshot` current; watchers of the settings hear of them
     /// only when they changed.
-    pub fn store(&self, snapshot: Snapshot) {
+    pub(crate) fn store(&self, snapshot: Snapshot) {
         let settings = snapshot.settings;
         self.current.store(Some(Arc::new(snapshot)));
         self.settings.send_if_modified(|now| {
@@ -525,7 +525,7 @@ impl SnapshotHolder {
     }
 
     /// The settings in force, marked changed whenever a snapshot changes them.
-    pub fn settings(&self) -> watch::Receiver<Effective> {
+    pub(crate) fn settings(&self) -> watch::Receiver<Effective> {
         self.settings.subscribe()
     }
 
