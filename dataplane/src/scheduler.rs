@@ -357,14 +357,15 @@ impl Scheduler {
         mut settings: watch::Receiver<Effective>,
         cancel: CancellationToken,
     ) {
-        let mut announced = true;
+        // False once the holder is gone (at shutdown): the last TTL holds.
+        let mut listening = true;
         loop {
             let every = (settings.borrow().lease_ttl / 3).max(Duration::from_secs(1));
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
                 // A shorter TTL must not wait out a sleep timed for the old one.
-                changed = settings.changed(), if announced => announced = changed.is_ok(),
+                changed = settings.changed(), if listening => listening = changed.is_ok(),
             }
             let held: Vec<Held> = self
                 .live
