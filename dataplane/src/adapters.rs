@@ -546,4 +546,39 @@ mod tests {
         assert_eq!(req.headers()["x-goog-api-key"], "upstream-key");
         assert_no_client_secrets(&req);
     }
+
+    #[test]
+    fn every_served_kind_has_an_adapter() {
+        let endpoints = [
+            Endpoint::AnthropicMessages,
+            Endpoint::AnthropicCountTokens,
+            Endpoint::OpenAiChat,
+            Endpoint::OpenAiResponses,
+            Endpoint::GeminiGenerate {
+                model: "m".into(),
+                stream: true,
+            },
+            Endpoint::GeminiCountTokens { model: "m".into() },
+        ];
+        for endpoint in &endpoints {
+            for kind in endpoint.kinds() {
+                assert_eq!(kind.platform(), endpoint.platform());
+                let account = AccountEntry {
+                    project: Some("p".into()),
+                    ..AccountEntry::for_tests(*kind)
+                };
+                let headers = http::HeaderMap::new();
+                let out = Outgoing {
+                    endpoint,
+                    query: None,
+                    headers: &headers,
+                    body: bytes::Bytes::from_static(b"{}"),
+                };
+                assert!(
+                    build(&account, &out).is_ok(),
+                    "{kind:?} cannot serve {endpoint:?}"
+                );
+            }
+        }
+    }
 }

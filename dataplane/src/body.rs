@@ -26,27 +26,6 @@ impl RelayBody {
     pub fn full(bytes: Bytes) -> Self {
         RelayBody::Full(Some(bytes))
     }
-
-    /// A JSON answer made by the node itself, tagged with the request id.
-    pub fn json_response(
-        status: http::StatusCode,
-        body: &serde_json::Value,
-        request_id: &http::HeaderValue,
-    ) -> http::Response<RelayBody> {
-        let bytes = serde_json::to_vec(body).expect("JSON serializes");
-        let mut resp = http::Response::new(RelayBody::full(Bytes::from(bytes)));
-        *resp.status_mut() = status;
-        let headers = resp.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            http::HeaderValue::from_static("application/json"),
-        );
-        headers.insert("x-request-id", request_id.clone());
-        resp
-    }
-    pub fn empty() -> Self {
-        RelayBody::Full(None)
-    }
 }
 
 impl Body for RelayBody {

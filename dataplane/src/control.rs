@@ -1,27 +1,16 @@
 //! The gRPC link to the control plane: an authenticated client (TLS for an
-//! `https://` URL), and the snapshot feed that reconnects with backoff and
-//! resumes by version.
-use std::sync::Arc;
+//! `https://` URL) that the snapshot feed, the usage reporter and the relay
+//! share. It knows nothing of what travels over it.
 use std::time::Duration;
 
-use aiproxy_proto::v1 as pb;
 use aiproxy_proto::v1::node_service_client::NodeServiceClient;
-use tokio_util::sync::CancellationToken;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-use crate::scheduler::Scheduler;
-use crate::snapshot::{Snapshot, SnapshotHolder};
-
-/// A watch stream with no message for this long is considered dead.
-const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
 /// Adds the node token to every call.
 #[derive(Clone)]
-pub struct NodeAuth(MetadataValue<Ascii>);
+pub(crate) struct NodeAuth(MetadataValue<Ascii>);
 
 impl tonic::service::Interceptor for NodeAuth {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
@@ -30,7 +19,7 @@ impl tonic::service::Interceptor for NodeAuth {
     }
 }
 
-pub type Client = NodeServiceClient<InterceptedService<Channel, NodeAuth>>;
+pub(crate) type Client = NodeServiceClient<InterceptedService<Channel, NodeAuth>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -65,7 +54,11 @@ pub fn endpoint(url: &str, ca_pem: Option<&[u8]>) -> Result<Endpoint, ControlErr
 }
 
 /// A lazily connecting client; calls fail fast while the control plane is down.
-pub fn client(url: &str, ca_pem: Option<&[u8]>, node_token: &str) -> Result<Client, ControlError> {
+pub(crate) fn client(
+    url: &str,
+    ca_pem: Option<&[u8]>,
+    node_token: &str,
+) -> Result<Client, ControlError> {
     let endpoint = endpoint(url, ca_pem)?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
@@ -79,245 +72,4 @@ pub fn client(url: &str, ca_pem: Option<&[u8]>, node_token: &str) -> Result<Clie
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024),
     )
-}
-
-/// Keeps `holder`, and the scheduler's settings, up to date until cancelled.
-pub async fn run_feed(
-    client: Client,
-    node_id: String,
-    holder: Arc<SnapshotHolder>,
-    scheduler: Arc<Scheduler>,
-    cancel: CancellationToken,
-) {
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        let outcome = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = watch_once(client.clone(), &node_id, &holder, &scheduler) => r,
-        };
-        match outcome {
-            Ok(()) => backoff = BACKOFF_MIN,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "snapshot feed interrupted");
-            }
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-/// One watch stream, from connect to its end. Returns Ok when it ran and ended.
-async fn watch_once(
-    mut client: Client,
-    node_id: &str,
-    holder: &SnapshotHolder,
-    scheduler: &Scheduler,
-) -> Result<(), tonic::Status> {
-    let request = pb::WatchRequest {
-        node_id: node_id.to_string(),
-        last_version: holder.version(),
-    };
-    let mut stream = client.watch(request).await?.into_inner();
-    let acks = spawn_acker(client.clone());
-    loop {
-        let message = tokio::time::timeout(WATCH_IDLE_TIMEOUT, stream.message())
-            .await
-            .map_err(|_| tonic::Status::deadline_exceeded("no snapshot or heartbeat in time"))??;
-        let Some(event) = message else { return Ok(()) };
-        match event.event {
-            Some(pb::watch_event::Event::Snapshot(snapshot)) => {
-                let version = snapshot.version;
-                let started = std::time::Instant::now();
-                let (applied, problems) = Snapshot::from_proto(snapshot);
-                let dropped: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                for problem in &dropped {
-                    tracing::error!(version, problem = %problem, "snapshot entry unusable; the rest applies");
-                }
-                let (accounts, keys) = (applied.accounts.len(), applied.keys.len());
-                scheduler.adopt(&applied.scheduling);
-                holder.store(applied);
-                tracing::info!(
-                    version,
-                    accounts,
-                    api_keys = keys,
-                    dropped = dropped.len(),
-                    apply_us = started.elapsed().as_micros() as u64,
-                    "snapshot applied"
-                );
-                let ack = pb::AckRequest {
-                    node_id: node_id.to_string(),
-                    version,
-                    applied: true,
-                    error: String::new(),
-                    dropped,
-                };
-                acks.send_replace(Some(ack));
-            }
-            Some(pb::watch_event::Event::Usage(update)) => holder.spending.apply(&update),
-            Some(pb::watch_event::Event::Heartbeat(_)) | None => {}
-        }
-    }
-}
-
-/// Sends acks one at a time, in order, skipping any superseded while one was
-/// in flight: acks sent side by side could land out of order and leave the
-/// control plane believing an older version is the one applied.
-fn spawn_acker(mut client: Client) -> tokio::sync::watch::Sender<Option<pb::AckRequest>> {
-    let (tx, mut rx) = tokio::sync::watch::channel(None::<pb::AckRequest>);
-    tokio::spawn(async move {
-        // Ends once the watch stream is gone and its last ack is sent.
-        while rx.changed().await.is_ok() {
-            let Some(ack) = rx.borrow_and_update().clone() else {
-                continue;
-            };
-            if let Err(e) = client.ack(ack).await {
-                tracing::debug!(error = %e, "snapshot ack failed");
-            }
-        }
-    });
-    tx
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use aiproxy_proto::v1::node_service_server::{NodeService, NodeServiceServer};
-    use aiproxy_shared::state::memory::MemoryStore;
-    use futures_util::StreamExt;
-    use tonic::{Request, Response, Status};
-
-    use super::*;
-    use crate::scheduler::SchedulerSettings;
-
-    /// Streams two snapshots back to back; holds the first one's ack until
-    /// the second's arrives (or a second passes), as a slow network could.
-    struct FakeControlPlane(Arc<Heard>);
-
-    #[derive(Default)]
-    struct Heard {
-        acked: Mutex<Vec<u64>>,
-        in_flight: AtomicUsize,
-        second_acked: tokio::sync::Notify,
-    }
-
-    type Events =
-        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
-
-    #[tonic::async_trait]
-    impl NodeService for FakeControlPlane {
-        type WatchStream = Events;
-
-        async fn watch(&self, _: Request<pb::WatchRequest>) -> Result<Response<Events>, Status> {
-            let event = |version| {
-                Ok(pb::WatchEvent {
-                    event: Some(pb::watch_event::Event::Snapshot(pb::Snapshot {
-                        version,
-                        ..Default::default()
-                    })),
-                })
-            };
-            let events = futures_util::stream::iter([event(1), event(2)])
-                .chain(futures_util::stream::pending());
-            Ok(Response::new(Box::pin(events)))
-        }
-
-        async fn ack(
-            &self,
-            req: Request<pb::AckRequest>,
-        ) -> Result<Response<pb::AckResponse>, Status> {
-            let heard = &self.0;
-            heard.in_flight.fetch_add(1, Ordering::SeqCst);
-            let version = req.into_inner().version;
-            if version == 1 {
-                let _ = tokio::time::timeout(Duration::from_secs(1), heard.second_acked.notified())
-                    .await;
-            }
-            heard.acked.lock().unwrap().push(version);
-            if version == 2 {
-                heard.second_acked.notify_one();
-            }
-            heard.in_flight.fetch_sub(1, Ordering::SeqCst);
-            Ok(Response::new(pb::AckResponse {}))
-        }
-
-        async fn report_usage(
-            &self,
-            _: Request<pb::UsageBatch>,
-        ) -> Result<Response<pb::UsageAck>, Status> {
-            Err(Status::unimplemented("not in this test"))
-        }
-
-        async fn refresh_account(
-            &self,
-            _: Request<pb::RefreshAccountRequest>,
-        ) -> Result<Response<pb::RefreshAccountResponse>, Status> {
-            Err(Status::unimplemented("not in this test"))
-        }
-
-        async fn report_account_state(
-            &self,
-            _: Request<pb::AccountStateReport>,
-        ) -> Result<Response<pb::AccountStateAck>, Status> {
-            Err(Status::unimplemented("not in this test"))
-        }
-    }
-
-    #[tokio::test]
-    async fn the_last_ack_the_control_plane_hears_is_the_newest_snapshot() {
-        let fake = Arc::new(Heard::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = tonic::transport::Server::builder()
-            .add_service(NodeServiceServer::new(FakeControlPlane(fake.clone())))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-        tokio::spawn(server);
-
-        let holder = Arc::new(SnapshotHolder::default());
-        let scheduler = Arc::new(Scheduler::new(
-            Arc::new(MemoryStore::default()),
-            SchedulerSettings {
-                lease_ttl: Duration::from_secs(60),
-                session_ttl: Duration::from_secs(60),
-                wait_timeout: Duration::ZERO,
-                unavailable_cap: Duration::from_secs(300),
-            },
-            "node",
-        ));
-        let cancel = CancellationToken::new();
-        let feed = tokio::spawn(run_feed(
-            client(&url, None, "token").unwrap(),
-            "node".into(),
-            holder.clone(),
-            scheduler,
-            cancel.clone(),
-        ));
-
-        let settled = async {
-            loop {
-                let done = fake.acked.lock().unwrap().contains(&2)
-                    && fake.in_flight.load(Ordering::SeqCst) == 0;
-                if done {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), settled)
-            .await
-            .expect("the newest snapshot was never acked");
-        cancel.cancel();
-        feed.await.unwrap();
-        assert_eq!(holder.version(), 2);
-        let acked = fake.acked.lock().unwrap().clone();
-        assert_eq!(
-            acked.last(),
-            Some(&2),
-            "acks landed out of order: {acked:?}"
-        );
-    }
 }

@@ -1,8 +1,7 @@
 //! Client-facing errors, rendered in the native shape of the API called.
+use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use serde_json::json;
-
-use crate::body::RelayBody;
 
 /// The API family whose error shape a caller expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,8 +209,9 @@ impl RelayError {
         }
     }
 
-    pub fn into_response(self, shape: ErrorShape, request_id: &HeaderValue) -> Response<RelayBody> {
-        let mut response = RelayBody::json_response(self.status, &self.body(shape), request_id);
+    /// The answer a client gets, in its API's shape.
+    pub fn into_response(self, shape: ErrorShape, request_id: &HeaderValue) -> Response<Bytes> {
+        let mut response = crate::answer::json(self.status, &self.body(shape), request_id);
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()
@@ -244,5 +244,17 @@ mod tests {
             RelayError::model_not_allowed().body(ErrorShape::Anthropic)["error"]["type"],
             "permission_error"
         );
+    }
+
+    #[test]
+    fn the_answer_carries_status_shape_request_id_and_retry_after() {
+        let id = HeaderValue::from_static("req-1");
+        let answer = RelayError::rate_limited(3).into_response(ErrorShape::OpenAi, &id);
+        assert_eq!(answer.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(answer.headers()["content-type"], "application/json");
+        assert_eq!(answer.headers()["x-request-id"], "req-1");
+        assert_eq!(answer.headers()["retry-after"], "3");
+        let body: serde_json::Value = serde_json::from_slice(answer.body()).unwrap();
+        assert_eq!(body["error"]["code"], "rate_limited");
     }
 }

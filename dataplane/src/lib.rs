@@ -2,29 +2,32 @@
 //! snapshot, reporting usage back to it.
 #![forbid(unsafe_code)]
 
-pub mod adapters;
-pub mod admission;
-pub mod auth;
-pub mod body;
+pub(crate) mod adapters;
+pub(crate) mod admission;
+pub(crate) mod answer;
+pub(crate) mod auth;
+pub(crate) mod body;
 pub mod control;
-pub mod errors;
-pub mod failure;
-pub mod filter;
-pub mod meter;
-pub mod models;
-pub mod relay;
-pub mod request;
-pub mod response;
-pub mod routes;
+pub(crate) mod errors;
+pub(crate) mod failure;
+pub(crate) mod feed;
+pub(crate) mod filter;
+pub(crate) mod meter;
+pub(crate) mod models;
+pub(crate) mod relay;
+pub(crate) mod request;
+pub(crate) mod response;
+pub(crate) mod routes;
 pub mod scheduler;
 pub mod server;
-pub mod session;
+pub(crate) mod session;
+pub mod settings;
 pub mod snapshot;
 #[cfg(test)]
 mod spelling;
-pub mod spending;
-pub mod tap;
-pub mod usage;
+pub(crate) mod spending;
+pub(crate) mod tap;
+pub(crate) mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,7 +39,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::relay::Relay;
+use crate::settings::Effective;
 use crate::snapshot::SnapshotHolder;
+use crate::spending::Spending;
 use crate::usage::{Journal, UsageSink};
 
 /// What a data plane needs to start.
@@ -122,18 +127,24 @@ pub async fn start(
         source,
     })?;
 
+    // What requests go by until a snapshot's settings say otherwise.
+    let configured = Effective::configured(settings.proxy_timeout, &settings.scheduling);
+    let snapshot = Arc::new(SnapshotHolder::new(configured));
+    let spending = Arc::new(Spending::default());
     let scheduler = Arc::new(scheduler::Scheduler::new(
         settings.state.clone(),
-        settings.scheduling.clone(),
         &settings.node_id,
     ));
-    tracker.spawn(scheduler.clone().run_renewals(cancel.clone()));
-    let snapshot = Arc::new(SnapshotHolder::default());
-    tracker.spawn(control::run_feed(
+    tracker.spawn(
+        scheduler
+            .clone()
+            .run_renewals(snapshot.settings(), cancel.clone()),
+    );
+    tracker.spawn(feed::run_feed(
         client.clone(),
         settings.node_id.clone(),
         snapshot.clone(),
-        scheduler.clone(),
+        spending.clone(),
         cancel.clone(),
     ));
 
@@ -149,11 +160,11 @@ pub async fn start(
 
     let relay = Arc::new(Relay {
         snapshot: snapshot.clone(),
+        spending,
         scheduler,
         client: aiproxy_shared::http::client(settings.connect_timeout),
         proxied: Default::default(),
         sink,
-        timeout: settings.proxy_timeout,
         idle_timeout: settings.idle_timeout,
         max_body_bytes: settings.max_body_bytes,
         max_attempts: settings.max_attempts.max(1),

@@ -50,7 +50,10 @@ impl Meter {
         // A Responses id opens a session for the request that will name it
         // as `previous_response_id`, on this account.
         if let (Some(id), Some(lease)) = (&observed.response_id, self.lease.as_mut()) {
-            lease.bind_session(crate::session::response_session(id));
+            lease.bind_session(
+                crate::session::response_session(id),
+                self.snapshot.settings.session_ttl,
+            );
         }
         drop(self.lease.take());
         drop(self.admitted.take());

@@ -1,10 +1,11 @@
 //! Model listings answered by the node itself: the models a key may use,
 //! in the shape of the API the client speaks.
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response};
 use serde_json::{Value, json};
 
+use crate::answer;
 use crate::auth::authenticate;
-use crate::body::RelayBody;
 use crate::errors::{ErrorShape, RelayError};
 use crate::snapshot::SnapshotHolder;
 
@@ -23,7 +24,7 @@ pub fn list(
     headers: &HeaderMap,
     query: Option<&str>,
     request_id: &HeaderValue,
-) -> Response<RelayBody> {
+) -> Response<Bytes> {
     let anthropic = headers.contains_key("anthropic-version");
     let shape = match listing {
         Listing::Gemini => ErrorShape::Google,
@@ -54,7 +55,7 @@ pub fn list(
         (Listing::V1, true) => anthropic_list(&models),
         (Listing::V1, false) => openai(&models),
     };
-    RelayBody::json_response(http::StatusCode::OK, &body, request_id)
+    answer::json(http::StatusCode::OK, &body, request_id)
 }
 
 fn openai(models: &[&str]) -> Value {

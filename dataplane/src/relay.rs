@@ -11,20 +11,23 @@ use http::header;
 use http::{HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
 use crate::adapters::{self, Outgoing};
 use crate::admission::{Admission, Admitted, BodyBudget};
-use crate::auth::{Caller, authenticate, model_allowed, query_without_key};
+use crate::auth::{authenticate, model_allowed, query_without_key};
 use crate::body::{Pipeline, RelayBody, TapBody};
 use crate::errors::RelayError;
 use crate::failure::{self, Verdict};
 use crate::meter::Meter;
-use crate::request::{self, Parsed};
+use crate::request;
 use crate::response::{fold_stream, strip_response_headers};
 use crate::routes::Endpoint;
 use crate::scheduler::{Ask, Lease, Scheduler};
-use crate::snapshot::{AccountEntry, Snapshot, SnapshotHolder};
+use crate::settings::Effective;
+use crate::snapshot::{AccountEntry, KeyEntry, Snapshot, SnapshotHolder};
+use crate::spending::Spending;
 use crate::tap::{Decoder, Observed, Unwrapper, UsageFormat, UsageTap};
 use crate::usage::{Unavailable, UsageSink};
 
@@ -37,15 +40,14 @@ const MAX_FAILURE_BODY: usize = 1 << 20;
 /// Shared by every request on a node.
 pub struct Relay {
     pub snapshot: Arc<SnapshotHolder>,
+    /// What was spent since the snapshot.
+    pub spending: Arc<Spending>,
     pub scheduler: Arc<Scheduler>,
     /// Direct upstream client.
     pub client: HttpClient,
     /// Clients through each account proxy in use, by proxy URL.
     pub proxied: std::sync::Mutex<std::collections::HashMap<ProxyUrl, HttpClient>>,
     pub sink: UsageSink,
-    /// Upstream timeout for the response head and first byte, used until
-    /// the snapshot carries the control plane's `proxy.timeout`.
-    pub timeout: Duration,
     /// Longest silence allowed inside a response body.
     pub idle_timeout: Duration,
     pub max_body_bytes: usize,
@@ -101,16 +103,20 @@ enum LastFailure {
     Failed(RelayError),
 }
 
-/// Who asked, for which model: the parts of a usage record known up front.
-struct Asked {
+/// One admitted request, as the steps after the pick need it: where it came
+/// in, the snapshot it is served from, and who asked for which model (the
+/// parts of its usage record known up front). Its meter consumes it.
+struct Exchange<'r> {
+    endpoint: &'r Endpoint,
+    request_id: &'r HeaderValue,
+    snapshot: &'r Arc<Snapshot>,
+    started: Instant,
     /// Counts the request on this node until its response ends.
     admitted: Admitted,
-    key: Arc<crate::snapshot::KeyEntry>,
-    key_id: i64,
-    user_id: i64,
+    key: Arc<KeyEntry>,
     /// The package admitted against; 0 when none.
     package_id: i64,
-    price_rate: rust_decimal::Decimal,
+    price_rate: Decimal,
     model: String,
     stream: bool,
     session_hash: String,
@@ -128,6 +134,7 @@ impl Relay {
             Err(e) => {
                 tracing::debug!(request_id = ?request_id, status = e.status.as_u16(), class = e.class, "request refused");
                 e.into_response(endpoint.error_shape(), request_id)
+                    .map(RelayBody::full)
             }
         }
     }
@@ -151,8 +158,7 @@ impl Relay {
         // Everything that refuses a request whatever its body, before the
         // body is read: a refused request holds no memory.
         let admitted = self.admission.admit(&caller.key, caller.user, now_ms)?;
-        self.snapshot
-            .spending
+        self.spending
             .pre_admit(&snapshot, &caller.key, chrono::Utc::now())?;
         let mut body_bytes = self.bodies.none();
         let body = request::read_body(
@@ -171,17 +177,26 @@ impl Relay {
         if snapshot.prices.is_fenced(&parsed.model) {
             return Err(RelayError::price_unavailable());
         }
-        let package_id = self.snapshot.spending.admit(
-            &snapshot,
-            &caller.key,
-            &parsed.model,
-            chrono::Utc::now(),
-        )?;
-        let timeout = match snapshot.request_timeout_ms {
-            0 => self.timeout,
-            ms => Duration::from_millis(ms),
+        let package_id =
+            self.spending
+                .admit(&snapshot, &caller.key, &parsed.model, chrono::Utc::now())?;
+        let exchange = Exchange {
+            endpoint,
+            request_id,
+            snapshot: &snapshot,
+            started,
+            admitted,
+            key: caller.key.clone(),
+            package_id,
+            price_rate: caller.user.price_rate,
+            model: parsed.model.clone(),
+            stream: parsed.stream,
+            session_hash: parsed
+                .session
+                .as_ref()
+                .map(|s| s.hash.clone())
+                .unwrap_or_default(),
         };
-        let asked = asked(&caller, &parsed, package_id, admitted);
         let ask = Ask {
             key: &caller.key,
             user: caller.user,
@@ -215,18 +230,14 @@ impl Relay {
         for attempt in 1..=self.max_attempts {
             tried.push(account.id);
             let mut report = None;
-            let mark = match self.call(&account, &outgoing, timeout).await {
+            let mark = match self.call(&account, &outgoing, &snapshot.settings).await {
                 Called::Answered(response) => {
                     let attempt = Attempt {
                         response,
                         account,
                         lease,
                     };
-                    return self
-                        .respond(
-                            endpoint, attempt, asked, &snapshot, started, timeout, request_id,
-                        )
-                        .await;
+                    return self.respond(exchange, attempt).await;
                 }
                 Called::Refused {
                     head,
@@ -282,9 +293,7 @@ impl Relay {
                 head,
                 body,
                 account_id,
-            }) => Ok(self.pass_through(
-                endpoint, head, body, account_id, asked, &snapshot, started, request_id,
-            )),
+            }) => Ok(self.pass_through(exchange, head, body, account_id)),
             Some(LastFailure::Failed(e)) => Err(e),
             None => Err(RelayError::no_account()),
         }
@@ -295,10 +304,10 @@ impl Relay {
         &self,
         account: &AccountEntry,
         outgoing: &Outgoing<'_>,
-        timeout: Duration,
+        settings: &Effective,
     ) -> Called {
         let now = chrono::Utc::now();
-        let cap = self.scheduler.settings().unavailable_cap;
+        let (timeout, cap) = (settings.request_timeout, settings.unavailable_cap);
         let upstream = match adapters::build(account, outgoing) {
             Ok(req) => req,
             // Not ready yet (e.g. a Code Assist project still being found):
@@ -380,35 +389,26 @@ impl Relay {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The answer of the account that took the request, streamed back
+    /// through the usage tap.
     async fn respond(
         &self,
-        endpoint: &Endpoint,
+        exchange: Exchange<'_>,
         attempt: Attempt,
-        asked: Asked,
-        snapshot: &Arc<Snapshot>,
-        started: Instant,
-        timeout: Duration,
-        request_id: &HeaderValue,
     ) -> Result<Response<RelayBody>, RelayError> {
         let Attempt {
             response,
             account,
             lease,
         } = attempt;
+        let (endpoint, request_id, started) =
+            (exchange.endpoint, exchange.request_id, exchange.started);
+        let timeout = exchange.snapshot.settings.request_timeout;
         let fold = account.kind == AccountKind::OpenAiResponses
-            && !asked.stream
+            && !exchange.stream
             && response.status().is_success();
         let (mut head, mut body) = response.into_parts();
-        let mut meter = self.meter(
-            endpoint,
-            asked,
-            account.id,
-            head.status.as_u16(),
-            snapshot,
-            started,
-            request_id,
-        );
+        let mut meter = self.meter(exchange, account.id, head.status.as_u16());
         meter.lease = Some(lease);
         // Wait for the first bytes: they tell whether the body is gzip
         // even when no header says so, and they time the first byte.
@@ -469,27 +469,16 @@ impl Relay {
     }
 
     /// The last refusal, as the upstream sent it, recorded like any request.
-    #[allow(clippy::too_many_arguments)]
     fn pass_through(
         &self,
-        endpoint: &Endpoint,
+        exchange: Exchange<'_>,
         mut head: http::response::Parts,
         body: Bytes,
         account_id: i64,
-        asked: Asked,
-        snapshot: &Arc<Snapshot>,
-        started: Instant,
-        request_id: &HeaderValue,
     ) -> Response<RelayBody> {
-        let mut meter = self.meter(
-            endpoint,
-            asked,
-            account_id,
-            head.status.as_u16(),
-            snapshot,
-            started,
-            request_id,
-        );
+        let (endpoint, request_id, started) =
+            (exchange.endpoint, exchange.request_id, exchange.started);
+        let mut meter = self.meter(exchange, account_id, head.status.as_u16());
         meter.ttfb = Some(started.elapsed());
         let mut tap = UsageTap::new(usage_format(endpoint), None);
         tap.feed(&body);
@@ -499,40 +488,32 @@ impl Relay {
         Response::from_parts(head, RelayBody::full(body))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn meter(
-        &self,
-        endpoint: &Endpoint,
-        asked: Asked,
-        account_id: i64,
-        status: u16,
-        snapshot: &Arc<Snapshot>,
-        started: Instant,
-        request_id: &HeaderValue,
-    ) -> Meter {
+    /// The request's meter, for the answer `account_id` gave with `status`.
+    fn meter(&self, exchange: Exchange<'_>, account_id: i64, status: u16) -> Meter {
+        let endpoint = exchange.endpoint;
         Meter {
-            request_id: request_id.to_str().unwrap_or_default().to_string(),
-            key_id: asked.key_id,
-            user_id: asked.user_id,
+            request_id: exchange.request_id.to_str().unwrap_or_default().to_string(),
+            key_id: exchange.key.id,
+            user_id: exchange.key.user_id,
             account_id,
-            requested_model: asked.model,
+            requested_model: exchange.model,
             platform: endpoint.platform(),
             endpoint: endpoint.name(),
             billed: endpoint.is_billed(),
-            stream: asked.stream,
+            stream: exchange.stream,
             status,
-            started,
+            started: exchange.started,
             ttfb: None,
-            snapshot: snapshot.clone(),
-            price_rate: asked.price_rate,
+            snapshot: exchange.snapshot.clone(),
+            price_rate: exchange.price_rate,
             sink: self.sink.clone(),
             lease: None,
-            admitted: Some(asked.admitted),
+            admitted: Some(exchange.admitted),
             error_class: String::new(),
-            session_hash: asked.session_hash,
-            package_id: asked.package_id,
-            key: asked.key,
-            spending: self.snapshot.spending.clone(),
+            session_hash: exchange.session_hash,
+            package_id: exchange.package_id,
+            key: exchange.key,
+            spending: self.spending.clone(),
         }
     }
 
@@ -632,24 +613,6 @@ fn report_refused_token(control: crate::control::Client, node_id: String, accoun
             tracing::warn!(error = %e, "could not ask the control plane for a token refresh");
         }
     });
-}
-
-fn asked(caller: &Caller<'_>, parsed: &Parsed, package_id: i64, admitted: Admitted) -> Asked {
-    Asked {
-        admitted,
-        key: caller.key.clone(),
-        key_id: caller.key.id,
-        user_id: caller.key.user_id,
-        package_id,
-        price_rate: caller.user.price_rate,
-        model: parsed.model.clone(),
-        stream: parsed.stream,
-        session_hash: parsed
-            .session
-            .as_ref()
-            .map(|s| s.hash.clone())
-            .unwrap_or_default(),
-    }
 }
 
 fn usage_format(endpoint: &Endpoint) -> UsageFormat {

@@ -66,11 +66,7 @@ pub async fn fold_stream(
     meter.finish(tap.observed(), true);
     let response =
         terminal.ok_or_else(|| RelayError::upstream("upstream stream ended without a response"))?;
-    Ok(RelayBody::json_response(
-        StatusCode::OK,
-        &response,
-        request_id,
-    ))
+    Ok(crate::answer::json(StatusCode::OK, &response, request_id).map(RelayBody::full))
 }
 
 /// The `response` object of the last terminal Responses event in `sse`.

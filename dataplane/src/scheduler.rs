@@ -11,44 +11,32 @@ use aiproxy_shared::domain::AccountKind;
 use aiproxy_shared::state::{
     Bind, Candidate, Held, Mark, Outcome, Release, Retry, ScheduleRequest, StateStore, Switch,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::errors::RelayError;
+use crate::settings::Effective;
 use crate::snapshot::{AccountEntry, KeyEntry, Snapshot, UserEntry};
 
 /// How often a waiting request asks again when no local release wakes it.
 const WAIT_POLL: Duration = Duration::from_millis(100);
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct SchedulerSettings {
-    /// Lease lifetime without renewal (`concurrency_ttl`).
-    pub lease_ttl: Duration,
-    pub session_ttl: Duration,
-    /// Longest wait for a slot when every usable account is full.
-    pub wait_timeout: Duration,
-    /// Cap of every unavailable mark (`unavailable_ttl`).
-    pub unavailable_cap: Duration,
-}
+pub use crate::settings::SchedulerSettings;
 
-pub struct Scheduler {
+/// Picks accounts and holds this node's leases; its TTLs and waits are
+/// those of the snapshot a request is served from.
+pub(crate) struct Scheduler {
     store: Arc<dyn StateStore>,
-    /// The node's configuration, where the operator's settings are silent.
-    configured: SchedulerSettings,
-    /// In force: the configuration with the snapshot's settings over it.
-    settings: arc_swap::ArcSwap<SchedulerSettings>,
     /// Leases of this node's requests in flight, renewed in one call per beat.
     live: Mutex<HashMap<String, Held>>,
     /// Wakes local waiters when a local request ends.
     released: Notify,
-    /// Wakes the renewal loop when the lease TTL changes.
-    settings_changed: Notify,
     lease_prefix: String,
     next_lease: AtomicU64,
 }
 
 /// What a request asks of the scheduler.
-pub struct Ask<'a> {
+pub(crate) struct Ask<'a> {
     pub key: &'a KeyEntry,
     pub user: &'a UserEntry,
     pub kinds: &'a [AccountKind],
@@ -61,7 +49,7 @@ pub struct Ask<'a> {
 
 /// The leases one request holds. Dropping it gives them back (in the
 /// background), binding `bind` and applying `mark` in the same call.
-pub struct Lease {
+pub(crate) struct Lease {
     scheduler: Arc<Scheduler>,
     held: Held,
     pub bind: Option<Bind>,
@@ -69,17 +57,18 @@ pub struct Lease {
 }
 
 impl Lease {
+    #[cfg(test)]
     pub fn account_id(&self) -> i64 {
         self.held.account_id
     }
 
-    /// Binds `session` to the leased account when the request ends.
-    pub fn bind_session(&mut self, session: String) {
+    /// Binds `session` to the leased account for `ttl` when the request ends.
+    pub fn bind_session(&mut self, session: String, ttl: Duration) {
         if self.held.account_id != 0 {
             self.bind = Some(Bind {
                 session,
                 account_id: self.held.account_id,
-                ttl_ms: self.scheduler.settings().session_ttl.as_millis() as u64,
+                ttl_ms: ttl.as_millis() as u64,
             });
         }
     }
@@ -147,38 +136,15 @@ fn log_switch(switch: Option<Switch>, to: i64, session: Option<&str>) {
 }
 
 impl Scheduler {
-    pub fn new(store: Arc<dyn StateStore>, settings: SchedulerSettings, node_id: &str) -> Self {
+    pub fn new(store: Arc<dyn StateStore>, node_id: &str) -> Self {
         // Unique across nodes and restarts of one node.
         let lease_prefix = format!("{node_id}:{}", aiproxy_shared::keys::random_hex(4));
         Scheduler {
             store,
-            settings: arc_swap::ArcSwap::from_pointee(settings.clone()),
-            configured: settings,
             live: Mutex::default(),
             released: Notify::new(),
-            settings_changed: Notify::new(),
             lease_prefix,
             next_lease: AtomicU64::new(0),
-        }
-    }
-
-    pub fn settings(&self) -> arc_swap::Guard<Arc<SchedulerSettings>> {
-        self.settings.load()
-    }
-
-    /// Takes the TTLs a new snapshot carries.
-    pub fn adopt(&self, overrides: &crate::snapshot::SchedulingOverrides) {
-        let c = &self.configured;
-        let settings = SchedulerSettings {
-            lease_ttl: overrides.lease_ttl.unwrap_or(c.lease_ttl),
-            session_ttl: overrides.session_ttl.unwrap_or(c.session_ttl),
-            wait_timeout: overrides.wait_timeout.unwrap_or(c.wait_timeout),
-            unavailable_cap: overrides.unavailable_cap.unwrap_or(c.unavailable_cap),
-        };
-        if **self.settings.load() != settings {
-            tracing::info!(?settings, "scheduling settings changed");
-            self.settings.store(Arc::new(settings));
-            self.settings_changed.notify_one();
         }
     }
 
@@ -217,13 +183,12 @@ impl Scheduler {
     }
 
     fn request<'a>(
-        &self,
+        settings: &Effective,
         ask: &'a Ask<'a>,
         lease: &'a str,
         candidates: &'a [Candidate],
         queue: Option<&'a str>,
     ) -> ScheduleRequest<'a> {
-        let settings = self.settings();
         ScheduleRequest {
             now_ms: ask.now_ms,
             lease,
@@ -277,7 +242,7 @@ impl Scheduler {
             self.next_lease.fetch_add(1, Ordering::Relaxed)
         );
         let pool_name;
-        let wait_timeout = self.settings().wait_timeout;
+        let wait_timeout = snapshot.settings.wait_timeout;
         let queue = if wait_timeout.is_zero() {
             None
         } else if dedicated {
@@ -287,7 +252,7 @@ impl Scheduler {
             Some(ask.pool)
         };
         let deadline = Instant::now() + wait_timeout;
-        let mut req = self.request(ask, &lease, &candidates, queue);
+        let mut req = Self::request(&snapshot.settings, ask, &lease, &candidates, queue);
         loop {
             let outcome = self.store.schedule(&req).await.map_err(|e| {
                 tracing::error!(error = %e, "state store failed");
@@ -347,7 +312,7 @@ impl Scheduler {
     ) -> Option<Arc<AccountEntry>> {
         let (candidates, _) = Self::candidates(snapshot, ask);
         let lease_id = lease.held.lease.clone();
-        let mut req = self.request(ask, &lease_id, &candidates, None);
+        let mut req = Self::request(&snapshot.settings, ask, &lease_id, &candidates, None);
         req.now_ms = now_ms();
         req.exclude = tried;
         req.retry = Some(Retry {
@@ -386,14 +351,21 @@ impl Scheduler {
 
     /// Renews this node's leases every third of their TTL, so requests that
     /// outlive `concurrency_ttl` keep their slots while a dead node's lapse.
-    pub async fn run_renewals(self: Arc<Self>, cancel: CancellationToken) {
+    /// `settings` are the settings in force, as the snapshot holder announces them.
+    pub async fn run_renewals(
+        self: Arc<Self>,
+        mut settings: watch::Receiver<Effective>,
+        cancel: CancellationToken,
+    ) {
+        // False once the holder is gone (at shutdown): the last TTL holds.
+        let mut listening = true;
         loop {
-            let every = (self.settings().lease_ttl / 3).max(Duration::from_secs(1));
+            let every = (settings.borrow().lease_ttl / 3).max(Duration::from_secs(1));
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
                 // A shorter TTL must not wait out a sleep timed for the old one.
-                _ = self.settings_changed.notified() => {}
+                changed = settings.changed(), if listening => listening = changed.is_ok(),
             }
             let held: Vec<Held> = self
                 .live
@@ -405,7 +377,7 @@ impl Scheduler {
             if held.is_empty() {
                 continue;
             }
-            let ttl = self.settings().lease_ttl.as_millis() as u64;
+            let ttl = settings.borrow().lease_ttl.as_millis() as u64;
             if let Err(e) = self.store.renew(&held, now_ms(), ttl).await {
                 tracing::warn!(error = %e, leases = held.len(), "could not renew leases");
             }
@@ -450,6 +422,7 @@ mod tests {
         inner: MemoryStore,
         schedules: AtomicUsize,
         releases: AtomicUsize,
+        renewals: AtomicUsize,
     }
 
     impl StateStore for Counting {
@@ -462,6 +435,7 @@ mod tests {
             self.inner.release(end)
         }
         fn renew<'a>(&'a self, held: &'a [Held], now_ms: i64, ttl_ms: u64) -> StoreFuture<'a, ()> {
+            self.renewals.fetch_add(1, Ordering::SeqCst);
             self.inner.renew(held, now_ms, ttl_ms)
         }
         fn leave_queue<'a>(&'a self, queue: &'a str, lease: &'a str) -> StoreFuture<'a, ()> {
@@ -523,16 +497,7 @@ mod tests {
     }
 
     fn scheduler(store: Arc<dyn StateStore>) -> Arc<Scheduler> {
-        Arc::new(Scheduler::new(
-            store,
-            SchedulerSettings {
-                lease_ttl: Duration::from_secs(60),
-                session_ttl: Duration::from_secs(60),
-                wait_timeout: Duration::ZERO,
-                unavailable_cap: Duration::from_secs(300),
-            },
-            "node",
-        ))
+        Arc::new(Scheduler::new(store, "node"))
     }
 
     fn ask<'a>(key: &'a KeyEntry, user: &'a UserEntry) -> Ask<'a> {
@@ -544,34 +509,6 @@ mod tests {
             pool: "anthropic_messages",
             now_ms: chrono::Utc::now().timestamp_millis(),
         }
-    }
-
-    #[test]
-    fn the_operators_ttls_override_the_configured_ones_and_silence_keeps_them() {
-        let s = scheduler(Arc::new(aiproxy_shared::state::MemoryStore::default()));
-        let settings = aiproxy_proto::v1::RelaySettings {
-            session_ttl_ms: 5_000,
-            wait_timeout_ms: 2_500,
-            wait_timeout_set: true,
-            ..Default::default()
-        };
-        let (snapshot, _) = crate::snapshot::Snapshot::from_proto(aiproxy_proto::v1::Snapshot {
-            version: 1,
-            settings: Some(settings),
-            ..Default::default()
-        });
-        s.adopt(&snapshot.scheduling);
-        let now = s.settings();
-        assert_eq!(now.session_ttl, Duration::from_secs(5));
-        assert_eq!(now.wait_timeout, Duration::from_millis(2_500));
-        assert_eq!(now.lease_ttl, Duration::from_secs(60), "unset: configured");
-        assert_eq!(now.unavailable_cap, Duration::from_secs(300));
-        s.adopt(&crate::snapshot::SchedulingOverrides::default());
-        assert_eq!(
-            s.settings().session_ttl,
-            Duration::from_secs(60),
-            "back to the configuration"
-        );
     }
 
     #[tokio::test]
@@ -617,5 +554,31 @@ mod tests {
                 .is_none()
         );
         assert_eq!(lease.account_id(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_shorter_lease_ttl_is_followed_at_once() {
+        let store = Arc::new(Counting::default());
+        let sched = scheduler(store.clone());
+        let s = snapshot(vec![account(1, vec![])]);
+        let (k, u) = (key(5), user());
+        let (_, _lease) = sched.acquire(&s, &ask(&k, &u)).await.unwrap();
+        // Renewals every 20 s under a one-minute TTL…
+        let (settings, announced) = watch::channel(Effective::for_tests());
+        let cancel = CancellationToken::new();
+        let renewals = tokio::spawn(sched.clone().run_renewals(announced, cancel.clone()));
+        tokio::task::yield_now().await;
+        assert_eq!(store.renewals.load(Ordering::SeqCst), 0);
+        // …until the TTL drops to 3 s: the lease is renewed now, not in 20 s.
+        settings.send_modify(|s| s.lease_ttl = Duration::from_secs(3));
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while store.renewals.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the lease was renewed at once under the shorter TTL");
+        cancel.cancel();
+        renewals.await.unwrap();
     }
 }

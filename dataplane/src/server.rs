@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use aiproxy_shared::serve::Limits;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::answer::text;
 use crate::body::RelayBody;
 use crate::errors::{ErrorShape, RelayError};
 use crate::models::{self, Listing};
@@ -34,7 +35,7 @@ pub struct ServerSettings {
 /// listener stays open for `drain_delay`, in-flight requests get
 /// `drain_grace`, and what is still running then is cut and recorded as
 /// `error_class=shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     relay: Arc<Relay>,
     settings: ServerSettings,
@@ -85,8 +86,8 @@ pub async fn serve(
 
 async fn route(relay: &Relay, req: Request<Incoming>) -> Response<RelayBody> {
     let request_id = request_id();
-    match routes::route(req.method(), req.uri().path()) {
-        Route::Relay(endpoint) => relay.handle(endpoint, req, &request_id).await,
+    let answer = match routes::route(req.method(), req.uri().path()) {
+        Route::Relay(endpoint) => return relay.handle(endpoint, req, &request_id).await,
         Route::ListModels => models::list(
             &relay.snapshot,
             Listing::V1,
@@ -119,12 +120,13 @@ async fn route(relay: &Relay, req: Request<Incoming>) -> Response<RelayBody> {
             )
             .into_response(shape, &request_id)
         }
-    }
+    };
+    answer.map(RelayBody::full)
 }
 
 /// Ready while the node can serve and bill: a snapshot, a usable journal,
 /// and no drain under way.
-fn readiness(relay: &Relay, request_id: &HeaderValue) -> Response<RelayBody> {
+fn readiness(relay: &Relay, request_id: &HeaderValue) -> Response<Bytes> {
     let unready = |why: &str| text(StatusCode::SERVICE_UNAVAILABLE, why, request_id);
     if relay.draining.load(Ordering::Relaxed) {
         return unready("not ready: draining for shutdown");
@@ -172,18 +174,6 @@ fn request_id() -> HeaderValue {
     let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
     let mut buf = uuid::Uuid::encode_buffer();
     HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).expect("uuid is a header value")
-}
-
-fn text(status: StatusCode, body: &str, request_id: &HeaderValue) -> Response<RelayBody> {
-    let mut resp = Response::new(RelayBody::full(Bytes::copy_from_slice(body.as_bytes())));
-    *resp.status_mut() = status;
-    let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert("x-request-id", request_id.clone());
-    resp
 }
 
 #[cfg(test)]

@@ -2,20 +2,20 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use aiproxy_proto::v1 as pb;
-use aiproxy_shared::billing::PackageState;
+use aiproxy_shared::billing::{PackageState, PackageUsage};
 use aiproxy_shared::domain::AccountKind;
 use aiproxy_shared::http::ProxyUrl;
 use aiproxy_shared::pricing::{LongContext, ModelPrice, PriceTable};
-use chrono::FixedOffset;
-
-use crate::filter::Policy;
-use crate::spending::Spending;
 use arc_swap::ArcSwapOption;
+use chrono::{FixedOffset, NaiveDate};
 use http::{HeaderName, HeaderValue};
 use rust_decimal::Decimal;
+use tokio::sync::watch;
+
+use crate::filter::Policy;
+use crate::settings::Effective;
 
 /// An API key as the relay needs it.
 #[derive(Debug)]
@@ -34,7 +34,7 @@ pub struct KeyEntry {
     pub cost_used: Decimal,
     /// Which client programs may use the key (the global filter unless the
     /// key overrides it; keys that do not share one policy).
-    pub client_filter: Arc<Policy>,
+    pub(crate) client_filter: Arc<Policy>,
 }
 
 impl KeyEntry {
@@ -123,30 +123,6 @@ impl AccountEntry {
     }
 }
 
-/// Scheduling TTLs from the operator's settings; `None` keeps the node's
-/// configured value (a control plane that does not send them).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SchedulingOverrides {
-    pub lease_ttl: Option<Duration>,
-    pub session_ttl: Option<Duration>,
-    pub wait_timeout: Option<Duration>,
-    pub unavailable_cap: Option<Duration>,
-}
-
-impl SchedulingOverrides {
-    fn from_proto(s: &pb::RelaySettings) -> Self {
-        let set = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
-        SchedulingOverrides {
-            lease_ttl: set(s.concurrency_ttl_ms),
-            session_ttl: set(s.session_ttl_ms),
-            wait_timeout: s
-                .wait_timeout_set
-                .then(|| Duration::from_millis(s.wait_timeout_ms)),
-            unavailable_cap: set(s.unavailable_ttl_ms),
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
@@ -155,9 +131,8 @@ pub struct Snapshot {
     /// Ordered by priority (lower first), then id.
     pub accounts: Vec<Arc<AccountEntry>>,
     pub prices: PriceTable,
-    pub request_timeout_ms: u64,
-    /// Scheduling TTLs the operator set.
-    pub scheduling: SchedulingOverrides,
+    /// The node's configuration with the operator's settings over it.
+    pub settings: Effective,
     /// Packages by user.
     pub packages: HashMap<i64, Vec<PackageState>>,
     /// Package id → user id.
@@ -176,8 +151,7 @@ impl Snapshot {
             users: HashMap::new(),
             accounts: Vec::new(),
             prices: PriceTable::default(),
-            request_timeout_ms: 0,
-            scheduling: SchedulingOverrides::default(),
+            settings: Effective::for_tests(),
             packages: HashMap::new(),
             package_owner: HashMap::new(),
             billing_tz: FixedOffset::east_opt(0).expect("UTC"),
@@ -210,6 +184,26 @@ pub enum SnapshotError {
     Package(i64),
     #[error("client filter: {0} (refusing every client it applies to)")]
     ClientFilter(String),
+}
+
+/// A figure from the wire; one that cannot be read counts as nothing.
+pub(crate) fn amount(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap_or_default()
+}
+
+/// A package's usage from the wire.
+pub(crate) fn package_usage(u: &pb::PackageUsage) -> PackageUsage {
+    PackageUsage {
+        daily_used: amount(&u.daily_used),
+        weekly_used: amount(&u.weekly_used),
+        monthly_used: amount(&u.monthly_used),
+        day: (u.day != 0)
+            .then(|| NaiveDate::from_num_days_from_ce_opt(u.day))
+            .flatten(),
+        week: (u.week != 0).then_some(u.week),
+        month: (u.month != 0).then_some(u.month),
+        quota_used: amount(&u.quota_used),
+    }
 }
 
 fn decimal(s: &str) -> Option<Decimal> {
@@ -328,11 +322,7 @@ fn package(p: &pb::Package) -> Result<PackageState, SnapshotError> {
         weekly_quota: limit(&p.weekly_quota)?,
         monthly_quota: limit(&p.monthly_quota)?,
         quota_total: limit(&p.quota_total)?,
-        usage: p
-            .usage
-            .as_ref()
-            .map(crate::spending::package_usage)
-            .unwrap_or_default(),
+        usage: p.usage.as_ref().map(package_usage).unwrap_or_default(),
     })
 }
 
@@ -355,11 +345,12 @@ fn fenced_package(p: &pb::Package) -> PackageState {
 }
 
 impl Snapshot {
-    /// Converts what the control plane sent. An entry the node cannot use
-    /// is left out, or fenced off where leaving it out would grant more
-    /// (a package, a client filter), and returned with the reason; one bad
-    /// entry never keeps the rest from applying.
-    pub fn from_proto(s: pb::Snapshot) -> (Snapshot, Vec<SnapshotError>) {
+    /// Converts what the control plane sent, its settings over the node's
+    /// `configured` ones. An entry the node cannot use is left out, or
+    /// fenced off where leaving it out would grant more (a package, a client
+    /// filter), and returned with the reason; one bad entry never keeps the
+    /// rest from applying.
+    pub fn from_proto(s: pb::Snapshot, configured: &Effective) -> (Snapshot, Vec<SnapshotError>) {
         let mut problems = Vec::new();
         let settings = s.settings.clone().unwrap_or_default();
         let global_filter = settings.client_filter.clone().unwrap_or_default();
@@ -480,8 +471,7 @@ impl Snapshot {
             users,
             accounts,
             prices,
-            request_timeout_ms: settings.request_timeout_ms,
-            scheduling: SchedulingOverrides::from_proto(&settings),
+            settings: configured.with(&settings),
             packages,
             package_owner,
             billing_tz: FixedOffset::east_opt(settings.billing_utc_offset_seconds)
@@ -491,21 +481,52 @@ impl Snapshot {
     }
 }
 
-/// The node's current snapshot, read once per request, and what was spent since.
-#[derive(Default)]
+/// The node's current snapshot, read once per request, and its settings
+/// announced to background work that must follow them.
 pub struct SnapshotHolder {
     current: ArcSwapOption<Snapshot>,
-    pub spending: Arc<Spending>,
+    /// The node's configuration, which a snapshot's settings go over.
+    configured: Effective,
+    /// The settings in force: the configuration until a snapshot applies.
+    settings: watch::Sender<Effective>,
 }
 
 impl SnapshotHolder {
+    pub(crate) fn new(configured: Effective) -> Self {
+        SnapshotHolder {
+            current: ArcSwapOption::empty(),
+            configured,
+            settings: watch::Sender::new(configured),
+        }
+    }
+
+    /// What a snapshot's settings go over.
+    pub(crate) fn configured(&self) -> &Effective {
+        &self.configured
+    }
+
     pub fn load(&self) -> Option<Arc<Snapshot>> {
         self.current.load_full()
     }
 
-    pub fn store(&self, snapshot: Snapshot) {
+    /// Makes `snapshot` current; watchers of the settings hear of them
+    /// only when they changed.
+    pub(crate) fn store(&self, snapshot: Snapshot) {
+        let settings = snapshot.settings;
         self.current.store(Some(Arc::new(snapshot)));
-        self.spending.clear();
+        self.settings.send_if_modified(|now| {
+            if *now == settings {
+                return false;
+            }
+            tracing::info!(?settings, "settings in force changed");
+            *now = settings;
+            true
+        });
+    }
+
+    /// The settings in force, marked changed whenever a snapshot changes them.
+    pub(crate) fn settings(&self) -> watch::Receiver<Effective> {
+        self.settings.subscribe()
     }
 
     pub fn version(&self) -> u64 {
@@ -559,7 +580,7 @@ mod tests {
 
     #[test]
     fn converts_and_orders_accounts() {
-        let (s, problems) = Snapshot::from_proto(snapshot());
+        let (s, problems) = Snapshot::from_proto(snapshot(), &Effective::for_tests());
         assert!(problems.is_empty());
         assert_eq!(s.version, 3);
         assert_eq!(
@@ -592,7 +613,7 @@ mod tests {
             price_rate: "lots".into(),
             ..Default::default()
         });
-        let (s, problems) = Snapshot::from_proto(bad);
+        let (s, problems) = Snapshot::from_proto(bad, &Effective::for_tests());
         let reasons: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(
             reasons,
@@ -637,7 +658,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let (s, problems) = Snapshot::from_proto(s);
+        let (s, problems) = Snapshot::from_proto(s, &Effective::for_tests());
         assert_eq!(problems.len(), 4, "{problems:?}");
         // A model whose price cannot be read is refused, not served free.
         assert!(s.prices.is_fenced("claude-sonnet-4-5"));
@@ -650,5 +671,33 @@ mod tests {
         let key = &s.keys[&[7; 32]];
         assert_eq!(key.client_filter.mode, crate::filter::Mode::Simple);
         assert!(key.client_filter.allowed.is_empty());
+    }
+
+    #[test]
+    fn settings_are_announced_when_a_snapshot_changes_them() {
+        use std::time::Duration;
+        let holder = SnapshotHolder::new(Effective::for_tests());
+        let mut settings = holder.settings();
+        let (same, _) = Snapshot::from_proto(snapshot(), holder.configured());
+        holder.store(same);
+        assert!(!settings.has_changed().unwrap(), "the configuration holds");
+        let mut shorter = snapshot();
+        shorter.settings = Some(pb::RelaySettings {
+            concurrency_ttl_ms: 3_000,
+            ..Default::default()
+        });
+        let (shorter, _) = Snapshot::from_proto(shorter, holder.configured());
+        holder.store(shorter);
+        assert!(settings.has_changed().unwrap());
+        assert_eq!(
+            settings.borrow_and_update().lease_ttl,
+            Duration::from_secs(3)
+        );
+        let current = holder.load().unwrap();
+        assert_eq!(current.settings.lease_ttl, Duration::from_secs(3));
+        assert_eq!(
+            current.settings.session_ttl,
+            holder.configured().session_ttl
+        );
     }
 }

@@ -2,41 +2,21 @@
 //! figures, raised by the control plane's usage pushes and by this node's own
 //! requests as they end; and the admission check built on them.
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Mutex;
 
 use aiproxy_proto::v1 as pb;
 use aiproxy_shared::billing::{Draw, PackageState, PackageUsage, Periods, Refusal, draw};
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 use crate::errors::RelayError;
-use crate::snapshot::{KeyEntry, Snapshot};
+use crate::snapshot::{KeyEntry, Snapshot, amount, package_usage};
 
 /// Spending newer than the snapshot; cleared when a newer snapshot arrives.
 #[derive(Default)]
 pub struct Spending {
     packages: Mutex<HashMap<i64, PackageUsage>>,
     keys: Mutex<HashMap<i64, Decimal>>,
-}
-
-fn amount(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap_or_default()
-}
-
-/// A package's usage from the wire.
-pub fn package_usage(u: &pb::PackageUsage) -> PackageUsage {
-    PackageUsage {
-        daily_used: amount(&u.daily_used),
-        weekly_used: amount(&u.weekly_used),
-        monthly_used: amount(&u.monthly_used),
-        day: (u.day != 0)
-            .then(|| NaiveDate::from_num_days_from_ce_opt(u.day))
-            .flatten(),
-        week: (u.week != 0).then_some(u.week),
-        month: (u.month != 0).then_some(u.month),
-        quota_used: amount(&u.quota_used),
-    }
 }
 
 impl Spending {

@@ -287,6 +287,7 @@ impl Decoder {
     }
 
     /// Whether every pushed byte has been inflated.
+    #[cfg(test)]
     pub fn drained(&self) -> bool {
         self.at == self.input.len()
     }

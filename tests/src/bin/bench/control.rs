@@ -239,8 +239,18 @@ pub async fn run(smoke: bool, bin: &std::path::Path) -> String {
     let snapshot = publisher.subscribe().borrow().clone().expect("snapshot");
     let wire = prost::Message::encoded_len(&*snapshot);
     let owned = (*snapshot).clone();
+    // What the snapshot's settings go over on a node.
+    let configured = aiproxy_dataplane::settings::Effective::configured(
+        Duration::from_secs(600),
+        &aiproxy_dataplane::scheduler::SchedulerSettings {
+            lease_ttl: Duration::from_secs(300),
+            session_ttl: Duration::from_secs(3600),
+            wait_timeout: Duration::from_secs(30),
+            unavailable_cap: Duration::from_secs(300),
+        },
+    );
     let started = Instant::now();
-    let (applied, problems) = aiproxy_dataplane::snapshot::Snapshot::from_proto(owned);
+    let (applied, problems) = aiproxy_dataplane::snapshot::Snapshot::from_proto(owned, &configured);
     assert!(problems.is_empty(), "{problems:?}");
     let apply = started.elapsed();
     assert_eq!(applied.keys.len(), keys);
