@@ -107,7 +107,7 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
 pub struct Claims {
     pub sub: i64,
     pub username: String,
-    pub role: String,
+    pub role: aiproxy_shared::domain::Role,
     pub iat: i64,
     pub exp: i64,
     /// The user's token generation at issue; a password change moves it on.
@@ -137,14 +137,14 @@ impl JwtKeys {
         &self,
         user_id: i64,
         username: &str,
-        role: &str,
+        role: aiproxy_shared::domain::Role,
         generation: i64,
     ) -> (String, Claims) {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user_id,
             username: username.to_string(),
-            role: role.to_string(),
+            role,
             iat: now,
             exp: now + (self.expire_hours as i64) * 3600,
             generation,
@@ -193,16 +193,16 @@ mod tests {
     #[test]
     fn jwt_round_trip_and_expiry() {
         let keys = JwtKeys::new(SECRET, 1);
-        let (token, _) = keys.issue(7, "admin", "admin", 0);
+        let (token, _) = keys.issue(7, "admin", aiproxy_shared::domain::Role::Admin, 0);
         let claims = keys.verify(&token).unwrap();
         assert_eq!(claims.sub, 7);
-        assert_eq!(claims.role, "admin");
+        assert_eq!(claims.role, aiproxy_shared::domain::Role::Admin);
         let other = JwtKeys::new("another-secret-another-secret-xx", 1);
         assert!(other.verify(&token).is_err());
         let expired = Claims {
             sub: 1,
             username: "a".into(),
-            role: "admin".into(),
+            role: aiproxy_shared::domain::Role::Admin,
             iat: 0,
             exp: 1,
             generation: 0,

@@ -357,12 +357,8 @@ async fn count_failure(health: &HealthChecker, account_id: i64, outcome: &Health
 }
 
 fn decimal(field: &str, value: &str) -> Result<Decimal, Status> {
-    if value.is_empty() {
-        return Ok(Decimal::ZERO);
-    }
-    value
-        .parse()
-        .map_err(|_| Status::invalid_argument(format!("{field} is not a decimal")))
+    aiproxy_shared::money::from_wire(value)
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
 fn usage_row(node_id: &str, r: pb::UsageRecord) -> Result<UsageRow, Status> {

@@ -185,10 +185,7 @@ impl HealthChecker {
     /// Calls the account's check endpoint; a refused OAuth token is
     /// refreshed once and checked again before it counts as a failure.
     async fn probe_account(&self, account: &Account) -> (String, HealthOutcome, Option<u16>) {
-        let Some(kind) = AccountKind::parse(&account.kind) else {
-            let message = format!("unknown account type {}", account.kind);
-            return (String::new(), HealthOutcome::Inconclusive { message }, None);
-        };
+        let kind = account.kind;
         let proxy = account
             .proxy_sealed
             .as_deref()

@@ -362,7 +362,7 @@ async fn bootstrap_admin(store: &Store, password: Option<&Secret>) -> Result<(),
         .create_user(&NewUser {
             username: "admin".into(),
             password_hash: hash,
-            role: "admin".into(),
+            role: aiproxy_shared::domain::Role::Admin,
             price_rate: rust_decimal::Decimal::ONE,
             email: None,
             max_concurrency: 0,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aiproxy_shared::config::OAuthSettings;
-use aiproxy_shared::domain::AccountKind;
+use aiproxy_shared::domain::{AccountKind, AccountStatus};
 use aiproxy_shared::http::{HttpClient, Payload, base64url_encode, call_json, jwt_claims};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -120,8 +120,10 @@ impl Refresher {
             }
         };
         for account in accounts {
-            let oauth = AccountKind::parse(&account.kind).is_some_and(AccountKind::is_oauth);
-            if !oauth || !account.enabled || account.status != "valid" {
+            if !account.kind.is_oauth()
+                || !account.enabled
+                || account.status != AccountStatus::Valid
+            {
                 continue;
             }
             match self.refresh(account.id, None).await {
@@ -167,7 +169,7 @@ impl Refresher {
     async fn exchange_session_key_locked(&self, id: i64) -> Result<bool, RefreshError> {
         let store = &self.inner.store;
         let account = store.get_account(id).await?;
-        if AccountKind::parse(&account.kind) != Some(AccountKind::ClaudeSessionKey) {
+        if account.kind != AccountKind::ClaudeSessionKey {
             return Ok(false);
         }
         let mut creds = self.open(&account.credentials_sealed)?;
@@ -336,7 +338,7 @@ impl Refresher {
     async fn discover_project_locked(&self, id: i64) -> Result<(), RefreshError> {
         let store = &self.inner.store;
         let account = store.get_account(id).await?;
-        if AccountKind::parse(&account.kind) != Some(AccountKind::GeminiOauth) {
+        if account.kind != AccountKind::GeminiOauth {
             return Ok(());
         }
         let mut creds = self.open(&account.credentials_sealed)?;
@@ -437,7 +439,7 @@ impl Refresher {
     /// Takes the account out of scheduling, saying why, for the operator.
     async fn flag_invalid(&self, id: i64, reason: String) -> Result<(), RefreshError> {
         let patch = AccountPatch {
-            status: Some("invalid".into()),
+            status: Some(AccountStatus::Invalid),
             disabled_reason: Some(Some(reason)),
             ..Default::default()
         };
@@ -461,7 +463,7 @@ impl Refresher {
     ) -> Result<Outcome, RefreshError> {
         let store = &self.inner.store;
         let account = store.get_account(id).await?;
-        let kind = AccountKind::parse(&account.kind)
+        let kind = Some(account.kind)
             .filter(|k| k.is_oauth())
             .ok_or(RefreshError::NotOAuth(id))?;
         let mut creds = self.open(&account.credentials_sealed)?;

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use aiproxy_proto::v1 as pb;
 use aiproxy_shared::billing::PackageUsage;
+use aiproxy_shared::domain::{AccountStatus, ActiveStatus};
+use aiproxy_shared::money::limit_to_wire;
 use chrono::{DateTime, Datelike, Utc};
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -187,13 +189,13 @@ impl Publisher {
                 Some(pb::Account {
                     id: a.id,
                     name: a.name,
-                    kind: a.kind,
+                    kind: a.kind.as_str().to_string(),
                     base_url: a.base_url.unwrap_or_default(),
                     proxy_url: proxy.unwrap_or_default(),
                     credentials,
                     priority: a.priority,
                     max_concurrency: a.max_concurrency,
-                    schedulable: a.enabled && a.status == "valid",
+                    schedulable: a.enabled && a.status == AccountStatus::Valid,
                     rate_limit_reset_at_ms: a.rate_limit_reset_at.map(|t| t.timestamp_millis()).unwrap_or(0),
                     weight: a.weight.max(1) as u32,
                     bound_api_key_ids: a.bound_api_key_ids,
@@ -209,13 +211,13 @@ impl Publisher {
                     id: k.id,
                     user_id: k.user_id,
                     key_hash: hash,
-                    active: k.status == "active",
+                    active: k.active,
                     allowed_models: k.allowed_models,
                     rate_limit: k.rate_limit.max(0) as u32,
                     expires_at_ms: k.expires_at.map(|t| t.timestamp_millis()).unwrap_or(0),
                     billing_type: k.billing_type,
                     max_concurrency: k.max_concurrency.max(0) as u32,
-                    cost_limit: k.cost_limit.map(|c| c.to_string()).unwrap_or_default(),
+                    cost_limit: limit_to_wire(k.cost_limit),
                     cost_used: k.cost_used.to_string(),
                     client_filter: k.client_filter.unwrap_or_default(),
                     allowed_clients: k.allowed_clients,
@@ -226,7 +228,7 @@ impl Publisher {
             .into_iter()
             .map(|u| pb::User {
                 id: u.id,
-                active: u.status == "active",
+                active: u.status == ActiveStatus::Active,
                 price_rate: u.price_rate.to_string(),
                 max_concurrency: u.max_concurrency.max(0) as u32,
             })
@@ -282,20 +284,19 @@ pub fn package_usage(id: i64, u: &PackageUsage) -> pb::PackageUsage {
 }
 
 fn package(p: &Package) -> pb::Package {
-    let amount = |v: Option<rust_decimal::Decimal>| v.map(|d| d.to_string()).unwrap_or_default();
     let ms = |t: Option<DateTime<Utc>>| t.map_or(0, |t| t.timestamp_millis());
     pb::Package {
         id: p.id,
         user_id: p.user_id,
-        kind: p.kind.clone(),
-        active: p.status == "active",
+        kind: p.kind.as_str().to_string(),
+        active: p.status == ActiveStatus::Active,
         starts_at_ms: ms(p.starts_at),
         expires_at_ms: ms(p.expires_at),
         allowed_models: p.allowed_models.clone(),
-        daily_quota: amount(p.daily_quota),
-        weekly_quota: amount(p.weekly_quota),
-        monthly_quota: amount(p.monthly_quota),
-        quota_total: amount(p.quota_total),
+        daily_quota: limit_to_wire(p.daily_quota),
+        weekly_quota: limit_to_wire(p.weekly_quota),
+        monthly_quota: limit_to_wire(p.monthly_quota),
+        quota_total: limit_to_wire(p.quota_total),
         usage: Some(package_usage(p.id, &p.usage())),
     }
 }

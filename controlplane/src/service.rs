@@ -16,6 +16,8 @@ pub mod throttle;
 pub mod usage;
 pub mod users;
 
+use aiproxy_shared::domain::{ActiveStatus, Role};
+
 use crate::crypto::{JwtKeys, Sealer};
 use crate::publisher::Publisher;
 use crate::store::{Store, StoreError, User};
@@ -136,8 +138,8 @@ impl Actor {
                 id: 0,
                 username: name.to_string(),
                 password_hash: String::new(),
-                role: "admin".into(),
-                status: "active".into(),
+                role: Role::Admin,
+                status: ActiveStatus::Active,
                 price_rate: rust_decimal::Decimal::ONE,
                 email: None,
                 max_concurrency: 0,
@@ -149,7 +151,7 @@ impl Actor {
     }
 
     pub fn is_admin(&self) -> bool {
-        self.user.role == "admin"
+        self.user.role == Role::Admin
     }
 
     pub fn require_admin(&self) -> ServiceResult<()> {

@@ -5,89 +5,34 @@ use std::fmt;
 use std::sync::LazyLock;
 
 use aiproxy_proto::v1 as pb;
+use aiproxy_shared::domain::{ClientName, FilterMode};
 use http::header::{HeaderMap, HeaderName, USER_AGENT};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::session::RequestHead;
 
-/// A client program the filter can tell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Client {
-    ClaudeCode,
-    CodexCli,
-    GeminiCli,
-}
-
-impl Client {
-    pub const ALL: [Client; 3] = [Client::ClaudeCode, Client::CodexCli, Client::GeminiCli];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Client::ClaudeCode => "claude-code",
-            Client::CodexCli => "codex-cli",
-            Client::GeminiCli => "gemini-cli",
+/// How a client program names itself: its User-Agent (or, for Codex, the
+/// `originator` header).
+fn named_by(client: ClientName, ua: &str, headers: &HeaderMap) -> bool {
+    match client {
+        ClientName::ClaudeCode => ua
+            .strip_prefix("claude-cli/")
+            .is_some_and(starts_with_digit),
+        ClientName::CodexCli => {
+            codex_ua(ua).is_some_and(|(_, version)| starts_with_digit(version))
+                || header(headers, &ORIGINATOR).is_some_and(|o| CODEX_ORIGINATORS.contains(&o))
         }
-    }
-
-    pub fn parse(name: &str) -> Option<Client> {
-        Client::ALL.into_iter().find(|c| c.as_str() == name)
-    }
-
-    /// Whether the User-Agent `ua` (or, for Codex, the `originator` header) names this client.
-    fn named_by(self, ua: &str, headers: &HeaderMap) -> bool {
-        match self {
-            Client::ClaudeCode => ua
-                .strip_prefix("claude-cli/")
-                .is_some_and(starts_with_digit),
-            Client::CodexCli => {
-                codex_ua(ua).is_some_and(|(_, version)| starts_with_digit(version))
-                    || header(headers, &ORIGINATOR).is_some_and(|o| CODEX_ORIGINATORS.contains(&o))
-            }
-            Client::GeminiCli => gemini_ua(ua).is_some_and(starts_with_digit),
-        }
-    }
-
-    /// The User-Agent a refusal says it expected.
-    fn expected_ua(self) -> &'static str {
-        match self {
-            Client::ClaudeCode => "claude-cli/<version>",
-            Client::CodexCli => "codex_cli_rs/<version>",
-            Client::GeminiCli => "GeminiCLI/<version>",
-        }
+        ClientName::GeminiCli => gemini_ua(ua).is_some_and(starts_with_digit),
     }
 }
 
-impl fmt::Display for Client {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
-    /// Every request passes.
-    #[default]
-    Off,
-    /// The User-Agent must name an allowed client.
-    Simple,
-    /// The client's headers, and for Claude Code its body, must look like the real program's.
-    Strict,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Off => "off",
-            Mode::Simple => "simple",
-            Mode::Strict => "strict",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Mode> {
-        [Mode::Off, Mode::Simple, Mode::Strict]
-            .into_iter()
-            .find(|m| m.as_str() == name)
+/// The User-Agent a refusal says it expected.
+fn expected_ua(client: ClientName) -> &'static str {
+    match client {
+        ClientName::ClaudeCode => "claude-cli/<version>",
+        ClientName::CodexCli => "codex_cli_rs/<version>",
+        ClientName::GeminiCli => "GeminiCLI/<version>",
     }
 }
 
@@ -97,9 +42,9 @@ pub const DEFAULT_PROMPT_SIMILARITY: f64 = 0.5;
 /// The filter one API key's requests go through.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
-    pub mode: Mode,
+    pub mode: FilterMode,
     /// An enabled filter with an empty list refuses everything.
-    pub allowed: Vec<Client>,
+    pub allowed: Vec<ClientName>,
     /// Lowest similarity (0–1) of Claude Code's system prompt in strict mode.
     pub prompt_similarity: f64,
 }
@@ -113,7 +58,7 @@ impl Default for Policy {
 impl Policy {
     pub fn off() -> Self {
         Policy {
-            mode: Mode::Off,
+            mode: FilterMode::Off,
             allowed: Vec::new(),
             prompt_similarity: DEFAULT_PROMPT_SIMILARITY,
         }
@@ -129,12 +74,12 @@ impl Policy {
         key_clients: &[String],
     ) -> Result<Policy, String> {
         let global_mode = match global.mode.as_str() {
-            "" => Mode::Simple,
+            "" => FilterMode::Simple,
             name => parse_mode(name)?,
         };
         let mode = match key_mode {
             "" if global.enabled => global_mode,
-            "" => Mode::Off,
+            "" => FilterMode::Off,
             name => parse_mode(name)?,
         };
         let global_allowed = parse_clients(&global.allowed_clients)?;
@@ -169,16 +114,16 @@ impl Policy {
     }
 }
 
-fn parse_mode(name: &str) -> Result<Mode, String> {
-    Mode::parse(name).ok_or_else(|| {
+fn parse_mode(name: &str) -> Result<FilterMode, String> {
+    FilterMode::parse(name).ok_or_else(|| {
         format!("unknown client filter mode {name:?} (expected off, simple or strict)")
     })
 }
 
-fn parse_clients(names: &[String]) -> Result<Vec<Client>, String> {
+fn parse_clients(names: &[String]) -> Result<Vec<ClientName>, String> {
     let mut clients = Vec::with_capacity(names.len());
     for name in names {
-        let client = Client::parse(name).ok_or_else(|| {
+        let client = ClientName::parse(name).ok_or_else(|| {
             format!("unknown client {name:?} (expected claude-code, codex-cli or gemini-cli)")
         })?;
         if !clients.contains(&client) {
@@ -218,30 +163,33 @@ pub fn check(
     headers: &HeaderMap,
     messages_path: bool,
     head: &RequestHead<'_>,
-) -> Result<Option<Client>, Refusal> {
+) -> Result<Option<ClientName>, Refusal> {
     let ua = header(headers, &USER_AGENT).unwrap_or("");
     let allowed = || {
         policy
             .allowed
             .iter()
             .copied()
-            .find(|c| c.named_by(ua, headers))
+            .find(|c| named_by(*c, ua, headers))
     };
     match policy.mode {
-        Mode::Off => Ok(Client::ALL.into_iter().find(|c| c.named_by(ua, headers))),
-        Mode::Simple => allowed()
+        FilterMode::Off => Ok(ClientName::ALL
+            .iter()
+            .copied()
+            .find(|c| named_by(*c, ua, headers))),
+        FilterMode::Simple => allowed()
             .map(Some)
             .ok_or_else(|| not_allowed(policy, ua, headers)),
-        Mode::Strict => {
+        FilterMode::Strict => {
             let Some(client) = allowed() else {
                 return Err(not_allowed(policy, ua, headers));
             };
             match client {
-                Client::ClaudeCode => {
+                ClientName::ClaudeCode => {
                     strict_claude_code(headers, messages_path, head, policy.threshold())
                 }
-                Client::CodexCli => strict_codex(headers),
-                Client::GeminiCli => strict_gemini(headers),
+                ClientName::CodexCli => strict_codex(headers),
+                ClientName::GeminiCli => strict_gemini(headers),
             }
             .map(|()| Some(client))
         }
@@ -252,10 +200,14 @@ fn not_allowed(policy: &Policy, ua: &str, headers: &HeaderMap) -> Refusal {
     if policy.allowed.is_empty() {
         return Refusal::new("no client is allowed");
     }
-    if let Some(client) = Client::ALL.into_iter().find(|c| c.named_by(ua, headers)) {
+    if let Some(client) = ClientName::ALL
+        .iter()
+        .copied()
+        .find(|c| named_by(*c, ua, headers))
+    {
         return Refusal::new(format!("{client} is not allowed"));
     }
-    let expected: Vec<_> = policy.allowed.iter().map(|c| c.expected_ua()).collect();
+    let expected: Vec<_> = policy.allowed.iter().map(|c| expected_ua(*c)).collect();
     let expected = expected.join(" or ");
     if ua.is_empty() {
         return Refusal::new(format!("User-Agent missing ({expected} expected)"));
@@ -663,7 +615,7 @@ mod tests {
         headers: HeaderMap,
         messages_path: bool,
         body: String,
-        client: Client,
+        client: ClientName,
         strict: bool,
         reason: String,
     }
@@ -678,13 +630,13 @@ mod tests {
                 headers: header_map(&v["headers"]),
                 messages_path: path.split('?').next() == Some("/v1/messages"),
                 body: v["body"].to_string(),
-                client: Client::parse(expect["client"].as_str().unwrap()).unwrap(),
+                client: ClientName::parse(expect["client"].as_str().unwrap()).unwrap(),
                 strict: expect["strict"].as_bool().unwrap(),
                 reason: expect["reason"].as_str().unwrap_or("").to_string(),
             }
         }
 
-        fn check(&self, policy: &Policy) -> Result<Option<Client>, Refusal> {
+        fn check(&self, policy: &Policy) -> Result<Option<ClientName>, Refusal> {
             let head = RequestHead::parse(self.body.as_bytes()).unwrap();
             check(policy, &self.headers, self.messages_path, &head)
         }
@@ -735,7 +687,7 @@ mod tests {
         Request::load(name, json)
     }
 
-    fn policy(mode: Mode, allowed: &[Client]) -> Policy {
+    fn policy(mode: FilterMode, allowed: &[ClientName]) -> Policy {
         Policy {
             mode,
             allowed: allowed.to_vec(),
@@ -743,7 +695,7 @@ mod tests {
         }
     }
 
-    fn refusal(result: Result<Option<Client>, Refusal>) -> String {
+    fn refusal(result: Result<Option<ClientName>, Refusal>) -> String {
         result.unwrap_err().reason().to_string()
     }
 
@@ -772,7 +724,7 @@ mod tests {
 
     #[test]
     fn simple_admits_each_allowed_client_by_its_user_agent() {
-        let simple = policy(Mode::Simple, &Client::ALL);
+        let simple = policy(FilterMode::Simple, ClientName::ALL);
         // Look-alikes too: simple mode reads nothing but the User-Agent.
         for request in all() {
             assert_eq!(
@@ -789,11 +741,15 @@ mod tests {
             "codex_vscode/0.35.0 (Windows 10.0.26100; x86_64) unknown (Cursor; 0.4.10)",
         ] {
             let request = codex.with_header("user-agent", ua);
-            assert_eq!(request.check(&simple), Ok(Some(Client::CodexCli)), "{ua}");
+            assert_eq!(
+                request.check(&simple),
+                Ok(Some(ClientName::CodexCli)),
+                "{ua}"
+            );
         }
         // Codex's originator header names it even behind another User-Agent.
         let request = codex.with_header("user-agent", "reqwest/0.12");
-        assert_eq!(request.check(&simple), Ok(Some(Client::CodexCli)));
+        assert_eq!(request.check(&simple), Ok(Some(ClientName::CodexCli)));
         let gemini = get("gemini-cli-generate");
         for ua in [
             "GeminiCLI/0.1.5 (linux; x64)",
@@ -801,13 +757,17 @@ mod tests {
             "CloudCodeVSCode/0.34.0 (aidev_client; os_type=Linux; os_version=6.8; arch=x64; host_path=VSCode/1.99.0; proxy_client=geminicli)",
         ] {
             let request = gemini.with_header("user-agent", ua);
-            assert_eq!(request.check(&simple), Ok(Some(Client::GeminiCli)), "{ua}");
+            assert_eq!(
+                request.check(&simple),
+                Ok(Some(ClientName::GeminiCli)),
+                "{ua}"
+            );
         }
     }
 
     #[test]
     fn simple_refuses_clients_not_in_the_list() {
-        let claude_only = policy(Mode::Simple, &[Client::ClaudeCode]);
+        let claude_only = policy(FilterMode::Simple, &[ClientName::ClaudeCode]);
         assert_eq!(
             refusal(get("codex-cli-responses").check(&claude_only)),
             "codex-cli is not allowed"
@@ -819,8 +779,8 @@ mod tests {
         let curl = get("lookalike-curl-faked-ua").with_header("user-agent", "curl/8.4.0");
         assert_eq!(
             refusal(curl.check(&policy(
-                Mode::Simple,
-                &[Client::ClaudeCode, Client::GeminiCli]
+                FilterMode::Simple,
+                &[ClientName::ClaudeCode, ClientName::GeminiCli]
             ))),
             "User-Agent curl/8.4.0 names no allowed client \
              (claude-cli/<version> or GeminiCLI/<version> expected)"
@@ -838,11 +798,13 @@ mod tests {
         ] {
             let request = curl.with_header("user-agent", ua);
             assert!(
-                request.check(&policy(Mode::Simple, &Client::ALL)).is_err(),
+                request
+                    .check(&policy(FilterMode::Simple, ClientName::ALL))
+                    .is_err(),
                 "{ua}"
             );
         }
-        let nobody = policy(Mode::Simple, &[]);
+        let nobody = policy(FilterMode::Simple, &[]);
         assert_eq!(
             refusal(get("claude-code-2.1.x-messages").check(&nobody)),
             "no client is allowed"
@@ -851,7 +813,7 @@ mod tests {
 
     #[test]
     fn strict_admits_every_real_client_request() {
-        let strict = policy(Mode::Strict, &Client::ALL);
+        let strict = policy(FilterMode::Strict, ClientName::ALL);
         let real: Vec<_> = all().into_iter().filter(|r| r.strict).collect();
         assert_eq!(real.len(), 8);
         for request in real {
@@ -866,7 +828,7 @@ mod tests {
 
     #[test]
     fn strict_refuses_look_alikes_with_a_reason() {
-        let strict = policy(Mode::Strict, &Client::ALL);
+        let strict = policy(FilterMode::Strict, ClientName::ALL);
         let fakes: Vec<_> = all().into_iter().filter(|r| !r.strict).collect();
         assert_eq!(fakes.len(), 4);
         for request in fakes {
@@ -883,7 +845,7 @@ mod tests {
 
     #[test]
     fn strict_claude_code_checks_each_part() {
-        let strict = policy(Mode::Strict, &[Client::ClaudeCode]);
+        let strict = policy(FilterMode::Strict, &[ClientName::ClaudeCode]);
         let main = get("claude-code-2.1.x-messages");
         let refused = |request: &Request| refusal(request.check(&strict));
         assert_eq!(
@@ -928,12 +890,12 @@ mod tests {
             messages_path: false,
             ..bare
         };
-        assert_eq!(count.check(&strict), Ok(Some(Client::ClaudeCode)));
+        assert_eq!(count.check(&strict), Ok(Some(ClientName::ClaudeCode)));
     }
 
     #[test]
     fn strict_claude_code_system_prompt_shapes() {
-        let strict = policy(Mode::Strict, &[Client::ClaudeCode]);
+        let strict = policy(FilterMode::Strict, &[ClientName::ClaudeCode]);
         let main = get("claude-code-2.1.x-messages");
         let system = |system: Value| main.with_body(|b| b["system"] = system);
         let identity = IDENTITIES[0];
@@ -995,7 +957,7 @@ mod tests {
         let request = main.with_body(|b| b["system"] = json!([{"type": "text", "text": near}]));
         let at = |threshold: f64| Policy {
             prompt_similarity: threshold,
-            ..policy(Mode::Strict, &[Client::ClaudeCode])
+            ..policy(FilterMode::Strict, &[ClientName::ClaudeCode])
         };
         assert!(request.check(&at(score)).is_ok());
         let reason = refusal(request.check(&at(score + 1e-9)));
@@ -1014,7 +976,7 @@ mod tests {
 
     #[test]
     fn strict_codex_wants_a_matching_originator() {
-        let strict = policy(Mode::Strict, &[Client::CodexCli]);
+        let strict = policy(FilterMode::Strict, &[ClientName::CodexCli]);
         let codex = get("codex-cli-responses");
         assert_eq!(
             refusal(codex.without_header("originator").check(&strict)),
@@ -1030,7 +992,7 @@ mod tests {
                 "codex_exec/0.89.0 (Mac OS 26.2.0; arm64) xterm-256color",
             )
             .with_header("originator", "codex_exec");
-        assert_eq!(exec.check(&strict), Ok(Some(Client::CodexCli)));
+        assert_eq!(exec.check(&strict), Ok(Some(ClientName::CodexCli)));
         for ua in [
             "codex_cli_rs/0.46 (Linux; x86_64)",
             "codex_cli_rs/0.46.0",
@@ -1046,7 +1008,7 @@ mod tests {
 
     #[test]
     fn strict_gemini_wants_the_genai_sdk() {
-        let strict = policy(Mode::Strict, &[Client::GeminiCli]);
+        let strict = policy(FilterMode::Strict, &[ClientName::GeminiCli]);
         let gemini = get("gemini-cli-generate");
         let expected = "header x-goog-api-client google-genai-sdk/… expected";
         assert_eq!(
@@ -1056,7 +1018,7 @@ mod tests {
         let other = gemini.with_header("x-goog-api-client", "gl-python/3.12");
         assert_eq!(refusal(other.check(&strict)), expected);
         let old = gemini.with_header("user-agent", "GeminiCLI/0.1.5 (linux; x64)");
-        assert_eq!(old.check(&strict), Ok(Some(Client::GeminiCli)));
+        assert_eq!(old.check(&strict), Ok(Some(ClientName::GeminiCli)));
         let unversioned = gemini.with_header("user-agent", "GeminiCLI/0.1 (linux; x64)");
         assert_eq!(
             refusal(unversioned.check(&strict)),
@@ -1073,12 +1035,12 @@ mod tests {
             allowed_clients: names(&["claude-code", "codex-cli"]),
             prompt_similarity: 0.0,
         };
-        let both = vec![Client::ClaudeCode, Client::CodexCli];
+        let both = vec![ClientName::ClaudeCode, ClientName::CodexCli];
         let resolved = Policy::resolve(&global, "", &[]).unwrap();
         assert_eq!(
             resolved,
             Policy {
-                mode: Mode::Strict,
+                mode: FilterMode::Strict,
                 allowed: both.clone(),
                 prompt_similarity: 0.5
             }
@@ -1087,11 +1049,11 @@ mod tests {
             Policy::resolve(&global, "simple", &names(&["gemini-cli", "gemini-cli"])).unwrap();
         assert_eq!(
             (key.mode, key.allowed),
-            (Mode::Simple, vec![Client::GeminiCli])
+            (FilterMode::Simple, vec![ClientName::GeminiCli])
         );
         assert_eq!(
             Policy::resolve(&global, "off", &[]).unwrap().mode,
-            Mode::Off
+            FilterMode::Off
         );
         // A disabled global filter is off unless the key sets a mode.
         let disabled = pb::ClientFilter {
@@ -1099,12 +1061,15 @@ mod tests {
             prompt_similarity: 0.8,
             ..global.clone()
         };
-        assert_eq!(Policy::resolve(&disabled, "", &[]).unwrap().mode, Mode::Off);
+        assert_eq!(
+            Policy::resolve(&disabled, "", &[]).unwrap().mode,
+            FilterMode::Off
+        );
         let key = Policy::resolve(&disabled, "strict", &[]).unwrap();
         assert_eq!(
             key,
             Policy {
-                mode: Mode::Strict,
+                mode: FilterMode::Strict,
                 allowed: both,
                 prompt_similarity: 0.8
             }
@@ -1115,7 +1080,7 @@ mod tests {
         };
         assert_eq!(
             Policy::resolve(&unnamed, "", &[]).unwrap().mode,
-            Mode::Simple
+            FilterMode::Simple
         );
         // Unknown names and bad thresholds are errors naming the value.
         let err = Policy::resolve(&global, "", &names(&["cursor"])).unwrap_err();
@@ -1145,9 +1110,9 @@ mod tests {
             assert!(Policy::resolve(&filter, "", &[]).is_err(), "{similarity}");
         }
         assert_eq!(Policy::default(), Policy::off());
-        assert_eq!(Mode::parse("strict"), Some(Mode::Strict));
+        assert_eq!(FilterMode::parse("strict"), Some(FilterMode::Strict));
         assert_eq!(
-            Client::parse("codex-cli").map(Client::as_str),
+            ClientName::parse("codex-cli").map(ClientName::as_str),
             Some("codex-cli")
         );
     }

@@ -12,7 +12,9 @@ use serde_json::Value;
 
 use crate::admission::{BodyBudget, BodyBytes};
 use crate::errors::RelayError;
-use crate::filter::{self, Mode, Policy};
+use aiproxy_shared::domain::FilterMode;
+
+use crate::filter::{self, Policy};
 use crate::routes::Endpoint;
 use crate::session::{self, Format, RequestHead, Session};
 
@@ -44,7 +46,7 @@ pub fn parse(
 ) -> Result<Parsed, RelayError> {
     let invalid = |e: serde_json::Error| RelayError::bad_request(format!("invalid JSON body: {e}"));
     let head = RequestHead::parse(&body).map_err(invalid)?;
-    if filter.mode != Mode::Off {
+    if filter.mode != FilterMode::Off {
         let messages_path = *endpoint == Endpoint::AnthropicMessages;
         if let Err(refusal) = filter::check(filter, headers, messages_path, &head) {
             tracing::info!(reason = %refusal, "client not allowed");

@@ -1,12 +1,12 @@
 //! The applied snapshot: validated, indexed for lookups, swapped atomically.
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use aiproxy_proto::v1 as pb;
 use aiproxy_shared::billing::{PackageState, PackageUsage};
-use aiproxy_shared::domain::AccountKind;
+use aiproxy_shared::domain::{AccountKind, BillingType};
 use aiproxy_shared::http::ProxyUrl;
+use aiproxy_shared::money::{BadAmount, from_wire, limit_from_wire};
 use aiproxy_shared::pricing::{LongContext, ModelPrice, PriceTable};
 use arc_swap::ArcSwapOption;
 use chrono::{FixedOffset, NaiveDate};
@@ -186,38 +186,25 @@ pub enum SnapshotError {
     ClientFilter(String),
 }
 
-/// A figure from the wire; one that cannot be read counts as nothing.
-pub(crate) fn amount(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap_or_default()
-}
-
 /// A package's usage from the wire.
-pub(crate) fn package_usage(u: &pb::PackageUsage) -> PackageUsage {
-    PackageUsage {
-        daily_used: amount(&u.daily_used),
-        weekly_used: amount(&u.weekly_used),
-        monthly_used: amount(&u.monthly_used),
+pub(crate) fn package_usage(u: &pb::PackageUsage) -> Result<PackageUsage, BadAmount> {
+    Ok(PackageUsage {
+        daily_used: from_wire(&u.daily_used)?,
+        weekly_used: from_wire(&u.weekly_used)?,
+        monthly_used: from_wire(&u.monthly_used)?,
         day: (u.day != 0)
             .then(|| NaiveDate::from_num_days_from_ce_opt(u.day))
             .flatten(),
         week: (u.week != 0).then_some(u.week),
         month: (u.month != 0).then_some(u.month),
-        quota_used: amount(&u.quota_used),
-    }
-}
-
-fn decimal(s: &str) -> Option<Decimal> {
-    if s.is_empty() {
-        Some(Decimal::ZERO)
-    } else {
-        Decimal::from_str(s).ok()
-    }
+        quota_used: from_wire(&u.quota_used)?,
+    })
 }
 
 /// Refuses every client: what a filter the node cannot read stands for.
 fn refuse_all() -> Policy {
     Policy {
-        mode: crate::filter::Mode::Simple,
+        mode: aiproxy_shared::domain::FilterMode::Simple,
         allowed: Vec::new(),
         ..Policy::off()
     }
@@ -280,7 +267,7 @@ fn account(a: pb::Account, kind: AccountKind) -> Result<AccountEntry, SnapshotEr
 }
 
 fn price(p: &pb::ModelPrice) -> Result<ModelPrice, SnapshotError> {
-    let field = |v: &str| decimal(v).ok_or_else(|| SnapshotError::Price(p.model.clone()));
+    let field = |v: &str| from_wire(v).map_err(|_| SnapshotError::Price(p.model.clone()));
     Ok(ModelPrice {
         input: field(&p.input)?,
         output: field(&p.output)?,
@@ -304,13 +291,7 @@ fn price(p: &pb::ModelPrice) -> Result<ModelPrice, SnapshotError> {
 
 fn package(p: &pb::Package) -> Result<PackageState, SnapshotError> {
     let bad = || SnapshotError::Package(p.id);
-    let limit = |v: &str| -> Result<Option<Decimal>, SnapshotError> {
-        if v.is_empty() {
-            Ok(None)
-        } else {
-            decimal(v).map(Some).ok_or_else(bad)
-        }
-    };
+    let limit = |v: &str| limit_from_wire(v).map_err(|_| bad());
     Ok(PackageState {
         id: p.id,
         kind: p.kind.parse().map_err(|_| bad())?,
@@ -322,7 +303,13 @@ fn package(p: &pb::Package) -> Result<PackageState, SnapshotError> {
         weekly_quota: limit(&p.weekly_quota)?,
         monthly_quota: limit(&p.monthly_quota)?,
         quota_total: limit(&p.quota_total)?,
-        usage: p.usage.as_ref().map(package_usage).unwrap_or_default(),
+        usage: p
+            .usage
+            .as_ref()
+            .map(package_usage)
+            .transpose()
+            .map_err(|_| bad())?
+            .unwrap_or_default(),
     })
 }
 
@@ -383,11 +370,9 @@ impl Snapshot {
                 problems.push(SnapshotError::KeyHash(k.id));
                 continue;
             };
-            let cost_limit = match k.cost_limit.as_str() {
-                "" => Some(None),
-                v => decimal(v).map(Some),
-            };
-            let (Some(cost_limit), Some(cost_used)) = (cost_limit, decimal(&k.cost_used)) else {
+            let (Ok(cost_limit), Ok(cost_used)) =
+                (limit_from_wire(&k.cost_limit), from_wire(&k.cost_used))
+            else {
                 problems.push(SnapshotError::KeyCost(k.id));
                 continue;
             };
@@ -401,7 +386,8 @@ impl Snapshot {
                     rate_limit: k.rate_limit,
                     expires_at_ms: k.expires_at_ms,
                     max_concurrency: k.max_concurrency,
-                    bills_packages: k.billing_type == "package",
+                    bills_packages: BillingType::parse(&k.billing_type)
+                        == Some(BillingType::Package),
                     cost_limit,
                     cost_used,
                     client_filter,
@@ -410,7 +396,7 @@ impl Snapshot {
         }
         let mut users = HashMap::with_capacity(s.users.len());
         for u in s.users {
-            let Some(price_rate) = decimal(&u.price_rate) else {
+            let Ok(price_rate) = from_wire(&u.price_rate) else {
                 problems.push(SnapshotError::PriceRate(u.id));
                 continue;
             };
@@ -589,7 +575,7 @@ mod tests {
         );
         assert_eq!(s.accounts[0].base_url, "http://x");
         assert_eq!(s.accounts[1].base_url, "https://api.anthropic.com");
-        assert_eq!(s.users[&2].price_rate, Decimal::from_str("1.5").unwrap());
+        assert_eq!(s.users[&2].price_rate, Decimal::new(15, 1));
         assert!(s.keys.contains_key(&[7; 32]));
     }
 
@@ -669,7 +655,10 @@ mod tests {
         assert!(!p.active);
         // A key whose filter cannot be read refuses every client.
         let key = &s.keys[&[7; 32]];
-        assert_eq!(key.client_filter.mode, crate::filter::Mode::Simple);
+        assert_eq!(
+            key.client_filter.mode,
+            aiproxy_shared::domain::FilterMode::Simple
+        );
         assert!(key.client_filter.allowed.is_empty());
     }
 

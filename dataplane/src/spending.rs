@@ -10,7 +10,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 use crate::errors::RelayError;
-use crate::snapshot::{KeyEntry, Snapshot, amount, package_usage};
+use aiproxy_shared::money::from_wire;
+
+use crate::snapshot::{KeyEntry, Snapshot, package_usage};
 
 /// Spending newer than the snapshot; cleared when a newer snapshot arrives.
 #[derive(Default)]
@@ -30,16 +32,25 @@ impl Spending {
     pub fn apply(&self, update: &pb::UsageUpdate) {
         let mut packages = self.packages.lock().expect("spending lock");
         for u in &update.packages {
-            packages
-                .entry(u.package_id)
-                .or_default()
-                .merge(&package_usage(u));
+            match package_usage(u) {
+                Ok(usage) => packages.entry(u.package_id).or_default().merge(&usage),
+                Err(e) => {
+                    tracing::warn!(package_id = u.package_id, error = %e, "pushed package usage left out")
+                }
+            }
         }
         drop(packages);
         let mut keys = self.keys.lock().expect("spending lock");
         for k in &update.keys {
-            let used = keys.entry(k.key_id).or_default();
-            *used = (*used).max(amount(&k.cost_used));
+            match from_wire(&k.cost_used) {
+                Ok(cost) => {
+                    let used = keys.entry(k.key_id).or_default();
+                    *used = (*used).max(cost);
+                }
+                Err(e) => {
+                    tracing::warn!(key_id = k.key_id, error = %e, "pushed key usage left out")
+                }
+            }
         }
     }
 

@@ -59,6 +59,19 @@ crate::named_enum! {
 }
 
 crate::named_enum! {
+    /// What an account's last health check found.
+    pub enum HealthStatus refused "health_status must be unchecked, ok, failed or unknown" {
+        /// Never checked.
+        Unchecked = "unchecked",
+        Ok = "ok",
+        /// The upstream refused the credentials.
+        Failed = "failed",
+        /// The check could not tell (network, 5xx).
+        Unknown = "unknown",
+    }
+}
+
+crate::named_enum! {
     /// What a key's requests are charged to.
     pub enum BillingType refused "billing_type must be package or standalone" {
         /// The user's packages (and the key's own cost limit, if set).

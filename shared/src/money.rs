@@ -1,5 +1,6 @@
-//! USD amounts as the admin API takes and gives them: written as a decimal
-//! string or a JSON number, read exactly, always answered as a string.
+//! USD amounts as the admin API takes and gives them (a decimal string or a
+//! JSON number, read exactly, always answered as a string), and as the
+//! planes send them to each other (decimal text).
 use std::fmt;
 use std::str::FromStr;
 
@@ -41,6 +42,32 @@ pub fn parse_decimal(text: &str) -> Option<Decimal> {
     Decimal::from_str(text)
         .or_else(|_| Decimal::from_scientific(text))
         .ok()
+}
+
+/// An amount on the wire between the planes that is no decimal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a decimal amount")]
+pub struct BadAmount(pub String);
+
+/// An amount as the planes send it: decimal text, empty for zero.
+pub fn from_wire(text: &str) -> Result<Decimal, BadAmount> {
+    if text.is_empty() {
+        return Ok(Decimal::ZERO);
+    }
+    Decimal::from_str(text).map_err(|_| BadAmount(text.to_string()))
+}
+
+/// A limit as the planes send it: decimal text, empty for none.
+pub fn limit_from_wire(text: &str) -> Result<Option<Decimal>, BadAmount> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    from_wire(text).map(Some)
+}
+
+/// A limit as the planes send it.
+pub fn limit_to_wire(limit: Option<Decimal>) -> String {
+    limit.map(|d| d.to_string()).unwrap_or_default()
 }
 
 const EXPECTING: &str = "a decimal amount, as a string such as \"1.50\" or a number";
@@ -109,6 +136,19 @@ impl utoipa::ToSchema for Money {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wire_amounts_are_exact_and_empty_means_zero_or_none() {
+        assert_eq!(from_wire(""), Ok(Decimal::ZERO));
+        assert_eq!(from_wire("0.1").unwrap().to_string(), "0.1");
+        assert_eq!(from_wire("abc"), Err(BadAmount("abc".into())));
+        assert_eq!(limit_from_wire(""), Ok(None));
+        assert_eq!(limit_from_wire("2.5"), Ok(Some(Decimal::new(25, 1))));
+        assert!(limit_from_wire("1e").is_err());
+        for limit in [None, Some(Decimal::new(12345, 4))] {
+            assert_eq!(limit_from_wire(&limit_to_wire(limit)), Ok(limit));
+        }
+    }
 
     fn read(json: &str) -> Result<Decimal, String> {
         serde_json::from_str::<Money>(json)

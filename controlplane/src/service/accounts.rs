@@ -240,8 +240,8 @@ impl Services {
 
     /// A token written by hand may already be close to expiry: refresh it
     /// now rather than at the next scan.
-    fn refresh_if_due(&self, kind: &str, id: i64) {
-        if AccountKind::parse(kind).is_some_and(AccountKind::is_oauth) {
+    fn refresh_if_due(&self, kind: AccountKind, id: i64) {
+        if kind.is_oauth() {
             let refresher = self.refresher.clone();
             self.tasks.spawn(async move {
                 if let Err(e) = refresher.refresh(id, None).await {
@@ -299,7 +299,7 @@ impl Services {
             .store
             .create_account(&NewAccount {
                 name: req.name.trim().to_string(),
-                kind: kind.as_str().to_string(),
+                kind,
                 credentials_sealed: self.seal_credentials(&credentials)?,
                 base_url: req.base_url.map(|u| u.trim_end_matches('/').to_string()),
                 proxy_sealed,
@@ -316,7 +316,7 @@ impl Services {
             kind = kind.as_str(),
             "account created"
         );
-        self.refresh_if_due(&account.kind, account.id);
+        self.refresh_if_due(account.kind, account.id);
         Ok(self.account_view(account))
     }
 
@@ -341,12 +341,7 @@ impl Services {
         }
         let credentials_sealed = match &req.credentials {
             Some(update) => {
-                let kind = AccountKind::parse(&current.kind).ok_or_else(|| {
-                    ServiceError::Internal(format!(
-                        "stored account type {} is unknown",
-                        current.kind
-                    ))
-                })?;
+                let kind = current.kind;
                 let mut merged = self.open_credentials(&current).unwrap_or_default();
                 for (k, v) in update {
                     if v.is_empty() {
@@ -370,7 +365,7 @@ impl Services {
         let patch = AccountPatch {
             name: req.name.map(|n| n.trim().to_string()),
             enabled: req.enabled,
-            status: req.status.map(|s| s.as_str().to_string()),
+            status: req.status,
             credentials_sealed,
             base_url: req
                 .base_url
@@ -396,7 +391,7 @@ impl Services {
         if back_in_service {
             self.clear_account_marks(id, MarkKind::Unavailable).await;
         }
-        self.refresh_if_due(&account.kind, account.id);
+        self.refresh_if_due(account.kind, account.id);
         Ok(self.account_view(account))
     }
 
@@ -418,7 +413,7 @@ impl Services {
         let by = &actor.user.username;
         let patch = AccountPatch {
             enabled: Some(enabled),
-            status: enabled.then(|| AccountStatus::Valid.as_str().to_string()),
+            status: enabled.then_some(AccountStatus::Valid),
             consecutive_error_count: enabled.then_some(0),
             disabled_reason: Some((!enabled).then(|| format!("disabled by {by}"))),
             ..AccountPatch::default()

@@ -5,7 +5,6 @@
 //! nothing the second time.
 use std::collections::BTreeMap;
 
-use aiproxy_shared::domain::AccountKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
@@ -316,7 +315,7 @@ async fn apply_account(
             }
             // OAuth tokens rotate after creation: the file's would undo that.
             // Other credentials are written only when they changed.
-            let oauth = AccountKind::parse(&current.kind).is_some_and(AccountKind::is_oauth);
+            let oauth = current.kind.is_oauth();
             let unchanged = || {
                 let stored: BTreeMap<String, String> = services
                     .sealer

@@ -62,7 +62,7 @@ impl Services {
             Err(StoreError::NotFound) => return Err(ServiceError::Unauthorized("invalid token")),
             Err(e) => return Err(e.into()),
         };
-        if user.status != ActiveStatus::Active.as_str() {
+        if user.status != ActiveStatus::Active {
             return Err(ServiceError::Unauthorized("user is disabled"));
         }
         if claims.generation != user.token_generation {
@@ -94,7 +94,7 @@ impl Services {
             }
         };
         self.password_throttle.succeeded(&req.username, from);
-        if user.status != ActiveStatus::Active.as_str() {
+        if user.status != ActiveStatus::Active {
             return Err(ServiceError::Unauthorized("user is disabled"));
         }
         tracing::info!(user_id = user.id, "admin login");
@@ -104,7 +104,7 @@ impl Services {
     fn session(&self, user: User) -> Session {
         let (token, claims) =
             self.jwt
-                .issue(user.id, &user.username, &user.role, user.token_generation);
+                .issue(user.id, &user.username, user.role, user.token_generation);
         Session {
             token,
             token_type: "Bearer",

@@ -115,10 +115,6 @@ fn check_name(name: &str) -> ServiceResult<()> {
     Ok(())
 }
 
-fn names<T: Copy>(items: &[T], name: impl Fn(T) -> &'static str) -> Vec<String> {
-    items.iter().map(|i| name(*i).to_string()).collect()
-}
-
 impl Services {
     /// A key the caller may see: any for admins, their own for users.
     async fn visible_key(&self, actor: &Actor, id: i64) -> ServiceResult<ApiKey> {
@@ -187,13 +183,13 @@ impl Services {
                 name: req.name.trim().to_string(),
                 key_hash: hash_key_hex(&plaintext),
                 key_prefix: visible_prefix(&plaintext),
-                billing_type: req.billing_type.as_str().to_string(),
+                billing_type: req.billing_type,
                 cost_limit: check_limit(req.cost_limit)?,
                 rate_limit: req.rate_limit,
                 allowed_models: req.allowed_models,
                 max_concurrency: req.max_concurrency,
-                client_filter: req.client_filter.map(|m| m.as_str().to_string()),
-                allowed_clients: names(&req.allowed_clients, ClientName::as_str),
+                client_filter: req.client_filter,
+                allowed_clients: req.allowed_clients,
                 expires_at: req.expires_at,
             })
             .await?;
@@ -241,16 +237,16 @@ impl Services {
         }
         let patch = ApiKeyPatch {
             name: req.name.map(|n| n.trim().to_string()),
-            status: req.status.map(|s| s.as_str().to_string()),
+            status: req.status,
             disabled_by_admin,
             by_owner: !actor.is_admin(),
-            billing_type: req.billing_type.map(|b| b.as_str().to_string()),
+            billing_type: req.billing_type,
             cost_limit: req.cost_limit.map(check_limit).transpose()?,
             rate_limit: req.rate_limit.map(|r| r.max(0)),
             allowed_models: req.allowed_models,
             max_concurrency: req.max_concurrency.map(|c| c.max(0)),
-            client_filter: req.client_filter.map(|m| m.map(|m| m.as_str().to_string())),
-            allowed_clients: req.allowed_clients.map(|c| names(&c, ClientName::as_str)),
+            client_filter: req.client_filter,
+            allowed_clients: req.allowed_clients,
             expires_at: req.expires_at,
         };
         Ok(self.store.update_api_key(id, &patch).await?)

@@ -125,8 +125,8 @@ impl Services {
             .list_packages(actor.listing_scope(filter.user_id))
             .await?
             .into_iter()
-            .filter(|p| filter.status.is_none_or(|s| p.status == s.as_str()))
-            .filter(|p| filter.kind.is_none_or(|k| p.kind == k.as_str()))
+            .filter(|p| filter.status.is_none_or(|s| p.status == s))
+            .filter(|p| filter.kind.is_none_or(|k| p.kind == k))
             .collect();
         Ok(PackageList {
             total: items.len(),
@@ -164,7 +164,7 @@ impl Services {
         let new = NewPackage {
             user_id,
             name: req.name.trim().to_string(),
-            kind: req.kind.as_str().to_string(),
+            kind: req.kind,
             daily_quota: amount("daily_quota", req.daily_quota)?,
             weekly_quota: amount("weekly_quota", req.weekly_quota)?,
             monthly_quota: amount("monthly_quota", req.monthly_quota)?,
@@ -200,7 +200,7 @@ impl Services {
         }
         let patch = PackagePatch {
             name: req.name.map(|n| n.trim().to_string()),
-            status: req.status.map(|s| s.as_str().to_string()),
+            status: req.status,
             daily_quota: amount_patch("daily_quota", req.daily_quota)?,
             weekly_quota: amount_patch("weekly_quota", req.weekly_quota)?,
             monthly_quota: amount_patch("monthly_quota", req.monthly_quota)?,
@@ -209,11 +209,8 @@ impl Services {
             starts_at: req.starts_at,
             expires_at: req.expires_at,
         };
-        let kind = PackageKind::parse(&current.kind).ok_or_else(|| {
-            ServiceError::Internal(format!("package {id} has type {}", current.kind))
-        })?;
         check_shape(
-            kind,
+            current.kind,
             [
                 patch.daily_quota.unwrap_or(current.daily_quota),
                 patch.weekly_quota.unwrap_or(current.weekly_quota),

@@ -113,7 +113,7 @@ impl Services {
             .create_user(&NewUser {
                 username,
                 password_hash: self.hash_password(req.password).await?,
-                role: req.role.as_str().to_string(),
+                role: req.role,
                 price_rate,
                 email: req.email,
                 max_concurrency: req.max_concurrency.max(0),
@@ -142,8 +142,8 @@ impl Services {
         };
         let patch = UserPatch {
             password_hash,
-            role: req.role.map(|r| r.as_str().to_string()),
-            status: req.status.map(|s| s.as_str().to_string()),
+            role: req.role,
+            status: req.status,
             price_rate: req.price_rate.map(check_rate).transpose()?,
             email: req.email,
             max_concurrency: req.max_concurrency.map(|c| c.max(0)),

@@ -3,7 +3,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::db::{Usd, impl_from_row, list_from_column, list_to_column, with_pool};
+use aiproxy_shared::domain::{AccountKind, AccountStatus, HealthStatus};
+
+use super::db::{Usd, impl_from_row, list_from_column, list_to_column, named, readable, with_pool};
 use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -11,11 +13,9 @@ pub struct Account {
     pub id: i64,
     pub name: String,
     #[serde(rename = "type")]
-    #[schema(value_type = aiproxy_shared::domain::AccountKind)]
-    pub kind: String,
+    pub kind: AccountKind,
     pub enabled: bool,
-    #[schema(value_type = aiproxy_shared::domain::AccountStatus)]
-    pub status: String,
+    pub status: AccountStatus,
     /// Encrypted credential JSON; never leaves the control plane as is.
     #[serde(skip)]
     pub credentials_sealed: String,
@@ -38,7 +38,7 @@ pub struct Account {
     pub disabled_reason: Option<String>,
     /// `unchecked`, `ok`, `failed` (credentials refused) or `unknown`
     /// (the check could not tell: network, 5xx).
-    pub health_status: String,
+    pub health_status: HealthStatus,
     pub health_message: Option<String>,
     pub health_checked_at: Option<DateTime<Utc>>,
     /// What the OAuth usage endpoint last reported (utilization 0–100).
@@ -55,9 +55,9 @@ impl_from_row!(Account, |r| {
     Ok(Account {
         id: r.try_get("id")?,
         name: r.try_get("name")?,
-        kind: r.try_get("type")?,
+        kind: named("type", r.try_get("type")?)?,
         enabled: r.try_get("enabled")?,
-        status: r.try_get("status")?,
+        status: named("status", r.try_get("status")?)?,
         credentials_sealed: r.try_get("credentials")?,
         base_url: r.try_get("base_url")?,
         proxy_sealed: r.try_get("proxy_url")?,
@@ -72,7 +72,7 @@ impl_from_row!(Account, |r| {
         daily_requests: r.try_get("daily_requests")?,
         consecutive_error_count: r.try_get("consecutive_error_count")?,
         disabled_reason: r.try_get("disabled_reason")?,
-        health_status: r.try_get("health_status")?,
+        health_status: named("health_status", r.try_get("health_status")?)?,
         health_message: r.try_get("health_message")?,
         health_checked_at: r.try_get("health_checked_at")?,
         usage_5h_utilization: r.try_get("usage_5h_utilization")?,
@@ -88,7 +88,7 @@ impl_from_row!(Account, |r| {
 #[derive(Debug, Clone)]
 pub struct NewAccount {
     pub name: String,
-    pub kind: String,
+    pub kind: AccountKind,
     pub credentials_sealed: String,
     pub base_url: Option<String>,
     pub proxy_sealed: Option<String>,
@@ -104,7 +104,7 @@ pub struct NewAccount {
 pub struct AccountPatch {
     pub name: Option<String>,
     pub enabled: Option<bool>,
-    pub status: Option<String>,
+    pub status: Option<AccountStatus>,
     pub credentials_sealed: Option<String>,
     pub base_url: Option<Option<String>>,
     pub proxy_sealed: Option<Option<String>>,
@@ -153,7 +153,7 @@ impl Store {
                  weight, bound_api_key_ids, bound_user_ids, created_at, updated_at) VALUES (?, ?, ?, 'valid', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&new.name)
-            .bind(&new.kind)
+            .bind(new.kind.as_str())
             .bind(new.enabled)
             .bind(&new.credentials_sealed)
             .bind(&new.base_url)
@@ -185,52 +185,64 @@ impl Store {
     }
 
     pub async fn list_accounts(&self) -> StoreResult<Vec<Account>> {
-        with_pool!(self, p => Ok(sqlx::query_as::<_, Account>(select_accounts!(" ORDER BY id")).fetch_all(p).await?))
+        with_pool!(self, p => {
+            let rows = sqlx::query(select_accounts!(" ORDER BY id")).fetch_all(p).await?;
+            Ok(readable("accounts", &rows))
+        })
     }
 
-    /// Applies `patch` to the row as it is when the write lock is held, so
-    /// concurrent updates of other fields (a rotated token, a disable by the
-    /// health check) are never written back stale.
+    /// Applies `patch` in one statement: fields it leaves out keep
+    /// whatever they hold when it runs (a token rotated meanwhile, a disable
+    /// by the health check), never a value read earlier.
     pub async fn update_account(&self, id: i64, patch: &AccountPatch) -> StoreResult<Account> {
         let now = Utc::now();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
-            sqlx::query("UPDATE accounts SET consecutive_error_count = consecutive_error_count WHERE id = ?")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            let cur = sqlx::query_as::<_, Account>(select_accounts!(" WHERE id = ?"))
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::NotFound)?;
             sqlx::query(
-                "UPDATE accounts SET name = ?, enabled = ?, status = ?, credentials = ?, base_url = ?, proxy_url = ?, priority = ?, \
-                 max_concurrency = ?, weight = ?, bound_api_key_ids = ?, bound_user_ids = ?, rate_limit_reset_at = ?, consecutive_error_count = ?, disabled_reason = ?, updated_at = ? WHERE id = ?",
+                "UPDATE accounts SET name = COALESCE(?, name), enabled = COALESCE(?, enabled), status = COALESCE(?, status), \
+                 credentials = COALESCE(?, credentials), base_url = CASE WHEN ? THEN ? ELSE base_url END, \
+                 proxy_url = CASE WHEN ? THEN ? ELSE proxy_url END, priority = COALESCE(?, priority), \
+                 max_concurrency = COALESCE(?, max_concurrency), weight = COALESCE(?, weight), \
+                 bound_api_key_ids = CASE WHEN ? THEN ? ELSE bound_api_key_ids END, \
+                 bound_user_ids = CASE WHEN ? THEN ? ELSE bound_user_ids END, \
+                 rate_limit_reset_at = CASE WHEN ? THEN ? ELSE rate_limit_reset_at END, \
+                 consecutive_error_count = COALESCE(?, consecutive_error_count), \
+                 disabled_reason = CASE WHEN ? THEN ? ELSE disabled_reason END, updated_at = ? WHERE id = ?",
             )
-            .bind(patch.name.as_ref().unwrap_or(&cur.name))
-            .bind(patch.enabled.unwrap_or(cur.enabled))
-            .bind(patch.status.as_ref().unwrap_or(&cur.status))
-            .bind(patch.credentials_sealed.as_ref().unwrap_or(&cur.credentials_sealed))
-            .bind(patch.base_url.clone().unwrap_or(cur.base_url.clone()))
-            .bind(patch.proxy_sealed.clone().unwrap_or(cur.proxy_sealed.clone()))
-            .bind(patch.priority.unwrap_or(cur.priority))
-            .bind(patch.max_concurrency.unwrap_or(cur.max_concurrency))
-            .bind(patch.weight.unwrap_or(cur.weight))
-            .bind(list_to_column(patch.bound_api_key_ids.as_ref().unwrap_or(&cur.bound_api_key_ids)))
-            .bind(list_to_column(patch.bound_user_ids.as_ref().unwrap_or(&cur.bound_user_ids)))
-            .bind(patch.rate_limit_reset_at.unwrap_or(cur.rate_limit_reset_at))
-            .bind(patch.consecutive_error_count.unwrap_or(cur.consecutive_error_count))
-            .bind(patch.disabled_reason.clone().unwrap_or(cur.disabled_reason.clone()))
+            .bind(&patch.name)
+            .bind(patch.enabled)
+            .bind(patch.status.map(AccountStatus::as_str))
+            .bind(&patch.credentials_sealed)
+            .bind(patch.base_url.is_some())
+            .bind(patch.base_url.clone().flatten())
+            .bind(patch.proxy_sealed.is_some())
+            .bind(patch.proxy_sealed.clone().flatten())
+            .bind(patch.priority)
+            .bind(patch.max_concurrency)
+            .bind(patch.weight)
+            .bind(patch.bound_api_key_ids.is_some())
+            .bind(patch.bound_api_key_ids.as_deref().and_then(list_to_column))
+            .bind(patch.bound_user_ids.is_some())
+            .bind(patch.bound_user_ids.as_deref().and_then(list_to_column))
+            .bind(patch.rate_limit_reset_at.is_some())
+            .bind(patch.rate_limit_reset_at.flatten())
+            .bind(patch.consecutive_error_count)
+            .bind(patch.disabled_reason.is_some())
+            .bind(patch.disabled_reason.clone().flatten())
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
             .await?;
+            let account = sqlx::query_as::<_, Account>(select_accounts!(" WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
             self.signal_change();
-        });
-        self.get_account(id).await
+            Ok(account)
+        })
     }
 
     pub async fn delete_account(&self, id: i64) -> StoreResult<()> {
@@ -305,7 +317,7 @@ impl Store {
     /// check; it stays out until re-enabled or set back to `valid`.
     pub async fn flag_suspected_ban(&self, id: i64, message: &str) -> StoreResult<()> {
         let patch = AccountPatch {
-            status: Some("banned".into()),
+            status: Some(AccountStatus::Banned),
             disabled_reason: Some(Some(format!(
                 "upstream refused the account (403 permission_error): {message}"
             ))),

@@ -3,7 +3,11 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::db::{Usd, impl_from_row, list_from_column, list_to_column, with_pool};
+use aiproxy_shared::domain::{ActiveStatus, BillingType, ClientName, FilterMode};
+
+use super::db::{
+    Usd, impl_from_row, list_from_column, list_to_column, named, named_list, with_pool,
+};
 use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -16,10 +20,8 @@ pub struct ApiKey {
     /// The fixed prefix and four characters of a generated key; four
     /// characters of an operator-supplied one.
     pub key_prefix: String,
-    #[schema(value_type = aiproxy_shared::domain::BillingType)]
-    pub billing_type: String,
-    #[schema(value_type = aiproxy_shared::domain::ActiveStatus)]
-    pub status: String,
+    pub billing_type: BillingType,
+    pub status: ActiveStatus,
     /// Disabled by an administrator: only an administrator enables it again.
     pub disabled_by_admin: bool,
     pub request_count: i64,
@@ -29,11 +31,9 @@ pub struct ApiKey {
     pub allowed_models: Vec<String>,
     pub max_concurrency: i32,
     /// Overrides the global client filter: off, simple or strict.
-    #[schema(value_type = Option<aiproxy_shared::domain::FilterMode>)]
-    pub client_filter: Option<String>,
+    pub client_filter: Option<FilterMode>,
     /// With `client_filter`: the clients admitted (empty keeps the global list).
-    #[schema(value_type = Vec<aiproxy_shared::domain::ClientName>)]
-    pub allowed_clients: Vec<String>,
+    pub allowed_clients: Vec<ClientName>,
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -47,8 +47,8 @@ impl_from_row!(ApiKey, |r| {
         name: r.try_get("name")?,
         key_hash: r.try_get("key_hash")?,
         key_prefix: r.try_get("key_prefix")?,
-        billing_type: r.try_get("billing_type")?,
-        status: r.try_get("status")?,
+        billing_type: named("billing_type", r.try_get("billing_type")?)?,
+        status: named("status", r.try_get("status")?)?,
         disabled_by_admin: r.try_get("disabled_by_admin")?,
         request_count: r.try_get("request_count")?,
         cost_used: r.try_get::<Usd, _>("cost_used")?.0,
@@ -56,8 +56,11 @@ impl_from_row!(ApiKey, |r| {
         rate_limit: r.try_get("rate_limit")?,
         allowed_models: list_from_column(r.try_get("allowed_models")?),
         max_concurrency: r.try_get("max_concurrency")?,
-        client_filter: r.try_get("client_filter")?,
-        allowed_clients: list_from_column(r.try_get("allowed_clients")?),
+        client_filter: r
+            .try_get::<Option<String>, _>("client_filter")?
+            .map(|f| named("client_filter", f))
+            .transpose()?,
+        allowed_clients: named_list("allowed_clients", r.try_get("allowed_clients")?)?,
         expires_at: r.try_get("expires_at")?,
         last_used_at: r.try_get("last_used_at")?,
         created_at: r.try_get("created_at")?,
@@ -71,31 +74,31 @@ pub struct NewApiKey {
     pub name: String,
     pub key_hash: String,
     pub key_prefix: String,
-    pub billing_type: String,
+    pub billing_type: BillingType,
     pub cost_limit: Option<Decimal>,
     pub rate_limit: i32,
     pub allowed_models: Vec<String>,
     pub max_concurrency: i32,
-    pub client_filter: Option<String>,
-    pub allowed_clients: Vec<String>,
+    pub client_filter: Option<FilterMode>,
+    pub allowed_clients: Vec<ClientName>,
     pub expires_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct ApiKeyPatch {
     pub name: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<ActiveStatus>,
     pub disabled_by_admin: Option<bool>,
     /// The change is the key's owner's (not an administrator's): it never
     /// moves the status of a key an administrator disabled.
     pub by_owner: bool,
-    pub billing_type: Option<String>,
+    pub billing_type: Option<BillingType>,
     pub cost_limit: Option<Option<Decimal>>,
     pub rate_limit: Option<i32>,
     pub allowed_models: Option<Vec<String>>,
     pub max_concurrency: Option<i32>,
-    pub client_filter: Option<Option<String>>,
-    pub allowed_clients: Option<Vec<String>>,
+    pub client_filter: Option<Option<FilterMode>>,
+    pub allowed_clients: Option<Vec<ClientName>>,
     pub expires_at: Option<Option<DateTime<Utc>>>,
 }
 
@@ -130,12 +133,12 @@ impl Store {
             .bind(&new.name)
             .bind(&new.key_hash)
             .bind(&new.key_prefix)
-            .bind(&new.billing_type)
+            .bind(new.billing_type.as_str())
             .bind(new.cost_limit.map(Usd))
             .bind(new.rate_limit)
             .bind(list_to_column(&new.allowed_models))
             .bind(new.max_concurrency)
-            .bind(&new.client_filter)
+            .bind(new.client_filter.map(FilterMode::as_str))
             .bind(list_to_column(&new.allowed_clients))
             .bind(new.expires_at)
             .bind(now)
@@ -170,43 +173,55 @@ impl Store {
         }))
     }
 
+    /// Applies `patch` in one statement: fields it leaves out keep
+    /// whatever they hold when it runs.
     pub async fn update_api_key(&self, id: i64, patch: &ApiKeyPatch) -> StoreResult<ApiKey> {
-        let cur = self.get_api_key(id).await?;
         let now = Utc::now();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
-                "UPDATE api_keys SET name = ?, \
-                 status = CASE WHEN ? AND disabled_by_admin THEN status ELSE ? END, \
-                 disabled_by_admin = CASE WHEN ? THEN disabled_by_admin ELSE ? END, \
-                 billing_type = ?, cost_limit = ?, rate_limit = ?, allowed_models = ?, \
-                 max_concurrency = ?, client_filter = ?, allowed_clients = ?, expires_at = ?, updated_at = ? \
-                 WHERE id = ?",
+                "UPDATE api_keys SET name = COALESCE(?, name), \
+                 status = CASE WHEN ? AND disabled_by_admin THEN status ELSE COALESCE(?, status) END, \
+                 disabled_by_admin = CASE WHEN ? THEN disabled_by_admin ELSE COALESCE(?, disabled_by_admin) END, \
+                 billing_type = COALESCE(?, billing_type), cost_limit = CASE WHEN ? THEN ? ELSE cost_limit END, \
+                 rate_limit = COALESCE(?, rate_limit), allowed_models = CASE WHEN ? THEN ? ELSE allowed_models END, \
+                 max_concurrency = COALESCE(?, max_concurrency), client_filter = CASE WHEN ? THEN ? ELSE client_filter END, \
+                 allowed_clients = CASE WHEN ? THEN ? ELSE allowed_clients END, \
+                 expires_at = CASE WHEN ? THEN ? ELSE expires_at END, updated_at = ? WHERE id = ?",
             )
-            .bind(patch.name.as_ref().unwrap_or(&cur.name))
-            // An owner's change never moves a key an administrator disabled,
-            // even one that landed after `cur` was read.
+            .bind(&patch.name)
+            // An owner's change never moves a key an administrator disabled.
             .bind(patch.by_owner)
-            .bind(patch.status.as_ref().unwrap_or(&cur.status))
+            .bind(patch.status.map(ActiveStatus::as_str))
             .bind(patch.by_owner)
-            .bind(patch.disabled_by_admin.unwrap_or(cur.disabled_by_admin))
-            .bind(patch.billing_type.as_ref().unwrap_or(&cur.billing_type))
-            .bind(patch.cost_limit.unwrap_or(cur.cost_limit).map(Usd))
-            .bind(patch.rate_limit.unwrap_or(cur.rate_limit))
-            .bind(list_to_column(patch.allowed_models.as_ref().unwrap_or(&cur.allowed_models)))
-            .bind(patch.max_concurrency.unwrap_or(cur.max_concurrency))
-            .bind(patch.client_filter.clone().unwrap_or(cur.client_filter.clone()))
-            .bind(list_to_column(patch.allowed_clients.as_ref().unwrap_or(&cur.allowed_clients)))
-            .bind(patch.expires_at.unwrap_or(cur.expires_at))
+            .bind(patch.disabled_by_admin)
+            .bind(patch.billing_type.map(BillingType::as_str))
+            .bind(patch.cost_limit.is_some())
+            .bind(patch.cost_limit.flatten().map(Usd))
+            .bind(patch.rate_limit)
+            .bind(patch.allowed_models.is_some())
+            .bind(patch.allowed_models.as_deref().and_then(list_to_column))
+            .bind(patch.max_concurrency)
+            .bind(patch.client_filter.is_some())
+            .bind(patch.client_filter.flatten().map(FilterMode::as_str))
+            .bind(patch.allowed_clients.is_some())
+            .bind(patch.allowed_clients.as_deref().and_then(list_to_column))
+            .bind(patch.expires_at.is_some())
+            .bind(patch.expires_at.flatten())
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
             .await?;
+            let key = sqlx::query_as::<_, ApiKey>(select_keys!(" WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
             self.signal_change();
-        });
-        self.get_api_key(id).await
+            Ok(key)
+        })
     }
 
     pub async fn delete_api_key(&self, id: i64) -> StoreResult<()> {
@@ -247,14 +262,17 @@ impl Store {
     }
 }
 
-/// The fields of a key a data plane needs.
+/// The fields of a key a data plane needs. The billing type and client
+/// filter travel as stored: the node validates them and fences off a key
+/// whose value it cannot read, so one hand-edited row never stops a snapshot.
 #[derive(Debug, Clone)]
 pub struct SnapshotKey {
     pub id: i64,
     pub user_id: i64,
     pub key_hash: String,
     pub billing_type: String,
-    pub status: String,
+    /// Only a status that reads as `active` lets the key in.
+    pub active: bool,
     pub cost_used: Decimal,
     pub cost_limit: Option<Decimal>,
     pub rate_limit: i32,
@@ -265,13 +283,17 @@ pub struct SnapshotKey {
     pub allowed_clients: Vec<String>,
 }
 
+fn is_active(status: &str) -> bool {
+    status.parse::<ActiveStatus>() == Ok(ActiveStatus::Active)
+}
+
 impl_from_row!(SnapshotKey, |r| {
     Ok(SnapshotKey {
         id: r.try_get("id")?,
         user_id: r.try_get("user_id")?,
         key_hash: r.try_get("key_hash")?,
         billing_type: r.try_get("billing_type")?,
-        status: r.try_get("status")?,
+        active: is_active(r.try_get("status")?),
         cost_used: r.try_get::<Usd, _>("cost_used")?.0,
         cost_limit: r.try_get::<Option<Usd>, _>("cost_limit")?.map(|u| u.0),
         rate_limit: r.try_get("rate_limit")?,
@@ -321,7 +343,7 @@ fn sqlite_keys(json: &str) -> StoreResult<Vec<SnapshotKey>> {
                 user_id: r.1,
                 key_hash: r.2,
                 billing_type: r.3,
-                status: r.4,
+                active: is_active(&r.4),
                 cost_used: usd(r.5),
                 cost_limit: r.6.map(usd),
                 rate_limit: r.7,

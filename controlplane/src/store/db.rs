@@ -89,6 +89,50 @@ macro_rules! impl_from_row {
 }
 pub(crate) use impl_from_row;
 
+/// A column holding one of an enum's names, e.g. a status.
+pub(crate) fn named<T>(column: &str, value: String) -> sqlx::Result<T>
+where
+    T: std::str::FromStr<Err = &'static str>,
+{
+    value.parse().map_err(|why| sqlx::Error::ColumnDecode {
+        index: column.to_string(),
+        source: format!("{value:?}: {why}").into(),
+    })
+}
+
+/// A column holding a list of an enum's names.
+pub(crate) fn named_list<T>(column: &str, value: Option<String>) -> sqlx::Result<Vec<T>>
+where
+    T: std::str::FromStr<Err = &'static str>,
+{
+    list_from_column::<String>(value)
+        .into_iter()
+        .map(|v| named(column, v))
+        .collect()
+}
+
+/// Decodes each row of a listing on its own: a row whose value no longer
+/// reads (a hand edit, a restore from an older version) is logged by id and
+/// left out, so it is never served and never stops the rest.
+pub(crate) fn readable<'r, R, T>(table: &str, rows: &'r [R]) -> Vec<T>
+where
+    R: sqlx::Row,
+    T: sqlx::FromRow<'r, R>,
+    i64: Type<R::Database> + Decode<'r, R::Database>,
+    &'static str: sqlx::ColumnIndex<R>,
+{
+    rows.iter()
+        .filter_map(|row| match T::from_row(row) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                let id = row.try_get::<i64, _>("id").unwrap_or_default();
+                tracing::error!(table, id, %error, "row left out: a value does not read");
+                None
+            }
+        })
+        .collect()
+}
+
 impl Store {
     /// Connects to `url` (`mysql://…` or `sqlite://…`), creating a SQLite file if needed.
     pub async fn connect(url: &str) -> StoreResult<Store> {

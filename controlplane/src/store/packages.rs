@@ -5,7 +5,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::db::{Usd, impl_from_row, list_from_column, list_to_column, with_pool};
+use aiproxy_shared::domain::ActiveStatus;
+
+use super::db::{Usd, impl_from_row, list_from_column, list_to_column, named, readable, with_pool};
 use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -15,11 +17,8 @@ pub struct Package {
     pub name: String,
     /// `subscription` or `quota`.
     #[serde(rename = "type")]
-    #[schema(value_type = aiproxy_shared::billing::PackageKind)]
-    pub kind: String,
-    /// `active` or `disabled`.
-    #[schema(value_type = aiproxy_shared::domain::ActiveStatus)]
-    pub status: String,
+    pub kind: PackageKind,
+    pub status: ActiveStatus,
     pub daily_quota: Option<Decimal>,
     pub weekly_quota: Option<Decimal>,
     pub monthly_quota: Option<Decimal>,
@@ -46,8 +45,8 @@ impl_from_row!(Package, |r| {
         id: r.try_get("id")?,
         user_id: r.try_get("user_id")?,
         name: r.try_get("name")?,
-        kind: r.try_get("type")?,
-        status: r.try_get("status")?,
+        kind: named("type", r.try_get("type")?)?,
+        status: named("status", r.try_get("status")?)?,
         daily_quota: r.try_get::<Option<Usd>, _>("daily_quota")?.map(|u| u.0),
         weekly_quota: r.try_get::<Option<Usd>, _>("weekly_quota")?.map(|u| u.0),
         monthly_quota: r.try_get::<Option<Usd>, _>("monthly_quota")?.map(|u| u.0),
@@ -74,8 +73,8 @@ impl Package {
         let ms = |t: Option<DateTime<Utc>>| t.map_or(0, |t| t.timestamp_millis());
         PackageState {
             id: self.id,
-            kind: self.kind.parse().unwrap_or(PackageKind::Quota),
-            active: self.status == "active",
+            kind: self.kind,
+            active: self.status == ActiveStatus::Active,
             starts_at_ms: ms(self.starts_at),
             expires_at_ms: ms(self.expires_at),
             allowed_models: self.allowed_models.clone(),
@@ -108,7 +107,7 @@ impl Package {
 pub struct NewPackage {
     pub user_id: i64,
     pub name: String,
-    pub kind: String,
+    pub kind: PackageKind,
     pub daily_quota: Option<Decimal>,
     pub weekly_quota: Option<Decimal>,
     pub monthly_quota: Option<Decimal>,
@@ -122,7 +121,7 @@ pub struct NewPackage {
 #[derive(Debug, Clone, Default)]
 pub struct PackagePatch {
     pub name: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<ActiveStatus>,
     pub daily_quota: Option<Option<Decimal>>,
     pub weekly_quota: Option<Option<Decimal>>,
     pub monthly_quota: Option<Option<Decimal>>,
@@ -152,7 +151,7 @@ impl Store {
             )
             .bind(new.user_id)
             .bind(&new.name)
-            .bind(&new.kind)
+            .bind(new.kind.as_str())
             .bind(usd(new.daily_quota))
             .bind(usd(new.weekly_quota))
             .bind(usd(new.monthly_quota))
@@ -183,15 +182,16 @@ impl Store {
 
     /// One user's packages, or everyone's.
     pub async fn list_packages(&self, user_id: Option<i64>) -> StoreResult<Vec<Package>> {
-        with_pool!(self, p => Ok(match user_id {
-            Some(u) => sqlx::query_as::<_, Package>(&format!("{SELECT_PACKAGES} WHERE user_id = ? ORDER BY id"))
-                .bind(u)
-                .fetch_all(p)
-                .await?,
-            None => sqlx::query_as::<_, Package>(&format!("{SELECT_PACKAGES} ORDER BY id"))
-                .fetch_all(p)
-                .await?,
-        }))
+        with_pool!(self, p => {
+            let rows = match user_id {
+                Some(u) => sqlx::query(&format!("{SELECT_PACKAGES} WHERE user_id = ? ORDER BY id"))
+                    .bind(u)
+                    .fetch_all(p)
+                    .await?,
+                None => sqlx::query(&format!("{SELECT_PACKAGES} ORDER BY id")).fetch_all(p).await?,
+            };
+            Ok(readable("packages", &rows))
+        })
     }
 
     /// Packages whose usage changed at or after `since` (for pushes to nodes).
@@ -204,33 +204,52 @@ impl Store {
         .await?))
     }
 
+    /// Applies `patch` in one statement: fields it leaves out keep
+    /// whatever they hold when it runs.
     pub async fn update_package(&self, id: i64, patch: &PackagePatch) -> StoreResult<Package> {
-        let cur = self.get_package(id).await?;
         let now = Utc::now();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
-                "UPDATE user_packages SET name = ?, status = ?, daily_quota = ?, weekly_quota = ?, monthly_quota = ?, \
-                 quota_total = ?, allowed_models = ?, starts_at = ?, expires_at = ?, updated_at = ? WHERE id = ?",
+                "UPDATE user_packages SET name = COALESCE(?, name), status = COALESCE(?, status), \
+                 daily_quota = CASE WHEN ? THEN ? ELSE daily_quota END, \
+                 weekly_quota = CASE WHEN ? THEN ? ELSE weekly_quota END, \
+                 monthly_quota = CASE WHEN ? THEN ? ELSE monthly_quota END, \
+                 quota_total = CASE WHEN ? THEN ? ELSE quota_total END, \
+                 allowed_models = CASE WHEN ? THEN ? ELSE allowed_models END, \
+                 starts_at = CASE WHEN ? THEN ? ELSE starts_at END, \
+                 expires_at = CASE WHEN ? THEN ? ELSE expires_at END, updated_at = ? WHERE id = ?",
             )
-            .bind(patch.name.as_ref().unwrap_or(&cur.name))
-            .bind(patch.status.as_ref().unwrap_or(&cur.status))
-            .bind(usd(patch.daily_quota.unwrap_or(cur.daily_quota)))
-            .bind(usd(patch.weekly_quota.unwrap_or(cur.weekly_quota)))
-            .bind(usd(patch.monthly_quota.unwrap_or(cur.monthly_quota)))
-            .bind(usd(patch.quota_total.unwrap_or(cur.quota_total)))
-            .bind(list_to_column(patch.allowed_models.as_ref().unwrap_or(&cur.allowed_models)))
-            .bind(patch.starts_at.unwrap_or(cur.starts_at))
-            .bind(patch.expires_at.unwrap_or(cur.expires_at))
+            .bind(&patch.name)
+            .bind(patch.status.map(ActiveStatus::as_str))
+            .bind(patch.daily_quota.is_some())
+            .bind(usd(patch.daily_quota.flatten()))
+            .bind(patch.weekly_quota.is_some())
+            .bind(usd(patch.weekly_quota.flatten()))
+            .bind(patch.monthly_quota.is_some())
+            .bind(usd(patch.monthly_quota.flatten()))
+            .bind(patch.quota_total.is_some())
+            .bind(usd(patch.quota_total.flatten()))
+            .bind(patch.allowed_models.is_some())
+            .bind(patch.allowed_models.as_deref().and_then(list_to_column))
+            .bind(patch.starts_at.is_some())
+            .bind(patch.starts_at.flatten())
+            .bind(patch.expires_at.is_some())
+            .bind(patch.expires_at.flatten())
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
             .await?;
+            let package = sqlx::query_as::<_, Package>(&format!("{SELECT_PACKAGES} WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
             self.signal_change();
-        });
-        self.get_package(id).await
+            Ok(package)
+        })
     }
 
     pub async fn delete_package(&self, id: i64) -> StoreResult<()> {

@@ -4,6 +4,12 @@ use chrono::{Duration, Utc};
 use rust_decimal::Decimal;
 use std::str::FromStr;
 
+use aiproxy_shared::billing::PackageKind;
+use aiproxy_shared::domain::{
+    AccountKind, AccountStatus, ActiveStatus, BillingType, HealthStatus, Role,
+};
+
+use super::db::with_pool;
 use super::*;
 
 pub(crate) struct TestDb {
@@ -90,7 +96,7 @@ async fn user(store: &Store, name: &str) -> User {
         .create_user(&NewUser {
             username: name.into(),
             password_hash: "hash".into(),
-            role: "user".into(),
+            role: Role::User,
             price_rate: dec("1.5"),
             email: None,
             max_concurrency: 0,
@@ -106,7 +112,7 @@ async fn key(store: &Store, user_id: i64, hash: &str) -> ApiKey {
             name: "k".into(),
             key_hash: hash.into(),
             key_prefix: "sk-aiproxy-abcd".into(),
-            billing_type: "package".into(),
+            billing_type: BillingType::Package,
             cost_limit: Some(dec("12.5")),
             rate_limit: 60,
             allowed_models: vec!["claude-sonnet-4-5".into()],
@@ -123,7 +129,7 @@ async fn account(store: &Store) -> Account {
     store
         .create_account(&NewAccount {
             name: "a".into(),
-            kind: "claude-api".into(),
+            kind: AccountKind::ClaudeApi,
             credentials_sealed: "sealed".into(),
             base_url: Some("http://127.0.0.1:1".into()),
             proxy_sealed: None,
@@ -183,7 +189,7 @@ on_every_backend!(users_round_trip_and_conflict, |store| {
         .create_user(&NewUser {
             username: "alice".into(),
             password_hash: "x".into(),
-            role: "user".into(),
+            role: Role::User,
             price_rate: Decimal::ONE,
             email: None,
             max_concurrency: 0,
@@ -194,13 +200,13 @@ on_every_backend!(users_round_trip_and_conflict, |store| {
         .update_user(
             u.id,
             &UserPatch {
-                status: Some("disabled".into()),
+                status: Some(ActiveStatus::Disabled),
                 ..Default::default()
             },
         )
         .await
         .unwrap();
-    assert_eq!(patched.status, "disabled");
+    assert_eq!(patched.status, ActiveStatus::Disabled);
     assert_eq!(patched.username, "alice");
     assert_eq!(patched.token_generation, 0, "only a new password moves it");
     let rekeyed = store
@@ -229,14 +235,14 @@ on_every_backend!(api_keys_keep_fields_and_hash_is_unique, |store| {
     let k = key(store, u.id, &"ab".repeat(32)).await;
     assert_eq!(k.cost_limit, Some(dec("12.5")));
     assert_eq!(k.allowed_models, vec!["claude-sonnet-4-5".to_string()]);
-    assert_eq!(k.status, "active");
+    assert_eq!(k.status, ActiveStatus::Active);
     let again = store
         .create_api_key(&NewApiKey {
             user_id: u.id,
             name: "dup".into(),
             key_hash: "ab".repeat(32),
             key_prefix: "p".into(),
-            billing_type: "package".into(),
+            billing_type: BillingType::Package,
             cost_limit: None,
             rate_limit: 0,
             allowed_models: vec![],
@@ -252,14 +258,14 @@ on_every_backend!(api_keys_keep_fields_and_hash_is_unique, |store| {
         .update_api_key(
             k.id,
             &ApiKeyPatch {
-                status: Some("disabled".into()),
+                status: Some(ActiveStatus::Disabled),
                 expires_at: Some(Some(expires)),
                 ..Default::default()
             },
         )
         .await
         .unwrap();
-    assert_eq!(patched.status, "disabled");
+    assert_eq!(patched.status, ActiveStatus::Disabled);
     assert_eq!(
         patched.expires_at.unwrap().timestamp_millis(),
         expires.timestamp_millis()
@@ -389,7 +395,7 @@ on_every_backend!(user_names_match_one_normalised_form_everywhere, |store| {
             .create_user(&NewUser {
                 username: twin.into(),
                 password_hash: "h".into(),
-                role: "user".into(),
+                role: Role::User,
                 price_rate: dec("1"),
                 email: None,
                 max_concurrency: 0,
@@ -410,7 +416,7 @@ on_every_backend!(an_owner_cannot_enable_a_key_an_admin_disabled, |store| {
             name: "k".into(),
             key_hash: "ab".repeat(32),
             key_prefix: "sk-aiproxy-abcd".into(),
-            billing_type: "package".into(),
+            billing_type: BillingType::Package,
             cost_limit: None,
             rate_limit: 0,
             allowed_models: vec![],
@@ -425,7 +431,7 @@ on_every_backend!(an_owner_cannot_enable_a_key_an_admin_disabled, |store| {
         .update_api_key(
             k.id,
             &ApiKeyPatch {
-                status: Some("disabled".into()),
+                status: Some(ActiveStatus::Disabled),
                 disabled_by_admin: Some(true),
                 ..Default::default()
             },
@@ -434,13 +440,13 @@ on_every_backend!(an_owner_cannot_enable_a_key_an_admin_disabled, |store| {
         .unwrap();
     assert!(disabled.disabled_by_admin);
     // Whatever the owner's change says, the status stays the admin's.
-    for status in [Some("active"), None] {
+    for status in [Some(ActiveStatus::Active), None] {
         let renamed = store
             .update_api_key(
                 k.id,
                 &ApiKeyPatch {
                     name: Some("renamed".into()),
-                    status: status.map(String::from),
+                    status,
                     disabled_by_admin: Some(false),
                     by_owner: true,
                     ..Default::default()
@@ -449,20 +455,139 @@ on_every_backend!(an_owner_cannot_enable_a_key_an_admin_disabled, |store| {
             .await
             .unwrap();
         assert_eq!(renamed.name, "renamed");
-        assert_eq!(renamed.status, "disabled");
+        assert_eq!(renamed.status, ActiveStatus::Disabled);
         assert!(renamed.disabled_by_admin);
     }
     let enabled = store
         .update_api_key(
             k.id,
             &ApiKeyPatch {
-                status: Some("active".into()),
+                status: Some(ActiveStatus::Active),
                 disabled_by_admin: Some(false),
                 ..Default::default()
             },
         )
         .await
         .unwrap();
-    assert_eq!(enabled.status, "active");
+    assert_eq!(enabled.status, ActiveStatus::Active);
     assert!(!enabled.disabled_by_admin);
+});
+
+on_every_backend!(concurrent_patches_lose_no_change, |store| {
+    // Each patch names the fields it changes; whatever else the row holds
+    // when it runs stays, so racing changes of different fields all land,
+    // and every password change moves the token generation on.
+    let u = user(store, "racer").await;
+    let k = key(store, u.id, "racehash").await;
+    let a = account(store).await;
+    let rounds = 12;
+    let mut changes = Vec::new();
+    for i in 0..rounds {
+        let store = store.clone();
+        changes.push(tokio::spawn(async move {
+            let password = UserPatch {
+                password_hash: Some(format!("hash-{i}")),
+                ..Default::default()
+            };
+            let concurrency = UserPatch {
+                max_concurrency: Some(i + 1),
+                ..Default::default()
+            };
+            store.update_user(u.id, &password).await.unwrap();
+            store.update_user(u.id, &concurrency).await.unwrap();
+            let rate = ApiKeyPatch {
+                rate_limit: Some(i + 1),
+                ..Default::default()
+            };
+            let renamed = ApiKeyPatch {
+                name: Some(format!("key-{i}")),
+                ..Default::default()
+            };
+            store.update_api_key(k.id, &rate).await.unwrap();
+            store.update_api_key(k.id, &renamed).await.unwrap();
+            let weight = AccountPatch {
+                weight: Some(i + 1),
+                ..Default::default()
+            };
+            let reason = AccountPatch {
+                disabled_reason: Some(Some(format!("reason-{i}"))),
+                ..Default::default()
+            };
+            store.update_account(a.id, &weight).await.unwrap();
+            store.update_account(a.id, &reason).await.unwrap();
+        }));
+    }
+    for change in changes {
+        change.await.unwrap();
+    }
+    let after = store.get_user(u.id).await.unwrap();
+    assert_eq!(
+        after.token_generation,
+        i64::from(rounds),
+        "a password change was lost"
+    );
+    assert!(after.max_concurrency >= 1 && after.password_hash.starts_with("hash-"));
+    let key = store.get_api_key(k.id).await.unwrap();
+    assert!(
+        key.rate_limit >= 1 && key.name.starts_with("key-"),
+        "{key:?}"
+    );
+    let account = store.get_account(a.id).await.unwrap();
+    assert!(account.weight >= 1, "{account:?}");
+    assert!(
+        account
+            .disabled_reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("reason-")),
+        "{account:?}"
+    );
+    let missing = store.update_user(u.id + 1000, &UserPatch::default()).await;
+    assert!(matches!(missing, Err(StoreError::NotFound)), "{missing:?}");
+});
+
+on_every_backend!(a_row_that_no_longer_reads_is_left_out_alone, |store| {
+    // A status or kind edited by hand to a name this version does not know
+    // leaves that row out of listings (and so out of the snapshot); the
+    // rest are listed and the snapshot's key projection still reads.
+    let good = user(store, "good").await;
+    let odd = user(store, "odd").await;
+    let first = account(store).await;
+    let second = account(store).await;
+    key(store, odd.id, "oddhash").await;
+    with_pool!(store, p => {
+        sqlx::query("UPDATE users SET status = 'paused' WHERE id = ?")
+            .bind(odd.id)
+            .execute(p)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE accounts SET type = 'claude-next' WHERE id = ?")
+            .bind(second.id)
+            .execute(p)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE api_keys SET client_filter = 'loose', status = 'paused'")
+            .execute(p)
+            .await
+            .unwrap();
+    });
+    let users: Vec<i64> = store
+        .list_users()
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.id)
+        .collect();
+    assert_eq!(users, vec![good.id]);
+    let accounts: Vec<i64> = store
+        .list_accounts()
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(accounts, vec![first.id]);
+    let keys = store.snapshot_keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].client_filter.as_deref(), Some("loose"));
+    assert!(!keys[0].active, "an unreadable status never lets a key in");
 });

@@ -3,7 +3,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-use super::db::{Usd, impl_from_row, with_pool};
+use aiproxy_shared::domain::{ActiveStatus, Role};
+
+use super::db::{Usd, impl_from_row, named, readable, with_pool};
 use super::{BUMP_VERSION, LastId, Store, StoreError, StoreResult};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -12,10 +14,8 @@ pub struct User {
     pub username: String,
     #[serde(skip)]
     pub password_hash: String,
-    #[schema(value_type = aiproxy_shared::domain::Role)]
-    pub role: String,
-    #[schema(value_type = aiproxy_shared::domain::ActiveStatus)]
-    pub status: String,
+    pub role: Role,
+    pub status: ActiveStatus,
     pub price_rate: Decimal,
     pub email: Option<String>,
     pub max_concurrency: i32,
@@ -31,8 +31,8 @@ impl_from_row!(User, |r| {
         id: r.try_get("id")?,
         username: r.try_get("username")?,
         password_hash: r.try_get("password_hash")?,
-        role: r.try_get("role")?,
-        status: r.try_get("status")?,
+        role: named("role", r.try_get("role")?)?,
+        status: named("status", r.try_get("status")?)?,
         price_rate: r.try_get::<Usd, _>("price_rate")?.0,
         email: r.try_get("email")?,
         max_concurrency: r.try_get("max_concurrency")?,
@@ -46,7 +46,7 @@ impl_from_row!(User, |r| {
 pub struct NewUser {
     pub username: String,
     pub password_hash: String,
-    pub role: String,
+    pub role: Role,
     pub price_rate: Decimal,
     pub email: Option<String>,
     pub max_concurrency: i32,
@@ -56,8 +56,8 @@ pub struct NewUser {
 #[derive(Debug, Clone, Default)]
 pub struct UserPatch {
     pub password_hash: Option<String>,
-    pub role: Option<String>,
-    pub status: Option<String>,
+    pub role: Option<Role>,
+    pub status: Option<ActiveStatus>,
     pub price_rate: Option<Decimal>,
     pub email: Option<Option<String>>,
     pub max_concurrency: Option<i32>,
@@ -94,7 +94,7 @@ impl Store {
             .bind(&new.username)
             .bind(username_key(&new.username))
             .bind(&new.password_hash)
-            .bind(&new.role)
+            .bind(new.role.as_str())
             .bind(Usd(new.price_rate))
             .bind(&new.email)
             .bind(new.max_concurrency)
@@ -163,36 +163,47 @@ impl Store {
     }
 
     pub async fn list_users(&self) -> StoreResult<Vec<User>> {
-        with_pool!(self, p => Ok(sqlx::query_as::<_, User>(select_users!(" ORDER BY id"))
-            .fetch_all(p)
-            .await?))
+        with_pool!(self, p => {
+            let rows = sqlx::query(select_users!(" ORDER BY id")).fetch_all(p).await?;
+            Ok(readable("users", &rows))
+        })
     }
 
+    /// Applies `patch` in one statement: fields it leaves out keep
+    /// whatever they hold when it runs, and a new password moves the token
+    /// generation on from the stored one.
     pub async fn update_user(&self, id: i64, patch: &UserPatch) -> StoreResult<User> {
-        let current = self.get_user(id).await?;
         let now = Utc::now();
         with_pool!(self, p => {
             let mut tx = p.begin().await?;
             sqlx::query(
-                "UPDATE users SET password_hash = ?, token_generation = ?, role = ?, status = ?, price_rate = ?, email = ?, \
-                 max_concurrency = ?, updated_at = ? WHERE id = ?",
+                "UPDATE users SET password_hash = COALESCE(?, password_hash), token_generation = token_generation + ?, \
+                 role = COALESCE(?, role), status = COALESCE(?, status), price_rate = COALESCE(?, price_rate), \
+                 email = CASE WHEN ? THEN ? ELSE email END, max_concurrency = COALESCE(?, max_concurrency), \
+                 updated_at = ? WHERE id = ?",
             )
-            .bind(patch.password_hash.as_ref().unwrap_or(&current.password_hash))
-            .bind(current.token_generation + i64::from(patch.password_hash.is_some()))
-            .bind(patch.role.as_ref().unwrap_or(&current.role))
-            .bind(patch.status.as_ref().unwrap_or(&current.status))
-            .bind(Usd(patch.price_rate.unwrap_or(current.price_rate)))
-            .bind(patch.email.clone().unwrap_or(current.email.clone()))
-            .bind(patch.max_concurrency.unwrap_or(current.max_concurrency))
+            .bind(&patch.password_hash)
+            .bind(i64::from(patch.password_hash.is_some()))
+            .bind(patch.role.map(Role::as_str))
+            .bind(patch.status.map(ActiveStatus::as_str))
+            .bind(patch.price_rate.map(Usd))
+            .bind(patch.email.is_some())
+            .bind(patch.email.clone().flatten())
+            .bind(patch.max_concurrency)
             .bind(now)
             .bind(id)
             .execute(&mut *tx)
             .await?;
+            let user = sqlx::query_as::<_, User>(select_users!(" WHERE id = ?"))
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::NotFound)?;
             sqlx::query(BUMP_VERSION).execute(&mut *tx).await?;
             tx.commit().await?;
             self.signal_change();
-        });
-        self.get_user(id).await
+            Ok(user)
+        })
     }
 
     /// Deletes a user and their keys and packages; their request logs stay.

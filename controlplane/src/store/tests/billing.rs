@@ -31,7 +31,7 @@ async fn subscription(store: &Store, user_id: i64, daily: &str, weekly: &str) ->
         .create_package(&NewPackage {
             user_id,
             name: "pro".into(),
-            kind: "subscription".into(),
+            kind: PackageKind::Subscription,
             daily_quota: Some(dec(daily)),
             weekly_quota: Some(dec(weekly)),
             monthly_quota: None,
@@ -49,7 +49,7 @@ async fn quota(store: &Store, user_id: i64, total: &str) -> Package {
         .create_package(&NewPackage {
             user_id,
             name: "top-up".into(),
-            kind: "quota".into(),
+            kind: PackageKind::Quota,
             daily_quota: None,
             weekly_quota: None,
             monthly_quota: None,
@@ -419,8 +419,5 @@ on_every_backend!(snapshot_keys_read_what_the_keys_hold, |store| {
     );
     assert_eq!((s.rate_limit, s.max_concurrency), (60, 0));
     assert_eq!(s.allowed_models, vec!["claude-sonnet-4-5".to_string()]);
-    assert_eq!(
-        (s.billing_type.as_str(), s.status.as_str()),
-        ("package", "active")
-    );
+    assert_eq!((s.billing_type.as_str(), s.active), ("package", true));
 });

@@ -47,7 +47,7 @@ on_every_backend!(
         assert_eq!(effect, HealthEffect::Disabled(3));
         let stored = store.get_account(a.id).await.unwrap();
         assert!(!stored.enabled);
-        assert_eq!(stored.health_status, "failed");
+        assert_eq!(stored.health_status, HealthStatus::Failed);
         let reason = stored.disabled_reason.unwrap();
         assert!(
             reason.contains("3 consecutive failures") && reason.contains("invalid x-api-key"),
@@ -72,7 +72,11 @@ on_every_backend!(
         assert!(!stored.enabled, "a reset without enable leaves it disabled");
         store.reset_accounts(Some(a.id), true).await.unwrap();
         let stored = store.get_account(a.id).await.unwrap();
-        assert!(stored.enabled && stored.status == "valid" && stored.disabled_reason.is_none());
+        assert!(
+            stored.enabled
+                && stored.status == AccountStatus::Valid
+                && stored.disabled_reason.is_none()
+        );
         assert!(matches!(
             store.reset_accounts(Some(a.id + 100), true).await,
             Err(StoreError::NotFound)
@@ -98,7 +102,7 @@ on_every_backend!(
             HealthEffect::Counted(0)
         );
         let stored = store.get_account(a.id).await.unwrap();
-        assert_eq!(stored.health_status, "ok");
+        assert_eq!(stored.health_status, HealthStatus::Ok);
         assert_eq!(stored.usage_5h_utilization, Some(42.5));
         assert!(stored.health_checked_at.is_some() && stored.enabled);
 

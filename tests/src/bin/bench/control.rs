@@ -17,7 +17,7 @@ async fn seeded(store: &Store) -> (i64, i64, i64) {
         .create_user(&NewUser {
             username: "ingest".into(),
             password_hash: "x".into(),
-            role: "user".into(),
+            role: aiproxy_shared::domain::Role::User,
             price_rate: Decimal::ONE,
             email: None,
             max_concurrency: 0,
@@ -30,7 +30,7 @@ async fn seeded(store: &Store) -> (i64, i64, i64) {
             name: "k".into(),
             key_hash: "ab".repeat(32),
             key_prefix: "sk-aiproxy-bench".into(),
-            billing_type: "package".into(),
+            billing_type: aiproxy_shared::domain::BillingType::Package,
             cost_limit: None,
             rate_limit: 0,
             allowed_models: Vec::new(),
@@ -44,7 +44,7 @@ async fn seeded(store: &Store) -> (i64, i64, i64) {
     let account = store
         .create_account(&NewAccount {
             name: "a".into(),
-            kind: "claude-api".into(),
+            kind: aiproxy_shared::domain::AccountKind::ClaudeApi,
             credentials_sealed: Sealer::new(SECRET).seal(br#"{"api_key":"k"}"#),
             base_url: None,
             proxy_sealed: None,
