@@ -21,6 +21,8 @@ const SOURCES: &[&str] = &[
     "tsconfig.json",
     "tsconfig.app.json",
     "tsconfig.node.json",
+    // The API types are generated from it.
+    "../controlplane/openapi.json",
 ];
 const HASH_FILE: &str = ".source-hash";
 

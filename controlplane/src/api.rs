@@ -15,98 +15,163 @@ mod users;
 use axum::Json;
 use axum::Router;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde_json::json;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 pub use crate::service::{ServiceError, ServiceResult, Services};
 
 /// Largest price file `/prices/import` takes.
 pub(crate) const PRICE_FILE_LIMIT: usize = 16 * 1024 * 1024;
 
-const OPENAPI: &str = include_str!("api/openapi.json");
+/// The document's frame; the paths and their schemas come from the
+/// handlers the router is built from, so every route is documented.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "aiproxy admin API",
+        version = "1",
+        description = "Admin and self-service API of the aiproxy control plane. \
+            Authenticate with POST /auth/login, then send Authorization: Bearer <token>. \
+            Money is a decimal string or a JSON number; an absent or null limit means none."
+    ),
+    servers((url = "/api/v1")),
+    components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct Frame;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        // The crate's (empty) license field is not the API's.
+        openapi.info.license = None;
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every route under `/api/v1`, each from its documented handler.
+fn documented() -> OpenApiRouter<Services> {
+    OpenApiRouter::with_openapi(<Frame as utoipa::OpenApi>::openapi())
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::me))
+        .routes(routes!(auth::change_password))
+        .routes(routes!(users::list, users::create))
+        .routes(routes!(users::get_one, users::update, users::remove))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::get_one, keys::update, keys::remove))
+        .routes(routes!(accounts::list, accounts::create))
+        .routes(routes!(accounts::reset_all))
+        .routes(routes!(accounts::enable))
+        .routes(routes!(accounts::disable))
+        .routes(routes!(accounts::reset))
+        .routes(routes!(accounts::test))
+        .routes(routes!(
+            accounts::get_one,
+            accounts::update,
+            accounts::remove
+        ))
+        .routes(routes!(settings::get, settings::update))
+        .routes(routes!(audit::list))
+        .routes(routes!(apply::apply))
+        .routes(routes!(cache::refresh))
+        .routes(routes!(cache::nodes))
+        .routes(routes!(oauth::authorize))
+        .routes(routes!(oauth::exchange))
+        .routes(routes!(logs::list))
+        .routes(routes!(logs::export))
+        .routes(routes!(packages::list_for_user, packages::create))
+        .routes(routes!(packages::reset_for_user))
+        .routes(routes!(packages::list))
+        .routes(routes!(
+            packages::get_one,
+            packages::update,
+            packages::remove
+        ))
+        .routes(routes!(packages::reset))
+        .routes(routes!(prices::list))
+        // LiteLLM's price file is larger than any other body.
+        .routes(
+            routes!(prices::import).layer(axum::extract::DefaultBodyLimit::max(PRICE_FILE_LIMIT)),
+        )
+        .routes(routes!(prices::put, prices::remove))
+        .routes(routes!(prices::history))
+        .routes(routes!(logs::totals))
+        .routes(routes!(logs::consistency))
+        .routes(routes!(logs::rerate))
+        .routes(routes!(cache::sessions, cache::clear_sessions))
+        .routes(routes!(cache::concurrency, cache::clear_concurrency))
+        .routes(routes!(cache::unavailable, cache::clear_unavailable))
+        .routes(routes!(cache::rate_limited, cache::clear_rate_limited))
+}
+
+/// The OpenAPI document of `/api/v1`, as served at `/api/v1/openapi.json`
+/// and committed as `controlplane/openapi.json`.
+pub fn contract() -> String {
+    render(documented().into_openapi())
+}
+
+fn render(mut document: utoipa::openapi::OpenApi) -> String {
+    // Handlers are named within their module (`users::list`); the
+    // document's ids must be unique, so they carry the tag too.
+    for item in document.paths.paths.values_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tag = operation
+                .tags
+                .as_ref()
+                .and_then(|t| t.first())
+                .map(|t| t.replace('-', "_"));
+            if let (Some(tag), Some(id)) = (tag, operation.operation_id.as_mut()) {
+                *id = format!("{tag}_{id}");
+            }
+        }
+    }
+    #[allow(clippy::expect_used)] // plain data: strings, maps and numbers
+    let mut json = document
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises");
+    json.push('\n');
+    json
+}
 
 pub fn router(state: Services) -> Router {
-    let v1 = Router::new()
-        .route("/auth/login", post(auth::login))
-        .route("/me", get(auth::me))
-        .route("/me/password", post(auth::change_password))
-        .route("/users", get(users::list).post(users::create))
+    let (v1, document) = documented().split_for_parts();
+    let document = axum::body::Bytes::from(render(document));
+    let v1 = v1
         .route(
-            "/users/{id}",
-            get(users::get_one)
-                .patch(users::update)
-                .delete(users::remove),
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        document,
+                    )
+                }
+            }),
         )
-        .route("/api-keys", get(keys::list).post(keys::create))
-        .route(
-            "/api-keys/{id}",
-            get(keys::get_one).patch(keys::update).delete(keys::remove),
-        )
-        .route("/accounts", get(accounts::list).post(accounts::create))
-        .route("/accounts/reset", post(accounts::reset_all))
-        .route("/accounts/{id}/enable", post(accounts::enable))
-        .route("/accounts/{id}/disable", post(accounts::disable))
-        .route("/accounts/{id}/reset", post(accounts::reset))
-        .route("/accounts/{id}/test", post(accounts::test))
-        .route("/settings", get(settings::get).patch(settings::update))
-        .route("/audit-logs", get(audit::list))
-        .route("/apply", post(apply::apply))
-        .route("/cache/refresh", post(cache::refresh))
-        .route("/nodes", get(cache::nodes))
-        .route("/oauth/authorize", post(oauth::authorize))
-        .route("/oauth/exchange", post(oauth::exchange))
-        .route(
-            "/accounts/{id}",
-            get(accounts::get_one)
-                .patch(accounts::update)
-                .delete(accounts::remove),
-        )
-        .route("/request-logs", get(logs::list))
-        .route("/request-logs/export", get(logs::export))
-        .route(
-            "/users/{id}/packages",
-            get(packages::list_for_user).post(packages::create),
-        )
-        .route("/users/{id}/packages/reset", post(packages::reset_for_user))
-        .route("/packages", get(packages::list))
-        .route(
-            "/packages/{id}",
-            get(packages::get_one)
-                .patch(packages::update)
-                .delete(packages::remove),
-        )
-        .route("/packages/{id}/reset", post(packages::reset))
-        .route("/prices", get(prices::list))
-        // LiteLLM's price file is larger than any other body.
-        .route(
-            "/prices/import",
-            post(prices::import).layer(axum::extract::DefaultBodyLimit::max(PRICE_FILE_LIMIT)),
-        )
-        .route(
-            "/prices/{model}",
-            axum::routing::put(prices::put).delete(prices::remove),
-        )
-        .route("/prices/{model}/history", get(prices::history))
-        .route("/usage", get(logs::totals))
-        .route("/usage/consistency", get(logs::consistency))
-        .route("/usage/rerate", post(logs::rerate))
-        .route(
-            "/cache/sessions",
-            get(cache::sessions).delete(cache::clear_sessions),
-        )
-        .route(
-            "/cache/concurrency",
-            get(cache::concurrency).delete(cache::clear_concurrency),
-        )
-        .route(
-            "/cache/unavailable",
-            get(cache::unavailable).delete(cache::clear_unavailable),
-        )
-        .route(
-            "/cache/rate-limited",
-            get(cache::rate_limited).delete(cache::clear_rate_limited),
-        )
-        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -118,13 +183,6 @@ pub fn router(state: Services) -> Router {
         .fallback(crate::console::serve)
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
-}
-
-async fn openapi() -> impl IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        OPENAPI,
-    )
 }
 
 async fn not_found() -> ServiceError {
@@ -243,5 +301,44 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathId {
             Ok(axum::extract::Path(id)) => Ok(PathId(id)),
             Err(_) => Err(ServiceError::BadRequest("id must be an integer".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed document is what the code generates; the console's
+    /// types are generated from it. `AIPROXY_BLESS=1` rewrites it.
+    #[test]
+    fn the_committed_contract_is_generated_from_the_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+        let generated = super::contract();
+        if std::env::var_os("AIPROXY_BLESS").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let document: serde_json::Value = serde_json::from_str(&generated).unwrap();
+        let schemas = &document["components"]["schemas"];
+        for name in generated
+            .split("\"#/components/schemas/")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+        {
+            assert!(
+                schemas.get(name).is_some(),
+                "{name} is referred to but not defined"
+            );
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for item in document["paths"].as_object().unwrap().values() {
+            for operation in item.as_object().unwrap().values() {
+                let id = operation["operationId"].as_str().unwrap();
+                assert!(ids.insert(id.to_string()), "operation id {id} twice");
+            }
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "controlplane/openapi.json differs from the code; run \
+             `AIPROXY_BLESS=1 cargo test -p aiproxy-controlplane contract` and commit it"
+        );
     }
 }

@@ -280,27 +280,14 @@ impl SystemSettings {
         }
     }
 
-    /// `{settings: {key: value}, stored: [keys], specs: [...]}` for the API.
-    pub fn to_json(&self) -> Value {
-        let settings: Map<String, Value> = self
-            .values
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
-        let specs: Vec<Value> = SPECS
-            .iter()
-            .map(|s| {
-                let (kind, limits) = match s.kind {
-                    Kind::Bool => ("bool", json!(null)),
-                    Kind::Int { min, max } => ("int", json!({ "min": min, "max": max })),
-                    Kind::Float { min, max } => ("float", json!({ "min": min, "max": max })),
-                    Kind::Choice(c) => ("choice", json!(c)),
-                    Kind::List(c) => ("list", json!(c)),
-                };
-                json!({ "key": s.key, "type": kind, "allowed": limits, "group": s.group, "help": s.help })
-            })
-            .collect();
-        json!({ "settings": settings, "stored": self.stored, "specs": specs })
+    /// Every setting's value in force, by name.
+    pub fn values(&self) -> impl Iterator<Item = (&'static str, &Value)> {
+        self.values.iter().map(|(k, v)| (*k, v))
+    }
+
+    /// The settings stored rather than defaulted.
+    pub fn stored(&self) -> &[&'static str] {
+        &self.stored
     }
 }
 

@@ -36,12 +36,34 @@ impl fmt::Display for Money {
     }
 }
 
-/// Parses a decimal written as text: plain (`1.50`) or scientific (`1.5e2`).
+/// What [`parse_decimal`] reads, as the OpenAPI document states it.
+pub const DECIMAL_PATTERN: &str = r"^[ \t\n\r]*-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?[ \t\n\r]*$";
+
+/// Parses a decimal written as text: plain (`1.50`) or scientific (`1.5e2`),
+/// with JSON's whitespace around it and nothing else (no `+`, `_` or `.5`).
 pub fn parse_decimal(text: &str) -> Option<Decimal> {
-    let text = text.trim();
+    let text = text.trim_matches([' ', '\t', '\n', '\r']);
+    if !is_decimal_text(text) {
+        return None;
+    }
     Decimal::from_str(text)
         .or_else(|_| Decimal::from_scientific(text))
         .ok()
+}
+
+fn is_decimal_text(text: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (number, exponent) = match unsigned.find(['e', 'E']) {
+        Some(at) => (&unsigned[..at], Some(&unsigned[at + 1..])),
+        None => (unsigned, None),
+    };
+    let (whole, fraction) = match number.split_once('.') {
+        Some((w, f)) => (w, Some(f)),
+        None => (number, None),
+    };
+    let exponent_ok = exponent.is_none_or(|e| digits(e.strip_prefix(['-', '+']).unwrap_or(e)));
+    digits(whole) && fraction.is_none_or(digits) && exponent_ok
 }
 
 /// An amount on the wire between the planes that is no decimal.
@@ -72,6 +94,19 @@ pub fn limit_to_wire(limit: Option<Decimal>) -> String {
 
 const EXPECTING: &str = "a decimal amount, as a string such as \"1.50\" or a number";
 
+/// The largest amount the API takes, in USD (either sign): every store
+/// holds it with ten decimal places.
+pub const MONEY_LIMIT: i64 = 100_000_000;
+
+fn bounded<E: serde::de::Error>(amount: Decimal) -> Result<Money, E> {
+    if amount.abs() > Decimal::from(MONEY_LIMIT) {
+        return Err(E::custom(format!(
+            "{amount} is beyond the largest amount, {MONEY_LIMIT} USD"
+        )));
+    }
+    Ok(Money(amount))
+}
+
 impl serde::Serialize for Money {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&self.0)
@@ -88,14 +123,14 @@ impl<'de> serde::Deserialize<'de> for Money {
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Money, E> {
                 parse_decimal(s)
-                    .map(Money)
                     .ok_or_else(|| E::custom(format!("{s:?} is not {EXPECTING}")))
+                    .and_then(bounded)
             }
             fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Money, E> {
-                Ok(Money(Decimal::from(n)))
+                bounded(Decimal::from(n))
             }
             fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Money, E> {
-                Ok(Money(Decimal::from(n)))
+                bounded(Decimal::from(n))
             }
             /// The shortest text that reads back as this float is the
             /// decimal the client wrote (for up to 15 significant digits).
@@ -104,8 +139,8 @@ impl<'de> serde::Deserialize<'de> for Money {
                     return Err(E::custom(EXPECTING));
                 }
                 parse_decimal(&n.to_string())
-                    .map(Money)
                     .ok_or_else(|| E::custom(format!("{n} is out of range")))
+                    .and_then(bounded)
             }
         }
         d.deserialize_any(V)
@@ -120,11 +155,17 @@ impl utoipa::PartialSchema for Money {
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::String)
-                    .pattern(Some(r"^\s*-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\s*$")),
+                    .pattern(Some(DECIMAL_PATTERN)),
             )
-            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Number)
+                    .minimum(Some(-MONEY_LIMIT as f64))
+                    .maximum(Some(MONEY_LIMIT as f64)),
+            )
             .description(Some(
-                "USD: a decimal string, or a number (exact up to 15 significant digits); answered as a string",
+                "USD: a decimal string, or a number (exact up to 15 significant digits), \
+                 at most 100000000 either way; answered as a string",
             ))
             .into()
     }
@@ -181,8 +222,33 @@ mod tests {
             serde_json::to_string(&Money(Decimal::from_str("0.1").unwrap())).unwrap(),
             "\"0.1\""
         );
-        for bad in ["\"lots\"", "true", "[1]", "null"] {
+        assert_eq!(read("100000000").unwrap(), Decimal::from(MONEY_LIMIT));
+        for bad in [
+            "\"lots\"",
+            "true",
+            "[1]",
+            "null",
+            "5.4e16",
+            "\"-100000000.01\"",
+        ] {
             assert!(read(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        /// A string is read as an amount exactly when the documented
+        /// pattern matches it (and its value fits a decimal).
+        #[test]
+        fn text_is_read_exactly_when_the_pattern_matches(
+            text in "[-+0-9.eE _\t\n\r\u{b}\u{a0}x]{0,12}"
+        ) {
+            let pattern = regex::Regex::new(DECIMAL_PATTERN).unwrap();
+            let read = parse_decimal(&text).is_some();
+            proptest::prop_assert!(!read || pattern.is_match(&text), "{:?} read", text);
+            // Twelve characters with a one-digit exponent always fit.
+            let exponent = regex::Regex::new("[eE][-+]?([0-9]+)").unwrap();
+            let small = exponent.captures(&text).is_none_or(|c| c[1].len() == 1);
+            proptest::prop_assert!(!(pattern.is_match(&text) && small) || read, "{:?} refused", text);
         }
     }
 }

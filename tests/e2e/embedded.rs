@@ -667,6 +667,11 @@ async fn admin_api_guards_roles_and_secrets() {
         .send("GET", &format!("{base}/openapi.json"), &[], None)
         .await;
     assert_eq!(spec.status, 200);
+    assert_eq!(
+        spec.text(),
+        include_str!("../../controlplane/openapi.json"),
+        "the served document is the committed one"
+    );
     assert!(spec.json()["paths"]["/request-logs"].is_object());
     assert!(spec.json()["paths"]["/cache/sessions"]["delete"].is_object());
     e.process.stop().await;

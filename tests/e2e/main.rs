@@ -1,6 +1,7 @@
 //! End-to-end suites: the real `aiproxy` binary against the mock upstream.
 mod billing;
 mod console;
+mod contract;
 mod embedded;
 mod hardening;
 mod limits;
@@ -9,6 +10,7 @@ mod multinode;
 mod oauth;
 mod operations;
 mod platforms;
+mod python;
 mod scheduling;
 mod sdk;
 mod split;

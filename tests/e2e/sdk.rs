@@ -5,36 +5,9 @@ use aiproxy_tests::mock::MockUpstream;
 use aiproxy_tests::mock::USAGE;
 use serde_json::{Value, json};
 
-/// A venv under `target/` with `tests/sdk/requirements.txt` installed, made once.
+/// The SDKs' venv (`tests/sdk/requirements.txt`).
 fn sdk_python() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = root.join("target").join("sdk-venv");
-    let python = venv.join("bin").join("python");
-    let requirements = root.join("tests/sdk/requirements.txt");
-    let stamp = venv.join("requirements.installed");
-    let wanted = std::fs::read_to_string(&requirements).expect("requirements.txt");
-    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return python;
-    }
-    let run = |cmd: &mut std::process::Command| {
-        let out = cmd.output().unwrap_or_else(|e| {
-            panic!("cannot run {cmd:?}: {e} (python3 with venv is needed for the SDK tests)")
-        });
-        assert!(
-            out.status.success(),
-            "{cmd:?} failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(std::process::Command::new("python3")
-        .arg("-m")
-        .arg("venv")
-        .arg(&venv));
-    run(std::process::Command::new(&python)
-        .args(["-m", "pip", "install", "-q", "-r"])
-        .arg(&requirements));
-    std::fs::write(&stamp, wanted).unwrap();
-    python
+    crate::python::venv("sdk-venv", "tests/sdk/requirements.txt").join("bin/python")
 }
 
 /// Runs one of `tests/sdk/*.py` and returns its JSON lines by check name.

@@ -136,6 +136,11 @@ pub struct Admin {
 }
 
 impl Admin {
+    /// The bearer token this session sends.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
     pub async fn login(http: &Http, admin_url: &str, username: &str, password: &str) -> Admin {
         let base = format!("{admin_url}/api/v1");
         let reply = http

@@ -55,6 +55,7 @@ pub async fn concurrency(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ConcurrencyQuery {
+    #[param(inline)]
     pub(crate) scope: Option<LoadScope>,
     pub(crate) id: Option<i64>,
 }

@@ -57,6 +57,7 @@ pub async fn remove(
 #[into_params(parameter_in = Query)]
 pub struct ImportQuery {
     /// `all` (default) or `existing`: only models already priced.
+    #[param(inline)]
     only: Option<ImportScope>,
 }
 

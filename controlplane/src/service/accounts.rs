@@ -1,7 +1,6 @@
 //! Upstream accounts: creating and changing them with their credentials
 //! sealed (write-only: answers show which fields are set, never values),
 //! taking them in and out of service, resetting and testing them.
-use std::collections::BTreeMap;
 
 use aiproxy_shared::domain::{AccountKind, AccountStatus};
 use aiproxy_shared::http::{ProxyUrl, mask_proxy_url};
@@ -14,7 +13,7 @@ use super::{Actor, ServiceError, ServiceResult, Services, double_option};
 use crate::store::{Account, AccountPatch, NewAccount};
 
 /// Credential fields by name (`api_key`, `access_token`, `refresh_token`, …).
-pub type Credentials = BTreeMap<String, String>;
+pub use crate::oauth::Credentials;
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +28,7 @@ pub struct CreateAccount {
     pub proxy_url: Option<String>,
     /// The fields the kind needs (e.g. `api_key`, or `access_token` and
     /// `refresh_token`).
+    #[schema(inline)]
     pub credentials: Credentials,
     /// Lower is tried first; 50 when left out.
     #[serde(default = "default_priority")]
@@ -88,6 +88,7 @@ pub struct UpdateAccount {
     pub enabled: Option<bool>,
     pub status: Option<AccountStatus>,
     /// Merged into the stored credentials; a field set to "" is removed.
+    #[schema(inline)]
     pub credentials: Option<Credentials>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<String>)]
@@ -114,6 +115,7 @@ pub struct AccountView {
     pub account: Account,
     /// Which credential fields are set, each masked to at most its last four
     /// characters (or `error` when unreadable with the current secret key).
+    #[schema(inline)]
     pub credentials: Credentials,
     /// The proxy with its password masked.
     pub proxy_url: Option<String>,

@@ -25,14 +25,70 @@ pub struct SettingsView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct SettingSpec {
     pub key: String,
-    /// `bool`, `int`, `float`, `choice` or `list`.
     #[serde(rename = "type")]
-    pub kind: String,
-    /// `{min, max}` for numbers, the names for a choice or a list.
-    #[schema(value_type = Object)]
-    pub allowed: Value,
+    pub kind: SettingType,
+    /// `{min, max}` for numbers, the names for a choice or a list; null for a flag.
+    pub allowed: Option<Allowed>,
     pub group: String,
     pub help: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SettingType {
+    Bool,
+    Int,
+    Float,
+    Choice,
+    List,
+}
+
+/// What a setting accepts besides its type.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Allowed {
+    Range {
+        #[schema(value_type = f64)]
+        min: serde_json::Number,
+        #[schema(value_type = f64)]
+        max: serde_json::Number,
+    },
+    Names(Vec<String>),
+}
+
+impl SettingSpec {
+    fn of(spec: &crate::settings::Spec) -> SettingSpec {
+        let names = |c: &[&str]| Some(Allowed::Names(c.iter().map(|n| n.to_string()).collect()));
+        let (kind, allowed) = match spec.kind {
+            Kind::Bool => (SettingType::Bool, None),
+            Kind::Int { min, max } => (
+                SettingType::Int,
+                Some(Allowed::Range {
+                    min: min.into(),
+                    max: max.into(),
+                }),
+            ),
+            Kind::Float { min, max } => {
+                let number = |v: f64| serde_json::Number::from_f64(v).unwrap_or_else(|| 0.into());
+                (
+                    SettingType::Float,
+                    Some(Allowed::Range {
+                        min: number(min),
+                        max: number(max),
+                    }),
+                )
+            }
+            Kind::Choice(c) => (SettingType::Choice, names(c)),
+            Kind::List(c) => (SettingType::List, names(c)),
+        };
+        SettingSpec {
+            key: spec.key.to_string(),
+            kind,
+            allowed,
+            group: spec.group.to_string(),
+            help: spec.help.to_string(),
+        }
+    }
 }
 
 /// Settings to change, by name; `null` returns a setting to its default.
@@ -45,6 +101,7 @@ impl PartialSchema for SettingsPatch {
     fn schema() -> RefOr<Schema> {
         let mut object = ObjectBuilder::new()
             .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .min_properties(Some(1))
             .description(Some(
                 "Runtime settings by name; null returns one to its default",
             ));
@@ -111,8 +168,14 @@ impl Described for RefOr<Schema> {
 impl Services {
     async fn settings_view(&self) -> ServiceResult<SettingsView> {
         let settings = SystemSettings::load(&self.store, &self.setting_defaults).await?;
-        serde_json::from_value(settings.to_json())
-            .map_err(|e| ServiceError::Internal(e.to_string()))
+        Ok(SettingsView {
+            settings: settings
+                .values()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            stored: settings.stored().iter().map(|k| k.to_string()).collect(),
+            specs: SPECS.iter().map(SettingSpec::of).collect(),
+        })
     }
 
     pub async fn get_settings(&self, actor: &Actor) -> ServiceResult<SettingsView> {

@@ -17,27 +17,38 @@ pub struct PriceRow {
     pub input_price: Decimal,
     pub output_price: Decimal,
     #[serde(default)]
+    #[schema(required = true)]
     pub cache_write_5m_price: Decimal,
     #[serde(default)]
+    #[schema(required = true)]
     pub cache_write_1h_price: Decimal,
     #[serde(default)]
+    #[schema(required = true)]
     pub cache_read_price: Decimal,
     /// Prompt tokens above which the `long_*` prices apply; 0 is no tier.
     #[serde(default)]
+    #[schema(required = true)]
     pub long_context_threshold: i64,
     #[serde(default)]
+    #[schema(required = true)]
     pub long_input_price: Decimal,
     #[serde(default)]
+    #[schema(required = true)]
     pub long_output_price: Decimal,
     #[serde(default)]
+    #[schema(required = true)]
     pub long_cache_write_5m_price: Decimal,
     #[serde(default)]
+    #[schema(required = true)]
     pub long_cache_write_1h_price: Decimal,
     #[serde(default)]
+    #[schema(required = true)]
     pub long_cache_read_price: Decimal,
     #[serde(default)]
+    #[schema(required = true)]
     pub version: i64,
     #[serde(default = "Utc::now")]
+    #[schema(required = true)]
     pub updated_at: DateTime<Utc>,
 }
 

@@ -28,7 +28,7 @@ export const useAuthStore = defineStore('auth', () => {
   async function login(username: string, password: string): Promise<User> {
     const res = await apiLogin(username, password)
     token.value = res.token
-    expiresAt.value = res.expires_at
+    expiresAt.value = res.expires_at ?? null
     user.value = res.user
     notice.value = null
     persist()
@@ -39,7 +39,7 @@ export const useAuthStore = defineStore('auth', () => {
   async function changePassword(currentPassword: string, newPassword: string): Promise<void> {
     const res = await apiChangePassword(currentPassword, newPassword)
     token.value = res.token
-    expiresAt.value = res.expires_at
+    expiresAt.value = res.expires_at ?? null
     user.value = res.user
     persist()
   }

@@ -89,7 +89,7 @@ export function deriveAccountState(a: Account, signals: AccountSignals = {}): Ac
   const limitedUntil = later(a.rate_limit_reset_at, signals.rateLimited?.reset_at, now)
   if (limitedUntil) return state('rate_limited', signals.rateLimited?.reason || null, limitedUntil)
   const mark = signals.unavailable
-  if (mark && Date.parse(mark.until) > now) return state('unavailable', mark.reason || null, mark.until)
+  if (mark?.until && Date.parse(mark.until) > now) return state('unavailable', mark.reason || null, mark.until)
   if (a.health_status === 'failed') return state('health_failed', a.health_message || null)
   return state('ok')
 }
