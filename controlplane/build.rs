@@ -3,6 +3,9 @@
 //! kept in `web/dist/.source-hash`) and npm is available, it rebuilds them
 //! first; otherwise the committed build is used as it is. Text assets are
 //! gzip-compressed here so they are served compressed without work per request.
+// A build script reports failure by panicking.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

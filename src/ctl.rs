@@ -258,17 +258,15 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 
 struct Ctl {
     client: ManagementServiceClient<Channel>,
-    bearer: String,
+    bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     json: bool,
 }
 
 impl Ctl {
     fn req<T>(&self, body: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(body);
-        req.metadata_mut().insert(
-            "authorization",
-            self.bearer.parse().expect("token is ASCII"),
-        );
+        req.metadata_mut()
+            .insert("authorization", self.bearer.clone());
         req
     }
 }
@@ -307,9 +305,14 @@ pub async fn run(config: Config, json: bool, command: CtlCommand) -> Result<(), 
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach the control plane at {url}: {e}"))?;
     let client = ManagementServiceClient::new(channel).max_decoding_message_size(64 << 20);
+    let bearer = format!("Bearer {}", token.expose()).parse().map_err(|_| {
+        Failure::Config(ConfigError::Invalid(
+            "the admin token must be printable ASCII".into(),
+        ))
+    })?;
     let mut ctl = Ctl {
         client,
-        bearer: format!("Bearer {}", token.expose()),
+        bearer,
         json,
     };
     match command {

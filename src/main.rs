@@ -67,10 +67,16 @@ fn main() -> ExitCode {
     ) {
         fit_connection_limits(&mut config, cli.command.as_ref());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("aiproxy: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         None => all_in_one(config, &runtime),
         Some(command) => runtime.block_on(async {

@@ -261,7 +261,14 @@ where
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(rejection) => Err(ServiceError::BadRequest(rejection.body_text())),
+            // The field, what is wrong with it, and where: without axum's preamble.
+            Err(rejection) => {
+                let text = rejection.body_text();
+                let text = text
+                    .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+                    .unwrap_or(&text);
+                Err(ServiceError::BadRequest(text.to_string()))
+            }
         }
     }
 }

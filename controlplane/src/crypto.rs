@@ -46,6 +46,10 @@ impl Sealer {
     /// `v1:` + hex(nonce ‖ ciphertext ‖ tag).
     pub fn seal(&self, plaintext: &[u8]) -> String {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        #[allow(
+            clippy::expect_used,
+            reason = "AES-GCM fails only on plaintexts beyond 64 GiB"
+        )]
         let ciphertext = self
             .cipher
             .encrypt(&nonce, plaintext)
@@ -149,6 +153,10 @@ impl JwtKeys {
             exp: now + (self.expire_hours as i64) * 3600,
             generation,
         };
+        #[allow(
+            clippy::expect_used,
+            reason = "HMAC signing of plain claims cannot fail"
+        )]
         let token = jsonwebtoken::encode(&Header::default(), &claims, &self.encoding)
             .expect("HS256 signing cannot fail");
         (token, claims)

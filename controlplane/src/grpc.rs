@@ -1,4 +1,5 @@
 //! The node-facing gRPC service: snapshot watch, ACKs and usage ingestion.
+use aiproxy_shared::sync::LockExt;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,8 @@ pub struct NodeApi {
     nodes: NodeRegistry,
     /// Shutdown: watch streams end, so the server can stop.
     shutdown: tokio_util::sync::CancellationToken,
+    /// Watch streams and refreshes a node asked for; shutdown waits for them.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// The data planes this control plane serves, by node id.
@@ -53,12 +56,7 @@ pub type NodeRegistry = Arc<Mutex<HashMap<String, NodeStatus>>>;
 
 /// The nodes, by id.
 pub fn list_nodes(nodes: &NodeRegistry) -> Vec<NodeStatus> {
-    let mut v: Vec<_> = nodes
-        .lock()
-        .expect("nodes lock")
-        .values()
-        .cloned()
-        .collect();
+    let mut v: Vec<_> = nodes.locked().values().cloned().collect();
     v.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     v
 }
@@ -74,6 +72,7 @@ impl NodeApi {
         billing_tz: chrono::FixedOffset,
         nodes: NodeRegistry,
         shutdown: tokio_util::sync::CancellationToken,
+        tasks: tokio_util::task::TaskTracker,
     ) -> Self {
         Self {
             store,
@@ -84,6 +83,7 @@ impl NodeApi {
             billing_tz,
             nodes,
             shutdown,
+            tasks,
         }
     }
 
@@ -136,7 +136,7 @@ impl NodeService for NodeApi {
         let mut usage = self.publisher.subscribe_usage();
         let (tx, out) = tokio::sync::mpsc::channel(2);
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let mut sent = req.last_version;
             let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
             heartbeat.tick().await;
@@ -193,7 +193,7 @@ impl NodeService for NodeApi {
         } else {
             tracing::warn!(node_id = %ack.node_id, version = ack.version, error = %ack.error, "node rejected snapshot");
         }
-        let mut nodes = self.nodes.lock().expect("nodes lock");
+        let mut nodes = self.nodes.locked();
         let entry = nodes
             .entry(ack.node_id.clone())
             .or_insert_with(|| NodeStatus {
@@ -228,7 +228,7 @@ impl NodeService for NodeApi {
         let refresher = self.refresher.clone();
         let health = self.health.clone();
         let state = self.state.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             match refresher.refresh(req.account_id, Some(refused)).await {
                 Ok(outcome) => {
                     tracing::info!(

@@ -144,13 +144,9 @@ pub fn retention_cutoff(
 ) -> chrono::DateTime<chrono::Utc> {
     let today = now.with_timezone(&tz).date_naive();
     let first_kept = today - chrono::Days::new(days.saturating_sub(1));
-    first_kept
-        .and_hms_opt(0, 0, 0)
-        .expect("midnight")
-        .and_local_timezone(tz)
-        .single()
-        .expect("fixed offsets are unambiguous")
-        .with_timezone(&chrono::Utc)
+    let midnight = first_kept.and_time(chrono::NaiveTime::MIN);
+    // A fixed offset maps every local time to exactly one instant.
+    (midnight - tz).and_utc().with_timezone(&chrono::Utc)
 }
 
 /// Takes and renews the lease; `leader` says whether this replica holds it.

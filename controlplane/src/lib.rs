@@ -227,6 +227,7 @@ pub async fn start(
         settings.billing_tz,
         nodes,
         cancel.clone(),
+        tracker.clone(),
     );
     let service = node_api.into_server(settings.node_token.expose().to_string());
     let mut server = tonic::transport::Server::builder();

@@ -1,6 +1,7 @@
 //! OAuth accounts: refreshing access tokens before they expire or when a
 //! node reports one refused, one refresh at a time per account (refresh
 //! tokens rotate), persisted atomically and pushed in the next snapshot.
+use aiproxy_shared::sync::LockExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -146,7 +147,7 @@ impl Refresher {
         refused: Option<[u8; 32]>,
     ) -> Result<Outcome, RefreshError> {
         let lock = {
-            let mut locks = self.inner.locks.lock().expect("refresh locks");
+            let mut locks = self.inner.locks.locked();
             locks.entry(id).or_default().clone()
         };
         let _serial = lock.lock().await;
@@ -424,10 +425,11 @@ impl Refresher {
 
     /// Stores new credentials and pushes them to the nodes.
     async fn save(&self, id: i64, creds: &Credentials) -> Result<(), RefreshError> {
-        let sealed = self
-            .inner
-            .sealer
-            .seal(&serde_json::to_vec(creds).expect("map serializes"));
+        let sealed = self.inner.sealer.seal(
+            serde_json::Value::from_iter(creds.clone())
+                .to_string()
+                .as_bytes(),
+        );
         let patch = AccountPatch {
             credentials_sealed: Some(sealed),
             ..Default::default()
@@ -597,6 +599,10 @@ pub(crate) fn take_tokens(creds: &mut Credentials, access: &str, answer: &Value,
 
 pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
+    #[allow(
+        clippy::expect_used,
+        reason = "without the OS's randomness no state or verifier can be made safely"
+    )]
     getrandom::getrandom(&mut buf).expect("operating system RNG unavailable");
     buf
 }

@@ -302,6 +302,7 @@ fn package(p: &Package) -> pb::Package {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

@@ -51,6 +51,7 @@ impl StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests;
 
 /// Bumps the snapshot version; run in the same transaction as the change.

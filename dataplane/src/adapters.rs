@@ -183,9 +183,7 @@ fn codex_body(body: &Bytes) -> Result<Bytes, RelayError> {
         .ok_or_else(|| RelayError::bad_request("request body must be a JSON object"))?;
     obj.insert("stream".into(), serde_json::Value::Bool(true));
     obj.insert("store".into(), serde_json::Value::Bool(false));
-    Ok(Bytes::from(
-        serde_json::to_vec(&v).expect("JSON serializes"),
-    ))
+    Ok(Bytes::from(v.to_string()))
 }
 
 /// Code Assist wraps the Gemini request: `{model, project, user_prompt_id,
@@ -217,9 +215,7 @@ fn code_assist_body(account: &AccountEntry, out: &Outgoing<'_>) -> Result<Bytes,
             ));
         }
     };
-    Ok(Bytes::from(
-        serde_json::to_vec(&wrapped).expect("JSON serializes"),
-    ))
+    Ok(Bytes::from(wrapped.to_string()))
 }
 
 /// The Gemini method (and stream flag) an endpoint calls.

@@ -1,6 +1,7 @@
 //! What is refused before a request's body is read, so refused requests
 //! cost no memory: a key or user already at its concurrency on this node, a
 //! key known to be over its rate, and the node's budget of body bytes.
+use aiproxy_shared::sync::LockExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -36,7 +37,7 @@ impl Drop for Admitted {
         if self.counted.iter().all(Option::is_none) {
             return;
         }
-        let mut in_flight = self.admission.in_flight.lock().expect("admission lock");
+        let mut in_flight = self.admission.in_flight.locked();
         for whose in self.counted.iter().flatten() {
             if let Some(n) = in_flight.get_mut(whose) {
                 *n -= 1;
@@ -60,7 +61,7 @@ impl Admission {
         now_ms: i64,
     ) -> Result<Admitted, RelayError> {
         if key.rate_limit > 0 {
-            let limited = self.rate_limited_until_ms.lock().expect("admission lock");
+            let limited = self.rate_limited_until_ms.locked();
             if let Some(until) = limited.get(&key.id).filter(|until| **until > now_ms) {
                 let wait_ms = (*until - now_ms) as u64;
                 return Err(RelayError::rate_limited(wait_ms.div_ceil(1000)));
@@ -77,7 +78,7 @@ impl Admission {
         if limits.iter().all(|(_, max, _)| *max == 0) {
             return Ok(admitted);
         }
-        let mut in_flight = self.in_flight.lock().expect("admission lock");
+        let mut in_flight = self.in_flight.locked();
         for (whose, max, _) in &limits {
             if *max > 0 && in_flight.get(whose).copied().unwrap_or(0) >= *max {
                 let name = limits.iter().find(|l| l.0 == *whose).map_or("", |l| l.2);
@@ -96,7 +97,7 @@ impl Admission {
     /// The key was refused for its rate: refuse it here, without reading
     /// bodies, until `until_ms`.
     pub fn rate_limited(&self, key_id: i64, until_ms: i64) {
-        let mut limited = self.rate_limited_until_ms.lock().expect("admission lock");
+        let mut limited = self.rate_limited_until_ms.locked();
         limited.insert(key_id, until_ms);
         // Forget lapsed entries now and then, so the map stays small.
         if limited.len() > 1024 {

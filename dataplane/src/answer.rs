@@ -10,8 +10,12 @@ pub fn json(
     body: &serde_json::Value,
     request_id: &HeaderValue,
 ) -> Response<Bytes> {
-    let bytes = serde_json::to_vec(body).expect("JSON serializes");
-    answer(status, Bytes::from(bytes), "application/json", request_id)
+    answer(
+        status,
+        Bytes::from(body.to_string()),
+        "application/json",
+        request_id,
+    )
 }
 
 /// A plain-text answer.

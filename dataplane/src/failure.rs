@@ -35,16 +35,6 @@ pub struct Verdict {
     pub credential_failure: Option<String>,
 }
 
-pub fn uses_oauth(kind: AccountKind) -> bool {
-    matches!(
-        kind,
-        AccountKind::ClaudeOauth
-            | AccountKind::ClaudeSessionKey
-            | AccountKind::OpenAiResponses
-            | AccountKind::GeminiOauth
-    )
-}
-
 /// Whether a status is the account's failure rather than the request's: the
 /// caller then tries another account. The body is read only for these.
 pub fn is_account_failure(status: StatusCode) -> bool {
@@ -112,7 +102,7 @@ pub fn judge(
             mark: Some(unavailable(id, "overloaded", OVERLOADED_TTL, cap, now)),
             ..Verdict::default()
         },
-        401 if uses_oauth(account.kind) => Verdict {
+        401 if account.kind.is_oauth() => Verdict {
             mark: Some(unavailable(
                 id,
                 "token_refused",
@@ -133,8 +123,8 @@ pub fn judge(
                 .as_ref()
                 .and_then(|v| v.pointer("/error/type"))
                 .and_then(Value::as_str);
-            let suspected_ban =
-                (uses_oauth(account.kind) && error_type == Some("permission_error")).then(|| {
+            let suspected_ban = (account.kind.is_oauth() && error_type == Some("permission_error"))
+                .then(|| {
                     json.as_ref()
                         .and_then(|v| v.pointer("/error/message"))
                         .and_then(Value::as_str)

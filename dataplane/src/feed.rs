@@ -55,8 +55,21 @@ async fn watch_once(
         node_id: node_id.to_string(),
         last_version: holder.version(),
     };
-    let mut stream = client.watch(request).await?.into_inner();
-    let acks = spawn_acker(client.clone());
+    let stream = client.watch(request).await?.into_inner();
+    let (acks, acking) = acker(client);
+    // The acker runs beside the stream and ends after the last ack is sent.
+    let (watched, ()) = tokio::join!(follow(stream, node_id, holder, spending, acks), acking);
+    watched
+}
+
+/// Applies what one watch stream brings until it ends.
+async fn follow(
+    mut stream: tonic::Streaming<pb::WatchEvent>,
+    node_id: &str,
+    holder: &SnapshotHolder,
+    spending: &Spending,
+    acks: tokio::sync::watch::Sender<Option<pb::AckRequest>>,
+) -> Result<(), tonic::Status> {
     loop {
         let message = tokio::time::timeout(WATCH_IDLE_TIMEOUT, stream.message())
             .await
@@ -101,10 +114,15 @@ async fn watch_once(
 /// Sends acks one at a time, in order, skipping any superseded while one was
 /// in flight: acks sent side by side could land out of order and leave the
 /// control plane believing an older version is the one applied.
-fn spawn_acker(mut client: Client) -> tokio::sync::watch::Sender<Option<pb::AckRequest>> {
+fn acker(
+    mut client: Client,
+) -> (
+    tokio::sync::watch::Sender<Option<pb::AckRequest>>,
+    impl std::future::Future<Output = ()>,
+) {
     let (tx, mut rx) = tokio::sync::watch::channel(None::<pb::AckRequest>);
-    tokio::spawn(async move {
-        // Ends once the watch stream is gone and its last ack is sent.
+    let acking = async move {
+        // Ends once the sender is dropped and its last ack is sent.
         while rx.changed().await.is_ok() {
             let Some(ack) = rx.borrow_and_update().clone() else {
                 continue;
@@ -113,13 +131,16 @@ fn spawn_acker(mut client: Client) -> tokio::sync::watch::Sender<Option<pb::AckR
                 tracing::debug!(error = %e, "snapshot ack failed");
             }
         }
-    });
-    tx
+    };
+    (tx, acking)
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use std::sync::Mutex;
+
+    use aiproxy_shared::sync::LockExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use aiproxy_proto::v1::node_service_server::{NodeService, NodeServiceServer};
@@ -171,7 +192,7 @@ mod tests {
                 let _ = tokio::time::timeout(Duration::from_secs(1), heard.second_acked.notified())
                     .await;
             }
-            heard.acked.lock().unwrap().push(version);
+            heard.acked.locked().push(version);
             if version == 2 {
                 heard.second_acked.notify_one();
             }
@@ -234,8 +255,8 @@ mod tests {
 
         let settled = async {
             loop {
-                let done = fake.acked.lock().unwrap().contains(&2)
-                    && fake.in_flight.load(Ordering::SeqCst) == 0;
+                let done =
+                    fake.acked.locked().contains(&2) && fake.in_flight.load(Ordering::SeqCst) == 0;
                 if done {
                     return;
                 }
@@ -252,7 +273,7 @@ mod tests {
             spending.pre_admit(&earlier, &key, now).is_ok(),
             "spending is cleared when a snapshot applies"
         );
-        let acked = fake.acked.lock().unwrap().clone();
+        let acked = fake.acked.locked().clone();
         assert_eq!(
             acked.last(),
             Some(&2),

@@ -150,7 +150,7 @@ pub async fn start(
 
     let (sink, queue) = UsageSink::new(journal.clone());
     let reporter_stop = CancellationToken::new();
-    let reporter = tokio::spawn(usage::run_reporter(
+    let reporter = tracker.spawn(usage::run_reporter(
         queue,
         client.clone(),
         settings.node_id.clone(),
@@ -176,6 +176,7 @@ pub async fn start(
         admission: Default::default(),
         bodies: admission::BodyBudget::new(settings.max_body_bytes_in_flight),
         body_read_timeout: settings.body_read_timeout,
+        tasks: tracker.clone(),
     });
     tracker.spawn(async move {
         server::serve(listener, relay, settings.server, cancel).await;

@@ -1,5 +1,6 @@
 //! The relay: authenticate, check, lease an account that serves the
 //! endpoint, forward, fail over before the first byte, stream back, meter.
+use aiproxy_shared::sync::LockExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,9 @@ pub struct Relay {
     /// Request-body bytes held at once across the node.
     pub bodies: BodyBudget,
     pub body_read_timeout: Duration,
+    /// Work a response leaves behind (marks, reports to the control plane);
+    /// the node's shutdown waits for it.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// A response from an account, with the leases it holds.
@@ -523,7 +527,7 @@ impl Relay {
         let Some(proxy) = &account.proxy else {
             return self.client.clone();
         };
-        let mut proxied = self.proxied.lock().expect("proxy clients lock");
+        let mut proxied = self.proxied.locked();
         proxied
             .entry(proxy.clone())
             .or_insert_with(|| aiproxy_shared::http::client_via(proxy, self.connect_timeout))
@@ -541,31 +545,39 @@ impl Relay {
         let account = account.clone();
         let control = self.control.clone();
         let node_id = self.node_id.clone();
-        tokio::spawn(async move {
+        let tasks = self.tasks.clone();
+        self.tasks.spawn(async move {
             if let Some(mark) = mark {
                 scheduler.mark(&mark).await;
             }
             if let Some(verdict) = report {
-                tell_control_plane(control, node_id, &account, &verdict);
+                tell_control_plane(&tasks, control, node_id, &account, &verdict);
             }
         });
     }
 
     fn tell_control_plane(&self, account: &AccountEntry, verdict: &Verdict) {
-        tell_control_plane(self.control.clone(), self.node_id.clone(), account, verdict);
+        tell_control_plane(
+            &self.tasks,
+            self.control.clone(),
+            self.node_id.clone(),
+            account,
+            verdict,
+        );
     }
 }
 
 /// Tells the control plane what an account's refusal means: refresh its
 /// token, persist its rate limit, flag a likely ban. Never delays the request.
 fn tell_control_plane(
+    tasks: &tokio_util::task::TaskTracker,
     control: crate::control::Client,
     node_id: String,
     account: &AccountEntry,
     verdict: &Verdict,
 ) {
     if verdict.refresh_token {
-        report_refused_token(control.clone(), node_id.clone(), account);
+        report_refused_token(tasks, control.clone(), node_id.clone(), account);
     }
     if verdict.rate_limit_reset.is_none()
         && verdict.suspected_ban.is_none()
@@ -584,7 +596,7 @@ fn tell_control_plane(
         credential_failure: verdict.credential_failure.clone().unwrap_or_default(),
     };
     let mut control = control;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         if let Err(e) = control.report_account_state(report).await {
             tracing::warn!(error = %e, "could not report an account's state to the control plane");
         }
@@ -593,7 +605,12 @@ fn tell_control_plane(
 
 /// Tells the control plane which token was refused; it refreshes the
 /// account unless that happened meanwhile.
-fn report_refused_token(control: crate::control::Client, node_id: String, account: &AccountEntry) {
+fn report_refused_token(
+    tasks: &tokio_util::task::TaskTracker,
+    control: crate::control::Client,
+    node_id: String,
+    account: &AccountEntry,
+) {
     let Some(token) = account
         .bearer
         .as_ref()
@@ -608,7 +625,7 @@ fn report_refused_token(control: crate::control::Client, node_id: String, accoun
         refused_token_sha256: Sha256::digest(token.as_bytes()).to_vec(),
     };
     let mut control = control;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         if let Err(e) = control.refresh_account(request).await {
             tracing::warn!(error = %e, "could not ask the control plane for a token refresh");
         }

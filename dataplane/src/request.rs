@@ -73,7 +73,7 @@ pub fn parse(
     let body = if add_usage {
         let mut v: Value = serde_json::from_slice(&body).map_err(invalid)?;
         v["stream_options"] = serde_json::json!({ "include_usage": true });
-        Bytes::from(serde_json::to_vec(&v).expect("JSON serializes"))
+        Bytes::from(v.to_string())
     } else {
         body
     };
@@ -131,8 +131,7 @@ pub async fn read_body(
             chunks.push(data);
         }
         Ok(match chunks.len() {
-            0 => Bytes::new(),
-            1 => chunks.pop().expect("one chunk"),
+            0 | 1 => chunks.pop().unwrap_or_default(),
             _ => {
                 let mut whole = BytesMut::with_capacity(len);
                 for chunk in chunks {

@@ -2,6 +2,7 @@
 //! state-store round trip to pick and lease (sticky session, priority, least
 //! recently used), a fair wait when every account is full, fail-over, and the
 //! leases held until the response ends.
+use aiproxy_shared::sync::LockExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,11 +78,7 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         let scheduler = self.scheduler.clone();
-        scheduler
-            .live
-            .lock()
-            .expect("live leases")
-            .remove(&self.held.lease);
+        scheduler.live.locked().remove(&self.held.lease);
         let (held, bind, mark) = (self.held.clone(), self.bind.take(), self.mark.take());
         // The in-memory store answers at once: release here, without a task.
         if scheduler.store.is_immediate() {
@@ -214,10 +211,7 @@ impl Scheduler {
     }
 
     fn hold(self: &Arc<Self>, held: Held) -> Lease {
-        self.live
-            .lock()
-            .expect("live leases")
-            .insert(held.lease.clone(), held.clone());
+        self.live.locked().insert(held.lease.clone(), held.clone());
         Lease {
             scheduler: self.clone(),
             held,
@@ -335,10 +329,7 @@ impl Scheduler {
             }
         };
         lease.held.account_id = picked.unwrap_or(0);
-        self.live
-            .lock()
-            .expect("live leases")
-            .insert(lease_id, lease.held.clone());
+        self.live.locked().insert(lease_id, lease.held.clone());
         picked.and_then(|id| Self::account(snapshot, id))
     }
 
@@ -367,13 +358,7 @@ impl Scheduler {
                 // A shorter TTL must not wait out a sleep timed for the old one.
                 changed = settings.changed(), if listening => listening = changed.is_ok(),
             }
-            let held: Vec<Held> = self
-                .live
-                .lock()
-                .expect("live leases")
-                .values()
-                .cloned()
-                .collect();
+            let held: Vec<Held> = self.live.locked().values().cloned().collect();
             if held.is_empty() {
                 continue;
             }
@@ -407,6 +392,7 @@ fn random_unit() -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
 

@@ -43,7 +43,7 @@ pub(crate) async fn serve(
 ) {
     let stop = CancellationToken::new();
     let service_relay = relay.clone();
-    let accepting = tokio::spawn(aiproxy_shared::serve::serve(
+    let accepting = relay.tasks.spawn(aiproxy_shared::serve::serve(
         listener,
         settings.limits.clone(),
         move |_peer| {
@@ -156,13 +156,17 @@ fn request_id() -> HeaderValue {
     static START: OnceLock<(u32, u64)> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let (prefix, first) = *START.get_or_init(|| {
-        let mut seed = [0u8; 12];
-        getrandom::getrandom(&mut seed).expect("operating system RNG unavailable");
-        let (prefix, counter) = seed.split_at(4);
-        (
-            u32::from_be_bytes(prefix.try_into().expect("4 bytes")),
-            u64::from_be_bytes(counter.try_into().expect("8 bytes")),
-        )
+        let mut prefix = [0u8; 4];
+        let mut counter = [0u8; 8];
+        // Ids stay unique without randomness (time and a counter); it only
+        // keeps two nodes started in the same millisecond apart.
+        if getrandom::getrandom(&mut prefix)
+            .and_then(|()| getrandom::getrandom(&mut counter))
+            .is_err()
+        {
+            tracing::warn!("operating system RNG unavailable: request ids use time and a counter");
+        }
+        (u32::from_be_bytes(prefix), u64::from_be_bytes(counter))
     });
     let counter = first.wrapping_add(COUNTER.fetch_add(1, Ordering::Relaxed));
     let mut random = [0u8; 10];
@@ -173,7 +177,9 @@ fn request_id() -> HeaderValue {
         .map_or(0, |d| d.as_millis() as u64);
     let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
     let mut buf = uuid::Uuid::encode_buffer();
-    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).expect("uuid is a header value")
+    let text: &str = id.hyphenated().encode_lower(&mut buf);
+    // Hex digits and hyphens only.
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
 }
 
 #[cfg(test)]

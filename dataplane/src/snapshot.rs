@@ -461,7 +461,7 @@ impl Snapshot {
             packages,
             package_owner,
             billing_tz: FixedOffset::east_opt(settings.billing_utc_offset_seconds)
-                .unwrap_or_else(|| FixedOffset::east_opt(0).expect("UTC")),
+                .unwrap_or_else(|| chrono::Offset::fix(&chrono::Utc)),
         };
         (snapshot, problems)
     }

@@ -1,6 +1,7 @@
 //! What packages and keys have spent, as this node knows it: the snapshot's
 //! figures, raised by the control plane's usage pushes and by this node's own
 //! requests as they end; and the admission check built on them.
+use aiproxy_shared::sync::LockExt;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -24,13 +25,13 @@ pub struct Spending {
 impl Spending {
     /// A snapshot carries everything ingested before it was built.
     pub fn clear(&self) {
-        self.packages.lock().expect("spending lock").clear();
-        self.keys.lock().expect("spending lock").clear();
+        self.packages.locked().clear();
+        self.keys.locked().clear();
     }
 
     /// Figures the control plane pushed.
     pub fn apply(&self, update: &pb::UsageUpdate) {
-        let mut packages = self.packages.lock().expect("spending lock");
+        let mut packages = self.packages.locked();
         for u in &update.packages {
             match package_usage(u) {
                 Ok(usage) => packages.entry(u.package_id).or_default().merge(&usage),
@@ -40,7 +41,7 @@ impl Spending {
             }
         }
         drop(packages);
-        let mut keys = self.keys.lock().expect("spending lock");
+        let mut keys = self.keys.locked();
         for k in &update.keys {
             match from_wire(&k.cost_used) {
                 Ok(cost) => {
@@ -70,23 +71,18 @@ impl Spending {
         if package_id != 0
             && let Some(p) = snapshot.package(package_id)
         {
-            let mut packages = self.packages.lock().expect("spending lock");
+            let mut packages = self.packages.locked();
             let usage = packages.entry(package_id).or_default();
             usage.merge(&p.usage);
             usage.charge(cost, Periods::at(at, snapshot.billing_tz));
         }
-        let mut keys = self.keys.lock().expect("spending lock");
+        let mut keys = self.keys.locked();
         let used = keys.entry(key.id).or_insert(key.cost_used);
         *used = (*used).max(key.cost_used) + cost;
     }
 
     fn key_used(&self, key: &KeyEntry) -> Decimal {
-        let pushed = self
-            .keys
-            .lock()
-            .expect("spending lock")
-            .get(&key.id)
-            .copied();
+        let pushed = self.keys.locked().get(&key.id).copied();
         pushed.map_or(key.cost_used, |u| u.max(key.cost_used))
     }
 
@@ -97,7 +93,7 @@ impl Spending {
             return None;
         }
         let owned = snapshot.packages.get(&key.user_id)?;
-        let pushed = self.packages.lock().expect("spending lock");
+        let pushed = self.packages.locked();
         Some(
             owned
                 .iter()

@@ -2,6 +2,7 @@
 //! response ends (so a killed node loses nothing it served), batched to the
 //! control plane, and replayed from disk whatever the control plane did not
 //! take, including after a restart.
+use aiproxy_shared::sync::LockExt;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
@@ -42,7 +43,8 @@ fn frame(record: &pb::UsageRecord) -> Vec<u8> {
     buf.extend_from_slice(&RECORD_MAGIC);
     buf.extend_from_slice(&(len as u32).to_le_bytes());
     buf.extend_from_slice(&[0; 4]);
-    record.encode(&mut buf).expect("Vec grows");
+    // Into a Vec, encoding cannot run out of room.
+    record.encode_raw(&mut buf);
     let crc = crc32fast::hash(&buf[RECORD_HEADER..]);
     buf[8..12].copy_from_slice(&crc.to_le_bytes());
     buf
@@ -67,14 +69,16 @@ fn unframe(bytes: &[u8]) -> Framed {
     if bytes[..4] != RECORD_MAGIC {
         return Framed::Invalid;
     }
-    let len = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")) as usize;
+    let word =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let len = word(4) as usize;
     if len > MAX_RECORD {
         return Framed::Invalid;
     }
     let Some(payload) = bytes.get(RECORD_HEADER..RECORD_HEADER + len) else {
         return Framed::Truncated;
     };
-    let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let crc = word(8);
     if crc32fast::hash(payload) != crc {
         return Framed::Invalid;
     }
@@ -301,7 +305,7 @@ impl Journal {
     /// journal takes nothing more until `recover` succeeds.
     fn append(&self, record: &pb::UsageRecord) -> std::io::Result<u64> {
         let buf = frame(record);
-        let mut current = self.current.lock().expect("journal lock");
+        let mut current = self.current.locked();
         if self.failed.load(Ordering::Relaxed) {
             return Err(std::io::Error::other("usage journal is failing"));
         }
@@ -318,14 +322,14 @@ impl Journal {
         current.len += buf.len() as u64;
         let seq = current.seq;
         self.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        let mut segments = self.segments.lock().expect("journal lock");
+        let mut segments = self.segments.locked();
         let state = segments.entry(seq).or_default();
         state.written += 1;
         if state.written >= SEGMENT_RECORDS {
             drop(segments);
             // Full: the next beat syncs it, off the request's path.
             match self.next_segment(&mut current) {
-                Ok(closed) => self.unsynced.lock().expect("journal lock").push(closed),
+                Ok(closed) => self.unsynced.locked().push(closed),
                 Err(e) => {
                     self.failed.store(true, Ordering::Relaxed);
                     tracing::error!(error = %e, "cannot open the next usage journal segment");
@@ -338,21 +342,21 @@ impl Journal {
     /// After a failure: opens a fresh segment and syncs it; the journal
     /// takes records again only if both work. Blocks on the disk.
     fn recover(&self) -> std::io::Result<()> {
-        let mut current = self.current.lock().expect("journal lock");
+        let mut current = self.current.locked();
         let closed = self.next_segment(&mut current)?;
         current.file.sync_data()?;
-        self.unsynced.lock().expect("journal lock").push(closed);
+        self.unsynced.locked().push(closed);
         self.failed.store(false, Ordering::Relaxed);
         Ok(())
     }
 
     /// Keeps a record that could not be written, for the reporter.
     fn hold(&self, record: pb::UsageRecord) {
-        self.held.lock().expect("journal lock").push(record);
+        self.held.locked().push(record);
     }
 
     fn take_held(&self) -> Vec<pb::UsageRecord> {
-        std::mem::take(&mut *self.held.lock().expect("journal lock"))
+        std::mem::take(&mut *self.held.locked())
     }
 
     /// Closes the current segment (when old enough, or `force`) and opens
@@ -368,14 +372,13 @@ impl Journal {
 
     fn rotate_and_sync(&self, force: bool) -> std::io::Result<()> {
         let synced = {
-            let mut current = self.current.lock().expect("journal lock");
+            let mut current = self.current.locked();
             let written = self
                 .segments
-                .lock()
-                .expect("journal lock")
+                .locked()
                 .get(&current.seq)
                 .map_or(0, |s| s.written);
-            let mut files = std::mem::take(&mut *self.unsynced.lock().expect("journal lock"));
+            let mut files = std::mem::take(&mut *self.unsynced.locked());
             if written == 0
                 || (!force && current.opened.elapsed() < SEGMENT_AGE && written < SEGMENT_RECORDS)
             {
@@ -404,10 +407,7 @@ impl Journal {
         let file = Arc::new(Self::create(&self.dir, &self.prefix, next)?);
         self.bytes
             .fetch_add(SEGMENT_MAGIC.len() as u64, Ordering::Relaxed);
-        self.segments
-            .lock()
-            .expect("journal lock")
-            .insert(next, SegmentState::default());
+        self.segments.locked().insert(next, SegmentState::default());
         current.seq = next;
         current.opened = Instant::now();
         current.len = SEGMENT_MAGIC.len() as u64;
@@ -415,7 +415,7 @@ impl Journal {
     }
 
     fn settle(&self, seq: u64, records: u64, taken: bool) {
-        let mut segments = self.segments.lock().expect("journal lock");
+        let mut segments = self.segments.locked();
         if let Some(s) = segments.get_mut(&seq) {
             s.attempted += records;
             if taken {
@@ -429,10 +429,9 @@ impl Journal {
     /// Closed segments and what to do with each: delete (all delivered) or
     /// replay from disk (earlier run, or a delivery failed).
     fn closed(&self) -> Vec<(u64, bool)> {
-        let current = self.current.lock().expect("journal lock").seq;
+        let current = self.current.locked().seq;
         self.segments
-            .lock()
-            .expect("journal lock")
+            .locked()
             .iter()
             .filter(|(seq, _)| **seq < current)
             .filter_map(|(seq, s)| {
@@ -485,7 +484,7 @@ impl Journal {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
                 Some(b.saturating_sub(len))
             });
-        self.segments.lock().expect("journal lock").remove(&seq);
+        self.segments.locked().remove(&seq);
     }
 
     /// Every whole record of a segment, past any damage.
@@ -507,7 +506,7 @@ pub struct Queue {
 
 impl Queue {
     fn take(&self) -> Vec<(u64, pb::UsageRecord)> {
-        std::mem::take(&mut *self.items.lock().expect("usage queue"))
+        std::mem::take(&mut *self.items.locked())
     }
 }
 
@@ -551,7 +550,7 @@ impl UsageSink {
 
 impl Queue {
     fn push(&self, seq: u64, record: pb::UsageRecord) {
-        let mut items = self.items.lock().expect("usage queue");
+        let mut items = self.items.locked();
         items.push((seq, record));
         let full = items.len() == BATCH_MAX;
         drop(items);
@@ -578,6 +577,10 @@ pub async fn run_reporter(
         journal: journal.clone(),
     };
     let keeper_stop = CancellationToken::new();
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "joined before the reporter returns"
+    )]
     let keeper = tokio::spawn(keep_journal(journal, queue.clone(), keeper_stop.clone()));
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
     loop {
@@ -908,10 +911,10 @@ mod tests {
                 .open(journal.path(seq))
                 .unwrap(),
         );
-        let good = std::mem::replace(&mut journal.current.lock().unwrap().file, broken);
+        let good = std::mem::replace(&mut journal.current.locked().file, broken);
         assert!(journal.append(&record("b")).is_err());
         assert_eq!(journal.availability(), Err(Unavailable::Failing));
-        journal.current.lock().unwrap().file = good;
+        journal.current.locked().file = good;
         assert!(
             journal.append(&record("c")).is_err(),
             "nothing is appended until the journal recovers"
@@ -968,15 +971,11 @@ mod tests {
         for i in 1..SEGMENT_RECORDS {
             assert_eq!(journal.append(&record(&format!("r{i}"))).unwrap(), first);
         }
-        assert_eq!(
-            journal.unsynced.lock().unwrap().len(),
-            1,
-            "closed, not yet synced"
-        );
+        assert_eq!(journal.unsynced.locked().len(), 1, "closed, not yet synced");
         let next = journal.append(&record("next")).unwrap();
         assert_eq!(next, first + 1);
         journal.rotate(false).unwrap();
-        assert!(journal.unsynced.lock().unwrap().is_empty());
+        assert!(journal.unsynced.locked().is_empty());
         assert_eq!(
             journal.read(first).unwrap().records.len(),
             SEGMENT_RECORDS as usize

@@ -5,6 +5,7 @@
 //! (`tap/decode.rs`) count as the module itself; `lib.rs` is the root, which
 //! declares every module, so a module naming a root item (`crate::Settings`)
 //! closes a cycle too.
+#![allow(clippy::expect_used)]
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -308,7 +308,7 @@ impl Config {
     /// The billing zone (validated at load).
     pub fn billing_tz(&self) -> chrono::FixedOffset {
         crate::billing::parse_timezone(&self.billing.timezone)
-            .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("UTC"))
+            .unwrap_or_else(|| chrono::Offset::fix(&chrono::Utc))
     }
 
     /// Defaults, then `file` if given, then the process environment.

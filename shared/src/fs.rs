@@ -53,6 +53,7 @@ pub fn append_private(path: &Path) -> io::Result<File> {
 }
 
 #[cfg(all(test, unix))]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 

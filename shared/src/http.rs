@@ -172,6 +172,10 @@ pub fn client(connect_timeout: Duration) -> HttpClient {
 
 /// A client whose connections go through `proxy`.
 pub fn client_via(proxy: &ProxyUrl, connect_timeout: Duration) -> HttpClient {
+    #[allow(
+        clippy::expect_used,
+        reason = "host_port was parsed as a URI authority"
+    )]
     let target = format!("http://{}", proxy.host_port)
         .parse::<Uri>()
         .expect("a parsed authority makes a URI");
@@ -336,6 +340,7 @@ pub async fn call_json(
     let bytes = match payload {
         Payload::Json(v) => {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
+            #[allow(clippy::expect_used, reason = "a Value always serialises")]
             Bytes::from(serde_json::to_vec(v).expect("JSON serializes"))
         }
         Payload::Form(fields) => {

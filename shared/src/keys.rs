@@ -17,6 +17,10 @@ pub fn hash_key_hex(plaintext: &str) -> String {
 /// `n` bytes from the operating system's CSPRNG, hex encoded.
 pub fn random_hex(n: usize) -> String {
     let mut buf = vec![0u8; n];
+    #[allow(
+        clippy::expect_used,
+        reason = "without the OS's randomness no key or token can be made safely"
+    )]
     getrandom::getrandom(&mut buf).expect("operating system RNG unavailable");
     hex::encode(buf)
 }

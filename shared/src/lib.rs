@@ -16,4 +16,5 @@ pub mod ratelimit;
 pub mod serve;
 pub mod shutdown;
 pub mod state;
+pub mod sync;
 pub mod telemetry;

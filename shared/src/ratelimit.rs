@@ -176,7 +176,7 @@ pub fn reset_after_429(
             .and_then(|b| gemini_retry_delay(b, now))
             .or_else(|| retry_after(headers, now)),
     }?;
-    let cap = now + chrono::Duration::from_std(MAX_RESET).expect("cap fits");
+    let cap = now + chrono::Duration::from_std(MAX_RESET).unwrap_or(chrono::TimeDelta::MAX);
     Some(at.min(cap).max(now))
 }
 

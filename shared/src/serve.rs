@@ -120,7 +120,8 @@ where
                     "connection limit reached: refusing connections"
                 );
             }
-            tokio::spawn(answer_busy(stream));
+            // Tracked too: a drain waits for the refusal to be written.
+            connections.spawn(answer_busy(stream));
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -407,6 +408,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = std::task::ready!(this.inner.poll(cx))?;
+        #[allow(
+            clippy::expect_used,
+            reason = "a future is not polled after it is ready"
+        )]
         let guard = this.guard.take().expect("polled after completion");
         Poll::Ready(Ok(response.map(|body| TrackedBody {
             inner: body,

@@ -9,6 +9,7 @@ pub mod redis;
 pub mod resilient;
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod contract;
 
 pub use memory::MemoryStore;

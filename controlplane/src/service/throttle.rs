@@ -2,6 +2,7 @@
 //! passwords for one account from one address, or many for any account from
 //! one address, further tries wait, longer each time, without being
 //! checked; and argon2 checks run a few at a time, the rest refused at once.
+use aiproxy_shared::sync::LockExt;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -68,7 +69,7 @@ impl PasswordThrottle {
 
     fn wait_at(&self, account: &str, from: Option<IpAddr>, now: Instant) -> Option<Duration> {
         let from = from.map(actor_range);
-        let records = self.records.lock().expect("throttle lock");
+        let records = self.records.locked();
         let account = records
             .get(&(Some(account_key(account)), from))
             .and_then(|r| r.blocked_until(FREE_FAILURES));
@@ -85,7 +86,7 @@ impl PasswordThrottle {
 
     fn failed_at(&self, account: &str, from: Option<IpAddr>, now: Instant) {
         let from = from.map(actor_range);
-        let mut records = self.records.lock().expect("throttle lock");
+        let mut records = self.records.locked();
         if records.len() >= MAX_RECORDS {
             records.retain(|_, r| now.duration_since(r.last) < FORGET_AFTER);
             while records.len() >= MAX_RECORDS {
@@ -120,7 +121,7 @@ impl PasswordThrottle {
     /// The account's count starts over; the address's does not (one good
     /// password must not buy guesses at other accounts).
     pub fn succeeded(&self, account: &str, from: Option<IpAddr>) {
-        let mut records = self.records.lock().expect("throttle lock");
+        let mut records = self.records.locked();
         records.remove(&(Some(account_key(account)), from.map(actor_range)));
     }
 }
@@ -141,7 +142,7 @@ pub struct Checking {
 impl Drop for Checking {
     fn drop(&mut self) {
         if let Some(from) = self.from {
-            let mut per = self.gate.per_address.lock().expect("gate lock");
+            let mut per = self.gate.per_address.locked();
             if let Some(n) = per.get_mut(&from) {
                 *n -= 1;
                 if *n == 0 {
@@ -190,7 +191,7 @@ impl LoginGate {
 
     fn enter(&self, from: Option<IpAddr>) -> Result<Checking, ServiceError> {
         if let Some(from) = from {
-            let mut per = self.per_address.lock().expect("gate lock");
+            let mut per = self.per_address.locked();
             let n = per.entry(from).or_default();
             if *n >= CHECKS_PER_ADDRESS {
                 return Err(ServiceError::Throttled(Duration::from_secs(1)));
@@ -255,7 +256,7 @@ mod tests {
         assert_eq!(t.wait_at("admin", ip, later), Some(MAX_WAIT));
         // A success starts the account's count over, not the address's.
         t.succeeded("admin", ip);
-        let records = t.records.lock().unwrap();
+        let records = t.records.locked();
         assert!(!records.contains_key(&(Some("admin".into()), ip)));
         assert!(records.contains_key(&(None, ip)));
     }
@@ -277,7 +278,7 @@ mod tests {
         for i in 0..MAX_RECORDS + 10 {
             t.failed_at(&format!("user{i}"), None, much_later);
         }
-        assert!(t.records.lock().unwrap().len() <= MAX_RECORDS);
+        assert!(t.records.locked().len() <= MAX_RECORDS);
     }
 
     #[test]

@@ -362,6 +362,10 @@ impl<'r> Decode<'r, Sqlite> for Usd {
 
 /// JSON array column (`allowed_models`, bound ids); NULL means none.
 pub(crate) fn list_to_column<T: serde::Serialize>(items: &[T]) -> Option<String> {
+    #[allow(
+        clippy::expect_used,
+        reason = "the lists hold numbers and strings, which always serialise"
+    )]
     (!items.is_empty()).then(|| serde_json::to_string(items).expect("lists serialize"))
 }
 

@@ -94,6 +94,10 @@ impl_from_row!(PriceVersion, |r| {
 });
 
 /// The shipped price file, parsed.
+#[allow(
+    clippy::expect_used,
+    reason = "embedded at build time and read by the tests"
+)]
 pub fn shipped_prices() -> Vec<PriceRow> {
     serde_json::from_str(SHIPPED_PRICES).expect("prices.json is valid")
 }

@@ -1,5 +1,6 @@
 //! The in-memory state store: the embedded default, and a node's own
 //! fallback while Redis is away. Mirrors `schedule.lua` step for step.
+use crate::sync::LockExt;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Mutex;
 
@@ -244,7 +245,7 @@ impl State {
                     }
                 }
                 if free <= ahead {
-                    self.queues.get_mut(q).expect("queue exists").join(
+                    self.queues.entry(q.to_string()).or_default().join(
                         r.lease,
                         now,
                         r.queue_ttl_ms as i64,
@@ -348,7 +349,7 @@ fn ready<'a, T: Send + 'a>(value: T) -> StoreFuture<'a, T> {
 
 impl MemoryStore {
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
-        f(&mut self.state.lock().expect("state store lock"))
+        f(&mut self.state.locked())
     }
 }
 

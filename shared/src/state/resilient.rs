@@ -1,6 +1,7 @@
 //! Redis with a node-local fallback: while Redis is unreachable, scheduling
 //! state lives in this node's memory, a warning is logged once per interval,
 //! and Redis is tried again every second until it answers.
+use crate::sync::LockExt;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -40,17 +41,17 @@ impl Resilient {
 
     /// Whether calls currently go to the node-local store.
     pub fn degraded(&self) -> bool {
-        self.health.lock().expect("health lock").retry_at.is_some()
+        self.health.locked().retry_at.is_some()
     }
 
     fn try_redis(&self) -> bool {
-        let health = self.health.lock().expect("health lock");
+        let health = self.health.locked();
         health.retry_at.is_none_or(|at| Instant::now() >= at)
     }
 
     fn failed(&self, e: &StateError) {
         let now = Instant::now();
-        let mut health = self.health.lock().expect("health lock");
+        let mut health = self.health.locked();
         health.retry_at = Some(now + RETRY_EVERY);
         if health
             .last_warning
@@ -62,7 +63,7 @@ impl Resilient {
     }
 
     fn succeeded(&self) {
-        let mut health = self.health.lock().expect("health lock");
+        let mut health = self.health.locked();
         if health.retry_at.take().is_some() {
             health.last_warning = None;
             tracing::info!("Redis reachable again: scheduling state is shared across nodes");
@@ -70,10 +71,7 @@ impl Resilient {
     }
 
     fn is_local(&self, lease: &str) -> bool {
-        self.local_leases
-            .lock()
-            .expect("lease lock")
-            .contains(lease)
+        self.local_leases.locked().contains(lease)
     }
 }
 
@@ -91,10 +89,7 @@ impl StateStore for Resilient {
             }
             let outcome = self.local.schedule(req).await?;
             if matches!(outcome, Outcome::Picked { .. }) {
-                self.local_leases
-                    .lock()
-                    .expect("lease lock")
-                    .insert(req.lease.to_string());
+                self.local_leases.locked().insert(req.lease.to_string());
             }
             Ok(outcome)
         })
@@ -102,12 +97,9 @@ impl StateStore for Resilient {
 
     fn release<'a>(&'a self, end: &'a Release<'a>) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let local = end.held.is_some_and(|h| {
-                self.local_leases
-                    .lock()
-                    .expect("lease lock")
-                    .remove(&h.lease)
-            });
+            let local = end
+                .held
+                .is_some_and(|h| self.local_leases.locked().remove(&h.lease));
             if local || !self.try_redis() {
                 return self.local.release(end).await;
             }

@@ -10,6 +10,7 @@
 //! SECONDS` only loads it and prints its CPU per request; with `--split`
 //! both measure the data plane fed by a control plane (on Redis when it
 //! answers) instead.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 mod control;
 mod litellm;
 mod load;
