@@ -33,14 +33,14 @@ async fn post(e: &Embedded, key: &str, text: &str) -> aiproxy_tests::client::Rep
 }
 
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    aiproxy_tests::harness::eventually(what, Duration::from_secs(10), async || {
+        if check().await {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await
 }
 
 #[tokio::test]

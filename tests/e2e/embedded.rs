@@ -686,18 +686,25 @@ pub async fn wait_for_status(
     body: &Value,
     status: u16,
 ) -> aiproxy_tests::client::Reply {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
+    wait_for_status_within(http, url, headers, body, status, Duration::from_secs(2)).await
+}
+
+/// [`wait_for_status`] for at most `within`.
+pub async fn wait_for_status_within(
+    http: &Http,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+    status: u16,
+    within: Duration,
+) -> aiproxy_tests::client::Reply {
+    aiproxy_tests::harness::eventually(&format!("{url} answers {status}"), within, async || {
         let reply = http.send("POST", url, headers, Some(body)).await;
         if reply.status == status {
-            return reply;
+            Ok(reply)
+        } else {
+            Err(format!("{}: {}", reply.status, reply.text()))
         }
-        assert!(
-            Instant::now() < deadline,
-            "expected {status}, still {} after 2 s: {}",
-            reply.status,
-            reply.text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }

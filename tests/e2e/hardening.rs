@@ -29,23 +29,15 @@ async fn bump(db: &mut sqlx::SqliteConnection) {
 /// changes asynchronously), for at most ten seconds.
 async fn until_status(e: &Embedded, key: &str, status: u16) -> aiproxy_tests::client::Reply {
     let url = format!("{}/v1/messages", e.proxy);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = e
-            .http
-            .send("POST", &url, &[("x-api-key", key)], Some(&plain_body("hi")))
-            .await;
-        if reply.status == status {
-            return reply;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected {status}, still {}: {}",
-            reply.status,
-            reply.text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::embedded::wait_for_status_within(
+        &e.http,
+        &url,
+        &[("x-api-key", key)],
+        &plain_body("hi"),
+        status,
+        Duration::from_secs(10),
+    )
+    .await
 }
 
 async fn user_with_key(admin: &Admin, name: &str) -> (i64, i64, String) {

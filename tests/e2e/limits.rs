@@ -23,14 +23,14 @@ async fn ready_key(e: &Embedded, user: &str) -> (String, String) {
 }
 
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    aiproxy_tests::harness::eventually(what, Duration::from_secs(10), async || {
+        if check() {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await
 }
 
 #[tokio::test]

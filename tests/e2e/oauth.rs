@@ -1,6 +1,6 @@
 //! OAuth accounts: tokens refreshed when refused or about to expire, and
 //! ChatGPT (Codex) accounts serving `/v1/responses`.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aiproxy_tests::mock::{
     CHATGPT_ACCOUNT_ID, CODE_ASSIST_PROJECT, MockUpstream, Recorded, USAGE, gemini_events,
@@ -37,17 +37,10 @@ fn token_calls(mock: &MockUpstream, path: &str) -> Vec<Recorded> {
 }
 
 async fn eventually<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not happen within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    aiproxy_tests::harness::eventually(what, Duration::from_secs(10), async || {
+        check().await.ok_or_else(|| "not yet".to_string())
+    })
+    .await
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 //! control-plane replicas.
 use std::time::{Duration, Instant};
 
-use aiproxy_tests::harness::Admin;
+use aiproxy_tests::harness::{Admin, eventually};
 use aiproxy_tests::mock::MockUpstream;
 use aiproxy_tests::proxies::TestProxy;
 use serde_json::{Value, json};
@@ -20,18 +20,15 @@ async fn wait_until(
     within: Duration,
     done: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let v = admin.expect("GET", path, None, 200).await;
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "GET {path} never satisfied the check: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        &format!("GET {path} satisfies the check"),
+        within,
+        async || {
+            let v = admin.expect("GET", path, None, 200).await;
+            if done(&v) { Ok(v) } else { Err(v.to_string()) }
+        },
+    )
+    .await
 }
 
 /// A decimal amount (sent as a string) that is zero.
@@ -402,19 +399,19 @@ async fn strict_client_filter_admits_claude_code_and_refuses_look_alikes() {
 
 /// Replays `f` until it gets `status` (snapshots take a moment to arrive).
 async fn wait_status(e: &Embedded, f: &Fixture, key: &str, status: u16) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (got, body) = replay(e, f, key).await;
-        if got == status {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} got {got}, not {status}: {body}",
-            f.name
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("{} answers {status}", f.name),
+        Duration::from_secs(5),
+        async || {
+            let (got, body) = replay(e, f, key).await;
+            if got == status {
+                Ok(())
+            } else {
+                Err(format!("{got}: {body}"))
+            }
+        },
+    )
+    .await
 }
 
 /// Runs `aiproxy ctl --json args…` against the all-in-one in `dir`.

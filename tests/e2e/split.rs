@@ -135,23 +135,19 @@ async fn until_all(
     let mut served = 0;
     for node in nodes {
         let url = format!("{}/v1/messages", node.url("proxy"));
-        loop {
+        let left = limit.saturating_sub(started.elapsed());
+        aiproxy_tests::harness::eventually(&format!("{url} answers {status}"), left, async || {
             let reply = http
                 .send("POST", &url, &[("x-api-key", key)], Some(&request()))
                 .await;
             served += i64::from(reply.status == 200);
             if reply.status == status {
-                break;
+                Ok(())
+            } else {
+                Err(format!("{}: {}", reply.status, reply.text()))
             }
-            assert!(
-                started.elapsed() < limit,
-                "node {} still answers {} after {limit:?}: {}",
-                url,
-                reply.status,
-                reply.text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
     }
     served
 }

@@ -113,19 +113,38 @@ impl Process {
     }
 }
 
-/// Polls `url` until it answers 200, or panics after `timeout`.
-pub async fn wait_ready(http: &Http, url: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
+/// Runs `check` every 20 ms until it succeeds, for at most `within`, and
+/// returns what it found; otherwise panics with `what` and the last miss.
+/// Changes reach the relay asynchronously, so tests wait for them this way.
+pub async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
     loop {
-        if http.send("GET", url, &[], None).await.status == 200 {
-            return;
+        match check().await {
+            Ok(found) => return found,
+            Err(miss) => assert!(
+                Instant::now() < deadline,
+                "{what}: not within {within:?}; last: {miss}"
+            ),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{url} not ready after {timeout:?}"
-        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Polls `url` until it answers 200, or panics after `timeout`.
+pub async fn wait_ready(http: &Http, url: &str, timeout: Duration) {
+    eventually(&format!("{url} ready"), timeout, async || {
+        let status = http.send("GET", url, &[], None).await.status;
+        if status == 200 {
+            Ok(())
+        } else {
+            Err(format!("status {status}"))
+        }
+    })
+    .await
 }
 
 /// A logged-in admin-API session.
