@@ -269,6 +269,19 @@ impl Ctl {
             .insert("authorization", self.bearer.clone());
         req
     }
+
+    /// Calls one rpc with the bearer attached and reads the document it answers.
+    async fn call<T>(
+        &mut self,
+        body: T,
+        rpc: impl AsyncFnOnce(
+            &mut ManagementServiceClient<Channel>,
+            tonic::Request<T>,
+        ) -> Result<tonic::Response<pb::Document>, tonic::Status>,
+    ) -> Result<Value, Failure> {
+        let request = self.req(body);
+        doc(rpc(&mut self.client, request).await.map_err(failed)?)
+    }
 }
 
 fn failed(status: tonic::Status) -> Failure {
@@ -323,16 +336,18 @@ pub async fn run(config: Config, json: bool, command: CtlCommand) -> Result<(), 
         CtlCommand::Settings(c) => settings(&mut ctl, c).await,
         CtlCommand::Cache(c) => cache(&mut ctl, c).await,
         CtlCommand::Refresh => {
-            let r = ctl.client.refresh_scheduler(ctl.req(pb::Empty {})).await;
-            let v = doc(r.map_err(failed)?)?;
+            let v = ctl
+                .call(pb::Empty {}, async |c, r| c.refresh_scheduler(r).await)
+                .await?;
             show(&ctl, &v, |v| {
                 println!("snapshot version {} pushed", v["version"])
             });
             Ok(())
         }
         CtlCommand::Nodes => {
-            let r = ctl.client.list_nodes(ctl.req(pb::Empty {})).await;
-            let v = doc(r.map_err(failed)?)?;
+            let v = ctl
+                .call(pb::Empty {}, async |c, r| c.list_nodes(r).await)
+                .await?;
             show(&ctl, &v, |v| {
                 println!("snapshot version {}", v["snapshot_version"]);
                 table(&v["items"], NODE_COLUMNS);
@@ -340,13 +355,14 @@ pub async fn run(config: Config, json: bool, command: CtlCommand) -> Result<(), 
             Ok(())
         }
         CtlCommand::Usage { query } => {
-            let r = ctl
-                .client
-                .usage_summary(ctl.req(pb::ListRequest {
-                    query: pairs(&query)?,
-                }))
-                .await;
-            let v = doc(r.map_err(failed)?)?;
+            let v = ctl
+                .call(
+                    pb::ListRequest {
+                        query: pairs(&query)?,
+                    },
+                    async |c, r| c.usage_summary(r).await,
+                )
+                .await?;
             show(&ctl, &v, |v| table(&v["items"], USAGE_COLUMNS));
             Ok(())
         }
@@ -355,24 +371,25 @@ pub async fn run(config: Config, json: bool, command: CtlCommand) -> Result<(), 
             if let Some(a) = actor {
                 query.insert("actor".into(), a);
             }
-            let r = ctl
-                .client
-                .list_audit_logs(ctl.req(pb::ListRequest { query }))
-                .await;
-            let v = doc(r.map_err(failed)?)?;
+            let v = ctl
+                .call(pb::ListRequest { query }, async |c, r| {
+                    c.list_audit_logs(r).await
+                })
+                .await?;
             show(&ctl, &v, |v| table(&v["items"], AUDIT_COLUMNS));
             Ok(())
         }
         CtlCommand::Consistency => consistency(&mut ctl).await,
         CtlCommand::Apply { .. } => {
             let document = document.unwrap_or_default();
-            let r = ctl
-                .client
-                .apply(ctl.req(pb::Document {
-                    json: document.to_string(),
-                }))
-                .await;
-            let v = doc(r.map_err(failed)?)?;
+            let v = ctl
+                .call(
+                    pb::Document {
+                        json: document.to_string(),
+                    },
+                    async |c, r| c.apply(r).await,
+                )
+                .await?;
             show(&ctl, &v, |v| table(&v["items"], APPLY_COLUMNS));
             Ok(())
         }
@@ -545,49 +562,43 @@ fn fields(v: &Value) {
 async fn accounts(ctl: &mut Ctl, c: AccountsCommand) -> Result<(), Failure> {
     let v = match c {
         AccountsCommand::List => {
-            let r = ctl
-                .client
-                .list_accounts(ctl.req(pb::ListRequest::default()))
-                .await;
-            let v = doc(r.map_err(failed)?)?;
+            let v = ctl
+                .call(pb::ListRequest::default(), async |c, r| {
+                    c.list_accounts(r).await
+                })
+                .await?;
             show(ctl, &v, |v| table(&v["items"], ACCOUNT_COLUMNS));
             return Ok(());
         }
         AccountsCommand::Show { id } => {
-            let r = ctl.client.get_account(ctl.req(pb::IdRequest { id })).await;
-            doc(r.map_err(failed)?)?
+            ctl.call(pb::IdRequest { id }, async |c, r| c.get_account(r).await)
+                .await?
         }
         AccountsCommand::Create { file } => {
             let json = file_json(&file)?;
-            let r = ctl
-                .client
-                .create_account(ctl.req(pb::Document { json }))
-                .await;
-            doc(r.map_err(failed)?)?
+            ctl.call(pb::Document { json }, async |c, r| {
+                c.create_account(r).await
+            })
+            .await?
         }
         AccountsCommand::Update { id, file } => {
             let json = file_json(&file)?;
-            let r = ctl
-                .client
-                .update_account(ctl.req(pb::UpdateRequest { id, json }))
-                .await;
-            doc(r.map_err(failed)?)?
+            ctl.call(pb::UpdateRequest { id, json }, async |c, r| {
+                c.update_account(r).await
+            })
+            .await?
         }
         AccountsCommand::Delete { id } => {
-            let r = ctl
-                .client
-                .delete_account(ctl.req(pb::IdRequest { id }))
-                .await;
-            r.map_err(failed)?;
+            ctl.call(pb::IdRequest { id }, async |c, r| c.delete_account(r).await)
+                .await?;
             json!({ "deleted": id })
         }
         AccountsCommand::Enable { id } | AccountsCommand::Disable { id } => {
             let enabled = matches!(c, AccountsCommand::Enable { .. });
-            let r = ctl
-                .client
-                .set_account_enabled(ctl.req(pb::SetEnabledRequest { id, enabled }))
-                .await;
-            doc(r.map_err(failed)?)?
+            ctl.call(pb::SetEnabledRequest { id, enabled }, async |c, r| {
+                c.set_account_enabled(r).await
+            })
+            .await?
         }
         AccountsCommand::Reset { id, all, enable } => {
             let id = match (id, all) {
@@ -597,15 +608,15 @@ async fn accounts(ctl: &mut Ctl, c: AccountsCommand) -> Result<(), Failure> {
                     return Err(Failure::Run(anyhow::anyhow!("give an account id or --all")));
                 }
             };
-            let r = ctl
-                .client
-                .reset_account(ctl.req(pb::ResetAccountRequest { id, enable }))
-                .await;
-            doc(r.map_err(failed)?)?
+            ctl.call(pb::ResetAccountRequest { id, enable }, async |c, r| {
+                c.reset_account(r).await
+            })
+            .await?
         }
         AccountsCommand::Test { id } => {
-            let r = ctl.client.test_account(ctl.req(pb::IdRequest { id })).await;
-            let v = doc(r.map_err(failed)?)?;
+            let v = ctl
+                .call(pb::IdRequest { id }, async |c, r| c.test_account(r).await)
+                .await?;
             show(ctl, &v, |v| table(&json!([v]), CHECK_COLUMNS));
             return Ok(());
         }
@@ -617,30 +628,29 @@ async fn accounts(ctl: &mut Ctl, c: AccountsCommand) -> Result<(), Failure> {
 async fn users(ctl: &mut Ctl, c: ResourceCommand) -> Result<(), Failure> {
     let v = match c {
         ResourceCommand::List => {
-            let r = ctl
-                .client
-                .list_users(ctl.req(pb::ListRequest::default()))
-                .await;
-            let v = doc(r.map_err(failed)?)?;
+            let v = ctl
+                .call(pb::ListRequest::default(), async |c, r| {
+                    c.list_users(r).await
+                })
+                .await?;
             show(ctl, &v, |v| table(&v["items"], USER_COLUMNS));
             return Ok(());
         }
         ResourceCommand::Create { file } => {
             let json = file_json(&file)?;
-            let r = ctl.client.create_user(ctl.req(pb::Document { json })).await;
-            doc(r.map_err(failed)?)?
+            ctl.call(pb::Document { json }, async |c, r| c.create_user(r).await)
+                .await?
         }
         ResourceCommand::Update { id, file } => {
             let json = file_json(&file)?;
-            let r = ctl
-                .client
-                .update_user(ctl.req(pb::UpdateRequest { id, json }))
-                .await;
-            doc(r.map_err(failed)?)?
+            ctl.call(pb::UpdateRequest { id, json }, async |c, r| {
+                c.update_user(r).await
+            })
+            .await?
         }
         ResourceCommand::Delete { id } => {
-            let r = ctl.client.delete_user(ctl.req(pb::IdRequest { id })).await;
-            r.map_err(failed)?;
+            ctl.call(pb::IdRequest { id }, async |c, r| c.delete_user(r).await)
+                .await?;
             json!({ "deleted": id })
         }
     };
@@ -655,30 +665,27 @@ async fn keys(ctl: &mut Ctl, c: KeysCommand) -> Result<(), Failure> {
             if let Some(u) = user {
                 query.insert("user_id".to_string(), u.to_string());
             }
-            let r = ctl
-                .client
-                .list_keys(ctl.req(pb::ListRequest { query }))
-                .await;
-            let v = doc(r.map_err(failed)?)?;
+            let v = ctl
+                .call(pb::ListRequest { query }, async |c, r| c.list_keys(r).await)
+                .await?;
             show(ctl, &v, |v| table(&v["items"], KEY_COLUMNS));
             return Ok(());
         }
         KeysCommand::Create { file } => {
             let json = file_json(&file)?;
-            let r = ctl.client.create_key(ctl.req(pb::Document { json })).await;
-            doc(r.map_err(failed)?)?
+            ctl.call(pb::Document { json }, async |c, r| c.create_key(r).await)
+                .await?
         }
         KeysCommand::Update { id, file } => {
             let json = file_json(&file)?;
-            let r = ctl
-                .client
-                .update_key(ctl.req(pb::UpdateRequest { id, json }))
-                .await;
-            doc(r.map_err(failed)?)?
+            ctl.call(pb::UpdateRequest { id, json }, async |c, r| {
+                c.update_key(r).await
+            })
+            .await?
         }
         KeysCommand::Delete { id } => {
-            let r = ctl.client.delete_key(ctl.req(pb::IdRequest { id })).await;
-            r.map_err(failed)?;
+            ctl.call(pb::IdRequest { id }, async |c, r| c.delete_key(r).await)
+                .await?;
             json!({ "deleted": id })
         }
     };
@@ -689,29 +696,27 @@ async fn keys(ctl: &mut Ctl, c: KeysCommand) -> Result<(), Failure> {
 async fn packages(ctl: &mut Ctl, c: PackagesCommand) -> Result<(), Failure> {
     let v = match c {
         PackagesCommand::List { user } => {
-            let r = ctl
-                .client
-                .list_packages(ctl.req(pb::IdRequest { id: user }))
-                .await;
-            let v = doc(r.map_err(failed)?)?;
+            let v = ctl
+                .call(pb::IdRequest { id: user }, async |c, r| {
+                    c.list_packages(r).await
+                })
+                .await?;
             show(ctl, &v, |v| table(&v["items"], PACKAGE_COLUMNS));
             return Ok(());
         }
         PackagesCommand::Create { user, file } => {
             let json = file_json(&file)?;
-            let r = ctl
-                .client
-                .create_package(ctl.req(pb::UpdateRequest { id: user, json }))
-                .await;
-            doc(r.map_err(failed)?)?
+            ctl.call(pb::UpdateRequest { id: user, json }, async |c, r| {
+                c.create_package(r).await
+            })
+            .await?
         }
         PackagesCommand::Update { id, file } => {
             let json = file_json(&file)?;
-            let r = ctl
-                .client
-                .update_package(ctl.req(pb::UpdateRequest { id, json }))
-                .await;
-            doc(r.map_err(failed)?)?
+            ctl.call(pb::UpdateRequest { id, json }, async |c, r| {
+                c.update_package(r).await
+            })
+            .await?
         }
         PackagesCommand::Reset { package, user } => {
             let target = match (package, user) {
@@ -723,13 +728,13 @@ async fn packages(ctl: &mut Ctl, c: PackagesCommand) -> Result<(), Failure> {
                     )));
                 }
             };
-            let r = ctl
-                .client
-                .reset_packages(ctl.req(pb::ResetPackagesRequest {
+            ctl.call(
+                pb::ResetPackagesRequest {
                     target: Some(target),
-                }))
-                .await;
-            doc(r.map_err(failed)?)?
+                },
+                async |c, r| c.reset_packages(r).await,
+            )
+            .await?
         }
     };
     show(ctl, &v, fields);
@@ -737,8 +742,11 @@ async fn packages(ctl: &mut Ctl, c: PackagesCommand) -> Result<(), Failure> {
 }
 
 async fn settings(ctl: &mut Ctl, c: SettingsCommand) -> Result<(), Failure> {
-    let r = match c {
-        SettingsCommand::Get => ctl.client.get_settings(ctl.req(pb::Empty {})).await,
+    let v = match c {
+        SettingsCommand::Get => {
+            ctl.call(pb::Empty {}, async |c, r| c.get_settings(r).await)
+                .await?
+        }
         SettingsCommand::Set { pairs } => {
             let mut patch = serde_json::Map::new();
             for pair in pairs {
@@ -753,12 +761,12 @@ async fn settings(ctl: &mut Ctl, c: SettingsCommand) -> Result<(), Failure> {
                 patch.insert(k.to_string(), value);
             }
             let json = Value::Object(patch).to_string();
-            ctl.client
-                .update_settings(ctl.req(pb::Document { json }))
-                .await
+            ctl.call(pb::Document { json }, async |c, r| {
+                c.update_settings(r).await
+            })
+            .await?
         }
     };
-    let v = doc(r.map_err(failed)?)?;
     show(ctl, &v, |v| {
         let stored: Vec<&str> = v["stored"]
             .as_array()
@@ -803,12 +811,13 @@ async fn cache(ctl: &mut Ctl, c: CacheCommand) -> Result<(), Failure> {
         query: filter.query(&kind),
         kind: kind.clone(),
     };
-    let r = if clear {
-        ctl.client.clear_cache(ctl.req(request)).await
+    let v = if clear {
+        ctl.call(request, async |c, r| c.clear_cache(r).await)
+            .await?
     } else {
-        ctl.client.list_cache(ctl.req(request)).await
+        ctl.call(request, async |c, r| c.list_cache(r).await)
+            .await?
     };
-    let v = doc(r.map_err(failed)?)?;
     show(ctl, &v, |v| {
         if clear {
             println!("cleared {}", v["cleared"]);
