@@ -148,10 +148,12 @@ fn render(mut document: utoipa::openapi::OpenApi) -> String {
             }
         }
     }
-    #[allow(clippy::expect_used)] // plain data: strings, maps and numbers
-    let mut json = document
+    #[allow(clippy::expect_used, reason = "plain data: strings, maps and numbers")]
+    let json = document
         .to_pretty_json()
         .expect("the OpenAPI document serialises");
+    // utoipa spells unsigned formats `u-int32`; the registry's name is `uint32`.
+    let mut json = json.replace("\"format\": \"u-int", "\"format\": \"uint");
     json.push('\n');
     json
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use aiproxy_proto::v1 as pb;
 use aiproxy_proto::v1::node_service_server::{NodeService, NodeServiceServer};
 use aiproxy_shared::keys::constant_time_eq;
+use aiproxy_shared::pricing::TokenUsage;
 use futures_util::Stream;
 use rust_decimal::Decimal;
 use tokio_stream::wrappers::ReceiverStream;
@@ -369,16 +370,20 @@ fn usage_row(node_id: &str, r: pb::UsageRecord) -> Result<UsageRow, Status> {
     }
     let created_at = chrono::DateTime::from_timestamp_millis(r.created_at_ms)
         .ok_or_else(|| Status::invalid_argument("created_at_ms out of range"))?;
-    let tokens =
-        |v: u64| i64::try_from(v).map_err(|_| Status::invalid_argument("token count out of range"));
+    let tokens = TokenUsage {
+        input: r.input_tokens,
+        output: r.output_tokens,
+        cache_creation: r.cache_creation_tokens,
+        cache_creation_1h: r.cache_creation_1h_tokens,
+        cache_read: r.cache_read_tokens,
+    };
+    if i64::try_from(tokens.total()).is_err() {
+        return Err(Status::invalid_argument("token count out of range"));
+    }
     Ok(UsageRow {
         upstream_cost: decimal("upstream_cost", &r.upstream_cost)?,
         cost: decimal("cost", &r.cost)?,
-        input_tokens: tokens(r.input_tokens)?,
-        output_tokens: tokens(r.output_tokens)?,
-        cache_creation_tokens: tokens(r.cache_creation_tokens)?,
-        cache_creation_1h_tokens: tokens(r.cache_creation_1h_tokens)?,
-        cache_read_tokens: tokens(r.cache_read_tokens)?,
+        tokens,
         request_id: r.request_id,
         user_id: r.user_id,
         api_key_id: r.api_key_id,

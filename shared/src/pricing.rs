@@ -34,13 +34,22 @@ pub struct LongContext {
 }
 
 /// Token counts of one request, in the Anthropic convention: `input`
-/// excludes cache tokens, `cache_creation` includes the 1-hour part.
+/// excludes cache tokens, `cache_creation` includes the 1-hour part. The
+/// one shape from the tap to the request log (the wire between the planes
+/// keeps its own fields); serialised under the request log's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct TokenUsage {
+    #[serde(rename = "input_tokens")]
     pub input: u64,
+    #[serde(rename = "output_tokens")]
     pub output: u64,
+    /// Cache writes, the 1-hour ones included.
+    #[serde(rename = "cache_creation_tokens")]
     pub cache_creation: u64,
+    #[serde(rename = "cache_creation_1h_tokens")]
     pub cache_creation_1h: u64,
+    #[serde(rename = "cache_read_tokens")]
     pub cache_read: u64,
 }
 

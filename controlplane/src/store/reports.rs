@@ -87,7 +87,6 @@ struct Line {
 }
 
 impl_from_row!(Line, |r| {
-    let tokens = |c: &str| -> sqlx::Result<u64> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
     Ok(Line {
         id: r.try_get("id")?,
         user_id: r.try_get("user_id")?,
@@ -95,13 +94,7 @@ impl_from_row!(Line, |r| {
         account_id: r.try_get("account_id")?,
         package_id: r.try_get("package_id")?,
         model: r.try_get("model")?,
-        usage: TokenUsage {
-            input: tokens("input_tokens")?,
-            output: tokens("output_tokens")?,
-            cache_creation: tokens("cache_creation_tokens")?,
-            cache_creation_1h: tokens("cache_creation_1h_tokens")?,
-            cache_read: tokens("cache_read_tokens")?,
-        },
+        usage: super::usage::tokens_of(r)?,
         upstream_cost: r.try_get::<Usd, _>("upstream_cost")?.0,
         cost: r.try_get::<Usd, _>("cost")?.0,
         created_at: r.try_get("created_at")?,

@@ -159,11 +159,13 @@ fn usage_row(request_id: &str, user_id: i64, key_id: i64, account_id: i64) -> Us
         platform: "anthropic".into(),
         endpoint: "/v1/messages".into(),
         status_code: 200,
-        input_tokens: 100,
-        output_tokens: 50,
-        cache_creation_tokens: 10,
-        cache_creation_1h_tokens: 0,
-        cache_read_tokens: 1000,
+        tokens: aiproxy_shared::pricing::TokenUsage {
+            input: 100,
+            output: 50,
+            cache_creation: 10,
+            cache_creation_1h: 0,
+            cache_read: 1000,
+        },
         upstream_cost: dec("0.0000001"),
         cost: dec("0.00000015"),
         price_version: 1,
@@ -342,7 +344,7 @@ on_every_backend!(ingestion_is_idempotent_and_updates_totals, |store| {
         .unwrap();
     assert_eq!(total, 4);
     assert_eq!(logs.len(), 2);
-    assert_eq!(logs[0].cache_read_tokens, 1000);
+    assert_eq!(logs[0].tokens.cache_read, 1000);
     assert_eq!(logs[0].total_tokens, 1160);
     assert_eq!(logs[0].cost, dec("0.00000015"));
     let (none, total) = store

@@ -7,6 +7,7 @@ use sqlx::QueryBuilder;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aiproxy_shared::billing::Periods;
+use aiproxy_shared::pricing::TokenUsage;
 use chrono::{FixedOffset, NaiveDate};
 
 use super::db::{Dialect, Usd, impl_from_row, with_pool};
@@ -25,11 +26,7 @@ pub struct UsageRow {
     pub platform: String,
     pub endpoint: String,
     pub status_code: i32,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub cache_creation_tokens: i64,
-    pub cache_creation_1h_tokens: i64,
-    pub cache_read_tokens: i64,
+    pub tokens: TokenUsage,
     pub upstream_cost: Decimal,
     pub cost: Decimal,
     pub price_version: i64,
@@ -45,10 +42,27 @@ pub struct UsageRow {
     pub package_id: Option<i64>,
 }
 
-impl UsageRow {
-    fn total_tokens(&self) -> i64 {
-        self.input_tokens + self.output_tokens + self.cache_creation_tokens + self.cache_read_tokens
-    }
+/// A token count as the database holds it.
+fn count(tokens: u64) -> i64 {
+    i64::try_from(tokens).unwrap_or(i64::MAX)
+}
+
+/// The five token columns of a request log row.
+pub(crate) fn tokens_of<'r, R>(r: &'r R) -> sqlx::Result<TokenUsage>
+where
+    R: sqlx::Row,
+    i64: sqlx::Type<R::Database> + sqlx::Decode<'r, R::Database>,
+    &'static str: sqlx::ColumnIndex<R>,
+{
+    let column =
+        |c: &'static str| -> sqlx::Result<u64> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
+    Ok(TokenUsage {
+        input: column("input_tokens")?,
+        output: column("output_tokens")?,
+        cache_creation: column("cache_creation_tokens")?,
+        cache_creation_1h: column("cache_creation_1h_tokens")?,
+        cache_read: column("cache_read_tokens")?,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -72,11 +86,8 @@ pub struct RequestLog {
     pub platform: String,
     pub endpoint: String,
     pub status_code: i32,
-    pub input_tokens: i64,
-    pub output_tokens: i64,
-    pub cache_creation_tokens: i64,
-    pub cache_creation_1h_tokens: i64,
-    pub cache_read_tokens: i64,
+    #[serde(flatten)]
+    pub tokens: TokenUsage,
     pub total_tokens: i64,
     /// What the user pays.
     pub cost: Decimal,
@@ -112,11 +123,7 @@ impl_from_row!(RequestLog, |r| {
         platform: r.try_get("platform")?,
         endpoint: r.try_get("endpoint")?,
         status_code: r.try_get("status_code")?,
-        input_tokens: r.try_get("input_tokens")?,
-        output_tokens: r.try_get("output_tokens")?,
-        cache_creation_tokens: r.try_get("cache_creation_tokens")?,
-        cache_creation_1h_tokens: r.try_get("cache_creation_1h_tokens")?,
-        cache_read_tokens: r.try_get("cache_read_tokens")?,
+        tokens: tokens_of(r)?,
         total_tokens: r.try_get("total_tokens")?,
         cost: r.try_get::<Usd, _>("cost")?.0,
         price_version: r.try_get("price_version")?,
@@ -185,11 +192,11 @@ struct Totals {
 impl Totals {
     fn add(&mut self, row: &UsageRow) {
         self.requests += 1;
-        self.input += row.input_tokens;
-        self.output += row.output_tokens;
-        self.cache_creation += row.cache_creation_tokens;
-        self.cache_read += row.cache_read_tokens;
-        self.total += row.total_tokens();
+        self.input += count(row.tokens.input);
+        self.output += count(row.tokens.output);
+        self.cache_creation += count(row.tokens.cache_creation);
+        self.cache_read += count(row.tokens.cache_read);
+        self.total += count(row.tokens.total());
         self.upstream_cost += row.upstream_cost;
         self.cost += row.cost;
         self.last = self.last.max(Some(row.created_at));
@@ -305,12 +312,12 @@ impl Store {
                         .push_bind(row.platform.as_str())
                         .push_bind(row.endpoint.as_str())
                         .push_bind(row.status_code)
-                        .push_bind(row.input_tokens)
-                        .push_bind(row.output_tokens)
-                        .push_bind(row.cache_creation_tokens)
-                        .push_bind(row.cache_creation_1h_tokens)
-                        .push_bind(row.cache_read_tokens)
-                        .push_bind(row.total_tokens())
+                        .push_bind(count(row.tokens.input))
+                        .push_bind(count(row.tokens.output))
+                        .push_bind(count(row.tokens.cache_creation))
+                        .push_bind(count(row.tokens.cache_creation_1h))
+                        .push_bind(count(row.tokens.cache_read))
+                        .push_bind(count(row.tokens.total()))
                         .push_bind(Usd(row.upstream_cost))
                         .push_bind(Usd(row.cost))
                         .push_bind(row.price_version)

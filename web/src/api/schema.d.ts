@@ -760,7 +760,7 @@ export interface components {
         AccountLoad: {
             /** Format: int64 */
             account_id: number;
-            /** Format: u-int32 */
+            /** Format: uint32 */
             in_use: number;
             name?: string | null;
             /** Format: int32 */
@@ -883,7 +883,7 @@ export interface components {
             /** @description `ok`, `failed` or `unknown`. */
             status: string;
             endpoint: string;
-            /** Format: u-int16 */
+            /** Format: uint16 */
             http_status?: number | null;
             message?: string | null;
             /** Format: int32 */
@@ -895,7 +895,7 @@ export interface components {
         };
         /** @description How many entries an operation cleared. */
         Cleared: {
-            /** Format: u-int64 */
+            /** Format: uint64 */
             cleared: number;
         };
         /** @enum {string} */
@@ -1107,16 +1107,16 @@ export interface components {
         KeyLoad: {
             /** Format: int64 */
             key_id: number;
-            /** Format: u-int32 */
+            /** Format: uint32 */
             in_use: number;
         };
         LogPage: {
             items: components["schemas"]["RequestLog"][];
             /** Format: int64 */
             total: number;
-            /** Format: u-int32 */
+            /** Format: uint32 */
             page: number;
-            /** Format: u-int32 */
+            /** Format: uint32 */
             page_size: number;
         };
         LoginRequest: {
@@ -1126,7 +1126,7 @@ export interface components {
         /** @description USD: a decimal string, or a number (exact up to 15 significant digits), at most 100000000 either way; answered as a string */
         Money: string | number;
         NodeList: {
-            /** Format: u-int64 */
+            /** Format: uint64 */
             snapshot_version: number;
             items: components["schemas"]["NodeView"][];
             total: number;
@@ -1134,7 +1134,7 @@ export interface components {
         /** @description A data plane watching this control plane. */
         NodeView: {
             node_id: string;
-            /** Format: u-int64 */
+            /** Format: uint64 */
             applied_version: number;
             /** @description It applied the latest snapshot. */
             current: boolean;
@@ -1277,7 +1277,7 @@ export interface components {
         };
         /** @description The snapshot version every node is now asked to apply. */
         Refreshed: {
-            /** Format: u-int64 */
+            /** Format: uint64 */
             version: number;
         };
         /** @description What happened to each item, in order. */
@@ -1294,7 +1294,7 @@ export interface components {
             action: string;
         };
         /** @description A row of `request_logs` as the admin API shows it. */
-        RequestLog: (null | components["schemas"]["PoolFields"]) & {
+        RequestLog: (null | components["schemas"]["PoolFields"]) & components["schemas"]["TokenUsage"] & {
             /** Format: int64 */
             id: number;
             request_id: string;
@@ -1307,16 +1307,6 @@ export interface components {
             endpoint: string;
             /** Format: int32 */
             status_code: number;
-            /** Format: int64 */
-            input_tokens: number;
-            /** Format: int64 */
-            output_tokens: number;
-            /** Format: int64 */
-            cache_creation_tokens: number;
-            /** Format: int64 */
-            cache_creation_1h_tokens: number;
-            /** Format: int64 */
-            cache_read_tokens: number;
             /** Format: int64 */
             total_tokens: number;
             /** @description What the user pays. */
@@ -1368,7 +1358,7 @@ export interface components {
         };
         /** @description How many things a bulk operation touched. */
         ResetCount: {
-            /** Format: u-int64 */
+            /** Format: uint64 */
             reset: number;
         };
         /** @enum {string} */
@@ -1448,6 +1438,27 @@ export interface components {
             /** @description The settings stored in `system_configs` (the rest are defaults). */
             stored: string[];
             specs: components["schemas"]["SettingSpec"][];
+        };
+        /**
+         * @description Token counts of one request, in the Anthropic convention: `input`
+         *     excludes cache tokens, `cache_creation` includes the 1-hour part. The
+         *     one shape from the tap to the request log (the wire between the planes
+         *     keeps its own fields); serialised under the request log's names.
+         */
+        TokenUsage: {
+            /** Format: uint64 */
+            input_tokens: number;
+            /** Format: uint64 */
+            output_tokens: number;
+            /**
+             * Format: uint64
+             * @description Cache writes, the 1-hour ones included.
+             */
+            cache_creation_tokens: number;
+            /** Format: uint64 */
+            cache_creation_1h_tokens: number;
+            /** Format: uint64 */
+            cache_read_tokens: number;
         };
         UnavailableAccount: {
             /** Format: int64 */
@@ -1582,7 +1593,7 @@ export interface components {
         UserLoad: {
             /** Format: int64 */
             user_id: number;
-            /** Format: u-int32 */
+            /** Format: uint32 */
             in_use: number;
         };
     };
