@@ -14,12 +14,11 @@ use rust_decimal::Decimal;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use aiproxy_shared::state::{MarkKind, StateStore};
+use aiproxy_shared::state::MarkKind;
 
 use crate::health::HealthChecker;
-use crate::oauth::{Outcome as RefreshOutcome, RefreshError, Refresher};
-use crate::publisher::Publisher;
-use crate::store::{HealthOutcome, Store, UsageRow};
+use crate::oauth::{Outcome as RefreshOutcome, RefreshError};
+use crate::store::{HealthOutcome, UsageRow};
 
 const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 /// Largest usage batch accepted in one call.
@@ -38,18 +37,11 @@ pub struct NodeStatus {
 
 #[derive(Clone)]
 pub struct NodeApi {
-    store: Store,
-    publisher: Publisher,
-    refresher: Refresher,
-    health: HealthChecker,
-    state: Arc<dyn StateStore>,
-    /// The zone package periods and daily usage are counted in.
-    billing_tz: chrono::FixedOffset,
-    nodes: NodeRegistry,
+    /// The store, publisher, refresher, health checks, state store, billing
+    /// zone, node registry and task tracker the admin side uses too.
+    services: crate::service::Services,
     /// Shutdown: watch streams end, so the server can stop.
     shutdown: tokio_util::sync::CancellationToken,
-    /// Watch streams and refreshes a node asked for; shutdown waits for them.
-    tasks: tokio_util::task::TaskTracker,
 }
 
 /// The data planes this control plane serves, by node id.
@@ -63,29 +55,11 @@ pub fn list_nodes(nodes: &NodeRegistry) -> Vec<NodeStatus> {
 }
 
 impl NodeApi {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
-        store: Store,
-        publisher: Publisher,
-        refresher: Refresher,
-        health: HealthChecker,
-        state: Arc<dyn StateStore>,
-        billing_tz: chrono::FixedOffset,
-        nodes: NodeRegistry,
+        services: crate::service::Services,
         shutdown: tokio_util::sync::CancellationToken,
-        tasks: tokio_util::task::TaskTracker,
     ) -> Self {
-        Self {
-            store,
-            publisher,
-            refresher,
-            health,
-            state,
-            billing_tz,
-            nodes,
-            shutdown,
-            tasks,
-        }
+        Self { services, shutdown }
     }
 
     /// The tonic service, with every call checked against the node token.
@@ -133,11 +107,11 @@ impl NodeService for NodeApi {
     ) -> Result<Response<WatchStream>, Status> {
         let req = request.into_inner();
         tracing::info!(node_id = %req.node_id, last_version = req.last_version, "node watching");
-        let mut rx = self.publisher.subscribe();
-        let mut usage = self.publisher.subscribe_usage();
+        let mut rx = self.services.publisher.subscribe();
+        let mut usage = self.services.publisher.subscribe_usage();
         let (tx, out) = tokio::sync::mpsc::channel(2);
         let shutdown = self.shutdown.clone();
-        self.tasks.spawn(async move {
+        self.services.tasks.spawn(async move {
             let mut sent = req.last_version;
             let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
             heartbeat.tick().await;
@@ -194,7 +168,7 @@ impl NodeService for NodeApi {
         } else {
             tracing::warn!(node_id = %ack.node_id, version = ack.version, error = %ack.error, "node rejected snapshot");
         }
-        let mut nodes = self.nodes.locked();
+        let mut nodes = self.services.nodes.locked();
         let entry = nodes
             .entry(ack.node_id.clone())
             .or_insert_with(|| NodeStatus {
@@ -226,10 +200,10 @@ impl NodeService for NodeApi {
             .try_into()
             .map_err(|_| Status::invalid_argument("refused_token_sha256 must be 32 bytes"))?;
         tracing::info!(node_id = %req.node_id, account_id = req.account_id, "node reports a refused OAuth token");
-        let refresher = self.refresher.clone();
-        let health = self.health.clone();
-        let state = self.state.clone();
-        self.tasks.spawn(async move {
+        let refresher = self.services.refresher.clone();
+        let health = self.services.health.clone();
+        let state = self.services.state.clone();
+        self.services.tasks.spawn(async move {
             match refresher.refresh(req.account_id, Some(refused)).await {
                 Ok(outcome) => {
                     tracing::info!(
@@ -275,6 +249,7 @@ impl NodeService for NodeApi {
             let reset = chrono::DateTime::from_timestamp_millis(req.rate_limit_reset_at_ms)
                 .ok_or_else(|| Status::invalid_argument("rate_limit_reset_at_ms out of range"))?;
             let changed = self
+                .services
                 .store
                 .note_rate_limit(req.account_id, reset)
                 .await
@@ -285,7 +260,8 @@ impl NodeService for NodeApi {
         }
         if !req.suspected_ban.is_empty() {
             let message: String = req.suspected_ban.chars().take(300).collect();
-            self.store
+            self.services
+                .store
                 .flag_suspected_ban(req.account_id, &message)
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
@@ -297,7 +273,7 @@ impl NodeService for NodeApi {
                 message: req.credential_failure.chars().take(300).collect(),
             };
             tracing::warn!(node_id = %req.node_id, account_id = req.account_id, failure = %req.credential_failure, "upstream refused the account's credentials");
-            count_failure(&self.health, req.account_id, &outcome).await;
+            count_failure(&self.services.health, req.account_id, &outcome).await;
         }
         Ok(Response::new(pb::AccountStateAck {}))
     }
@@ -318,8 +294,9 @@ impl NodeService for NodeApi {
             .map(|r| usage_row(&batch.node_id, r))
             .collect::<Result<Vec<_>, _>>()?;
         let outcome = self
+            .services
             .store
-            .ingest_usage(&rows, self.billing_tz)
+            .ingest_usage(&rows, self.services.billing_tz)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, node_id = %batch.node_id, "usage ingestion failed");
@@ -334,7 +311,12 @@ impl NodeService for NodeApi {
             .collect();
         served.sort_unstable();
         served.dedup();
-        if let Err(e) = self.store.clear_account_errors_served(&served).await {
+        if let Err(e) = self
+            .services
+            .store
+            .clear_account_errors_served(&served)
+            .await
+        {
             tracing::warn!(error = %e, "could not reset the error counts of serving accounts");
         }
         Ok(Response::new(pb::UsageAck {

@@ -196,7 +196,7 @@ pub async fn start(
     let manage =
         manage::ManageApi::new(services.clone(), settings.admin_token.expose().to_string())
             .into_server();
-    let app = api::router(services);
+    let app = api::router(services.clone());
     let admin_cancel = cancel.clone();
     let admin_limits = settings.admin_limits.clone();
     let trusted = std::sync::Arc::new(settings.trusted_proxies.clone());
@@ -218,17 +218,7 @@ pub async fn start(
             .await;
     });
 
-    let node_api = grpc::NodeApi::new(
-        store.clone(),
-        publisher,
-        refresher,
-        health,
-        settings.state.clone(),
-        settings.billing_tz,
-        nodes,
-        cancel.clone(),
-        tracker.clone(),
-    );
+    let node_api = grpc::NodeApi::new(services, cancel.clone());
     let service = node_api.into_server(settings.node_token.expose().to_string());
     let mut server = tonic::transport::Server::builder();
     match &settings.grpc_tls {

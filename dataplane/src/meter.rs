@@ -105,35 +105,47 @@ impl Meter {
         );
         let record = record(
             &self,
-            &model,
-            &usage,
-            upstream_cost,
-            cost,
-            price_version,
-            source,
-            error_class,
+            Outcome {
+                model,
+                usage,
+                upstream_cost,
+                cost,
+                price_version,
+                source,
+                error_class,
+            },
         );
         self.sink.report(record);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn record(
-    m: &Meter,
-    model: &str,
-    usage: &TokenUsage,
+/// What a request came to, once its response has ended.
+struct Outcome {
+    model: String,
+    usage: TokenUsage,
     upstream_cost: Decimal,
     cost: Decimal,
     price_version: u64,
     source: UsageSource,
     error_class: String,
-) -> pb::UsageRecord {
+}
+
+fn record(m: &Meter, outcome: Outcome) -> pb::UsageRecord {
+    let Outcome {
+        model,
+        usage,
+        upstream_cost,
+        cost,
+        price_version,
+        source,
+        error_class,
+    } = outcome;
     pb::UsageRecord {
         request_id: m.request_id.clone(),
         user_id: m.user_id,
         api_key_id: m.key_id,
         account_id: m.account_id,
-        model: model.to_string(),
+        model,
         platform: m.platform.as_str().to_string(),
         endpoint: m.endpoint.to_string(),
         status_code: u32::from(m.status),
