@@ -40,7 +40,8 @@ pub async fn apply_at_start(
     .await;
     services
         .record_change(Change {
-            actor: &actor,
+            actor_id: actor.user_id(),
+            actor: actor.name(),
             action: "POST",
             target: "/api/v1/apply",
             status: http_status(&outcome, StatusCode::OK),
@@ -151,7 +152,8 @@ impl ManageApi {
         let outcome = operation.await;
         self.services
             .record_change(Change {
-                actor,
+                actor_id: actor.user_id(),
+                actor: actor.name(),
                 action: method,
                 target: &format!("/api/v1{path}"),
                 status: http_status(&outcome, success),

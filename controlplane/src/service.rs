@@ -16,7 +16,7 @@ pub mod throttle;
 pub mod usage;
 pub mod users;
 
-use aiproxy_shared::domain::{ActiveStatus, Role};
+use aiproxy_shared::domain::Role;
 
 use crate::crypto::{JwtKeys, Sealer};
 use crate::publisher::Publisher;
@@ -121,37 +121,43 @@ impl From<StoreError> for ServiceError {
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
 
-/// Who is acting: a signed-in user, or the control plane's own principal
-/// (the management token, the start-up file, the health checker) as an
-/// admin that is no row in `users` (id 0).
+/// Who is acting.
 #[derive(Debug, Clone)]
-pub struct Actor {
-    pub user: User,
+pub enum Actor {
+    /// A signed-in user, as the store holds them now.
+    User(User),
+    /// The control plane's own principal (the management token, the
+    /// start-up file): an admin that is no row in `users`.
+    Service(String),
 }
 
 impl Actor {
-    /// An admin principal that is no user.
+    /// The control plane's own principal, by what it is.
     pub fn service(name: &str) -> Actor {
-        let now = chrono::Utc::now();
-        Actor {
-            user: User {
-                id: 0,
-                username: name.to_string(),
-                password_hash: String::new(),
-                role: Role::Admin,
-                status: ActiveStatus::Active,
-                price_rate: rust_decimal::Decimal::ONE,
-                email: None,
-                max_concurrency: 0,
-                created_at: now,
-                updated_at: now,
-                token_generation: 0,
-            },
+        Actor::Service(name.to_string())
+    }
+
+    /// The user acting, if a user is.
+    pub fn user_id(&self) -> Option<i64> {
+        match self {
+            Actor::User(u) => Some(u.id),
+            Actor::Service(_) => None,
+        }
+    }
+
+    /// A username, or what the service principal is.
+    pub fn name(&self) -> &str {
+        match self {
+            Actor::User(u) => &u.username,
+            Actor::Service(name) => name,
         }
     }
 
     pub fn is_admin(&self) -> bool {
-        self.user.role == Role::Admin
+        match self {
+            Actor::User(u) => u.role == Role::Admin,
+            Actor::Service(_) => true,
+        }
     }
 
     pub fn require_admin(&self) -> ServiceResult<()> {
@@ -168,13 +174,13 @@ impl Actor {
         if self.is_admin() {
             asked
         } else {
-            Some(self.user.id)
+            self.user_id()
         }
     }
 
     /// Admins may act on anyone; users only on themselves.
     pub fn require_self_or_admin(&self, user_id: i64) -> ServiceResult<()> {
-        if self.is_admin() || self.user.id == user_id {
+        if self.is_admin() || self.user_id() == Some(user_id) {
             Ok(())
         } else {
             Err(ServiceError::Forbidden("not allowed for this user"))

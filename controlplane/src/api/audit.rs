@@ -18,7 +18,7 @@ pub async fn record(State(services): State<Services>, req: Request, next: Next) 
     {
         return next.run(req).await;
     }
-    let Some(actor) = actor(&services, &req) else {
+    let Some(signer) = signer(&services, &req) else {
         // Refused by the route without a body read; nothing changed to record.
         return next.run(req).await;
     };
@@ -40,7 +40,8 @@ pub async fn record(State(services): State<Services>, req: Request, next: Next) 
         .await;
     services
         .record_change(Change {
-            actor: &actor,
+            actor_id: Some(signer.sub),
+            actor: &signer.username,
             action: method.as_str(),
             target: &path,
             status: response.status().as_u16(),
@@ -51,12 +52,9 @@ pub async fn record(State(services): State<Services>, req: Request, next: Next) 
 }
 
 /// Who signed the token, if it is valid; the route itself checks the rest.
-fn actor(services: &Services, req: &Request) -> Option<Actor> {
+fn signer(services: &Services, req: &Request) -> Option<crate::crypto::Claims> {
     let token = super::auth::bearer(req.headers()).ok()?;
-    let claims = services.jwt.verify(token.trim()).ok()?;
-    let mut actor = Actor::service(&claims.username);
-    actor.user.id = claims.sub;
-    Some(actor)
+    services.jwt.verify(token.trim()).ok()
 }
 
 /// The audit log, newest first (admins).

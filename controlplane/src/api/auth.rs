@@ -61,8 +61,11 @@ pub async fn login(
 /// The signed-in user.
 #[utoipa::path(get, path = "/me", tag = "auth",
     responses((status = 200, body = User), super::Failures))]
-pub async fn me(actor: Actor) -> Json<User> {
-    Json(actor.user)
+pub async fn me(actor: Actor) -> ServiceResult<Json<User>> {
+    match actor {
+        Actor::User(user) => Ok(Json(user)),
+        Actor::Service(_) => Err(ServiceError::NotFound("the management token is no user")),
+    }
 }
 
 /// Change one's own password; tokens issued before stop working and the

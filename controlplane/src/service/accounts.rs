@@ -412,7 +412,7 @@ impl Services {
         enabled: bool,
     ) -> ServiceResult<AccountView> {
         actor.require_admin()?;
-        let by = &actor.user.username;
+        let by = actor.name();
         let patch = AccountPatch {
             enabled: Some(enabled),
             status: enabled.then_some(AccountStatus::Valid),

@@ -66,7 +66,7 @@ impl Services {
         let done = report.items.len();
         match outcome {
             Ok(()) => {
-                tracing::info!(items = done, user = %actor.user.username, "declarative configuration applied");
+                tracing::info!(items = done, user = %actor.name(), "declarative configuration applied");
                 Ok(report)
             }
             // Earlier items stay applied; the document can be fixed and re-applied.

@@ -51,7 +51,11 @@ pub struct AuditPage {
 
 /// One change to write to the log.
 pub struct Change<'a> {
-    pub actor: &'a Actor,
+    /// The user who made it; none for the control plane's own principals
+    /// (recorded as actor id 0).
+    pub actor_id: Option<i64>,
+    /// Their username, or what the principal is.
+    pub actor: &'a str,
     /// The HTTP method (or a job's verb).
     pub action: &'a str,
     /// The REST path of what changed, e.g. `/api/v1/accounts/7/disable`.
@@ -86,8 +90,8 @@ impl Services {
     pub async fn record_change(&self, change: Change<'_>) {
         let detail = masked(change.body);
         let entry = NewAudit {
-            actor_id: change.actor.user.id,
-            actor: &change.actor.user.username,
+            actor_id: change.actor_id.unwrap_or(0),
+            actor: change.actor,
             action: change.action,
             target: change.target,
             status: change.status,

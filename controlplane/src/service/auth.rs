@@ -70,7 +70,7 @@ impl Services {
                 "password changed since this sign-in; sign in again",
             ));
         }
-        Ok(Actor { user })
+        Ok(Actor::User(user))
     }
 
     /// Signs in from `from` (the client's address, when it came over the
@@ -121,18 +121,18 @@ impl Services {
         req: ChangePassword,
         from: Option<IpAddr>,
     ) -> ServiceResult<Session> {
-        if actor.user.id == 0 {
+        let Actor::User(me) = actor else {
             return Err(ServiceError::BadRequest(
                 "the management token has no password".into(),
             ));
-        }
+        };
         // Guesses here count with the account's logins.
-        let name = &actor.user.username;
+        let name = &me.username;
         if let Some(wait) = self.password_throttle.wait(name, from) {
             return Err(ServiceError::Throttled(wait));
         }
         super::users::check_password(&req.new_password)?;
-        let hash = actor.user.password_hash.clone();
+        let hash = me.password_hash.clone();
         let valid = self
             .login_gate
             .verify(from, req.current_password, hash)
@@ -148,7 +148,7 @@ impl Services {
             password_hash: Some(self.hash_password(req.new_password).await?),
             ..Default::default()
         };
-        let user = self.store.update_user(actor.user.id, &patch).await?;
+        let user = self.store.update_user(me.id, &patch).await?;
         tracing::info!(user_id = user.id, "password changed by its owner");
         Ok(self.session(user))
     }

@@ -348,7 +348,7 @@ impl Services {
         actor.require_admin()?;
         let version = self.store.bump_snapshot_version().await?;
         self.publisher.refresh().await?;
-        tracing::info!(version, user = %actor.user.username, "snapshot refresh forced");
+        tracing::info!(version, user = %actor.name(), "snapshot refresh forced");
         Ok(Refreshed { version })
     }
 

@@ -119,7 +119,7 @@ impl Services {
     /// A key the caller may see: any for admins, their own for users.
     async fn visible_key(&self, actor: &Actor, id: i64) -> ServiceResult<ApiKey> {
         let key = self.store.get_api_key(id).await?;
-        if !actor.is_admin() && key.user_id != actor.user.id {
+        if !actor.is_admin() && Some(key.user_id) != actor.user_id() {
             return Err(ServiceError::NotFound("not found"));
         }
         Ok(key)
@@ -143,10 +143,9 @@ impl Services {
 
     pub async fn create_key(&self, actor: &Actor, req: CreateKey) -> ServiceResult<KeyCreated> {
         // The management token acts as no user: it must say whose key it is.
-        let user_id = match (req.user_id, actor.user.id) {
-            (Some(id), _) => id,
-            (None, 0) => return Err(ServiceError::BadRequest("user_id is required".into())),
-            (None, own) => own,
+        let user_id = match (req.user_id, actor.user_id()) {
+            (Some(id), _) | (None, Some(id)) => id,
+            (None, None) => return Err(ServiceError::BadRequest("user_id is required".into())),
         };
         actor.require_self_or_admin(user_id)?;
         check_name(&req.name)?;

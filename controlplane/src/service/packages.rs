@@ -108,7 +108,7 @@ impl Services {
     /// A package the caller may see: any for admins, their own for users.
     async fn visible_package(&self, actor: &Actor, id: i64) -> ServiceResult<Package> {
         let package = self.store.get_package(id).await?;
-        if !actor.is_admin() && package.user_id != actor.user.id {
+        if !actor.is_admin() && Some(package.user_id) != actor.user_id() {
             return Err(ServiceError::NotFound("not found"));
         }
         Ok(package)
@@ -230,7 +230,7 @@ impl Services {
     pub async fn reset_package(&self, actor: &Actor, id: i64) -> ServiceResult<Package> {
         actor.require_admin()?;
         self.store.reset_package_usage(Some(id), None).await?;
-        tracing::info!(package_id = id, by = %actor.user.username, "package usage reset");
+        tracing::info!(package_id = id, by = %actor.name(), "package usage reset");
         Ok(self.store.get_package(id).await?)
     }
 
@@ -242,7 +242,7 @@ impl Services {
     ) -> ServiceResult<ResetCount> {
         actor.require_admin()?;
         let reset = self.store.reset_package_usage(None, Some(user_id)).await?;
-        tracing::info!(user_id, reset, by = %actor.user.username, "package usage reset");
+        tracing::info!(user_id, reset, by = %actor.name(), "package usage reset");
         Ok(ResetCount { reset })
     }
 }

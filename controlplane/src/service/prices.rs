@@ -182,14 +182,14 @@ impl Services {
             )?,
             ..Default::default()
         };
-        let versions = self.store.set_prices(&[row], &actor.user.username).await?;
-        tracing::info!(model = %model, version = versions[0], by = %actor.user.username, "price set");
+        let versions = self.store.set_prices(&[row], actor.name()).await?;
+        tracing::info!(model = %model, version = versions[0], by = %actor.name(), "price set");
         Ok(self.store.get_price(model).await?)
     }
 
     pub async fn delete_price(&self, actor: &Actor, model: &str) -> ServiceResult<()> {
         actor.require_admin()?;
-        Ok(self.store.delete_price(model, &actor.user.username).await?)
+        Ok(self.store.delete_price(model, actor.name()).await?)
     }
 
     /// Imports LiteLLM's price file (its JSON object).
@@ -227,7 +227,7 @@ impl Services {
             }
         }
         self.store
-            .set_prices(&rows, &format!("{} (LiteLLM import)", actor.user.username))
+            .set_prices(&rows, &format!("{} (LiteLLM import)", actor.name()))
             .await?;
         tracing::info!(imported = rows.len(), skipped, "prices imported");
         Ok(ImportReport {

@@ -193,7 +193,7 @@ impl Services {
         self.store
             .save_system_configs(&change.set, &change.unset)
             .await?;
-        tracing::info!(user = %actor.user.username, set = ?change.set.keys().collect::<Vec<_>>(), unset = ?change.unset, "settings changed");
+        tracing::info!(user = %actor.name(), set = ?change.set.keys().collect::<Vec<_>>(), unset = ?change.unset, "settings changed");
         self.settings_view().await
     }
 }

@@ -289,7 +289,7 @@ impl Services {
         tracing::info!(
             from = %req.from, to = %req.to, requests = report.requests, changed = report.changed,
             before = %report.before_cost, after = %report.after_cost, applied = report.applied,
-            by = %actor.user.username, "re-rated"
+            by = %actor.name(), "re-rated"
         );
         Ok(report)
     }

@@ -128,7 +128,7 @@ impl Services {
         req: UpdateUser,
     ) -> ServiceResult<User> {
         actor.require_admin()?;
-        if id == actor.user.id && req.status == Some(ActiveStatus::Disabled) {
+        if actor.user_id() == Some(id) && req.status == Some(ActiveStatus::Disabled) {
             return Err(ServiceError::BadRequest(
                 "you cannot disable yourself".into(),
             ));
@@ -153,7 +153,7 @@ impl Services {
 
     pub async fn delete_user(&self, actor: &Actor, id: i64) -> ServiceResult<()> {
         actor.require_admin()?;
-        if id == actor.user.id {
+        if actor.user_id() == Some(id) {
             return Err(ServiceError::BadRequest(
                 "you cannot delete yourself".into(),
             ));
