@@ -13,10 +13,13 @@ mod ctl;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The release and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("AIPROXY_COMMIT"), ")");
+
 #[derive(Parser)]
 #[command(
     name = "aiproxy",
-    version,
+    version = VERSION,
     about = "Relay for AI APIs: share a pool of upstream accounts among your users"
 )]
 struct Cli {

@@ -344,26 +344,47 @@ impl Config {
         if let Some(v) = get("AIPROXY_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
         }
-        let secret = |name: &str| get(name).map(Secret::new);
-        if let Some(v) = secret("AIPROXY_DATABASE_URL") {
+        // A secret comes from its variable or, as Docker and Kubernetes
+        // secrets are mounted, from the file `<NAME>_FILE` names.
+        let secret = |name: &str| -> Result<Option<Secret>, ConfigError> {
+            let file_var = format!("{name}_FILE");
+            match (get(name), get(&file_var)) {
+                (Some(_), Some(_)) => Err(ConfigError::Invalid(format!(
+                    "set {name} or {file_var}, not both"
+                ))),
+                (Some(v), None) => Ok(Some(Secret::new(v))),
+                (None, Some(path)) => {
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        ConfigError::Invalid(format!("{file_var}: cannot read {path}: {e}"))
+                    })?;
+                    let value = text.trim_end_matches(['\n', '\r']);
+                    if value.is_empty() {
+                        return Err(ConfigError::Invalid(format!("{file_var}: {path} is empty")));
+                    }
+                    Ok(Some(Secret::new(value)))
+                }
+                (None, None) => Ok(None),
+            }
+        };
+        if let Some(v) = secret("AIPROXY_DATABASE_URL")? {
             self.database_url = Some(v);
         }
-        if let Some(v) = secret("AIPROXY_REDIS_URL") {
+        if let Some(v) = secret("AIPROXY_REDIS_URL")? {
             self.redis_url = Some(v);
         }
         if let Some(v) = get("AIPROXY_REDIS_NAMESPACE") {
             self.redis_namespace = v;
         }
-        if let Some(v) = secret("AIPROXY_SECRET_KEY") {
+        if let Some(v) = secret("AIPROXY_SECRET_KEY")? {
             self.secret_key = Some(v);
         }
-        if let Some(v) = secret("AIPROXY_NODE_TOKEN") {
+        if let Some(v) = secret("AIPROXY_NODE_TOKEN")? {
             self.node_token = Some(v);
         }
-        if let Some(v) = secret("AIPROXY_ADMIN_PASSWORD") {
+        if let Some(v) = secret("AIPROXY_ADMIN_PASSWORD")? {
             self.admin_password = Some(v);
         }
-        if let Some(v) = secret("AIPROXY_ADMIN_TOKEN") {
+        if let Some(v) = secret("AIPROXY_ADMIN_TOKEN")? {
             self.admin_token = Some(v);
         }
         if let Some(v) = get("AIPROXY_APPLY_FILE") {
@@ -781,5 +802,38 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{c:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn secrets_come_from_files_when_named_by_file_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("secret_key");
+        std::fs::write(&key, "k".repeat(40) + "\n").unwrap();
+        let path = key.display().to_string();
+        let config = load(None, &[("AIPROXY_SECRET_KEY_FILE", path.as_str())]).unwrap();
+        assert_eq!(
+            config.secret_key.as_ref().map(Secret::expose),
+            Some("k".repeat(40).as_str())
+        );
+
+        let both = load(
+            None,
+            &[
+                ("AIPROXY_SECRET_KEY", &"k".repeat(40)),
+                ("AIPROXY_SECRET_KEY_FILE", path.as_str()),
+            ],
+        )
+        .unwrap_err();
+        assert!(both.to_string().contains("not both"), "{both}");
+
+        let missing = dir.path().join("absent").display().to_string();
+        let err = load(None, &[("AIPROXY_NODE_TOKEN_FILE", missing.as_str())]).unwrap_err();
+        assert!(err.to_string().contains("AIPROXY_NODE_TOKEN_FILE"), "{err}");
+
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let empty = empty.display().to_string();
+        let err = load(None, &[("AIPROXY_ADMIN_TOKEN_FILE", empty.as_str())]).unwrap_err();
+        assert!(err.to_string().contains("is empty"), "{err}");
     }
 }

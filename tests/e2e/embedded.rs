@@ -708,3 +708,31 @@ pub async fn wait_for_status_within(
     })
     .await
 }
+
+#[test]
+fn the_version_names_the_commit_it_was_built_from() {
+    let out = std::process::Command::new(crate::bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let prefix = format!("aiproxy {} (", env!("CARGO_PKG_VERSION"));
+    assert!(text.starts_with(&prefix) && text.ends_with(')'), "{text}");
+    let commit = &text[prefix.len()..text.len() - 1];
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{text}"
+    );
+    // Built by this test run from this checkout: the commit is HEAD's.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    if std::env::var_os("AIPROXY_TEST_BIN").is_none()
+        && let Ok(head) = head
+        && head.status.success()
+    {
+        assert_eq!(commit, String::from_utf8_lossy(&head.stdout).trim());
+    }
+}
