@@ -27,7 +27,22 @@ struct Cli {
     #[arg(long, global = true, env = "AIPROXY_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Option<Top>,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    #[command(flatten)]
+    Run(Command),
+    /// Exit 0 when `URL` answers 2xx within the timeout, else 1 (a
+    /// container health check that needs no shell tools).
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:8080/readyz")]
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -59,16 +74,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let command = match cli.command {
+        // Needs no configuration: it runs beside a server, in its container.
+        Some(Top::Probe { url, timeout }) => return probe(&url, Duration::from_secs(timeout)),
+        Some(Top::Run(command)) => Some(command),
+        None => None,
+    };
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => return config_error(e),
     };
     aiproxy_shared::telemetry::init(config.log_format);
-    if !matches!(
-        cli.command,
-        Some(Command::Ctl { .. }) | Some(Command::Migrate)
-    ) {
-        fit_connection_limits(&mut config, cli.command.as_ref());
+    if !matches!(command, Some(Command::Ctl { .. }) | Some(Command::Migrate)) {
+        fit_connection_limits(&mut config, command.as_ref());
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -80,7 +98,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command {
+    let result = match command {
         None => all_in_one(config, &runtime),
         Some(command) => runtime.block_on(async {
             match command {
@@ -491,4 +509,42 @@ fn load_or_create_secret(path: &Path, what: &str) -> anyhow::Result<Secret> {
         tracing::info!(path = %path.display(), "generated a new {what}");
     }
     Ok(Secret::new(key))
+}
+
+/// `aiproxy probe`: one GET, its status decides the exit code.
+fn probe(url: &str, timeout: Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("probe: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+        let request = http::Request::get(uri)
+            .body(http_body_util::Full::default())
+            .map_err(|e| e.to_string())?;
+        let client = aiproxy_shared::http::client(timeout);
+        let response = tokio::time::timeout(timeout, client.request(request))
+            .await
+            .map_err(|_| format!("{url}: no answer within {}s", timeout.as_secs()))?
+            .map_err(|e| format!("{url}: {e}"))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("{url}: {status}"))
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("probe: {why}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -736,3 +736,27 @@ fn the_version_names_the_commit_it_was_built_from() {
         assert_eq!(commit, String::from_utf8_lossy(&head.stdout).trim());
     }
 }
+
+#[tokio::test]
+async fn probe_exits_by_the_answer_it_gets() {
+    let e = start().await;
+    let probe = |url: String| async move {
+        tokio::process::Command::new(crate::bin())
+            .args(["probe", &url, "--timeout", "5"])
+            .env_clear()
+            .output()
+            .await
+            .unwrap()
+    };
+    let ready = probe(format!("{}/readyz", e.proxy)).await;
+    assert!(ready.status.success(), "{ready:?}");
+    let missing = probe(format!("{}/no-such-path", e.proxy)).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("404"),
+        "{missing:?}"
+    );
+    e.process.stop().await;
+    let down = probe(format!("{}/readyz", e.proxy)).await;
+    assert_eq!(down.status.code(), Some(1));
+}
