@@ -213,6 +213,7 @@ fn controlplane_settings(
         admin_token,
         apply_document,
         database_url: config.database_url(),
+        database_pool_size: config.database_pool_size,
         secret_key,
         node_token,
         admin_password: config.admin_password.clone(),
@@ -448,7 +449,8 @@ async fn migrate(config: Config) -> Result<(), Failure> {
     if config.database_url.is_none() {
         ensure_dir(&config.data_dir)?;
     }
-    let store = aiproxy_controlplane::migrate(&config.database_url()).await?;
+    let store =
+        aiproxy_controlplane::migrate(&config.database_url(), config.database_pool_size).await?;
     store.close().await;
     println!("aiproxy: migrations applied");
     Ok(())

@@ -32,6 +32,8 @@ use crate::store::{NewUser, Store, StoreError};
 #[derive(Clone)]
 pub struct Settings {
     pub database_url: String,
+    /// Most connections to the database (0: the backend's default).
+    pub database_pool_size: u32,
     pub secret_key: Secret,
     pub node_token: Secret,
     /// Admin-scoped token of the management gRPC service.
@@ -92,8 +94,8 @@ pub struct ControlPlane {
 }
 
 /// Connects and migrates the database only (`aiproxy migrate`).
-pub async fn migrate(database_url: &str) -> Result<Store, StartError> {
-    let store = Store::connect(database_url).await?;
+pub async fn migrate(database_url: &str, pool_size: u32) -> Result<Store, StartError> {
+    let store = Store::connect_sized(database_url, pool_size).await?;
     store.migrate().await?;
     store.backfill_username_keys().await?;
     store.seed_prices_if_empty().await?;
@@ -107,7 +109,7 @@ pub async fn start(
     cancel: CancellationToken,
     tracker: &TaskTracker,
 ) -> Result<ControlPlane, StartError> {
-    let store = migrate(&settings.database_url).await?;
+    let store = migrate(&settings.database_url, settings.database_pool_size).await?;
     bootstrap_admin(&store, settings.admin_password.as_ref()).await?;
 
     let sealer = Sealer::new(settings.secret_key.expose());

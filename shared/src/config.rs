@@ -234,6 +234,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `sqlite://…` or `mysql://…`; unset means SQLite in `data_dir`.
     pub database_url: Option<Secret>,
+    /// Connections the control plane keeps to its database at most
+    /// (0: 16 on MySQL, 8 on SQLite). Each replica holds its own pool.
+    pub database_pool_size: u32,
     /// Unset means the in-memory state store.
     pub redis_url: Option<Secret>,
     /// Prefix of every Redis key, so deployments can share one Redis.
@@ -277,6 +280,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("./data"),
             database_url: None,
+            database_pool_size: 0,
             redis_url: None,
             redis_namespace: "aiproxy".into(),
             secret_key: None,
@@ -375,6 +379,11 @@ impl Config {
         if let Some(v) = get("AIPROXY_REDIS_NAMESPACE") {
             self.redis_namespace = v;
         }
+        parse_env(
+            &get,
+            "AIPROXY_DATABASE_POOL_SIZE",
+            &mut self.database_pool_size,
+        )?;
         if let Some(v) = secret("AIPROXY_SECRET_KEY")? {
             self.secret_key = Some(v);
         }
@@ -523,6 +532,11 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.database_pool_size > 1000 {
+            return Err(ConfigError::Invalid(
+                "database_pool_size must be at most 1000".into(),
+            ));
+        }
         if let Some(url) = &self.database_url {
             let url = url.expose();
             if !url.starts_with("sqlite:")
@@ -725,7 +739,11 @@ mod tests {
         assert_eq!(c.listen.admin.to_string(), "0.0.0.0:8090");
         assert_eq!(c.listen.grpc.to_string(), "127.0.0.1:9090");
         assert_eq!(c.database_url(), "sqlite://./data/aiproxy.db");
+        assert_eq!(c.database_pool_size, 0);
         assert!(c.redis_url.is_none());
+        let sized = load(None, &[("AIPROXY_DATABASE_POOL_SIZE", "40")]).unwrap();
+        assert_eq!(sized.database_pool_size, 40);
+        assert!(load(None, &[("AIPROXY_DATABASE_POOL_SIZE", "5000")]).is_err());
     }
 
     #[test]

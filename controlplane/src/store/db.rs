@@ -136,6 +136,13 @@ where
 impl Store {
     /// Connects to `url` (`mysql://…` or `sqlite://…`), creating a SQLite file if needed.
     pub async fn connect(url: &str) -> StoreResult<Store> {
+        Store::connect_sized(url, 0).await
+    }
+
+    /// Like [`Store::connect`] with at most `pool_size` connections (0: 16
+    /// on MySQL, 8 on SQLite).
+    pub async fn connect_sized(url: &str, pool_size: u32) -> StoreResult<Store> {
+        let size = |default: u32| if pool_size == 0 { default } else { pool_size };
         let pool = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?;
             // Created 0600 before SQLite opens it; its WAL and shared-memory
@@ -152,7 +159,7 @@ impl Store {
                 .foreign_keys(false);
             Pool::Sqlite(
                 SqlitePoolOptions::new()
-                    .max_connections(8)
+                    .max_connections(size(8))
                     .connect_with(options)
                     .await?,
             )
@@ -163,7 +170,7 @@ impl Store {
                 .timezone(Some("+00:00".into()));
             Pool::MySql(
                 MySqlPoolOptions::new()
-                    .max_connections(16)
+                    .max_connections(size(16))
                     .acquire_timeout(Duration::from_secs(10))
                     .connect_with(options)
                     .await?,

@@ -593,3 +593,13 @@ on_every_backend!(a_row_that_no_longer_reads_is_left_out_alone, |store| {
     assert_eq!(keys[0].client_filter.as_deref(), Some("loose"));
     assert!(!keys[0].active, "an unreadable status never lets a key in");
 });
+
+#[tokio::test]
+async fn the_pool_takes_the_configured_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("sized.db").display());
+    let sized = Store::connect_sized(&url, 3).await.unwrap();
+    let default = Store::connect(&url).await.unwrap();
+    let max = |s: &Store| with_pool!(s, p => p.options().get_max_connections());
+    assert_eq!((max(&sized), max(&default)), (3, 8));
+}
