@@ -1,5 +1,6 @@
 //! Upstream requests per account kind: where they go, which credential they
 //! carry, and which client headers may come along.
+use aiproxy_shared::http::json_bytes;
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Uri};
@@ -183,7 +184,7 @@ fn codex_body(body: &Bytes) -> Result<Bytes, RelayError> {
         .ok_or_else(|| RelayError::bad_request("request body must be a JSON object"))?;
     obj.insert("stream".into(), serde_json::Value::Bool(true));
     obj.insert("store".into(), serde_json::Value::Bool(false));
-    Ok(Bytes::from(v.to_string()))
+    Ok(json_bytes(&v))
 }
 
 /// Code Assist wraps the Gemini request: `{model, project, user_prompt_id,
@@ -215,7 +216,7 @@ fn code_assist_body(account: &AccountEntry, out: &Outgoing<'_>) -> Result<Bytes,
             ));
         }
     };
-    Ok(Bytes::from(wrapped.to_string()))
+    Ok(json_bytes(&wrapped))
 }
 
 /// The Gemini method (and stream flag) an endpoint calls.

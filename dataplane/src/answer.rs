@@ -1,6 +1,7 @@
 //! Answers the node makes itself (errors, model listings, health checks):
 //! JSON or plain text tagged with the request id, as `Response<Bytes>`, for
 //! the server and the relay to send as a `RelayBody`.
+use aiproxy_shared::http::json_bytes;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
@@ -10,12 +11,7 @@ pub fn json(
     body: &serde_json::Value,
     request_id: &HeaderValue,
 ) -> Response<Bytes> {
-    answer(
-        status,
-        Bytes::from(body.to_string()),
-        "application/json",
-        request_id,
-    )
+    answer(status, json_bytes(body), "application/json", request_id)
 }
 
 /// A plain-text answer.

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use aiproxy_proto::v1 as pb;
 use aiproxy_shared::domain::{Platform, UsageSource};
-use aiproxy_shared::pricing::{TokenUsage, user_cost};
+use aiproxy_shared::pricing::user_cost;
 use rust_decimal::Decimal;
 
 use crate::scheduler::Lease;
@@ -103,70 +103,35 @@ impl Meter {
             cost,
             chrono::Utc::now(),
         );
-        let record = record(
-            &self,
-            Outcome {
-                model,
-                usage,
-                upstream_cost,
-                cost,
-                price_version,
-                source,
-                error_class,
-            },
-        );
+        let record = pb::UsageRecord {
+            request_id: self.request_id.clone(),
+            user_id: self.user_id,
+            api_key_id: self.key_id,
+            account_id: self.account_id,
+            model,
+            platform: self.platform.as_str().to_string(),
+            endpoint: self.endpoint.to_string(),
+            status_code: u32::from(self.status),
+            input_tokens: usage.input,
+            output_tokens: usage.output,
+            cache_creation_tokens: usage.cache_creation,
+            cache_read_tokens: usage.cache_read,
+            cache_creation_1h_tokens: usage.cache_creation_1h,
+            upstream_cost: upstream_cost.to_string(),
+            cost: cost.to_string(),
+            duration_ms: self.started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+            ttfb_ms: self
+                .ttfb
+                .map(|d| d.as_millis().min(u32::MAX as u128) as u32)
+                .unwrap_or(0),
+            stream: self.stream,
+            session_hash: self.session_hash.clone(),
+            error_class,
+            usage_source: source.as_str().to_string(),
+            created_at_ms: chrono::Utc::now().timestamp_millis(),
+            price_version,
+            package_id: self.package_id,
+        };
         self.sink.report(record);
-    }
-}
-
-/// What a request came to, once its response has ended.
-struct Outcome {
-    model: String,
-    usage: TokenUsage,
-    upstream_cost: Decimal,
-    cost: Decimal,
-    price_version: u64,
-    source: UsageSource,
-    error_class: String,
-}
-
-fn record(m: &Meter, outcome: Outcome) -> pb::UsageRecord {
-    let Outcome {
-        model,
-        usage,
-        upstream_cost,
-        cost,
-        price_version,
-        source,
-        error_class,
-    } = outcome;
-    pb::UsageRecord {
-        request_id: m.request_id.clone(),
-        user_id: m.user_id,
-        api_key_id: m.key_id,
-        account_id: m.account_id,
-        model,
-        platform: m.platform.as_str().to_string(),
-        endpoint: m.endpoint.to_string(),
-        status_code: u32::from(m.status),
-        input_tokens: usage.input,
-        output_tokens: usage.output,
-        cache_creation_tokens: usage.cache_creation,
-        cache_read_tokens: usage.cache_read,
-        cache_creation_1h_tokens: usage.cache_creation_1h,
-        upstream_cost: upstream_cost.to_string(),
-        cost: cost.to_string(),
-        duration_ms: m.started.elapsed().as_millis().min(u32::MAX as u128) as u32,
-        ttfb_ms: m
-            .ttfb
-            .map(|d| d.as_millis().min(u32::MAX as u128) as u32)
-            .unwrap_or(0),
-        stream: m.stream,
-        session_hash: m.session_hash.clone(),
-        error_class,
-        usage_source: source.as_str().to_string(),
-        created_at_ms: chrono::Utc::now().timestamp_millis(),
-        price_version,
-        package_id: m.package_id,
     }
 }

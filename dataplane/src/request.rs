@@ -1,5 +1,6 @@
 //! The client's request as the relay reads it: the body (bounded), its model,
 //! stream flag and session, and the one rewrite billing needs.
+use aiproxy_shared::http::json_bytes;
 use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
@@ -73,7 +74,7 @@ pub fn parse(
     let body = if add_usage {
         let mut v: Value = serde_json::from_slice(&body).map_err(invalid)?;
         v["stream_options"] = serde_json::json!({ "include_usage": true });
-        Bytes::from(v.to_string())
+        json_bytes(&v)
     } else {
         body
     };

@@ -323,6 +323,20 @@ pub enum Payload<'a> {
     Form(&'a [(&'a str, &'a str)]),
 }
 
+/// Appends `value` as JSON to `out`. Writing a `Value` into memory cannot
+/// fail (its keys are strings), so there is no error to handle.
+pub fn write_json(out: &mut Vec<u8>, value: &serde_json::Value) {
+    #[allow(clippy::expect_used, reason = "a Value always serialises")]
+    serde_json::to_writer(out, value).expect("a Value serialises");
+}
+
+/// `value` as a JSON body.
+pub fn json_bytes(value: &serde_json::Value) -> Bytes {
+    let mut out = Vec::new();
+    write_json(&mut out, value);
+    Bytes::from(out)
+}
+
 /// Sends `method url` with `headers` and `payload`, reads the whole answer
 /// (at most 4 MiB), within `timeout`.
 pub async fn call_json(
@@ -340,8 +354,7 @@ pub async fn call_json(
     let bytes = match payload {
         Payload::Json(v) => {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
-            #[allow(clippy::expect_used, reason = "a Value always serialises")]
-            Bytes::from(serde_json::to_vec(v).expect("JSON serializes"))
+            json_bytes(v)
         }
         Payload::Form(fields) => {
             req = req.header(

@@ -1,6 +1,7 @@
 //! What stands between the upstream's bytes and the client's: compression to
 //! undo, and Code Assist's `{"response": …}` wrapping to remove.
 
+use aiproxy_shared::http::{json_bytes, write_json};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -53,9 +54,7 @@ impl Unwrapper {
             return Bytes::from(out);
         }
         match serde_json::from_slice::<Value>(&rest) {
-            Ok(mut v) if v.get("response").is_some() => {
-                Bytes::from(v["response"].take().to_string())
-            }
+            Ok(v) if v.get("response").is_some() => json_bytes(&v["response"]),
             _ => Bytes::from(rest),
         }
     }
@@ -66,11 +65,11 @@ fn unwrap_line(line: &[u8], out: &mut Vec<u8>) {
     let body = body.strip_suffix(b"\r").unwrap_or(body);
     let ending = &line[body.len()..];
     if let Some(data) = body.strip_prefix(b"data:")
-        && let Ok(mut v) = serde_json::from_slice::<Value>(data.trim_ascii())
+        && let Ok(v) = serde_json::from_slice::<Value>(data.trim_ascii())
         && v.get("response").is_some()
     {
         out.extend_from_slice(b"data: ");
-        out.extend_from_slice(v["response"].take().to_string().as_bytes());
+        write_json(out, &v["response"]);
         out.extend_from_slice(ending);
         return;
     }
