@@ -344,11 +344,25 @@ fn decimal(field: &str, value: &str) -> Result<Decimal, Status> {
         .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
+/// The longest node name `request_logs` holds (the configuration refuses longer).
+const MAX_NODE_ID: usize = aiproxy_shared::config::MAX_NODE_ID;
+
 fn usage_row(node_id: &str, r: pb::UsageRecord) -> Result<UsageRow, Status> {
     if r.request_id.is_empty() || r.request_id.len() > 36 {
         return Err(Status::invalid_argument(
             "request_id must be 1 to 36 characters",
         ));
+    }
+    // Replayed by another node, a record still names the node that served it.
+    let node_id = if r.node_id.is_empty() {
+        node_id
+    } else {
+        r.node_id.as_str()
+    };
+    if node_id.chars().count() > MAX_NODE_ID {
+        return Err(Status::invalid_argument(format!(
+            "node_id longer than {MAX_NODE_ID} characters"
+        )));
     }
     let created_at = chrono::DateTime::from_timestamp_millis(r.created_at_ms)
         .ok_or_else(|| Status::invalid_argument("created_at_ms out of range"))?;

@@ -131,6 +131,8 @@ impl Meter {
             created_at_ms: chrono::Utc::now().timestamp_millis(),
             price_version,
             package_id: self.package_id,
+            // The sink stamps the journal's node.
+            node_id: String::new(),
         };
         self.sink.report(record);
     }

@@ -1,7 +1,8 @@
 //! Usage delivery: every record is appended to an on-disk journal before its
 //! response ends (so a killed node loses nothing it served), batched to the
 //! control plane, and replayed from disk whatever the control plane did not
-//! take, including after a restart.
+//! take, including after a restart. A node also adopts the segments of any
+//! node that left them in its spool and no longer runs, whatever its name.
 use aiproxy_shared::sync::LockExt;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -24,6 +25,9 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// records leave the disk soon.
 const SEGMENT_AGE: Duration = Duration::from_secs(2);
 const SEGMENT_RECORDS: u64 = 20_000;
+/// How often a running node looks for segments of nodes that stopped
+/// beside it, in flush intervals.
+const ADOPT_EVERY: u32 = 30;
 
 /// Every segment starts with this; segments without it are of the earlier
 /// format (bare length-delimited records) and are still read.
@@ -185,7 +189,15 @@ struct Current {
 /// The append-only journal: numbered segment files in one directory.
 pub struct Journal {
     dir: PathBuf,
+    /// The node's name as the spool spells it.
+    owner: String,
     prefix: String,
+    /// Stamped on every record, so replay by another node keeps who served it.
+    node_id: String,
+    /// Held while the node runs: a node that can take it knows we are gone.
+    _lock: File,
+    /// The number of the next segment, own or adopted.
+    next_seq: AtomicU64,
     current: Mutex<Current>,
     /// Segments closed full on a request's path, synced by the next beat.
     unsynced: Mutex<Vec<Arc<File>>>,
@@ -214,6 +226,85 @@ fn safe_name(node_id: &str) -> String {
         .collect()
 }
 
+/// Segment files in `dir` by name, with their writer (as spelt in the
+/// spool) and number: `usage-<owner>-<seq>.log`.
+fn segment_files(dir: &Path) -> std::io::Result<Vec<(String, (String, u64))>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().to_string();
+        let parsed = name
+            .strip_prefix("usage-")
+            .and_then(|s| s.strip_suffix(".log"))
+            .and_then(|s| s.rsplit_once('-'))
+            .and_then(|(owner, seq)| Some((owner.to_string(), seq.parse::<u64>().ok()?)));
+        if let Some(parsed) = parsed {
+            found.push((name, parsed));
+        }
+    }
+    Ok(found)
+}
+
+/// Takes `owner`'s lock file, unless a running node holds it.
+fn claim(dir: &Path, owner: &str) -> std::io::Result<Option<File>> {
+    use std::os::unix::fs::MetadataExt;
+    let path = dir.join(format!("usage-{owner}.lock"));
+    loop {
+        let file = aiproxy_shared::fs::private_file_options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+        // An adopter may have removed the file between our open and lock:
+        // the lock counts only on the file the path still names.
+        let held = file.metadata()?.ino();
+        match std::fs::metadata(&path) {
+            Ok(m) if m.ino() == held => return Ok(Some(file)),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Renames into `owner`'s numbering every segment whose writer is not
+/// running (its lock is free), numbering them from `next_seq`; returns each
+/// adopted segment's number and size. Ingestion drops records it already
+/// holds, so a segment partly delivered by its writer is safe to replay.
+fn adopt(dir: &Path, owner: &str, next_seq: &AtomicU64) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut orphans: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+    for (name, (writer, seq)) in segment_files(dir)? {
+        if writer != owner {
+            orphans.entry(writer).or_default().push((seq, name));
+        }
+    }
+    let mut adopted = Vec::new();
+    for (writer, mut files) in orphans {
+        let Some(_lock) = claim(dir, &writer)? else {
+            continue;
+        };
+        files.sort();
+        for (_, name) in &files {
+            let seq = next_seq.fetch_add(1, Ordering::Relaxed);
+            let to = dir.join(format!("usage-{owner}-{seq:012}.log"));
+            std::fs::rename(dir.join(name), &to)?;
+            adopted.push((seq, std::fs::metadata(&to)?.len()));
+        }
+        tracing::warn!(
+            node = %writer,
+            segments = files.len(),
+            "adopted the usage journal of a node that is no longer running; replaying it"
+        );
+        // Removed while held, so the writer, if it returns, starts afresh.
+        let _ = std::fs::remove_file(dir.join(format!("usage-{writer}.lock")));
+    }
+    Ok(adopted)
+}
+
 /// Why the journal takes no records now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unavailable {
@@ -224,38 +315,60 @@ pub enum Unavailable {
 }
 
 impl Journal {
-    /// Opens the journal in `dir`; segments left by an earlier run are
-    /// queued for replay.
+    /// Opens the journal in `dir`; segments left by an earlier run, or by
+    /// any node that is no longer running, are queued for replay. Fails if
+    /// a running node already uses `dir` under this name.
     pub fn open(dir: &Path, node_id: &str, max_bytes: u64) -> std::io::Result<Journal> {
         aiproxy_shared::fs::private_dir(dir)?;
-        let prefix = format!("usage-{}-", safe_name(node_id));
+        let owner = safe_name(node_id);
+        let lock = claim(dir, &owner)?.ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!(
+                    "another running data plane uses {} as node {node_id:?}: give each data plane its own AIPROXY_NODE_ID or data directory",
+                    dir.display()
+                ),
+            )
+        })?;
+        let prefix = format!("usage-{owner}-");
         let mut segments = BTreeMap::new();
         let mut bytes = 0;
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if let Some(seq) = name
-                .strip_prefix(&prefix)
-                .and_then(|s| s.strip_suffix(".log"))
-                .and_then(|s| s.parse::<u64>().ok())
-            {
-                bytes += entry.metadata()?.len();
-                segments.insert(
-                    seq,
-                    SegmentState {
-                        replay: true,
-                        ..Default::default()
-                    },
-                );
-            }
+        for (name, seq) in segment_files(dir)?
+            .into_iter()
+            .filter(|(_, (o, _))| *o == owner)
+            .map(|(name, (_, seq))| (name, seq))
+        {
+            bytes += std::fs::metadata(dir.join(name))?.len();
+            segments.insert(
+                seq,
+                SegmentState {
+                    replay: true,
+                    ..Default::default()
+                },
+            );
         }
-        let seq = segments.keys().next_back().map_or(1, |s| s + 1);
+        let next_seq = AtomicU64::new(segments.keys().next_back().map_or(1, |s| s + 1));
+        for (seq, len) in adopt(dir, &owner, &next_seq)? {
+            bytes += len;
+            segments.insert(
+                seq,
+                SegmentState {
+                    replay: true,
+                    ..Default::default()
+                },
+            );
+        }
+        let seq = next_seq.fetch_add(1, Ordering::Relaxed);
         let file = Self::create(dir, &prefix, seq)?;
         bytes += SEGMENT_MAGIC.len() as u64;
         segments.insert(seq, SegmentState::default());
         Ok(Journal {
             dir: dir.to_path_buf(),
+            owner,
             prefix,
+            node_id: node_id.to_string(),
+            _lock: lock,
+            next_seq,
             current: Mutex::new(Current {
                 file: Arc::new(file),
                 seq,
@@ -269,6 +382,24 @@ impl Journal {
             failed: AtomicBool::new(false),
             held: Mutex::default(),
         })
+    }
+
+    /// Takes over the segments of nodes that stopped since the last look
+    /// (several nodes may share a spool). Blocks on the disk.
+    fn adopt_orphans(&self) -> std::io::Result<usize> {
+        let adopted = adopt(&self.dir, &self.owner, &self.next_seq)?;
+        let mut segments = self.segments.locked();
+        for (seq, len) in &adopted {
+            self.bytes.fetch_add(*len, Ordering::Relaxed);
+            segments.insert(
+                *seq,
+                SegmentState {
+                    replay: true,
+                    ..Default::default()
+                },
+            );
+        }
+        Ok(adopted.len())
     }
 
     fn path(&self, seq: u64) -> PathBuf {
@@ -403,7 +534,7 @@ impl Journal {
 
     /// Makes the next segment current; returns the closed one's file.
     fn next_segment(&self, current: &mut Current) -> std::io::Result<Arc<File>> {
-        let next = current.seq + 1;
+        let next = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let file = Arc::new(Self::create(&self.dir, &self.prefix, next)?);
         self.bytes
             .fetch_add(SEGMENT_MAGIC.len() as u64, Ordering::Relaxed);
@@ -433,7 +564,7 @@ impl Journal {
         self.segments
             .locked()
             .iter()
-            .filter(|(seq, _)| **seq < current)
+            .filter(|(seq, _)| **seq != current)
             .filter_map(|(seq, s)| {
                 if s.replay && s.attempted >= s.written {
                     Some((*seq, false))
@@ -537,7 +668,8 @@ impl UsageSink {
 
     /// Journals the record, then queues it for delivery. A record the disk
     /// refuses is held in memory until it is journaled or delivered.
-    pub fn report(&self, record: pb::UsageRecord) {
+    pub fn report(&self, mut record: pb::UsageRecord) {
+        record.node_id.clone_from(&self.journal.node_id);
         match self.journal.append(&record) {
             Ok(seq) => self.queue.push(seq, record),
             Err(e) => {
@@ -619,11 +751,23 @@ pub fn report_lost(journal: &Journal) {
 /// sync of what was written, and the closing of an old segment.
 async fn keep_journal(journal: Arc<Journal>, queue: Arc<Queue>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(FLUSH_INTERVAL);
+    let mut beats = 0u32;
     loop {
         let last = tokio::select! {
             _ = tick.tick() => false,
             _ = stop.cancelled() => true,
         };
+        beats = beats.wrapping_add(1);
+        if !last && beats % ADOPT_EVERY == 0 {
+            let j = journal.clone();
+            match tokio::task::spawn_blocking(move || j.adopt_orphans()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "cannot adopt usage journal segments left in the spool")
+                }
+                Err(e) => tracing::error!(error = %e, "usage journal adoption panicked"),
+            }
+        }
         if journal.availability() == Err(Unavailable::Failing) {
             let j = journal.clone();
             match tokio::task::spawn_blocking(move || j.recover()).await {
@@ -1004,5 +1148,67 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&spool), 0o700);
         assert_eq!(mode(&journal.path(seq)), 0o600);
+    }
+
+    #[test]
+    fn a_stopped_node_s_journal_is_adopted_by_a_node_of_any_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Arc::new(Journal::open(dir.path(), "dp-7f9c", 1 << 20).unwrap());
+        let (sink, _queue) = UsageSink::new(old.clone());
+        sink.report(record("a"));
+        sink.report(record("b"));
+        // Killed: nothing delivered, nothing closed.
+        drop(sink);
+        drop(old);
+
+        let new = Journal::open(dir.path(), "dp-2b41", 1 << 20).unwrap();
+        let closed = new.closed();
+        assert_eq!(closed.len(), 1, "the old node's open segment: {closed:?}");
+        let mut served = Vec::new();
+        for (seq, delivered) in closed {
+            assert!(!delivered, "adopted segments are replayed");
+            served.extend(new.read(seq).unwrap().records);
+        }
+        let named: Vec<(&str, &str)> = served
+            .iter()
+            .map(|r| (r.request_id.as_str(), r.node_id.as_str()))
+            .collect();
+        assert_eq!(named, vec![("a", "dp-7f9c"), ("b", "dp-7f9c")]);
+        // Its files now carry the adopter's name: no third node takes them.
+        drop(new);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.ends_with(".log"))
+            .collect();
+        assert!(
+            names.iter().all(|n| n.starts_with("usage-dp-2b41-")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn a_running_node_keeps_its_journal_and_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let running = Journal::open(dir.path(), "dp-1", 1 << 20).unwrap();
+        running.append(&record("a")).unwrap();
+        let err = Journal::open(dir.path(), "dp-1", 1 << 20).err().unwrap();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse, "{err}");
+        // A neighbour sharing the spool leaves a running node's segments alone…
+        let neighbour = Journal::open(dir.path(), "dp-10", 1 << 20).unwrap();
+        assert!(neighbour.closed().is_empty());
+        assert_eq!(neighbour.adopt_orphans().unwrap(), 0);
+        // …and takes them on its next look once that node has stopped.
+        drop(running);
+        assert_eq!(neighbour.adopt_orphans().unwrap(), 1);
+        let replayed: Vec<String> = neighbour
+            .closed()
+            .into_iter()
+            .flat_map(|(seq, _)| neighbour.read(seq).unwrap().records)
+            .map(|r| r.request_id)
+            .collect();
+        assert_eq!(replayed, vec!["a".to_string()]);
+        // The stopped node may come back under its name.
+        Journal::open(dir.path(), "dp-1", 1 << 20).unwrap();
     }
 }

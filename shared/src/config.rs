@@ -305,6 +305,9 @@ impl Default for Config {
     }
 }
 
+/// Longest accepted `node_id`, in characters (the width of `request_logs.node_id`).
+pub const MAX_NODE_ID: usize = 128;
+
 /// Shortest accepted `secret_key`, in bytes.
 pub const MIN_SECRET_KEY_LEN: usize = 32;
 
@@ -578,6 +581,13 @@ impl Config {
                 ));
             }
         }
+        if let Some(node) = &self.node_id
+            && (node.trim().is_empty() || node.chars().count() > MAX_NODE_ID)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "AIPROXY_NODE_ID must be 1 to {MAX_NODE_ID} characters"
+            )));
+        }
         if self.grpc_tls_cert.is_some() != self.grpc_tls_key.is_some() {
             return Err(ConfigError::Invalid(
                 "AIPROXY_GRPC_TLS_CERT and AIPROXY_GRPC_TLS_KEY go together: set both or neither"
@@ -762,6 +772,16 @@ mod tests {
         assert_eq!(c.proxy.idle_timeout, 300);
         assert_eq!(c.jwt.expire_hours, 8);
         assert_eq!(c.listen.proxy.to_string(), "127.0.0.1:1234");
+    }
+
+    #[test]
+    fn a_node_id_fits_the_request_logs() {
+        let long = "n".repeat(MAX_NODE_ID + 1);
+        let err = load(None, &[("AIPROXY_NODE_ID", &long)]).unwrap_err();
+        assert!(err.to_string().contains("AIPROXY_NODE_ID"), "{err}");
+        assert!(load(None, &[("AIPROXY_NODE_ID", " ")]).is_err());
+        let fits = "n".repeat(MAX_NODE_ID);
+        assert!(load(None, &[("AIPROXY_NODE_ID", &fits)]).is_ok());
     }
 
     #[test]

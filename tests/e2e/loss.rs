@@ -241,3 +241,70 @@ async fn nothing_served_is_lost_when_planes_die_under_load() {
     cp.stop().await;
     db.drop().await;
 }
+
+/// A data plane killed with SIGKILL while the control plane is away, and
+/// replaced by a node of another name on the same spool volume (a pod
+/// rescheduled under a new name): every request it served is billed, under
+/// the name of the node that served it.
+#[tokio::test]
+async fn a_killed_node_s_usage_is_replayed_by_its_differently_named_replacement() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new(dir.path(), "adopt").await;
+    let mock = MockUpstream::start().await;
+    let http = Http::default();
+    let cp = controlplane(&db.url, dir.path(), "127.0.0.1:0", &[]).await;
+    let grpc = cp.addrs["grpc"];
+    let volume = dir.path().join("volume");
+    let on_volume = [("AIPROXY_DATA_DIR", volume.display().to_string())];
+    let old = dataplane(grpc, dir.path(), "dp-7f9c", NODE_TOKEN, &on_volume).await;
+    let admin = Admin::login(&http, &cp.url("admin"), "admin", ADMIN_PASSWORD).await;
+    admin
+        .create_account_with(account("steady", &mock, "steady", json!({})))
+        .await;
+    let user = admin.create_user("moved").await;
+    let (_, key) = admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let url = format!("{}/v1/messages", old.url("proxy"));
+    let send = |text: String| {
+        let (http, url, key) = (http.clone(), url.clone(), key.clone());
+        async move {
+            http.send(
+                "POST",
+                &url,
+                &[("x-api-key", &key)],
+                Some(&plain_body(&text)),
+            )
+            .await
+        }
+    };
+    aiproxy_tests::harness::eventually("the node serves", Duration::from_secs(10), async || {
+        let reply = send("ready".into()).await;
+        (reply.status == 200)
+            .then_some(())
+            .ok_or(format!("{}", reply.status))
+    })
+    .await;
+
+    // With the control plane gone, what the node serves stays in its journal.
+    cp.kill().await;
+    let mut served = Vec::new();
+    for i in 0..20 {
+        let reply = send(format!("journaled {i}")).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        served.push(reply.headers["x-request-id"].to_str().unwrap().to_string());
+    }
+    old.kill().await;
+
+    let cp = controlplane(&db.url, dir.path(), &grpc.to_string(), &[]).await;
+    let new = dataplane(grpc, dir.path(), "dp-2b41", NODE_TOKEN, &on_volume).await;
+    let admin = Admin::login(&http, &cp.url("admin"), "admin", ADMIN_PASSWORD).await;
+    for id in &served {
+        let row = admin.wait_for_log(id, Duration::from_secs(30)).await;
+        assert_eq!(
+            row["node_id"], "dp-7f9c",
+            "billed to the node that served it"
+        );
+    }
+    new.stop().await;
+    cp.stop().await;
+    db.drop().await;
+}
