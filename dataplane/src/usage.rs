@@ -758,7 +758,7 @@ async fn keep_journal(journal: Arc<Journal>, queue: Arc<Queue>, stop: Cancellati
             _ = stop.cancelled() => true,
         };
         beats = beats.wrapping_add(1);
-        if !last && beats % ADOPT_EVERY == 0 {
+        if !last && beats.is_multiple_of(ADOPT_EVERY) {
             let j = journal.clone();
             match tokio::task::spawn_blocking(move || j.adopt_orphans()).await {
                 Ok(Ok(_)) => {}
