@@ -113,7 +113,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => config_error(e),
         Err(Failure::Run(e)) => {
-            eprintln!("aiproxy: {e:#}");
+            eprintln!("aiproxy: {}", describe(&e));
             ExitCode::FAILURE
         }
     }
@@ -161,6 +161,23 @@ fn fit_connection_limits(config: &mut Config, command: Option<&Command>) {
     server.admin_max_connections = server.admin_max_connections.min(admin_fit);
 }
 
+/// An error and its causes on one line, each said once: many errors
+/// already include their source's message in their own.
+fn describe(e: &anyhow::Error) -> String {
+    let mut said = String::new();
+    for cause in e.chain() {
+        let message = cause.to_string();
+        if said.contains(&message) {
+            continue;
+        }
+        if !said.is_empty() {
+            said.push_str(": ");
+        }
+        said.push_str(&message);
+    }
+    said
+}
+
 enum Failure {
     Config(ConfigError),
     Run(anyhow::Error),
@@ -183,8 +200,15 @@ fn state_store(config: &Config) -> Result<Arc<dyn StateStore>, Failure> {
     let Some(url) = &config.redis_url else {
         return Ok(Arc::new(MemoryStore::default()));
     };
+    let ca = config
+        .redis_ca
+        .as_deref()
+        .map(Config::read_pem)
+        .transpose()
+        .map_err(Failure::Config)?;
     let redis = RedisStore::open(
         url.expose(),
+        ca,
         &config.redis_namespace,
         Duration::from_millis(config.cache.redis_timeout_ms),
     )
@@ -548,5 +572,20 @@ fn probe(url: &str, timeout: Duration) -> ExitCode {
             eprintln!("probe: {why}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let inner = std::io::Error::other("access denied");
+        let e = anyhow::Error::new(inner)
+            .context("database error: access denied")
+            .context("database");
+        assert_eq!(
+            super::describe(&e),
+            "database: database error: access denied"
+        );
     }
 }

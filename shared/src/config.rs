@@ -237,8 +237,11 @@ pub struct Config {
     /// Connections the control plane keeps to its database at most
     /// (0: 16 on MySQL, 8 on SQLite). Each replica holds its own pool.
     pub database_pool_size: u32,
-    /// Unset means the in-memory state store.
+    /// Unset means the in-memory state store. `rediss://` speaks TLS.
     pub redis_url: Option<Secret>,
+    /// PEM CA that signed a `rediss://` server's certificate, trusted
+    /// instead of the public roots (a private or managed Redis's CA).
+    pub redis_ca: Option<PathBuf>,
     /// Prefix of every Redis key, so deployments can share one Redis.
     pub redis_namespace: String,
     /// Encrypts credentials at rest and signs JWTs.
@@ -282,6 +285,7 @@ impl Default for Config {
             database_url: None,
             database_pool_size: 0,
             redis_url: None,
+            redis_ca: None,
             redis_namespace: "aiproxy".into(),
             secret_key: None,
             node_token: None,
@@ -410,6 +414,9 @@ impl Config {
         }
         if let Some(v) = get("AIPROXY_GRPC_TLS_KEY") {
             self.grpc_tls_key = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("AIPROXY_REDIS_CA") {
+            self.redis_ca = Some(PathBuf::from(v));
         }
         if let Some(v) = get("AIPROXY_GRPC_CA") {
             self.grpc_ca = Some(PathBuf::from(v));

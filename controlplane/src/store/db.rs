@@ -168,13 +168,14 @@ impl Store {
             let options = MySqlConnectOptions::from_str(&url)?
                 .charset("utf8mb4")
                 .timezone(Some("+00:00".into()));
-            Pool::MySql(
-                MySqlPoolOptions::new()
-                    .max_connections(size(16))
-                    .acquire_timeout(Duration::from_secs(10))
-                    .connect_with(options)
-                    .await?,
-            )
+            let host = options.get_host().to_string();
+            let pool = MySqlPoolOptions::new()
+                .max_connections(size(16))
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(options)
+                .await?;
+            warn_if_plaintext(&pool, &host).await?;
+            Pool::MySql(pool)
         };
         Ok(Store {
             pool,
@@ -423,4 +424,28 @@ impl Store {
             }
         }
     }
+}
+
+/// Without `ssl-mode` a MySQL URL falls back to plaintext when the server
+/// offers no TLS: said out loud when the database is not on this host.
+async fn warn_if_plaintext(pool: &sqlx::MySqlPool, host: &str) -> Result<(), sqlx::Error> {
+    let local = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let cipher: Option<(String, String)> = sqlx::query_as("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .fetch_optional(pool)
+        .await?;
+    let cipher = cipher.map(|(_, value)| value).unwrap_or_default();
+    if cipher.is_empty() {
+        if !local {
+            tracing::warn!(
+                host,
+                "the database connection is not encrypted: add ?ssl-mode=verify_identity (with ssl-ca=/path/ca.pem for a private CA) to AIPROXY_DATABASE_URL"
+            );
+        }
+    } else {
+        tracing::info!(host, cipher, "database connection encrypted");
+    }
+    Ok(())
 }

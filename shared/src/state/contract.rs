@@ -576,7 +576,7 @@ async fn redis_store_keeps_the_contract() {
         eprintln!("AIPROXY_TEST_REDIS_URL unset: Redis contract not run");
         return;
     };
-    let store = RedisStore::open(&url, &namespace(), Duration::from_secs(2)).unwrap();
+    let store = RedisStore::open(&url, None, &namespace(), Duration::from_secs(2)).unwrap();
     store
         .ping()
         .await
@@ -642,6 +642,7 @@ async fn relaying_survives_a_redis_that_is_down_at_start() {
     drop(free);
     let redis = RedisStore::open(
         &format!("redis://127.0.0.1:{port}/"),
+        None,
         &namespace(),
         Duration::from_millis(300),
     )
@@ -673,12 +674,13 @@ async fn a_redis_blip_degrades_to_local_state_and_recovers() {
     let ns = namespace();
     let redis = RedisStore::open(
         &format!("redis://127.0.0.1:{port}/"),
+        None,
         &ns,
         Duration::from_millis(300),
     )
     .unwrap();
     let store = Resilient::new(redis);
-    let shared = RedisStore::open(&url, &ns, Duration::from_secs(2)).unwrap();
+    let shared = RedisStore::open(&url, None, &ns, Duration::from_secs(2)).unwrap();
 
     let held = schedule_once(&store).await;
     assert!(!store.degraded());

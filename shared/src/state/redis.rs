@@ -51,9 +51,31 @@ fn mark_tag(kind: MarkKind) -> &'static str {
 impl RedisStore {
     /// Connects lazily: a Redis that is down at start-up is retried on use.
     /// `namespace` separates deployments (and test runs) sharing one Redis.
-    pub fn open(url: &str, namespace: &str, timeout: Duration) -> StoreResult<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StateError::Protocol(format!("bad Redis URL: {e}")))?;
+    /// A `rediss://` URL speaks TLS, verified against `ca` (PEM) when given,
+    /// else the public roots.
+    pub fn open(
+        url: &str,
+        ca: Option<Vec<u8>>,
+        namespace: &str,
+        timeout: Duration,
+    ) -> StoreResult<Self> {
+        let bad = |e: redis::RedisError| StateError::Protocol(format!("bad Redis URL: {e}"));
+        let client = match ca {
+            Some(ca) if url.starts_with("rediss://") => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca),
+                },
+            )
+            .map_err(bad)?,
+            Some(_) => {
+                return Err(StateError::Protocol(
+                    "a Redis CA is set but the URL is not rediss://".into(),
+                ));
+            }
+            None => redis::Client::open(url).map_err(bad)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
