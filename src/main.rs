@@ -240,6 +240,7 @@ fn controlplane_settings(
         database_pool_size: config.database_pool_size,
         secret_key,
         node_token,
+        node_token_previous: config.node_token_previous.clone(),
         admin_password: config.admin_password.clone(),
         jwt_expire_hours: config.jwt.expire_hours,
         admin_listen: config.listen.admin,

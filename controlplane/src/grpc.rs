@@ -62,10 +62,11 @@ impl NodeApi {
         Self { services, shutdown }
     }
 
-    /// The tonic service, with every call checked against the node token.
+    /// The tonic service, with every call checked against the node tokens
+    /// (the current one, and the previous one during a rotation).
     pub fn into_server(
         self,
-        node_token: String,
+        node_tokens: Vec<String>,
     ) -> tonic::service::interceptor::InterceptedService<
         NodeServiceServer<NodeApi>,
         impl tonic::service::Interceptor + Clone,
@@ -73,20 +74,27 @@ impl NodeApi {
         let server = NodeServiceServer::new(self)
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(256 * 1024 * 1024);
-        tonic::service::interceptor::InterceptedService::new(server, require_token(node_token))
+        tonic::service::interceptor::InterceptedService::new(server, require_token(node_tokens))
     }
 }
 
-/// Admits calls that carry `authorization: Bearer <node_token>`.
+/// Admits calls that carry `authorization: Bearer <token>` for one of `tokens`.
 pub fn require_token(
-    node_token: String,
+    tokens: Vec<String>,
 ) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
-    let expected = format!("Bearer {node_token}");
+    let expected: std::sync::Arc<Vec<String>> = std::sync::Arc::new(
+        tokens
+            .into_iter()
+            .map(|token| format!("Bearer {token}"))
+            .collect(),
+    );
     move |req: Request<()>| {
-        let ok = req
-            .metadata()
-            .get("authorization")
-            .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()));
+        let ok = req.metadata().get("authorization").is_some_and(|v| {
+            // Every token is compared, so the time says nothing of which matched.
+            expected.iter().fold(false, |any, token| {
+                constant_time_eq(v.as_bytes(), token.as_bytes()) | any
+            })
+        });
         if ok {
             Ok(req)
         } else {

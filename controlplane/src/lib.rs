@@ -36,6 +36,8 @@ pub struct Settings {
     pub database_pool_size: u32,
     pub secret_key: Secret,
     pub node_token: Secret,
+    /// Also admitted while data planes move to a new node token.
+    pub node_token_previous: Option<Secret>,
     /// Admin-scoped token of the management gRPC service.
     pub admin_token: Secret,
     /// Declarative configuration to apply at start (see `POST /api/v1/apply`).
@@ -221,7 +223,12 @@ pub async fn start(
     });
 
     let node_api = grpc::NodeApi::new(services, cancel.clone());
-    let service = node_api.into_server(settings.node_token.expose().to_string());
+    let service = node_api.into_server(
+        std::iter::once(&settings.node_token)
+            .chain(&settings.node_token_previous)
+            .map(|t| t.expose().to_string())
+            .collect(),
+    );
     let mut server = tonic::transport::Server::builder();
     match &settings.grpc_tls {
         Some(tls) => {

@@ -248,6 +248,9 @@ pub struct Config {
     pub secret_key: Option<Secret>,
     /// Shared secret between the planes.
     pub node_token: Option<Secret>,
+    /// A control plane also admits this token while data planes move to a
+    /// new `node_token` (rotation without a stop).
+    pub node_token_previous: Option<Secret>,
     /// Password of the `admin` user created on first start.
     pub admin_password: Option<Secret>,
     /// Admin-scoped token of the management gRPC service (`aiproxy ctl`);
@@ -289,6 +292,7 @@ impl Default for Config {
             redis_namespace: "aiproxy".into(),
             secret_key: None,
             node_token: None,
+            node_token_previous: None,
             admin_password: None,
             admin_token: None,
             apply_file: None,
@@ -396,6 +400,9 @@ impl Config {
         }
         if let Some(v) = secret("AIPROXY_NODE_TOKEN")? {
             self.node_token = Some(v);
+        }
+        if let Some(v) = secret("AIPROXY_NODE_TOKEN_PREVIOUS")? {
+            self.node_token_previous = Some(v);
         }
         if let Some(v) = secret("AIPROXY_ADMIN_PASSWORD")? {
             self.admin_password = Some(v);
@@ -572,16 +579,29 @@ impl Config {
                 "AIPROXY_NODE_TOKEN must be at least 16 characters".into(),
             ));
         }
+        if let Some(token) = &self.node_token_previous {
+            if token.expose().len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "AIPROXY_NODE_TOKEN_PREVIOUS must be at least 16 characters".into(),
+                ));
+            }
+            if self.node_token.is_none() {
+                return Err(ConfigError::Invalid(
+                    "AIPROXY_NODE_TOKEN_PREVIOUS is accepted beside AIPROXY_NODE_TOKEN: set both"
+                        .into(),
+                ));
+            }
+        }
         if let Some(token) = &self.admin_token {
             if token.expose().len() < 16 {
                 return Err(ConfigError::Invalid(
                     "AIPROXY_ADMIN_TOKEN must be at least 16 characters".into(),
                 ));
             }
-            if self
-                .node_token
-                .as_ref()
-                .is_some_and(|n| n.expose() == token.expose())
+            if [&self.node_token, &self.node_token_previous]
+                .into_iter()
+                .flatten()
+                .any(|n| n.expose() == token.expose())
             {
                 return Err(ConfigError::Invalid(
                     "AIPROXY_ADMIN_TOKEN must differ from AIPROXY_NODE_TOKEN: data planes must not hold management rights".into(),
@@ -779,6 +799,32 @@ mod tests {
         assert_eq!(c.proxy.idle_timeout, 300);
         assert_eq!(c.jwt.expire_hours, 8);
         assert_eq!(c.listen.proxy.to_string(), "127.0.0.1:1234");
+    }
+
+    #[test]
+    fn a_previous_node_token_goes_with_a_current_one() {
+        let old = ("AIPROXY_NODE_TOKEN_PREVIOUS", "old-node-token-0123456789");
+        let err = load(None, &[old]).unwrap_err();
+        assert!(err.to_string().contains("set both"), "{err}");
+        let c = load(
+            None,
+            &[old, ("AIPROXY_NODE_TOKEN", "new-node-token-0123456789")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.node_token_previous.as_ref().map(Secret::expose),
+            Some("old-node-token-0123456789")
+        );
+        let err = load(
+            None,
+            &[
+                old,
+                ("AIPROXY_NODE_TOKEN", "new-node-token-0123456789"),
+                ("AIPROXY_ADMIN_TOKEN", "old-node-token-0123456789"),
+            ],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("must differ"), "{err}");
     }
 
     #[test]

@@ -433,3 +433,48 @@ async fn the_grpc_link_runs_over_tls_and_refuses_what_it_cannot_verify() {
         );
     }
 }
+
+/// Rotating the node token without a stop: the control plane admits the new
+/// token and the previous one, so nodes move over one by one; any other
+/// token still gets nothing.
+#[tokio::test]
+async fn a_node_token_rotates_with_both_tokens_admitted_meanwhile() {
+    const NEW_TOKEN: &str = "split-test-node-token-rotated-987";
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new(dir.path(), "rotate").await;
+    let http = Http::default();
+    let cp = controlplane(
+        &db.url,
+        dir.path(),
+        "127.0.0.1:0",
+        &[
+            ("AIPROXY_NODE_TOKEN", NEW_TOKEN.to_string()),
+            ("AIPROXY_NODE_TOKEN_PREVIOUS", NODE_TOKEN.to_string()),
+        ],
+    )
+    .await;
+    let grpc = cp.addrs["grpc"];
+    let moved = dataplane(grpc, dir.path(), "moved", NEW_TOKEN, &[]).await;
+    let waiting = dataplane(grpc, dir.path(), "waiting", NODE_TOKEN, &[]).await;
+    for dp in [&moved, &waiting] {
+        wait_ready(
+            &http,
+            &format!("{}/readyz", dp.url("proxy")),
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    let rogue = dataplane(grpc, dir.path(), "rogue", "neither-token-0123456789", &[]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        http.send("GET", &format!("{}/readyz", rogue.url("proxy")), &[], None)
+            .await
+            .status,
+        503
+    );
+    for dp in [moved, waiting, rogue] {
+        dp.kill().await;
+    }
+    cp.stop().await;
+    db.drop().await;
+}
