@@ -53,6 +53,14 @@ enum Command {
     Dataplane,
     /// Apply database migrations and exit.
     Migrate,
+    /// Seal every stored credential again under the current secret key
+    /// (`AIPROXY_SECRET_KEY`, or the all-in-one's `data_dir/secret.key`),
+    /// opening it with the previous one; run while no control plane is up.
+    Reseal {
+        /// File holding the previous secret key.
+        #[arg(long)]
+        previous_key_file: PathBuf,
+    },
     /// Operate a running control plane over its management gRPC
     /// (`AIPROXY_CONTROLPLANE_URL`, `AIPROXY_ADMIN_TOKEN` or the token in
     /// the data directory).
@@ -85,7 +93,10 @@ fn main() -> ExitCode {
         Err(e) => return config_error(e),
     };
     aiproxy_shared::telemetry::init(config.log_format);
-    if !matches!(command, Some(Command::Ctl { .. }) | Some(Command::Migrate)) {
+    if !matches!(
+        command,
+        Some(Command::Ctl { .. } | Command::Migrate | Command::Reseal { .. })
+    ) {
         fit_connection_limits(&mut config, command.as_ref());
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -105,6 +116,7 @@ fn main() -> ExitCode {
                 Command::Controlplane => controlplane(config).await,
                 Command::Dataplane => dataplane(config).await,
                 Command::Migrate => migrate(config).await,
+                Command::Reseal { previous_key_file } => reseal(config, &previous_key_file).await,
                 Command::Ctl { json, command } => ctl::run(config, json, command).await,
             }
         }),
@@ -479,6 +491,62 @@ async fn migrate(config: Config) -> Result<(), Failure> {
     store.close().await;
     println!("aiproxy: migrations applied");
     Ok(())
+}
+
+async fn reseal(config: Config, previous_key_file: &Path) -> Result<(), Failure> {
+    use aiproxy_controlplane::crypto::Sealer;
+    let read_key = |path: &Path| -> Result<String, Failure> {
+        let key = std::fs::read_to_string(path)
+            .map_err(|source| {
+                Failure::Config(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })
+            })?
+            .trim()
+            .to_string();
+        if key.len() < aiproxy_shared::config::MIN_SECRET_KEY_LEN {
+            return Err(Failure::Config(ConfigError::Invalid(format!(
+                "{} is too short to be a secret key",
+                path.display()
+            ))));
+        }
+        Ok(key)
+    };
+    let current = match &config.secret_key {
+        Some(key) => key.expose().to_string(),
+        None => read_key(&config.data_dir.join("secret.key"))?,
+    };
+    let previous = read_key(previous_key_file)?;
+    if previous == current {
+        return Err(Failure::Config(ConfigError::Invalid(
+            "the previous secret key is the current one: set the new key first".into(),
+        )));
+    }
+    let store =
+        aiproxy_controlplane::migrate(&config.database_url(), config.database_pool_size).await?;
+    let done = aiproxy_controlplane::reseal::reseal(
+        &store,
+        &Sealer::new(&previous),
+        &Sealer::new(&current),
+    )
+    .await;
+    store.close().await;
+    let done = done?;
+    println!(
+        "aiproxy: {} accounts sealed under the current key, {} already were, {} left as they are",
+        done.moved.len(),
+        done.current.len(),
+        done.failed.len()
+    );
+    if done.failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Run(anyhow::anyhow!(
+            "accounts {:?} could not be sealed again (see above)",
+            done.failed
+        )))
+    }
 }
 
 /// One stdout line per listener, which scripts and tests read.

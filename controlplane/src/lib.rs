@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod manage;
 pub mod oauth;
 pub mod publisher;
+pub mod reseal;
 pub mod service;
 pub mod settings;
 pub mod store;

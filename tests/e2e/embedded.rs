@@ -41,6 +41,12 @@ pub async fn start_with(extra: &[(&str, String)]) -> Embedded {
 }
 
 impl Embedded {
+    /// Stops the process; its data directory, to start it again in.
+    pub async fn stop(self) -> tempfile::TempDir {
+        self.process.stop().await;
+        self._dir
+    }
+
     /// Stops the process and starts it again on the same data directory.
     pub async fn restart(self, extra: &[(&str, String)]) -> Embedded {
         self.process.stop().await;
@@ -48,7 +54,7 @@ impl Embedded {
     }
 }
 
-async fn start_in(dir: tempfile::TempDir, extra: &[(&str, String)]) -> Embedded {
+pub async fn start_in(dir: tempfile::TempDir, extra: &[(&str, String)]) -> Embedded {
     let mut env = vec![
         ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
         ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),

@@ -811,3 +811,98 @@ async fn background_jobs_run_on_one_control_plane_and_move_when_it_dies() {
     cp2.stop().await;
     db.drop().await;
 }
+
+/// `aiproxy reseal` moves every credential and proxy URL to a new secret
+/// key: the relay works on the new key, a repeated run changes nothing, and
+/// values no key given opens are left alone with a failing exit.
+#[tokio::test]
+async fn the_secret_key_rotates_by_resealing_every_credential() {
+    const OLD: &str = "the-old-secret-key-0123456789abcdef";
+    const NEW: &str = "the-new-secret-key-0123456789abcdef";
+    let mock = MockUpstream::start().await;
+    let e = crate::embedded::start_with(&[("AIPROXY_SECRET_KEY", OLD.into())]).await;
+    e.admin
+        .create_account("direct", &mock.url(), "sk-ant-kept-across-keys")
+        .await;
+    let proxied = e
+        .admin
+        .create_account_with(json!({"name": "proxied", "type": "claude-api",
+            "base_url": mock.url(), "enabled": false,
+            "proxy_url": "http://relay-user:hunter2@127.0.0.1:3128",
+            "credentials": {"api_key": "sk-ant-2"}}))
+        .await;
+    let key = e.user_key("rotating").await;
+    let dir = e.stop().await;
+
+    let reseal = |current: &str, previous: &str| {
+        let previous_file = dir.path().join("previous.key");
+        std::fs::write(&previous_file, format!("{previous}\n")).unwrap();
+        std::process::Command::new(crate::bin())
+            .args(["reseal", "--previous-key-file"])
+            .arg(&previous_file)
+            .env("AIPROXY_DATA_DIR", dir.path())
+            .env("AIPROXY_SECRET_KEY", current)
+            .output()
+            .unwrap()
+    };
+    let out = reseal(NEW, OLD);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.contains("2 accounts sealed under the current key, 0 already"),
+        "{said}"
+    );
+    // Cut short or repeated, a run is safe: nothing left to move.
+    let out = reseal(NEW, OLD);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("0 accounts sealed under the current key, 2 already"),
+        "{said}"
+    );
+
+    let e = crate::embedded::start_in(dir, &[("AIPROXY_SECRET_KEY", NEW.into())]).await;
+    let reply = e
+        .http
+        .send(
+            "POST",
+            &format!("{}/v1/messages", e.proxy),
+            &[("x-api-key", &key)],
+            Some(&crate::scheduling::plain_body("after the rotation")),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        crate::scheduling::upstream_keys(&mock)
+            .last()
+            .map(String::as_str),
+        Some("sk-ant-kept-across-keys")
+    );
+    let shown = e
+        .admin
+        .expect("GET", &format!("/accounts/{}", proxied["id"]), None, 200)
+        .await;
+    assert_eq!(shown["proxy_url"], "http://relay-user:••••@127.0.0.1:3128");
+    let dir = e.stop().await;
+
+    // A wrong previous key opens nothing: every account is left as it is.
+    let previous_file = dir.path().join("previous.key");
+    std::fs::write(&previous_file, "a-key-that-sealed-nothing-0123456789").unwrap();
+    let out = std::process::Command::new(crate::bin())
+        .args(["reseal", "--previous-key-file"])
+        .arg(&previous_file)
+        .env("AIPROXY_DATA_DIR", dir.path())
+        .env("AIPROXY_SECRET_KEY", "yet-another-secret-key-0123456789abc")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("0 accounts sealed under the current key, 0 already were, 2 left"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

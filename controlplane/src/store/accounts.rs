@@ -144,6 +144,29 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces an account's sealed credentials and proxy URL (the same
+    /// plaintext under another key) if its credentials are still `expected`;
+    /// whether they were.
+    pub async fn replace_account_seals(
+        &self,
+        id: i64,
+        expected: &str,
+        credentials: &str,
+        proxy: Option<&str>,
+    ) -> StoreResult<bool> {
+        let done = with_pool!(self, p => {
+            sqlx::query("UPDATE accounts SET credentials = ?, proxy_url = ? WHERE id = ? AND credentials = ?")
+                .bind(credentials)
+                .bind(proxy)
+                .bind(id)
+                .bind(expected)
+                .execute(p)
+                .await?
+                .rows_affected()
+        });
+        Ok(done == 1)
+    }
+
     pub async fn create_account(&self, new: &NewAccount) -> StoreResult<Account> {
         let now = Utc::now();
         let id = with_pool!(self, p => {
