@@ -7,6 +7,7 @@ use std::pin::Pin;
 pub mod memory;
 pub mod redis;
 pub mod resilient;
+pub mod sentinel;
 
 #[cfg(test)]
 #[allow(clippy::disallowed_methods)]

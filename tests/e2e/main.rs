@@ -15,7 +15,7 @@ mod python;
 mod scheduling;
 mod sdk;
 mod split;
-mod tls_stores;
+mod managed_stores;
 
 use std::path::PathBuf;
 

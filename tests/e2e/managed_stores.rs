@@ -1,6 +1,6 @@
-//! Managed stores over TLS: a Redis and a MariaDB the tests start with a
-//! certificate generated for the run, the Redis on its TLS port only and the
-//! MariaDB refusing plaintext.
+//! Managed stores: a Redis and a MariaDB the tests start with a certificate
+//! generated for the run (the Redis on its TLS port only, the MariaDB
+//! refusing plaintext), and a Redis master that fails over under Sentinel.
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -117,6 +117,33 @@ fn wait_for_port(port: u16, what: &str) {
         assert!(Instant::now() < deadline, "{what} never listened on {port}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `redis-cli` against a plain port.
+fn redis_plain(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Scripts a Redis has run (the scheduling path runs one per request).
+fn scripts_run(port: u16) -> u64 {
+    let stats = redis_plain(port, &["INFO", "commandstats"]);
+    stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }
 
 fn redis_cli(port: u16, certs: &Certificates, args: &[&str]) -> String {
@@ -301,4 +328,108 @@ async fn the_control_plane_reaches_a_mariadb_that_requires_tls() {
     // …and a certificate the public roots do not vouch for is refused.
     let unverified = migrate(&format!("{root}/aiproxy?ssl-mode=verify_ca"), &work).unwrap_err();
     assert!(unverified.contains("certificate"), "{unverified}");
+}
+
+/// A master, its replica and one sentinel: the relay follows the master the
+/// sentinel names, and after the master is killed, the promoted replica.
+#[tokio::test]
+async fn the_relay_follows_a_redis_master_through_a_sentinel_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let (master, replica, sentinel) = (free_port(), free_port(), free_port());
+    let redis = |port: u16, extra: &[&str]| {
+        Server(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(extra)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server runs"),
+        )
+    };
+    let master_server = redis(master, &[]);
+    let _replica = redis(replica, &["--replicaof", "127.0.0.1", &master.to_string()]);
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel}\nbind 127.0.0.1\n\
+             sentinel monitor m 127.0.0.1 {master} 1\n\
+             sentinel down-after-milliseconds m 1000\n\
+             sentinel failover-timeout m 5000\n"
+        ),
+    )
+    .unwrap();
+    let _sentinel = Server(
+        Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs as a sentinel"),
+    );
+    for port in [master, replica, sentinel] {
+        wait_for_port(port, "a Redis");
+    }
+    // The sentinel must know the replica before it can promote it.
+    eventually(
+        "the sentinel sees the replica",
+        Duration::from_secs(30),
+        async || {
+            let replicas = redis_plain(sentinel, &["SENTINEL", "replicas", "m"]);
+            let synced = redis_plain(replica, &["INFO", "replication"]);
+            (replicas.contains(&replica.to_string()) && synced.contains("master_link_status:up"))
+                .then_some(())
+                .ok_or(format!("{replicas}\n{synced}"))
+        },
+    )
+    .await;
+
+    let aio = start_with(&[(
+        "AIPROXY_REDIS_URL",
+        format!("redis+sentinel://127.0.0.1:{sentinel}/m"),
+    )])
+    .await;
+    let mock = aiproxy_tests::mock::MockUpstream::start().await;
+    aio.admin
+        .create_account("followed", &mock.url(), "sk-ant-upstream")
+        .await;
+    let key = aio.user_key("followed").await;
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let url = format!("{}/v1/messages", aio.proxy);
+    let send = async || {
+        aio.http
+            .send("POST", &url, &[("x-api-key", &key)], Some(&body))
+            .await
+    };
+    eventually("the key is served", Duration::from_secs(10), async || {
+        let reply = send().await;
+        (reply.status == 200).then_some(()).ok_or(reply.text())
+    })
+    .await;
+    assert!(scripts_run(master) > 0, "the relay schedules on the master");
+    assert_eq!(scripts_run(replica), 0);
+
+    // The master dies; the sentinel promotes the replica, and the relay,
+    // serving from its own memory meanwhile, moves there.
+    drop(master_server);
+    eventually(
+        "the relay schedules on the promoted replica",
+        Duration::from_secs(60),
+        async || {
+            let reply = send().await;
+            if reply.status != 200 {
+                return Err(format!("{}: {}", reply.status, reply.text()));
+            }
+            let on_replica = scripts_run(replica);
+            (on_replica > 0).then_some(()).ok_or(format!(
+                "nothing scheduled on the replica yet; the sentinel names {}",
+                redis_plain(sentinel, &["SENTINEL", "get-master-addr-by-name", "m"])
+                    .replace('\n', " ")
+            ))
+        },
+    )
+    .await;
+    aio.process.stop().await;
 }

@@ -2,9 +2,10 @@
 //! runs as one of the versioned Lua scripts in `lua/`.
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
+use super::sentinel::{Failover, FollowingConnection, SentinelUrl, is_sentinel_url};
 use super::{
     Filter, Held, InUse, Mark, MarkKind, Outcome, Release, ScheduleRequest, Scope, SessionEntry,
     StateError, StateStore, StoreFuture, StoreResult, Switch, SwitchReason,
@@ -20,9 +21,54 @@ struct Scripts {
     renew: Script,
 }
 
+/// Where calls go: one Redis, or the master the sentinels name.
+#[derive(Clone)]
+enum Target {
+    Direct(ConnectionManager),
+    Sentinel(std::sync::Arc<Failover>),
+}
+
+/// One call's connection.
+#[derive(Clone)]
+enum Conn {
+    Direct(ConnectionManager),
+    Following(FollowingConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Direct(c) => c.req_packed_command(cmd),
+            Conn::Following(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Direct(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Following(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Direct(c) => c.get_db(),
+            Conn::Following(c) => c.get_db(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    target: Target,
     prefix: String,
     scripts: std::sync::Arc<Scripts>,
 }
@@ -52,7 +98,8 @@ impl RedisStore {
     /// Connects lazily: a Redis that is down at start-up is retried on use.
     /// `namespace` separates deployments (and test runs) sharing one Redis.
     /// A `rediss://` URL speaks TLS, verified against `ca` (PEM) when given,
-    /// else the public roots.
+    /// else the public roots; a `redis+sentinel://` URL follows the master
+    /// its sentinels name.
     pub fn open(
         url: &str,
         ca: Option<Vec<u8>>,
@@ -60,6 +107,23 @@ impl RedisStore {
         timeout: Duration,
     ) -> StoreResult<Self> {
         let bad = |e: redis::RedisError| StateError::Protocol(format!("bad Redis URL: {e}"));
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        if is_sentinel_url(url) {
+            let parsed = SentinelUrl::parse(url)
+                .map_err(|e| StateError::Protocol(format!("bad Redis URL: {e}")))?;
+            if ca.is_some() && !parsed.tls {
+                return Err(StateError::Protocol(
+                    "a Redis CA is set but the URL is not rediss+sentinel://".into(),
+                ));
+            }
+            let sentinels = parsed.client(ca).map_err(bad)?;
+            let failover = Failover::new(sentinels, config, timeout, parsed.db);
+            return Ok(Self::with_target(Target::Sentinel(failover), namespace));
+        }
         let client = match ca {
             Some(ca) if url.starts_with("rediss://") => redis::Client::build_with_tls(
                 url,
@@ -76,26 +140,32 @@ impl RedisStore {
             }
             None => redis::Client::open(url).map_err(bad)?,
         };
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(RedisStore {
-            conn,
+        Ok(Self::with_target(Target::Direct(conn), namespace))
+    }
+
+    fn with_target(target: Target, namespace: &str) -> Self {
+        RedisStore {
+            target,
             prefix: format!("{namespace}:{LAYOUT}:"),
             scripts: std::sync::Arc::new(Scripts {
                 schedule: Script::new(include_str!("lua/schedule.lua")),
                 release: Script::new(include_str!("lua/release.lua")),
                 renew: Script::new(include_str!("lua/renew.lua")),
             }),
-        })
+        }
+    }
+
+    fn conn(&self) -> Conn {
+        match &self.target {
+            Target::Direct(c) => Conn::Direct(c.clone()),
+            Target::Sentinel(f) => Conn::Following(f.connection()),
+        }
     }
 
     /// Every key under `pattern` (after the prefix), by SCAN.
     async fn scan(&self, pattern: &str) -> StoreResult<Vec<String>> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut cursor: u64 = 0;
         let mut keys = Vec::new();
         loop {
@@ -117,7 +187,7 @@ impl RedisStore {
 
     async fn delete(&self, keys: Vec<String>) -> StoreResult<u64> {
         let mut deleted = 0;
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         for chunk in keys.chunks(500) {
             let n: u64 = conn.del(chunk).await?;
             deleted += n;
@@ -167,7 +237,7 @@ impl RedisStore {
                 .arg(c.max_concurrency)
                 .arg(c.weight);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let reply: Vec<String> = inv.invoke_async(&mut conn).await?;
         parse_outcome(&reply)
     }
@@ -235,7 +305,7 @@ impl StateStore for RedisStore {
                     .arg(&m.reason),
                 None => inv.arg("").arg(0).arg(0).arg(""),
             };
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let _: i64 = inv.invoke_async(&mut conn).await?;
             Ok(())
         })
@@ -243,7 +313,7 @@ impl StateStore for RedisStore {
 
     fn renew<'a>(&'a self, held: &'a [Held], now_ms: i64, ttl_ms: u64) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             for chunk in held.chunks(1000) {
                 let mut inv = self.scripts.renew.prepare_invoke();
                 inv.arg(&self.prefix)
@@ -263,7 +333,7 @@ impl StateStore for RedisStore {
 
     fn leave_queue<'a>(&'a self, queue: &'a str, lease: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let _: () = redis::pipe()
                 .zrem(format!("{}q:{queue}", self.prefix), lease)
                 .ignore()
@@ -283,7 +353,7 @@ impl StateStore for RedisStore {
             };
             let keys = self.scan(&pattern).await?;
             let mut out = Vec::with_capacity(keys.len());
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             for chunk in keys.chunks(500) {
                 let mut pipe = redis::pipe();
                 for k in chunk {
@@ -328,7 +398,7 @@ impl StateStore for RedisStore {
     fn in_use(&self, now_ms: i64) -> StoreFuture<'_, Vec<InUse>> {
         Box::pin(async move {
             let mut out = Vec::new();
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             for scope in [Scope::Account, Scope::User, Scope::Key] {
                 let keys = self.scan(&format!("{}:*", scope.tag())).await?;
                 for chunk in keys.chunks(500) {
@@ -371,7 +441,7 @@ impl StateStore for RedisStore {
     fn marks(&self, now_ms: i64) -> StoreFuture<'_, Vec<Mark>> {
         Box::pin(async move {
             let mut out = Vec::new();
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             for kind in [MarkKind::Unavailable, MarkKind::RateLimited] {
                 let tag = format!("{}:", mark_tag(kind));
                 let keys = self.scan(&format!("{tag}*")).await?;
@@ -420,7 +490,7 @@ impl StateStore for RedisStore {
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let _: String = redis::cmd("PING").query_async(&mut conn).await?;
             Ok(())
         })
