@@ -341,6 +341,9 @@ async fn the_relay_follows_a_redis_master_through_a_sentinel_failover() {
             Command::new("redis-server")
                 .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
+                // A replica keeps the master's copy in its directory.
+                .arg("--dir")
+                .arg(dir.path())
                 .args(extra)
                 .stdout(Stdio::null())
                 .spawn()
