@@ -7,6 +7,7 @@ mod embedded;
 mod hardening;
 mod limits;
 mod loss;
+mod managed_stores;
 mod multinode;
 mod oauth;
 mod operations;
@@ -15,7 +16,6 @@ mod python;
 mod scheduling;
 mod sdk;
 mod split;
-mod managed_stores;
 
 use std::path::PathBuf;
 
