@@ -3,7 +3,7 @@
 #   docker run -p 8080:8080 -p 8090:8090 -v aiproxy-data:/data aiproxy
 # The command picks the role: none (all-in-one), `controlplane`, `dataplane`.
 # The health check probes the relay's readiness; a control-plane container
-# overrides it with `aiproxy probe http://127.0.0.1:8090/healthz`.
+# overrides it with `aiproxy probe http://127.0.0.1:8090/readyz`.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src

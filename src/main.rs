@@ -296,6 +296,8 @@ fn dataplane_settings(
             limits: config.limits(server.max_connections),
             drain_delay: Duration::from_secs(server.drain_delay.unwrap_or(default_drain_delay)),
             drain_grace: Duration::from_secs(server.drain_grace),
+            max_snapshot_age: (server.max_snapshot_age > 0)
+                .then(|| Duration::from_secs(server.max_snapshot_age)),
         },
         controlplane_url,
         controlplane_ca,

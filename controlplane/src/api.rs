@@ -178,9 +178,33 @@ pub fn router(state: Services) -> Router {
     Router::new()
         .nest("/api/v1", v1)
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        // Unknown API paths are the API's 404, never the console.
+        .route("/api", axum::routing::any(not_found))
+        .route("/api/{*rest}", axum::routing::any(not_found))
         .fallback(crate::console::serve)
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)
+}
+
+/// Ready while the database answers, within 2 s, with every migration this
+/// build knows applied; the answer says why not.
+async fn readyz(
+    axum::extract::State(services): axum::extract::State<Services>,
+) -> (axum::http::StatusCode, String) {
+    let unready =
+        tokio::time::timeout(std::time::Duration::from_secs(2), services.store.unready()).await;
+    match unready {
+        Ok(None) => (axum::http::StatusCode::OK, "ready".into()),
+        Ok(Some(why)) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}"),
+        ),
+        Err(_) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the database did not answer within 2 s".into(),
+        ),
+    }
 }
 
 async fn not_found() -> ServiceError {

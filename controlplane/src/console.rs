@@ -24,20 +24,33 @@ fn find(path: &str) -> Option<&'static (&'static str, &'static str, bool, &'stat
     ASSETS.iter().find(|(p, ..)| *p == path)
 }
 
-/// Serves `uri`: an asset, or `index.html` for the app's own routes.
+/// The first path segments of the console's own pages
+/// (`web/src/router/routes.ts`; a test keeps the two in step).
+pub const PAGES: &[&str] = &[
+    "login",
+    "dashboard",
+    "accounts",
+    "users",
+    "packages",
+    "keys",
+    "logs",
+    "usage",
+    "cache",
+    "settings",
+];
+
+/// Whether `path` (without its leading slash) is a page of the console.
+fn is_page(path: &str) -> bool {
+    path.is_empty() || PAGES.contains(&path.split('/').next().unwrap_or_default())
+}
+
+/// Serves `uri`: an asset, `index.html` for the console's own pages, and
+/// 404 for anything else.
 pub async fn serve(uri: Uri, headers: HeaderMap) -> Response {
     let path = uri.path().trim_start_matches('/');
-    let asset = if path.is_empty() {
-        find("index.html")
-    } else {
-        find(path).or_else(|| {
-            // A route of the app (no file extension) gets the app itself.
-            let last = path.rsplit('/').next().unwrap_or_default();
-            (!last.contains('.')).then(|| find("index.html")).flatten()
-        })
-    };
+    let asset = find(path).or_else(|| is_page(path).then(|| find("index.html")).flatten());
     let Some((name, content_type, gzipped, bytes)) = asset else {
-        if path.is_empty() || !path.contains('.') {
+        if is_page(path) {
             return page(StatusCode::OK, NOT_BUILT);
         }
         return page(StatusCode::NOT_FOUND, "not found");
@@ -106,4 +119,46 @@ fn security_headers(h: &mut HeaderMap) {
 /// Whether a console build is embedded.
 pub fn is_built() -> bool {
     find("index.html").is_some()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pages_are_the_console_routes() {
+        let routes = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../web/src/router/routes.ts"
+        ))
+        .unwrap();
+        let mut declared: Vec<&str> = routes
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("path: '")?.split('\'').next())
+            .map(|p| p.trim_start_matches('/'))
+            .filter(|p| !p.is_empty() && !p.starts_with(':'))
+            .collect();
+        declared.sort_unstable();
+        let mut pages = PAGES.to_vec();
+        pages.sort_unstable();
+        assert_eq!(declared, pages, "console::PAGES and routes.ts disagree");
+    }
+
+    #[test]
+    fn only_pages_get_the_console() {
+        for page in ["", "login", "accounts", "logs/123", "settings/x"] {
+            assert!(is_page(page), "{page}");
+        }
+        for other in [
+            "metrics",
+            "readyz",
+            "api",
+            "api/v2/x",
+            "favicon.ico",
+            "accountsx",
+        ] {
+            assert!(!is_page(other), "{other}");
+        }
+    }
 }

@@ -75,6 +75,7 @@ async fn follow(
             .await
             .map_err(|_| tonic::Status::deadline_exceeded("no snapshot or heartbeat in time"))??;
         let Some(event) = message else { return Ok(()) };
+        holder.heard_from_control_plane();
         match event.event {
             Some(pb::watch_event::Event::Snapshot(snapshot)) => {
                 let version = snapshot.version;

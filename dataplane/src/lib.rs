@@ -173,6 +173,7 @@ pub async fn start(
         node_id: settings.node_id.clone(),
         draining: Default::default(),
         cutting: Default::default(),
+        max_snapshot_age: settings.server.max_snapshot_age,
         admission: Default::default(),
         bodies: admission::BodyBudget::new(settings.max_body_bytes_in_flight),
         body_read_timeout: settings.body_read_timeout,

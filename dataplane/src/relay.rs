@@ -63,6 +63,8 @@ pub struct Relay {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// The drain's grace is over: responses cut now are recorded as `shutdown`.
     pub cutting: Arc<std::sync::atomic::AtomicBool>,
+    /// Readiness fails after this long without a word from the control plane.
+    pub max_snapshot_age: Option<Duration>,
     /// Refusals decided before a body is read.
     pub admission: Arc<Admission>,
     /// Request-body bytes held at once across the node.

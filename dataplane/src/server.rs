@@ -29,6 +29,9 @@ pub struct ServerSettings {
     pub drain_delay: Duration,
     /// Then in-flight requests get this long before they are cut.
     pub drain_grace: Duration,
+    /// `/readyz` fails after this long without a word from the control
+    /// plane; `None`: never.
+    pub max_snapshot_age: Option<Duration>,
 }
 
 /// Serves until `cancel`, then drains: `/readyz` answers 503 at once, the
@@ -124,8 +127,9 @@ async fn route(relay: &Relay, req: Request<Incoming>) -> Response<RelayBody> {
     answer.map(RelayBody::full)
 }
 
-/// Ready while the node can serve and bill: a snapshot, a usable journal,
-/// and no drain under way.
+/// Ready while the node can serve and bill: a snapshot (heard from the
+/// control plane recently enough, when a limit is set), a usable journal,
+/// and no drain under way; the answer says why not.
 fn readiness(relay: &Relay, request_id: &HeaderValue) -> Response<Bytes> {
     let unready = |why: &str| text(StatusCode::SERVICE_UNAVAILABLE, why, request_id);
     if relay.draining.load(Ordering::Relaxed) {
@@ -137,6 +141,17 @@ fn readiness(relay: &Relay, request_id: &HeaderValue) -> Response<Bytes> {
         Err(crate::usage::Unavailable::Failing) => {
             return unready("not ready: usage journal unavailable");
         }
+    }
+    let silence = relay.snapshot.silence();
+    if let (Some(limit), Some(silence)) = (relay.max_snapshot_age, silence)
+        && silence > limit
+        && relay.snapshot.load().is_some()
+    {
+        return unready(&format!(
+            "not ready: no word from the control plane for {} s (limit {} s)",
+            silence.as_secs(),
+            limit.as_secs()
+        ));
     }
     match relay.snapshot.load() {
         Some(s) => text(

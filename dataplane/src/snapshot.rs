@@ -471,6 +471,10 @@ impl Snapshot {
 /// announced to background work that must follow them.
 pub struct SnapshotHolder {
     current: ArcSwapOption<Snapshot>,
+    /// When the control plane last spoke on the watch stream, in ms after
+    /// `born`; 0: never.
+    heard: std::sync::atomic::AtomicU64,
+    born: std::time::Instant,
     /// The node's configuration, which a snapshot's settings go over.
     configured: Effective,
     /// The settings in force: the configuration until a snapshot applies.
@@ -481,6 +485,8 @@ impl SnapshotHolder {
     pub(crate) fn new(configured: Effective) -> Self {
         SnapshotHolder {
             current: ArcSwapOption::empty(),
+            heard: Default::default(),
+            born: std::time::Instant::now(),
             configured,
             settings: watch::Sender::new(configured),
         }
@@ -493,6 +499,24 @@ impl SnapshotHolder {
 
     pub fn load(&self) -> Option<Arc<Snapshot>> {
         self.current.load_full()
+    }
+
+    /// The control plane spoke (a snapshot, spending, a heartbeat).
+    pub(crate) fn heard_from_control_plane(&self) {
+        let ms = self.born.elapsed().as_millis().max(1) as u64;
+        self.heard.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long since the control plane last spoke; `None` before it ever did.
+    pub fn silence(&self) -> Option<std::time::Duration> {
+        match self.heard.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => Some(
+                self.born
+                    .elapsed()
+                    .saturating_sub(std::time::Duration::from_millis(ms)),
+            ),
+        }
     }
 
     /// Makes `snapshot` current; watchers of the settings hear of them

@@ -123,6 +123,10 @@ pub struct ServerSettings {
     pub drain_delay: Option<u64>,
     /// Seconds requests in flight then get before they are cut.
     pub drain_grace: u64,
+    /// A data plane's `/readyz` fails after this many seconds without a word
+    /// from the control plane (a snapshot, spending or its 5 s heartbeat);
+    /// 0: never, so nodes keep serving through a control-plane outage.
+    pub max_snapshot_age: u64,
     /// Reverse proxies (addresses or ranges) whose `X-Forwarded-For` names
     /// the client on the admin port; from anyone else it is ignored.
     pub trusted_proxies: Vec<String>,
@@ -142,6 +146,7 @@ impl Default for ServerSettings {
             max_body_bytes_in_flight: 256 << 20,
             drain_delay: None,
             drain_grace: 30,
+            max_snapshot_age: 0,
             trusted_proxies: Vec::new(),
             max_password_checks: 4,
         }
@@ -315,6 +320,9 @@ impl Default for Config {
 
 /// Longest accepted `node_id`, in characters (the width of `request_logs.node_id`).
 pub const MAX_NODE_ID: usize = 128;
+
+/// Shortest `server.max_snapshot_age` accepted (two heartbeats), seconds.
+pub const MIN_SNAPSHOT_AGE: u64 = 10;
 
 /// Shortest accepted `secret_key`, in bytes.
 pub const MIN_SECRET_KEY_LEN: usize = 32;
@@ -492,6 +500,11 @@ impl Config {
             })?);
         }
         parse_env(&get, "AIPROXY_DRAIN_GRACE", &mut server.drain_grace)?;
+        parse_env(
+            &get,
+            "AIPROXY_MAX_SNAPSHOT_AGE",
+            &mut server.max_snapshot_age,
+        )?;
         if let Some(v) = get("AIPROXY_TRUSTED_PROXIES") {
             server.trusted_proxies = v
                 .split(',')
@@ -613,6 +626,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid(format!(
                 "AIPROXY_NODE_ID must be 1 to {MAX_NODE_ID} characters"
+            )));
+        }
+        if (1..MIN_SNAPSHOT_AGE).contains(&self.server.max_snapshot_age) {
+            return Err(ConfigError::Invalid(format!(
+                "server.max_snapshot_age must be 0 (never) or at least {MIN_SNAPSHOT_AGE} seconds: the control plane's heartbeat comes every 5"
             )));
         }
         if self.grpc_tls_cert.is_some() != self.grpc_tls_key.is_some() {
@@ -825,6 +843,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("must differ"), "{err}");
+    }
+
+    #[test]
+    fn a_snapshot_age_limit_outlasts_two_heartbeats() {
+        assert_eq!(load(None, &[]).unwrap().server.max_snapshot_age, 0);
+        let err = load(None, &[("AIPROXY_MAX_SNAPSHOT_AGE", "5")]).unwrap_err();
+        assert!(err.to_string().contains("max_snapshot_age"), "{err}");
+        let c = load(None, &[("AIPROXY_MAX_SNAPSHOT_AGE", "10")]).unwrap();
+        assert_eq!(c.server.max_snapshot_age, 10);
     }
 
     #[test]

@@ -779,7 +779,7 @@ async fn a_decompression_bomb_is_refused_without_inflating_it() {
 }
 
 #[tokio::test]
-async fn the_control_plane_stops_promptly_with_nodes_attached() {
+async fn the_control_plane_stops_promptly_and_nodes_serve_on_unless_told_otherwise() {
     use crate::split::{NODE_TOKEN, TestDatabase, controlplane, dataplane};
     use aiproxy_tests::harness::wait_ready;
     let dir = tempfile::tempdir().unwrap();
@@ -788,8 +788,10 @@ async fn the_control_plane_stops_promptly_with_nodes_attached() {
     let cp = controlplane(&db.url, dir.path(), "127.0.0.1:0", &[]).await;
     let grpc = cp.addrs["grpc"];
     let mut nodes = Vec::new();
-    for name in ["n1", "n2"] {
-        let dp = dataplane(grpc, dir.path(), name, NODE_TOKEN, &[]).await;
+    // The third node wants word from the control plane every 10 s.
+    for (name, age) in [("n1", "0"), ("n2", "0"), ("strict", "10")] {
+        let limit = [("AIPROXY_MAX_SNAPSHOT_AGE", age.to_string())];
+        let dp = dataplane(grpc, dir.path(), name, NODE_TOKEN, &limit).await;
         wait_ready(
             &http,
             &format!("{}/readyz", dp.url("proxy")),
@@ -805,13 +807,29 @@ async fn the_control_plane_stops_promptly_with_nodes_attached() {
         took < Duration::from_secs(15),
         "the control plane took {took:?} to stop"
     );
-    // The nodes keep serving from their snapshot while it is away.
-    for dp in &nodes {
-        let reply = http
-            .send("GET", &format!("{}/readyz", dp.url("proxy")), &[], None)
-            .await;
+    // The nodes keep serving from their snapshot while it is away, but for
+    // the one with an age limit, once it passes.
+    let readyz = |dp: &aiproxy_tests::harness::Process| format!("{}/readyz", dp.url("proxy"));
+    let said = aiproxy_tests::harness::eventually(
+        "the strict node notices the silence",
+        Duration::from_secs(20),
+        async || {
+            let reply = http.send("GET", &readyz(&nodes[2]), &[], None).await;
+            (reply.status == 503)
+                .then(|| reply.text())
+                .ok_or(reply.text())
+        },
+    )
+    .await;
+    assert!(said.contains("no word from the control plane"), "{said}");
+    for dp in &nodes[..2] {
+        let reply = http.send("GET", &readyz(dp), &[], None).await;
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
+    // Back, the control plane's word makes it ready again.
+    let cp = controlplane(&db.url, dir.path(), &grpc.to_string(), &[]).await;
+    wait_ready(&http, &readyz(&nodes[2]), Duration::from_secs(30)).await;
+    cp.stop().await;
     for dp in nodes {
         dp.stop().await;
     }
@@ -1238,4 +1256,72 @@ async fn users_keep_out_of_operator_business() {
         .await;
     until_status(&e, &key, 200).await;
     e.process.stop().await;
+}
+
+/// A node whose journal is full (its control plane away too long) refuses
+/// requests and says so on `/readyz`, so the load balancer moves away; once
+/// the journal drains, it is ready again.
+#[tokio::test]
+async fn a_full_journal_fails_readiness_until_it_drains() {
+    use crate::split::{NODE_TOKEN, TestDatabase, controlplane, dataplane};
+    use aiproxy_tests::harness::{ADMIN_PASSWORD, wait_ready};
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::new(dir.path(), "journalfull").await;
+    let mock = MockUpstream::start().await;
+    let http = aiproxy_tests::client::Http::default();
+    let cp = controlplane(&db.url, dir.path(), "127.0.0.1:0", &[]).await;
+    let grpc = cp.addrs["grpc"];
+    let small = [("AIPROXY_JOURNAL_MAX_BYTES", "4096".to_string())];
+    let dp = dataplane(grpc, dir.path(), "small", NODE_TOKEN, &small).await;
+    let readyz = format!("{}/readyz", dp.url("proxy"));
+    wait_ready(&http, &readyz, Duration::from_secs(30)).await;
+    let admin = Admin::login(&http, &cp.url("admin"), "admin", ADMIN_PASSWORD).await;
+    admin.create_account("one", &mock.url(), "sk-ant-1").await;
+    let (_, _, key) = user_with_key(&admin, "journal").await;
+    let url = format!("{}/v1/messages", dp.url("proxy"));
+    let send = || {
+        let (http, url, key) = (http.clone(), url.clone(), key.clone());
+        async move {
+            http.send(
+                "POST",
+                &url,
+                &[("x-api-key", &key), ("anthropic-version", "2023-06-01")],
+                Some(&plain_body("hi")),
+            )
+            .await
+        }
+    };
+    aiproxy_tests::harness::eventually("the key is served", Duration::from_secs(10), async || {
+        let reply = send().await;
+        (reply.status == 200).then_some(()).ok_or(reply.text())
+    })
+    .await;
+
+    cp.kill().await;
+    let refused = aiproxy_tests::harness::eventually(
+        "the journal fills",
+        Duration::from_secs(30),
+        async || {
+            let reply = send().await;
+            (reply.status == 503)
+                .then(|| reply.text())
+                .ok_or(reply.text())
+        },
+    )
+    .await;
+    assert!(refused.contains("usage journal full"), "{refused}");
+    let ready = http.send("GET", &readyz, &[], None).await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.text().contains("usage journal full"),
+        "{}",
+        ready.text()
+    );
+
+    let cp = controlplane(&db.url, dir.path(), &grpc.to_string(), &[]).await;
+    wait_ready(&http, &readyz, Duration::from_secs(30)).await;
+    assert_eq!(send().await.status, 200);
+    dp.stop().await;
+    cp.stop().await;
+    db.drop().await;
 }

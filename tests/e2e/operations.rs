@@ -906,3 +906,62 @@ async fn the_secret_key_rotates_by_resealing_every_credential() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The admin port's health endpoints mean something, and nothing outside
+/// the console's own pages is answered with the console.
+#[tokio::test]
+async fn the_admin_port_tells_health_readiness_and_unknown_paths_apart() {
+    use sqlx::Connection;
+    let e = start_with(&[]).await;
+    let admin = e.process.url("admin");
+    let get = async |path: &str| {
+        e.http
+            .send("GET", &format!("{admin}{path}"), &[], None)
+            .await
+    };
+    assert_eq!(get("/healthz").await.status, 200);
+    let ready = get("/readyz").await;
+    assert_eq!((ready.status, ready.text().as_str()), (200, "ready"));
+    for path in ["/metrics", "/favicon.ico", "/nothing/here.js", "/accountsx"] {
+        let reply = get(path).await;
+        assert_eq!(reply.status, 404, "{path}: {}", reply.text());
+        assert!(
+            !reply.text().contains("<div id=\"app\""),
+            "{path} got the console"
+        );
+    }
+    for path in ["/api", "/api/v2/users", "/api/v1/no-such-thing"] {
+        let reply = get(path).await;
+        assert_eq!(reply.status, 404, "{path}");
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+    for page in ["/", "/login", "/logs", "/accounts/7"] {
+        assert_eq!(get(page).await.status, 200, "{page}");
+    }
+
+    // A migration this build expects is missing: not ready, and why.
+    let url = format!("sqlite://{}", e.data_dir().join("aiproxy.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let last: i64 = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = ?")
+        .bind(last)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let ready = get("/readyz").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(
+        ready.text(),
+        format!("not ready: migrations not applied: {last}")
+    );
+    assert_eq!(
+        get("/healthz").await.status,
+        200,
+        "the process itself is fine"
+    );
+    e.process.stop().await;
+}

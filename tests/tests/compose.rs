@@ -552,7 +552,7 @@ fn the_split_deployment_keeps_its_shape() {
             "CMD",
             "/usr/local/bin/aiproxy",
             "probe",
-            "http://127.0.0.1:8090/healthz"
+            "http://127.0.0.1:8090/readyz"
         ]
     );
     assert_eq!(env(cp, "AIPROXY_GRPC_LISTEN"), "0.0.0.0:9090");

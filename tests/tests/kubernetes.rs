@@ -537,7 +537,7 @@ fn the_control_plane_is_replicated_and_its_grpc_port_closed_to_others() {
         format!("0.0.0.0:{grpc}"),
         "data planes connect from other pods"
     );
-    assert_eq!(http_probe(cp, "readinessProbe"), ("/healthz".into(), admin));
+    assert_eq!(http_probe(cp, "readinessProbe"), ("/readyz".into(), admin));
     assert_eq!(http_probe(cp, "livenessProbe"), ("/healthz".into(), admin));
     assert_service(objects, "aiproxy-controlplane", deployment, admin, admin);
     assert_service(objects, "aiproxy-controlplane", deployment, grpc, grpc);

@@ -210,6 +210,32 @@ impl Store {
         Ok(())
     }
 
+    /// Why the store cannot serve, if it cannot: the database does not
+    /// answer, or a migration this build knows is not applied.
+    pub async fn unready(&self) -> Option<String> {
+        let embedded: Vec<i64> = match self.pool {
+            Pool::MySql(_) => MYSQL_MIGRATIONS.iter().map(|m| m.0).collect(),
+            Pool::Sqlite(_) => SQLITE_MIGRATIONS.iter().map(|m| m.0).collect(),
+        };
+        let applied: Result<Vec<i64>, sqlx::Error> = with_pool!(self, p => {
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success = 1")
+                .fetch_all(p)
+                .await
+        });
+        match applied {
+            Err(e) => Some(format!("database: {e}")),
+            Ok(applied) => {
+                let missing: Vec<String> = embedded
+                    .iter()
+                    .filter(|v| !applied.contains(v))
+                    .map(ToString::to_string)
+                    .collect();
+                (!missing.is_empty())
+                    .then(|| format!("migrations not applied: {}", missing.join(", ")))
+            }
+        }
+    }
+
     pub async fn close(&self) {
         with_pool!(self, p => p.close().await)
     }
