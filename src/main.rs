@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aiproxy_shared::config::{Config, ConfigError, EXIT_CONFIG, Secret};
+use aiproxy_shared::config::{Config, ConfigError, EXIT_CONFIG, METRICS_PORT, Secret};
 use aiproxy_shared::state::{MemoryStore, RedisStore, Resilient, StateStore};
 use clap::{Parser, Subcommand};
 
@@ -287,6 +287,7 @@ fn dataplane_settings(
     node_token: Secret,
     state: Arc<dyn StateStore>,
     default_drain_delay: u64,
+    metrics: Arc<aiproxy_dataplane::metrics::Metrics>,
 ) -> aiproxy_dataplane::Settings {
     let server = &config.server;
     aiproxy_dataplane::Settings {
@@ -318,6 +319,7 @@ fn dataplane_settings(
             unavailable_cap: Duration::from_secs(config.cache.unavailable_ttl),
         },
         state,
+        metrics,
     }
 }
 
@@ -374,12 +376,17 @@ fn all_in_one(config: Config, runtime: &tokio::runtime::Runtime) -> Result<(), F
         let dp_cancel = CancellationToken::new();
         let dp_tasks = TaskTracker::new();
         let url = format!("http://{}", loopback_if_unspecified(cp.grpc_addr));
+        let mut registry = metrics_registry();
+        let metrics = Arc::new(aiproxy_dataplane::metrics::Metrics::default());
+        metrics.register(&mut registry);
         let dp = aiproxy_dataplane::start(
-            dataplane_settings(&config, url, None, node_token, state, 0),
+            dataplane_settings(&config, url, None, node_token, state, 0, metrics),
             dp_cancel.clone(),
             &dp_tasks,
         )
         .await?;
+        registry.register_collector(Box::new(dp.holdings));
+        serve_metrics(&config, METRICS_PORT, registry, &dp_cancel, &dp_tasks).await?;
         announce("proxy", dp.proxy_addr);
 
         aiproxy_shared::shutdown::signal().await;
@@ -470,12 +477,25 @@ async fn dataplane(config: Config) -> Result<(), Failure> {
     let state = state_store(&config)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let mut registry = metrics_registry();
+    let metrics = Arc::new(aiproxy_dataplane::metrics::Metrics::default());
+    metrics.register(&mut registry);
     let dp = aiproxy_dataplane::start(
-        dataplane_settings(&config, url, ca, node_token, state, DATAPLANE_DRAIN_DELAY),
+        dataplane_settings(
+            &config,
+            url,
+            ca,
+            node_token,
+            state,
+            DATAPLANE_DRAIN_DELAY,
+            metrics,
+        ),
         cancel.clone(),
         &tasks,
     )
     .await?;
+    registry.register_collector(Box::new(dp.holdings));
+    serve_metrics(&config, METRICS_PORT + 1, registry, &cancel, &tasks).await?;
     announce("proxy", dp.proxy_addr);
     aiproxy_shared::shutdown::signal().await;
     cancel.cancel();
@@ -549,6 +569,37 @@ async fn reseal(config: Config, previous_key_file: &Path) -> Result<(), Failure>
             done.failed
         )))
     }
+}
+
+/// Every metric's name starts `aiproxy_`.
+fn metrics_registry() -> prometheus_client::registry::Registry {
+    prometheus_client::registry::Registry::with_prefix("aiproxy")
+}
+
+/// Serves `registry` at `listen.metrics` (`default_port` when unset) until
+/// `cancel`, unless metrics are off.
+async fn serve_metrics(
+    config: &Config,
+    default_port: u16,
+    registry: prometheus_client::registry::Registry,
+    cancel: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Result<(), Failure> {
+    let Some(addr) = config
+        .metrics_listen(default_port)
+        .map_err(Failure::Config)?
+    else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
+    announce("metrics", listener.local_addr()?);
+    let (cancel, tracker) = (cancel.clone(), tasks.clone());
+    tasks.spawn(async move {
+        aiproxy_shared::metrics::serve(listener, Arc::new(registry), cancel, &tracker).await;
+    });
+    Ok(())
 }
 
 /// One stdout line per listener, which scripts and tests read.

@@ -13,6 +13,7 @@ pub(crate) mod failure;
 pub(crate) mod feed;
 pub(crate) mod filter;
 pub(crate) mod meter;
+pub mod metrics;
 pub(crate) mod models;
 pub(crate) mod relay;
 pub(crate) mod request;
@@ -73,6 +74,8 @@ pub struct Settings {
     pub scheduling: scheduler::SchedulerSettings,
     /// Sticky sessions, leases and marks shared with the other nodes.
     pub state: Arc<dyn aiproxy_shared::state::StateStore>,
+    /// Counters and histograms the requests update.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,8 @@ const FINAL_DELIVERY: Duration = Duration::from_secs(15);
 pub struct DataPlane {
     pub proxy_addr: SocketAddr,
     pub snapshot: Arc<SnapshotHolder>,
+    /// What the node holds, for the metrics listener to read at each scrape.
+    pub holdings: metrics::Holdings,
 }
 
 /// Starts the snapshot feed, the usage reporter and the proxy server.
@@ -148,6 +153,11 @@ pub async fn start(
         cancel.clone(),
     ));
 
+    let holdings = metrics::Holdings {
+        snapshot: snapshot.clone(),
+        journal: journal.clone(),
+        state: settings.state.clone(),
+    };
     let (sink, queue) = UsageSink::new(journal.clone());
     let reporter_stop = CancellationToken::new();
     let reporter = tracker.spawn(usage::run_reporter(
@@ -174,6 +184,7 @@ pub async fn start(
         draining: Default::default(),
         cutting: Default::default(),
         max_snapshot_age: settings.server.max_snapshot_age,
+        metrics: settings.metrics.clone(),
         admission: Default::default(),
         bodies: admission::BodyBudget::new(settings.max_body_bytes_in_flight),
         body_read_timeout: settings.body_read_timeout,
@@ -197,5 +208,6 @@ pub async fn start(
     Ok(DataPlane {
         proxy_addr,
         snapshot,
+        holdings,
     })
 }

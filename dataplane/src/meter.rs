@@ -42,6 +42,7 @@ pub struct Meter {
     pub package_id: i64,
     pub key: Arc<KeyEntry>,
     pub spending: Arc<Spending>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Meter {
@@ -57,6 +58,28 @@ impl Meter {
         }
         drop(self.lease.take());
         drop(self.admitted.take());
+        let mut error_class = std::mem::take(&mut self.error_class);
+        // An error the upstream named in its own words is logged as such
+        // but counted as one class: metrics take no free-form values.
+        let mut counted_class = None;
+        if error_class.is_empty() {
+            if let Some(e) = &observed.error {
+                error_class = e.clone();
+                counted_class = Some("upstream_error");
+            } else if !ended {
+                error_class = "client_disconnected".into();
+            } else if !observed.complete {
+                error_class = "upstream_incomplete".into();
+            }
+        }
+        self.metrics.finished(&crate::metrics::Finished {
+            endpoint: self.endpoint,
+            platform: self.platform.as_str(),
+            status: self.status,
+            error_class: counted_class.unwrap_or(&error_class),
+            duration: self.started.elapsed(),
+            first_byte: self.ttfb,
+        });
         if !self.billed {
             return;
         }
@@ -66,16 +89,6 @@ impl Meter {
         } else {
             UsageSource::Missing
         };
-        let mut error_class = std::mem::take(&mut self.error_class);
-        if error_class.is_empty() {
-            if let Some(e) = &observed.error {
-                error_class = e.clone();
-            } else if !ended {
-                error_class = "client_disconnected".into();
-            } else if !observed.complete {
-                error_class = "upstream_incomplete".into();
-            }
-        }
         let model = observed
             .model
             .clone()
@@ -95,6 +108,13 @@ impl Meter {
                 (Decimal::ZERO, 0)
             }
         };
+        self.metrics.tokens(
+            self.snapshot
+                .prices
+                .priced_name(&model)
+                .or_else(|| self.snapshot.prices.priced_name(&self.requested_model)),
+            &usage,
+        );
         let cost = user_cost(upstream_cost, self.price_rate);
         self.spending.add(
             &self.snapshot,

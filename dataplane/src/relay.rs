@@ -63,6 +63,7 @@ pub struct Relay {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// The drain's grace is over: responses cut now are recorded as `shutdown`.
     pub cutting: Arc<std::sync::atomic::AtomicBool>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Readiness fails after this long without a word from the control plane.
     pub max_snapshot_age: Option<Duration>,
     /// Refusals decided before a body is read.
@@ -135,10 +136,19 @@ impl Relay {
         req: Request<Incoming>,
         request_id: &HeaderValue,
     ) -> Response<RelayBody> {
+        let started = Instant::now();
         match self.relay(&endpoint, req, request_id).await {
             Ok(resp) => resp,
             Err(e) => {
                 tracing::debug!(request_id = ?request_id, status = e.status.as_u16(), class = e.class, "request refused");
+                self.metrics.finished(&crate::metrics::Finished {
+                    endpoint: endpoint.name(),
+                    platform: endpoint.platform().as_str(),
+                    status: e.status.as_u16(),
+                    error_class: e.class,
+                    duration: started.elapsed(),
+                    first_byte: None,
+                });
                 e.into_response(endpoint.error_shape(), request_id)
                     .map(RelayBody::full)
             }
@@ -289,7 +299,10 @@ impl Relay {
                 self.tell_control_plane(&account, verdict);
             }
             match next {
-                Some(next) => account = next,
+                Some(next) => {
+                    self.metrics.failover(endpoint.platform().as_str());
+                    account = next;
+                }
                 None => break,
             }
         }
@@ -520,6 +533,7 @@ impl Relay {
             package_id: exchange.package_id,
             key: exchange.key,
             spending: self.spending.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 

@@ -419,6 +419,11 @@ impl Journal {
         Ok(file)
     }
 
+    /// Bytes of undelivered usage on disk.
+    pub fn pending_bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// Whether the journal takes records now, and why not.
     pub fn availability(&self) -> Result<(), Unavailable> {
         if self.failed.load(Ordering::Relaxed) {

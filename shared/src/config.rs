@@ -58,6 +58,9 @@ pub struct Listen {
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
     pub grpc: SocketAddr,
+    /// Where `GET /metrics` is served: an address, `off`, or unset for the
+    /// role's default (see [`Config::metrics_listen`]).
+    pub metrics: Option<String>,
 }
 
 impl Default for Listen {
@@ -66,6 +69,7 @@ impl Default for Listen {
             proxy: ([0, 0, 0, 0], 8080).into(),
             admin: ([0, 0, 0, 0], 8090).into(),
             grpc: ([127, 0, 0, 1], 9090).into(),
+            metrics: None,
         }
     }
 }
@@ -321,6 +325,10 @@ impl Default for Config {
 /// Longest accepted `node_id`, in characters (the width of `request_logs.node_id`).
 pub const MAX_NODE_ID: usize = 128;
 
+/// The metrics port of the all-in-one and the control plane; a data plane
+/// takes the next, so both fit on one host.
+pub const METRICS_PORT: u16 = 9464;
+
 /// Shortest `server.max_snapshot_age` accepted (two heartbeats), seconds.
 pub const MIN_SNAPSHOT_AGE: u64 = 10;
 
@@ -328,6 +336,20 @@ pub const MIN_SNAPSHOT_AGE: u64 = 10;
 pub const MIN_SECRET_KEY_LEN: usize = 32;
 
 impl Config {
+    /// Where metrics are served: `listen.metrics`, or `0.0.0.0:<default_port>`
+    /// when unset; `None` when it is `off`.
+    pub fn metrics_listen(&self, default_port: u16) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.listen.metrics.as_deref().map(str::trim) {
+            None | Some("") => Ok(Some(([0, 0, 0, 0], default_port).into())),
+            Some("off") => Ok(None),
+            Some(addr) => addr.parse().map(Some).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "AIPROXY_METRICS_LISTEN must be an address such as 0.0.0.0:9464, or off: {e}"
+                ))
+            }),
+        }
+    }
+
     /// The billing zone (validated at load).
     pub fn billing_tz(&self) -> chrono::FixedOffset {
         crate::billing::parse_timezone(&self.billing.timezone)
@@ -449,6 +471,9 @@ impl Config {
         parse_env(&get, "AIPROXY_PROXY_LISTEN", &mut self.listen.proxy)?;
         parse_env(&get, "AIPROXY_ADMIN_LISTEN", &mut self.listen.admin)?;
         parse_env(&get, "AIPROXY_GRPC_LISTEN", &mut self.listen.grpc)?;
+        if let Some(v) = get("AIPROXY_METRICS_LISTEN") {
+            self.listen.metrics = Some(v.trim().to_string());
+        }
         parse_env(&get, "AIPROXY_PROXY_TIMEOUT", &mut self.proxy.timeout)?;
         parse_env(
             &get,
@@ -628,6 +653,7 @@ impl Config {
                 "AIPROXY_NODE_ID must be 1 to {MAX_NODE_ID} characters"
             )));
         }
+        self.metrics_listen(METRICS_PORT)?;
         if (1..MIN_SNAPSHOT_AGE).contains(&self.server.max_snapshot_age) {
             return Err(ConfigError::Invalid(format!(
                 "server.max_snapshot_age must be 0 (never) or at least {MIN_SNAPSHOT_AGE} seconds: the control plane's heartbeat comes every 5"
@@ -852,6 +878,23 @@ mod tests {
         assert!(err.to_string().contains("max_snapshot_age"), "{err}");
         let c = load(None, &[("AIPROXY_MAX_SNAPSHOT_AGE", "10")]).unwrap();
         assert_eq!(c.server.max_snapshot_age, 10);
+    }
+
+    #[test]
+    fn metrics_listen_on_the_role_port_an_address_or_not_at_all() {
+        let c = load(None, &[]).unwrap();
+        assert_eq!(
+            c.metrics_listen(9465).unwrap(),
+            Some(([0, 0, 0, 0], 9465).into())
+        );
+        let c = load(None, &[("AIPROXY_METRICS_LISTEN", "127.0.0.1:0")]).unwrap();
+        assert_eq!(
+            c.metrics_listen(9465).unwrap(),
+            Some(([127, 0, 0, 1], 0).into())
+        );
+        let c = load(None, &[("AIPROXY_METRICS_LISTEN", "off")]).unwrap();
+        assert_eq!(c.metrics_listen(9465).unwrap(), None);
+        assert!(load(None, &[("AIPROXY_METRICS_LISTEN", "nowhere")]).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod domain;
 pub mod fs;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod money;
 pub mod names;
 pub mod net;

@@ -150,6 +150,14 @@ impl PriceTable {
     /// Exact name first, then the name without a date or `-latest` suffix,
     /// so `claude-sonnet-4-5-20250929` finds `claude-sonnet-4-5`. Never a
     /// shorter family name: `claude-opus-4-7` must not bill as `claude-opus-4`.
+    /// The price table's own name for `model` (as `lookup` finds it).
+    pub fn priced_name(&self, model: &str) -> Option<&str> {
+        self.prices
+            .get_key_value(model)
+            .or_else(|| self.prices.get_key_value(strip_version_suffix(model)?))
+            .map(|(name, _)| name.as_str())
+    }
+
     pub fn lookup(&self, model: &str) -> Option<&ModelPrice> {
         self.prices
             .get(model)

@@ -258,6 +258,10 @@ pub trait StateStore: Send + Sync {
     fn marks(&self, now_ms: i64) -> StoreFuture<'_, Vec<Mark>>;
     fn clear_marks(&self, kind: Option<MarkKind>, account_id: Option<i64>) -> StoreFuture<'_, u64>;
     fn ping(&self) -> StoreFuture<'_, ()>;
+    /// Whether calls go to a node-local fallback now (Redis is away).
+    fn degraded(&self) -> bool {
+        false
+    }
     /// Whether every call completes on its first poll (no I/O), so callers
     /// may run it inline instead of on a task.
     fn is_immediate(&self) -> bool {

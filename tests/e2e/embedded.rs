@@ -67,7 +67,7 @@ pub async fn start_in(dir: tempfile::TempDir, extra: &[(&str, String)]) -> Embed
         &crate::bin(),
         &[],
         &env,
-        &["admin", "grpc", "proxy"],
+        &["admin", "grpc", "metrics", "proxy"],
         dir.path().join("aiproxy.log"),
     )
     .await;

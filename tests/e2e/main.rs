@@ -10,6 +10,7 @@ mod loss;
 mod managed_stores;
 mod multinode;
 mod oauth;
+mod observability;
 mod operations;
 mod platforms;
 mod python;

@@ -41,6 +41,8 @@ impl Process {
                 cmd.env_remove(k);
             }
         }
+        // Processes of parallel tests must not share the metrics port.
+        cmd.env("AIPROXY_METRICS_LISTEN", "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -8,4 +8,5 @@
 pub mod client;
 pub mod harness;
 pub mod mock;
+pub mod prometheus;
 pub mod proxies;

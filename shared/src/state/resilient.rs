@@ -176,4 +176,8 @@ impl StateStore for Resilient {
     fn ping(&self) -> StoreFuture<'_, ()> {
         self.redis.ping()
     }
+
+    fn degraded(&self) -> bool {
+        Resilient::degraded(self)
+    }
 }

@@ -1,0 +1,275 @@
+//! The data plane's Prometheus metrics: what it relayed and refused, and,
+//! read at each scrape, what it holds (snapshot, journal, accounts, store).
+//! Every label takes a small, fixed set of values: never a user, key,
+//! request or free-form upstream text.
+use std::sync::Arc;
+use std::time::Duration;
+
+use aiproxy_shared::state::StateStore;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::snapshot::SnapshotHolder;
+use crate::usage::Journal;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    endpoint: &'static str,
+    platform: &'static str,
+    status_class: &'static str,
+    /// Empty when the request succeeded.
+    error_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlatformLabels {
+    platform: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    kind: &'static str,
+    /// A model of the price table, or `other`.
+    model: String,
+}
+
+fn request_histogram() -> Histogram {
+    Histogram::new(aiproxy_shared::metrics::request_buckets())
+}
+
+fn step_histogram() -> Histogram {
+    Histogram::new(aiproxy_shared::metrics::step_buckets())
+}
+
+/// What a finished request reports.
+pub struct Finished<'a> {
+    pub endpoint: &'static str,
+    pub platform: &'static str,
+    pub status: u16,
+    /// Ours (bounded); an error the upstream named in its own words counts
+    /// as `upstream_error`.
+    pub error_class: &'a str,
+    pub duration: Duration,
+    pub first_byte: Option<Duration>,
+}
+
+/// The counters and histograms requests update.
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
+    first_byte: Family<PlatformLabels, Histogram, fn() -> Histogram>,
+    tokens: Family<TokenLabels, Counter>,
+    failovers: Family<PlatformLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(request_histogram),
+            first_byte: Family::new_with_constructor(step_histogram),
+            tokens: Family::default(),
+            failovers: Family::default(),
+        }
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+impl Metrics {
+    /// Registers the families (they stay shared with `self`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "requests",
+            "Requests on the relay's endpoints, by outcome",
+            self.requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from a request's arrival to the end of its answer",
+            Unit::Seconds,
+            self.duration.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_first_byte",
+            "Time from a request's arrival to the upstream's first byte",
+            Unit::Seconds,
+            self.first_byte.clone(),
+        );
+        registry.register(
+            "tokens",
+            "Tokens billed, by kind and model",
+            self.tokens.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Upstream attempts that failed over to another account",
+            self.failovers.clone(),
+        );
+    }
+
+    pub fn finished(&self, done: &Finished<'_>) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                endpoint: done.endpoint,
+                platform: done.platform,
+                status_class: status_class(done.status),
+                error_class: done.error_class.to_string(),
+            })
+            .inc();
+        self.duration
+            .get_or_create(&EndpointLabels {
+                endpoint: done.endpoint,
+            })
+            .observe(done.duration.as_secs_f64());
+        if let Some(first) = done.first_byte {
+            self.first_byte
+                .get_or_create(&PlatformLabels {
+                    platform: done.platform,
+                })
+                .observe(first.as_secs_f64());
+        }
+    }
+
+    /// Tokens of one request; `model` is a price-table name or `None`.
+    pub fn tokens(&self, model: Option<&str>, usage: &aiproxy_shared::pricing::TokenUsage) {
+        let model = model.unwrap_or("other");
+        for (kind, count) in [
+            ("input", usage.input),
+            ("output", usage.output),
+            ("cache_creation", usage.cache_creation),
+            ("cache_creation_1h", usage.cache_creation_1h),
+            ("cache_read", usage.cache_read),
+        ] {
+            if count > 0 {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        kind,
+                        model: model.to_string(),
+                    })
+                    .inc_by(count);
+            }
+        }
+    }
+
+    pub fn failover(&self, platform: &'static str) {
+        self.failovers
+            .get_or_create(&PlatformLabels { platform })
+            .inc();
+    }
+}
+
+/// What the node holds, read at each scrape.
+#[derive(Clone)]
+pub struct Holdings {
+    pub(crate) snapshot: Arc<SnapshotHolder>,
+    pub(crate) journal: Arc<Journal>,
+    pub(crate) state: Arc<dyn StateStore>,
+}
+
+impl std::fmt::Debug for Holdings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Holdings")
+    }
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let metric = encoder.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(metric)
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountLabels {
+    account_type: &'static str,
+    state: &'static str,
+}
+
+impl Collector for Holdings {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        gauge(
+            &mut encoder,
+            "usage_journal_pending",
+            "Usage on disk not yet delivered to the control plane",
+            Some(&Unit::Bytes),
+            self.journal.pending_bytes() as f64,
+        )?;
+        gauge(
+            &mut encoder,
+            "state_store_fallback",
+            "1 while Redis is away and scheduling state is this node's alone",
+            None,
+            f64::from(u8::from(self.state.degraded())),
+        )?;
+        if let Some(silence) = self.snapshot.silence() {
+            gauge(
+                &mut encoder,
+                "control_plane_silence",
+                "Time since the control plane last spoke (snapshot, spending, heartbeat)",
+                Some(&Unit::Seconds),
+                silence.as_secs_f64(),
+            )?;
+        }
+        let Some(snapshot) = self.snapshot.load() else {
+            return Ok(());
+        };
+        gauge(
+            &mut encoder,
+            "snapshot_version",
+            "Version of the snapshot this node serves from",
+            None,
+            snapshot.version as f64,
+        )?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut counts: std::collections::BTreeMap<(&'static str, &'static str), u64> =
+            Default::default();
+        for account in &snapshot.accounts {
+            let state = if !account.schedulable {
+                "unschedulable"
+            } else if account.rate_limit_reset_at_ms > now_ms {
+                "rate_limited"
+            } else {
+                "usable"
+            };
+            *counts.entry((account.kind.as_str(), state)).or_default() += 1;
+        }
+        let mut metric = encoder.encode_descriptor(
+            "accounts",
+            "Accounts in this node's snapshot, by type and state",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ((account_type, state), count) in counts {
+            let labels = AccountLabels {
+                account_type,
+                state,
+            };
+            ConstGauge::new(count as f64).encode(metric.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! What an operator sees: the metrics a known set of requests leaves.
+use std::time::Duration;
+
+use aiproxy_tests::harness::eventually;
+use aiproxy_tests::mock::{MockUpstream, USAGE};
+use aiproxy_tests::prometheus::{Sample, parse, value};
+
+use crate::embedded::start_with;
+use crate::scheduling::plain_body;
+
+async fn scrape(e: &crate::embedded::Embedded) -> (String, Vec<Sample>) {
+    let reply = e
+        .http
+        .send(
+            "GET",
+            &format!("{}/metrics", e.process.url("metrics")),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+    );
+    let text = reply.text();
+    (text.clone(), parse(&text))
+}
+
+#[tokio::test]
+async fn the_metrics_count_what_was_relayed_and_refused() {
+    let mock = MockUpstream::start().await;
+    let e = start_with(&[]).await;
+    e.admin
+        .create_account("counted", &mock.url(), "sk-ant-upstream")
+        .await;
+    let key = e.user_key("counted").await;
+    let url = format!("{}/v1/messages", e.proxy);
+    let send = async |key: &str| {
+        e.http
+            .send("POST", &url, &[("x-api-key", key)], Some(&plain_body("hi")))
+            .await
+    };
+    eventually("the key is served", Duration::from_secs(10), async || {
+        let reply = send(&key).await;
+        (reply.status == 200).then_some(()).ok_or(reply.text())
+    })
+    .await;
+    let (_, before) = scrape(&e).await;
+    let served = |s: &[Sample]| {
+        value(
+            s,
+            "aiproxy_requests_total",
+            &[
+                ("endpoint", "/v1/messages"),
+                ("platform", "anthropic"),
+                ("status_class", "2xx"),
+                ("error_class", ""),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    let input = |s: &[Sample]| {
+        value(
+            s,
+            "aiproxy_tokens_total",
+            &[("kind", "input"), ("model", "claude-sonnet-4-5")],
+        )
+        .unwrap_or(0.0)
+    };
+    for _ in 0..3 {
+        assert_eq!(send(&key).await.status, 200);
+    }
+    let mut request_ids = Vec::new();
+    for _ in 0..2 {
+        let refused = send("sk-aiproxy-not-a-key").await;
+        assert_eq!(refused.status, 401);
+        request_ids.push(
+            refused.headers["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+
+    let (text, after) = scrape(&e).await;
+    assert_eq!(served(&after) - served(&before), 3.0, "{text}");
+    assert_eq!(
+        input(&after) - input(&before),
+        3.0 * USAGE.input as f64,
+        "{text}"
+    );
+    let refused = |s: &[Sample]| {
+        value(
+            s,
+            "aiproxy_requests_total",
+            &[("status_class", "4xx"), ("error_class", "invalid_api_key")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(refused(&after) - refused(&before), 2.0, "{text}");
+    let timed = value(
+        &after,
+        "aiproxy_request_duration_seconds_count",
+        &[("endpoint", "/v1/messages")],
+    )
+    .unwrap();
+    assert_eq!(
+        timed,
+        served(&after) + refused(&after),
+        "every request is timed once"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "aiproxy_upstream_first_byte_seconds_count",
+            &[("platform", "anthropic")]
+        ),
+        Some(served(&after)),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "aiproxy_accounts",
+            &[("account_type", "claude-api"), ("state", "usable")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(value(&after, "aiproxy_snapshot_version", &[]).unwrap() >= 1.0);
+    assert_eq!(
+        value(&after, "aiproxy_state_store_fallback", &[]),
+        Some(0.0)
+    );
+    assert!(
+        value(&after, "aiproxy_usage_journal_pending_bytes", &[]).is_some(),
+        "{text}"
+    );
+    assert!(value(&after, "aiproxy_control_plane_silence_seconds", &[]).unwrap() < 60.0);
+    // No label carries a key, a user or a request.
+    for secret in [key.as_str(), "sk-aiproxy-not-a-key", "counted"]
+        .into_iter()
+        .chain(request_ids.iter().map(String::as_str))
+    {
+        assert!(!text.contains(secret), "the scrape names {secret}");
+    }
+    // The metrics port serves metrics only.
+    let other = e
+        .http
+        .send("GET", &format!("{}/", e.process.url("metrics")), &[], None)
+        .await;
+    assert_eq!(other.status, 404);
+    e.process.stop().await;
+}
