@@ -233,6 +233,7 @@ fn controlplane_settings(
     secret_key: Secret,
     node_token: Secret,
     state: Arc<dyn StateStore>,
+    metrics: Arc<aiproxy_controlplane::metrics::Metrics>,
 ) -> Result<aiproxy_controlplane::Settings, Failure> {
     let admin_token = match &config.admin_token {
         Some(t) => t.clone(),
@@ -246,6 +247,7 @@ fn controlplane_settings(
         None => None,
     };
     Ok(aiproxy_controlplane::Settings {
+        metrics,
         admin_token,
         apply_document,
         database_url: config.database_url(),
@@ -361,7 +363,16 @@ fn all_in_one(config: Config, runtime: &tokio::runtime::Runtime) -> Result<(), F
     let cp_tasks = TaskTracker::new();
     // Started on a control worker, not this thread, so the threads it
     // starts (SQLite's writer among them) inherit the lower priority.
-    let settings = controlplane_settings(&config, secret_key, node_token.clone(), state.clone())?;
+    let mut registry = metrics_registry();
+    let cp_metrics = Arc::new(aiproxy_controlplane::metrics::Metrics::default());
+    cp_metrics.register(&mut registry);
+    let settings = controlplane_settings(
+        &config,
+        secret_key,
+        node_token.clone(),
+        state.clone(),
+        cp_metrics,
+    )?;
     let (cancel, tracker) = (cp_cancel.clone(), cp_tasks.clone());
     let cp =
         control
@@ -371,12 +382,12 @@ fn all_in_one(config: Config, runtime: &tokio::runtime::Runtime) -> Result<(), F
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     announce("admin", cp.admin_addr);
     announce("grpc", cp.grpc_addr);
+    registry.register_collector(Box::new(cp.holdings.clone()));
 
     let served = runtime.block_on(async {
         let dp_cancel = CancellationToken::new();
         let dp_tasks = TaskTracker::new();
         let url = format!("http://{}", loopback_if_unspecified(cp.grpc_addr));
-        let mut registry = metrics_registry();
         let metrics = Arc::new(aiproxy_dataplane::metrics::Metrics::default());
         metrics.register(&mut registry);
         let dp = aiproxy_dataplane::start(
@@ -437,14 +448,19 @@ async fn controlplane(config: Config) -> Result<(), Failure> {
     let state = state_store(&config)?;
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    let mut registry = metrics_registry();
+    let metrics = Arc::new(aiproxy_controlplane::metrics::Metrics::default());
+    metrics.register(&mut registry);
     let cp = aiproxy_controlplane::start(
-        controlplane_settings(&config, secret_key, node_token, state)?,
+        controlplane_settings(&config, secret_key, node_token, state, metrics)?,
         cancel.clone(),
         &tasks,
     )
     .await?;
     announce("admin", cp.admin_addr);
     announce("grpc", cp.grpc_addr);
+    registry.register_collector(Box::new(cp.holdings.clone()));
+    serve_metrics(&config, METRICS_PORT, registry, &cancel, &tasks).await?;
     aiproxy_shared::shutdown::signal().await;
     cancel.cancel();
     tasks.close();

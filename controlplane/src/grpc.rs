@@ -311,6 +311,13 @@ impl NodeService for NodeApi {
                 Status::unavailable("usage ingestion failed; retry")
             })?;
         tracing::debug!(node_id = %batch.node_id, inserted = outcome.inserted, duplicates = outcome.duplicates, "usage ingested");
+        let now = chrono::Utc::now();
+        self.services.metrics.ingested(
+            u64::from(outcome.inserted),
+            u64::from(outcome.duplicates),
+            rows.iter()
+                .filter_map(|r| (now - r.created_at).to_std().ok()),
+        );
         // A request the upstream served proves the account's credentials.
         let mut served: Vec<i64> = rows
             .iter()

@@ -35,6 +35,7 @@ pub struct Jobs {
     pub refresher: Refresher,
     pub defaults: Defaults,
     pub billing_tz: chrono::FixedOffset,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Jobs {
@@ -54,8 +55,10 @@ impl Jobs {
             cancel.clone(),
         ));
 
+        let metrics = self.metrics.clone();
         let jobs = self.clone();
         tracker.spawn(every(
+            ("rate_limit_recovery", metrics.clone()),
             leader.clone(),
             RATE_LIMIT_RECOVERY_EVERY,
             cancel.clone(),
@@ -66,6 +69,7 @@ impl Jobs {
         ));
         let refresher = self.refresher.clone();
         tracker.spawn(every(
+            ("token_refresh", metrics.clone()),
             leader.clone(),
             TOKEN_REFRESH_EVERY,
             cancel.clone(),
@@ -76,62 +80,81 @@ impl Jobs {
         ));
         let health = self.health.clone();
         tracker.spawn(every(
+            ("health_check", metrics.clone()),
             leader.clone(),
             HEALTH_SWEEP_EVERY,
             cancel.clone(),
             move || {
                 let health = health.clone();
                 async move {
-                    if let Err(e) = health.sweep().await {
-                        tracing::warn!(target: "health_check", error = %e, "health_check sweep failed");
+                    match health.sweep().await {
+                        Ok(_) => true,
+                        Err(e) => {
+                            tracing::warn!(target: "health_check", error = %e, "health_check sweep failed");
+                            false
+                        }
                     }
                 }
             },
         ));
         let jobs = self;
-        tracker.spawn(every(leader, RETENTION_EVERY, cancel, move || {
-            let jobs = jobs.clone();
-            async move { jobs.purge_old_logs().await }
-        }));
+        tracker.spawn(every(
+            ("retention", metrics),
+            leader,
+            RETENTION_EVERY,
+            cancel,
+            move || {
+                let jobs = jobs.clone();
+                async move { jobs.purge_old_logs().await }
+            },
+        ));
     }
 
     /// Lifts rate limits whose reset time has passed, so accounts come back
     /// on their own (nodes already skip a lapsed limit; this makes the
     /// stored state and the admin views agree).
-    async fn recover_rate_limits(&self) {
+    async fn recover_rate_limits(&self) -> bool {
         match self
             .store
             .clear_expired_rate_limits(chrono::Utc::now())
             .await
         {
-            Ok(0) => {}
+            Ok(0) => true,
             Ok(n) => {
                 tracing::info!(accounts = n, "rate limits lapsed; accounts back in service");
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "rate-limit recovery failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "rate-limit recovery failed");
+                false
+            }
         }
     }
 
     /// Deletes request logs older than the retention, whole billing days at
     /// a time, in batches.
-    async fn purge_old_logs(&self) {
+    async fn purge_old_logs(&self) -> bool {
         let days = match SystemSettings::load(&self.store, &self.defaults).await {
             Ok(s) => s.retention_days(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the retention setting");
-                return;
+                return false;
             }
         };
         if days == 0 {
-            return;
+            return true;
         }
         let cutoff = retention_cutoff(chrono::Utc::now(), self.billing_tz, days);
         match self.store.purge_request_logs(cutoff, PURGE_BATCH).await {
-            Ok(0) => {}
+            Ok(0) => true,
             Ok(purged) => {
-                tracing::info!(purged, before = %cutoff.to_rfc3339(), "request logs past retention deleted")
+                tracing::info!(purged, before = %cutoff.to_rfc3339(), "request logs past retention deleted");
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "request-log purge failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "request-log purge failed");
+                false
+            }
         }
     }
 }
@@ -184,15 +207,17 @@ async fn keep_lease(
     }
 }
 
-/// Runs `job` every `period` while this replica leads, until cancelled.
+/// Runs `job` every `period` while this replica leads, until cancelled,
+/// counting each run under its name by whether it succeeded.
 async fn every<F, Fut>(
+    (name, metrics): (&'static str, std::sync::Arc<crate::metrics::Metrics>),
     mut leader: watch::Receiver<bool>,
     period: Duration,
     cancel: CancellationToken,
     job: F,
 ) where
     F: Fn() -> Fut,
-    Fut: Future<Output = ()>,
+    Fut: Future<Output = bool>,
 {
     loop {
         if !*leader.borrow_and_update() {
@@ -206,7 +231,7 @@ async fn every<F, Fut>(
         let mut lost = leader.clone();
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = job() => {}
+            ok = job() => metrics.job_ran(name, ok),
             _ = lost.wait_for(|leads| !*leads) => {
                 tracing::warn!("background job stopped: the lease moved to another control plane");
             }

@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod health;
 pub mod jobs;
 pub mod manage;
+pub mod metrics;
 pub mod oauth;
 pub mod publisher;
 pub mod reseal;
@@ -63,6 +64,8 @@ pub struct Settings {
     pub billing_tz: chrono::FixedOffset,
     /// Certificate chain and key (PEM) the gRPC port serves TLS with.
     pub grpc_tls: Option<GrpcTls>,
+    /// Counters and histograms the control plane's work updates.
+    pub metrics: std::sync::Arc<metrics::Metrics>,
 }
 
 /// The gRPC port's TLS identity, as PEM.
@@ -94,6 +97,8 @@ pub struct ControlPlane {
     pub admin_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     pub store: Store,
+    /// What it holds, for the metrics listener to read at each scrape.
+    pub holdings: metrics::Holdings,
 }
 
 /// Connects and migrates the database only (`aiproxy migrate`).
@@ -123,6 +128,7 @@ pub async fn start(
         sealer.clone(),
         settings.setting_defaults.clone(),
         settings.billing_tz.local_minus_utc(),
+        settings.metrics.clone(),
     );
     publisher.refresh().await?;
     tracker.spawn(publisher.clone().run(cancel.clone()));
@@ -164,6 +170,7 @@ pub async fn start(
         refresher: refresher.clone(),
         defaults: settings.setting_defaults.clone(),
         billing_tz: settings.billing_tz,
+        metrics: settings.metrics.clone(),
     };
     let nodes = grpc::NodeRegistry::default();
     let services = service::Services {
@@ -181,6 +188,7 @@ pub async fn start(
         setting_defaults: settings.setting_defaults.clone(),
         oauth_endpoints: settings.oauth.clone(),
         tasks: tracker.clone(),
+        metrics: settings.metrics.clone(),
     };
     if let Some(document) = &settings.apply_document {
         // One replica at a time, so two starting together create nothing twice.
@@ -273,6 +281,10 @@ pub async fn start(
     Ok(ControlPlane {
         admin_addr,
         grpc_addr,
+        holdings: metrics::Holdings {
+            nodes,
+            store: store.clone(),
+        },
         store,
     })
 }

@@ -112,14 +112,16 @@ impl Refresher {
     }
 
     /// Refreshes tokens that are about to expire (a background job).
-    pub async fn refresh_due(&self) {
+    /// Refreshes every OAuth token close to expiring; whether all went well.
+    pub async fn refresh_due(&self) -> bool {
         let accounts = match self.inner.store.list_accounts().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list accounts for token refresh");
-                return;
+                return false;
             }
         };
+        let mut all_well = true;
         for account in accounts {
             if !account.kind.is_oauth()
                 || !account.enabled
@@ -133,10 +135,12 @@ impl Refresher {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    all_well = false;
                     tracing::warn!(account_id = account.id, error = %e, "access token refresh failed")
                 }
             }
         }
+        all_well
     }
 
     /// Refreshes `id` if its token expires soon, or, with `refused`, if the

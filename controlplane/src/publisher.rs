@@ -37,6 +37,7 @@ struct Inner {
     changed: std::sync::Arc<Notify>,
     /// Package and key usage as it changes, for every watcher.
     usage: broadcast::Sender<Arc<pb::UsageUpdate>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How far back each usage poll looks beyond the previous one, so clock
@@ -49,6 +50,7 @@ impl Publisher {
         sealer: Sealer,
         defaults: crate::settings::Defaults,
         billing_utc_offset_seconds: i32,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let (latest, _) = watch::channel(None);
         let changed = store.changes();
@@ -63,6 +65,7 @@ impl Publisher {
                 building: tokio::sync::Mutex::new(()),
                 changed,
                 usage,
+                metrics,
             }),
         }
     }
@@ -125,6 +128,9 @@ impl Publisher {
         if current != Some(version) {
             let started = std::time::Instant::now();
             let snapshot = self.build(version).await?;
+            self.inner
+                .metrics
+                .snapshot_built(started.elapsed(), prost::Message::encoded_len(&snapshot));
             tracing::info!(
                 version,
                 accounts = snapshot.accounts.len(),
@@ -312,7 +318,13 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("p.db").display());
         let store = Store::connect(&url).await.unwrap();
         store.migrate().await.unwrap();
-        let publisher = Publisher::new(store.clone(), Sealer::new("s"), Default::default(), 0);
+        let publisher = Publisher::new(
+            store.clone(),
+            Sealer::new("s"),
+            Default::default(),
+            0,
+            Default::default(),
+        );
         let mut rx = publisher.subscribe();
         let seen = tokio::spawn(async move {
             let mut seen = Vec::new();

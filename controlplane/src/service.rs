@@ -48,6 +48,7 @@ pub struct Services {
     /// Follow-up work an operation starts (a token refresh after a change),
     /// waited for at shutdown.
     pub tasks: tokio_util::task::TaskTracker,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Why an operation failed; the adapters render it (the REST API as

@@ -147,6 +147,54 @@ async fn the_metrics_count_what_was_relayed_and_refused() {
     {
         assert!(!text.contains(secret), "the scrape names {secret}");
     }
+    // The control plane's side, in the same scrape.
+    let (text, cp) = eventually(
+        "usage reaches the control plane",
+        Duration::from_secs(10),
+        async || {
+            let (text, samples) = scrape(&e).await;
+            let ingested = value(&samples, "aiproxy_usage_records_ingested_total", &[]);
+            (ingested >= Some(served(&samples)))
+                .then_some((text.clone(), samples))
+                .ok_or(text)
+        },
+    )
+    .await;
+    assert!(value(&cp, "aiproxy_usage_ingestion_lag_seconds_count", &[]).unwrap() >= 3.0);
+    assert_eq!(value(&cp, "aiproxy_nodes", &[]), Some(1.0), "{text}");
+    assert!(value(&cp, "aiproxy_node_snapshot_version", &[]).unwrap() >= 1.0);
+    assert!(value(&cp, "aiproxy_snapshot_size_bytes", &[]).unwrap() > 0.0);
+    assert!(value(&cp, "aiproxy_snapshot_build_seconds_count", &[]).unwrap() >= 1.0);
+    assert!(value(&cp, "aiproxy_database_connections", &[("state", "idle")]).is_some());
+    assert_eq!(
+        value(
+            &cp,
+            "aiproxy_admin_requests_total",
+            &[
+                ("route", "/api/v1/accounts"),
+                ("method", "POST"),
+                ("status_class", "2xx")
+            ]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let jobs = eventually(
+        "a background job runs",
+        Duration::from_secs(10),
+        async || {
+            let (text, samples) = scrape(&e).await;
+            value(
+                &samples,
+                "aiproxy_job_runs_total",
+                &[("job", "rate_limit_recovery"), ("outcome", "ok")],
+            )
+            .ok_or(text)
+        },
+    )
+    .await;
+    assert!(jobs >= 1.0);
+
     // The metrics port serves metrics only.
     let other = e
         .http

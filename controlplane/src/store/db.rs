@@ -184,6 +184,15 @@ impl Store {
         })
     }
 
+    /// Connections of the pool, and how many of them are idle.
+    pub fn pool_use(&self) -> (u32, u32) {
+        let idle = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        match &self.pool {
+            Pool::MySql(p) => (p.size(), idle(p.num_idle())),
+            Pool::Sqlite(p) => (p.size(), idle(p.num_idle())),
+        }
+    }
+
     pub fn backend(&self) -> Backend {
         match self.pool {
             Pool::MySql(_) => Backend::MySql,

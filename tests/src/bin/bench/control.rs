@@ -234,7 +234,13 @@ pub async fn run(smoke: bool, bin: &std::path::Path) -> String {
         .expect("sqlite");
     store.migrate().await.expect("migrate");
     fill(&db, accounts, keys).await;
-    let publisher = Publisher::new(store.clone(), Sealer::new(SECRET), Default::default(), 0);
+    let publisher = Publisher::new(
+        store.clone(),
+        Sealer::new(SECRET),
+        Default::default(),
+        0,
+        Default::default(),
+    );
     let started = Instant::now();
     publisher.refresh().await.expect("build");
     let build = started.elapsed();
