@@ -322,6 +322,7 @@ fn dataplane_settings(
         },
         state,
         metrics,
+        access_log: config.access_log,
     }
 }
 

@@ -22,6 +22,8 @@ pub struct Outgoing<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub body: Bytes,
+    /// The request's id, for what is logged about it.
+    pub request_id: &'a str,
 }
 
 /// The upstream request for `account`.
@@ -352,6 +354,7 @@ mod tests {
         build(
             &account(kind, base),
             &Outgoing {
+                request_id: "r",
                 endpoint: &endpoint,
                 query,
                 headers: &headers,
@@ -443,6 +446,7 @@ mod tests {
             br#"{"model":"gpt-5-codex","input":"hi","stream":false,"store":true}"#,
         );
         let out = Outgoing {
+            request_id: "r",
             endpoint: &endpoint,
             query: None,
             headers: &headers,
@@ -484,6 +488,7 @@ mod tests {
             stream: true,
         };
         let out = Outgoing {
+            request_id: "r",
             endpoint: &endpoint,
             query: Some("alt=sse&key=sk-aiproxy-client"),
             headers: &headers,
@@ -505,6 +510,7 @@ mod tests {
             model: "gemini-2.5-pro".into(),
         };
         let out = Outgoing {
+            request_id: "r",
             endpoint: &count,
             query: None,
             headers: &headers,
@@ -516,6 +522,7 @@ mod tests {
         // Without a project the account cannot generate yet.
         acc.project = None;
         let out = Outgoing {
+            request_id: "r",
             endpoint: &endpoint,
             query: None,
             headers: &headers,
@@ -566,6 +573,7 @@ mod tests {
                 };
                 let headers = http::HeaderMap::new();
                 let out = Outgoing {
+                    request_id: "r",
                     endpoint,
                     query: None,
                     headers: &headers,

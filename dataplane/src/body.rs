@@ -188,8 +188,9 @@ impl TapBody {
         if let Some(meter) = self.meter.as_mut() {
             meter.error_class = e.class().into();
         }
+        let request_id = self.meter.as_ref().map(|m| m.request_id.clone());
         self.end(false);
-        tracing::warn!(error = %e, "upstream body cannot be relayed; response cut off");
+        tracing::warn!(request_id = request_id.as_deref().unwrap_or_default(), error = %e, "upstream body cannot be relayed; response cut off");
         e.into()
     }
 
@@ -246,8 +247,10 @@ impl Body for TapBody {
                     if let Some(meter) = this.meter.as_mut() {
                         meter.error_class = "upstream_idle_timeout".into();
                     }
+                    let request_id = this.meter.as_ref().map(|m| m.request_id.clone());
                     this.end(false);
                     tracing::warn!(
+                        request_id = request_id.as_deref().unwrap_or_default(),
                         idle_secs = this.idle.as_secs(),
                         "upstream went quiet; response cut off"
                     );

@@ -2,6 +2,7 @@
 //! snapshot, reporting usage back to it.
 #![forbid(unsafe_code)]
 
+pub(crate) mod access;
 pub(crate) mod adapters;
 pub(crate) mod admission;
 pub(crate) mod answer;
@@ -76,6 +77,8 @@ pub struct Settings {
     pub state: Arc<dyn aiproxy_shared::state::StateStore>,
     /// Counters and histograms the requests update.
     pub metrics: Arc<metrics::Metrics>,
+    /// One `aiproxy::access` log line per request.
+    pub access_log: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +188,7 @@ pub async fn start(
         cutting: Default::default(),
         max_snapshot_age: settings.server.max_snapshot_age,
         metrics: settings.metrics.clone(),
+        access_log: settings.access_log,
         admission: Default::default(),
         bodies: admission::BodyBudget::new(settings.max_body_bytes_in_flight),
         body_read_timeout: settings.body_read_timeout,

@@ -43,6 +43,8 @@ pub struct Meter {
     pub key: Arc<KeyEntry>,
     pub spending: Arc<Spending>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// One access-log line when the request ends.
+    pub access_log: bool,
 }
 
 impl Meter {
@@ -81,6 +83,10 @@ impl Meter {
             first_byte: self.ttfb,
         });
         if !self.billed {
+            if self.access_log {
+                self.access_line(&self.requested_model, &error_class, Default::default())
+                    .emit();
+            }
             return;
         }
         // Counts are final only once the response reached its natural end.
@@ -154,6 +160,32 @@ impl Meter {
             // The sink stamps the journal's node.
             node_id: String::new(),
         };
+        if self.access_log {
+            self.access_line(&record.model, &record.error_class, usage)
+                .emit();
+        }
         self.sink.report(record);
+    }
+
+    fn access_line<'a>(
+        &'a self,
+        model: &'a str,
+        error_class: &'a str,
+        tokens: aiproxy_shared::pricing::TokenUsage,
+    ) -> crate::access::Line<'a> {
+        crate::access::Line {
+            request_id: &self.request_id,
+            user_id: self.user_id,
+            key_id: self.key_id,
+            account_id: self.account_id,
+            endpoint: self.endpoint,
+            model,
+            status: self.status,
+            error_class,
+            duration: self.started.elapsed(),
+            first_byte: self.ttfb,
+            stream: self.stream,
+            tokens,
+        }
     }
 }

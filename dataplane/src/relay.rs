@@ -64,6 +64,8 @@ pub struct Relay {
     /// The drain's grace is over: responses cut now are recorded as `shutdown`.
     pub cutting: Arc<std::sync::atomic::AtomicBool>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// One access-log line per request.
+    pub access_log: bool,
     /// Readiness fails after this long without a word from the control plane.
     pub max_snapshot_age: Option<Duration>,
     /// Refusals decided before a body is read.
@@ -137,10 +139,27 @@ impl Relay {
         request_id: &HeaderValue,
     ) -> Response<RelayBody> {
         let started = Instant::now();
-        match self.relay(&endpoint, req, request_id).await {
+        let mut caller = (0, 0);
+        match self.relay(&endpoint, req, request_id, &mut caller).await {
             Ok(resp) => resp,
             Err(e) => {
-                tracing::debug!(request_id = ?request_id, status = e.status.as_u16(), class = e.class, "request refused");
+                if self.access_log {
+                    crate::access::Line {
+                        request_id: request_id.to_str().unwrap_or_default(),
+                        user_id: caller.1,
+                        key_id: caller.0,
+                        account_id: 0,
+                        endpoint: endpoint.name(),
+                        model: "",
+                        status: e.status.as_u16(),
+                        error_class: e.class,
+                        duration: started.elapsed(),
+                        first_byte: None,
+                        stream: false,
+                        tokens: Default::default(),
+                    }
+                    .emit();
+                }
                 self.metrics.finished(&crate::metrics::Finished {
                     endpoint: endpoint.name(),
                     platform: endpoint.platform().as_str(),
@@ -160,12 +179,15 @@ impl Relay {
         endpoint: &Endpoint,
         req: Request<Incoming>,
         request_id: &HeaderValue,
+        // The caller's key and user ids, once known.
+        who: &mut (i64, i64),
     ) -> Result<Response<RelayBody>, RelayError> {
         let started = Instant::now();
         let snapshot = self.snapshot.load().ok_or_else(RelayError::not_ready)?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         let (parts, body) = req.into_parts();
         let caller = authenticate(&snapshot, &parts.headers, parts.uri.query(), now_ms)?;
+        *who = (caller.key.id, caller.user.id);
         match self.sink.availability() {
             Ok(()) => {}
             Err(Unavailable::Full) => return Err(RelayError::journal_full()),
@@ -239,6 +261,7 @@ impl Relay {
             query: query.as_deref(),
             headers: &parts.headers,
             body: parsed.body,
+            request_id: request_id.to_str().unwrap_or_default(),
         };
 
         let mut tried: Vec<i64> = Vec::new();
@@ -261,6 +284,7 @@ impl Relay {
                     verdict,
                 } => {
                     tracing::warn!(
+                        request_id = request_id.to_str().unwrap_or_default(),
                         account_id = account.id,
                         status = head.status.as_u16(),
                         reason = verdict.mark.as_ref().map(|m| m.reason.as_str()),
@@ -276,7 +300,7 @@ impl Relay {
                     mark
                 }
                 Called::Failed { error, mark } => {
-                    tracing::warn!(account_id = account.id, error = %error.message, "upstream call failed; trying another account");
+                    tracing::warn!(request_id = request_id.to_str().unwrap_or_default(), account_id = account.id, error = %error.message, "upstream call failed; trying another account");
                     last = Some(LastFailure::Failed(error));
                     mark
                 }
@@ -383,7 +407,7 @@ impl Relay {
                 match d.decode_all(&raw, MAX_FAILURE_BODY) {
                     Ok(body) => body,
                     Err(e) => {
-                        tracing::warn!(account_id = account.id, error = %e, "an account's refusal could not be decoded");
+                        tracing::warn!(request_id = outgoing.request_id, account_id = account.id, error = %e, "an account's refusal could not be decoded");
                         return Called::Failed {
                             error: RelayError::new(
                                 http::StatusCode::BAD_GATEWAY,
@@ -438,7 +462,7 @@ impl Relay {
                 return Err(RelayError::timeout());
             }
             Ok(Some(Err(e))) => {
-                tracing::warn!(account_id = account.id, error = %e, "upstream body failed before the first byte");
+                tracing::warn!(request_id = %meter.request_id, account_id = account.id, error = %e, "upstream body failed before the first byte");
                 meter.error_class = "upstream_stream_error".into();
                 meter.finish(&Observed::default(), true);
                 return Err(RelayError::upstream("upstream connection failed"));
@@ -534,6 +558,7 @@ impl Relay {
             key: exchange.key,
             spending: self.spending.clone(),
             metrics: self.metrics.clone(),
+            access_log: self.access_log,
         }
     }
 

@@ -281,6 +281,8 @@ pub struct Config {
     /// several data planes share a host).
     pub node_id: Option<String>,
     pub log_format: LogFormat,
+    /// One `aiproxy::access` line per request on the relay's endpoints.
+    pub access_log: bool,
     pub listen: Listen,
     pub proxy: ProxySettings,
     pub server: ServerSettings,
@@ -311,6 +313,7 @@ impl Default for Config {
             grpc_ca: None,
             node_id: None,
             log_format: LogFormat::Text,
+            access_log: true,
             listen: Listen::default(),
             proxy: ProxySettings::default(),
             server: ServerSettings::default(),
@@ -468,6 +471,7 @@ impl Config {
                 _ => return Err(env_error("AIPROXY_LOG_FORMAT", "expected text or json")),
             };
         }
+        parse_env(&get, "AIPROXY_ACCESS_LOG", &mut self.access_log)?;
         parse_env(&get, "AIPROXY_PROXY_LISTEN", &mut self.listen.proxy)?;
         parse_env(&get, "AIPROXY_ADMIN_LISTEN", &mut self.listen.admin)?;
         parse_env(&get, "AIPROXY_GRPC_LISTEN", &mut self.listen.grpc)?;

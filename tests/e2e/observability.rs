@@ -203,3 +203,149 @@ async fn the_metrics_count_what_was_relayed_and_refused() {
     assert_eq!(other.status, 404);
     e.process.stop().await;
 }
+
+/// The JSON log lines of `e`'s process so far.
+fn log_lines(e: &crate::embedded::Embedded) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(e.data_dir().join("aiproxy.log"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn each_request_leaves_one_access_line_and_its_warnings_name_it() {
+    let mock = MockUpstream::start().await;
+    let e = start_with(&[("AIPROXY_LOG_FORMAT", "json".into())]).await;
+    e.admin
+        .create_account_with(crate::scheduling::account(
+            "broken",
+            &mock,
+            "mock-500",
+            serde_json::json!({}),
+        ))
+        .await;
+    let good = e
+        .admin
+        .create_account_with(crate::scheduling::account(
+            "good",
+            &mock,
+            "sk-ant-good",
+            serde_json::json!({}),
+        ))
+        .await;
+    let user = e.admin.create_user("logged").await;
+    let (key_id, key) = e.admin.create_key(user["id"].as_i64().unwrap(), "k").await;
+    let url = format!("{}/v1/messages", e.proxy);
+    let send = async |key: &str| {
+        e.http
+            .send("POST", &url, &[("x-api-key", key)], Some(&plain_body("hi")))
+            .await
+    };
+    eventually("the key is served", Duration::from_secs(10), async || {
+        let reply = send(&key).await;
+        (reply.status == 200).then_some(()).ok_or(reply.text())
+    })
+    .await;
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        let reply = send(&key).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        served.push(reply.headers["x-request-id"].to_str().unwrap().to_string());
+    }
+    let refused = send("sk-aiproxy-not-a-key").await;
+    let refused_id = refused.headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+
+    let lines = eventually(
+        "the lines are written",
+        Duration::from_secs(5),
+        async || {
+            let lines = log_lines(&e);
+            let access = lines
+                .iter()
+                .filter(|l| l["target"] == "aiproxy::access")
+                .count();
+            (access >= served.len() + 1)
+                .then_some(lines)
+                .ok_or(format!("{access} access lines"))
+        },
+    )
+    .await;
+    let access = |id: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["target"] == "aiproxy::access" && l["request_id"] == id)
+            .collect()
+    };
+    for id in &served {
+        let found = access(id);
+        assert_eq!(found.len(), 1, "one line for {id}: {found:?}");
+        let line = found[0];
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["key_id"], key_id);
+        assert_eq!(line["user_id"], user["id"]);
+        assert_eq!(line["account_id"], good["id"]);
+        assert_eq!(line["model"], "claude-sonnet-4-5");
+        assert_eq!(line["input_tokens"], USAGE.input);
+        assert!(
+            line["duration_ms"].is_u64() && line["first_byte_ms"].is_u64(),
+            "{line}"
+        );
+    }
+    let line = access(&refused_id);
+    assert_eq!(line.len(), 1);
+    assert_eq!(line[0]["status"], 401);
+    assert_eq!(line[0]["error_class"], "invalid_api_key");
+    // Every warning about a failed-over request names it.
+    let failovers: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "upstream refused; trying another account")
+        .collect();
+    assert!(
+        !failovers.is_empty(),
+        "no request met the broken account first"
+    );
+    for warning in failovers {
+        let id = warning["request_id"].as_str().unwrap_or_default();
+        assert!(
+            served.iter().any(|s| s == id) || !access(id).is_empty(),
+            "a failover warning names no request: {warning}"
+        );
+    }
+
+    // Switched off, requests leave no line.
+    let e = e
+        .restart(&[
+            ("AIPROXY_LOG_FORMAT", "json".into()),
+            ("AIPROXY_ACCESS_LOG", "false".into()),
+        ])
+        .await;
+    let url = format!("{}/v1/messages", e.proxy);
+    eventually(
+        "served after the restart",
+        Duration::from_secs(10),
+        async || {
+            let reply = e
+                .http
+                .send(
+                    "POST",
+                    &url,
+                    &[("x-api-key", &key)],
+                    Some(&plain_body("hi")),
+                )
+                .await;
+            (reply.status == 200).then_some(()).ok_or(reply.text())
+        },
+    )
+    .await;
+    assert!(
+        !log_lines(&e)
+            .iter()
+            .any(|l| l["target"] == "aiproxy::access"),
+        "access lines with the access log off"
+    );
+    e.process.stop().await;
+}
