@@ -349,3 +349,86 @@ async fn each_request_leaves_one_access_line_and_its_warnings_name_it() {
     );
     e.process.stop().await;
 }
+
+/// The names a scrape can have: each family's samples, by its type.
+fn sample_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (family, kind) = rest.split_once(' ').unwrap();
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            _ => &[""],
+        };
+        for suffix in suffixes {
+            names.insert(format!("{family}{suffix}"));
+        }
+    }
+    names
+}
+
+/// Every `aiproxy_…` metric the dashboard and the alert rules query.
+fn queried_names() -> std::collections::BTreeSet<String> {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/observability"));
+    let mut names = std::collections::BTreeSet::new();
+    for file in ["grafana-dashboard.json", "alerts.yaml"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("aiproxy_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            names.insert(name);
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_dashboard_and_alerts_query_only_metrics_that_exist() {
+    let mock = MockUpstream::start().await;
+    let e = start_with(&[]).await;
+    // A failing account tried first, so failovers are counted too.
+    e.admin
+        .create_account("broken", &mock.url(), "mock-500")
+        .await;
+    e.admin
+        .create_account("one", &mock.url(), "sk-ant-one")
+        .await;
+    let key = e.user_key("scraped").await;
+    let url = format!("{}/v1/messages", e.proxy);
+    let text = eventually(
+        "a request fails over",
+        Duration::from_secs(20),
+        async || {
+            let reply = e
+                .http
+                .send(
+                    "POST",
+                    &url,
+                    &[("x-api-key", &key)],
+                    Some(&plain_body("hi")),
+                )
+                .await;
+            let (text, samples) = scrape(&e).await;
+            (reply.status == 200 && value(&samples, "aiproxy_failovers_total", &[]).is_some())
+                .then_some(text)
+                .ok_or(reply.text())
+        },
+    )
+    .await;
+    let exported = sample_names(&text);
+    let queried = queried_names();
+    assert!(queried.len() >= 15, "{queried:?}");
+    let missing: Vec<&String> = queried.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "queried but never exported: {missing:?}\n{text}"
+    );
+    e.process.stop().await;
+}
