@@ -400,6 +400,12 @@ fn usage_row(node_id: &str, r: pb::UsageRecord) -> Result<UsageRow, Status> {
         api_key_id: r.api_key_id,
         account_id: (r.account_id != 0).then_some(r.account_id),
         node_id: node_id.to_string(),
+        upstream_request_id: r
+            .upstream_request_id
+            .chars()
+            .filter(char::is_ascii_graphic)
+            .take(128)
+            .collect(),
         model: r.model,
         platform: r.platform,
         endpoint: r.endpoint,

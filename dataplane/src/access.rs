@@ -20,6 +20,8 @@ pub struct Line<'a> {
     pub first_byte: Option<Duration>,
     pub stream: bool,
     pub tokens: TokenUsage,
+    /// The upstream's own id for the request; empty when none.
+    pub upstream_request_id: &'a str,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -45,6 +47,7 @@ impl Line<'_> {
             output_tokens = self.tokens.output,
             cache_creation_tokens = self.tokens.cache_creation,
             cache_read_tokens = self.tokens.cache_read,
+            upstream_request_id = self.upstream_request_id,
             "request"
         );
     }

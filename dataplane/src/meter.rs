@@ -45,6 +45,29 @@ pub struct Meter {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// One access-log line when the request ends.
     pub access_log: bool,
+    /// The upstream's own id for the request, from its answer's headers.
+    pub upstream_request_id: String,
+}
+
+/// Longest upstream request id kept.
+const MAX_UPSTREAM_ID: usize = 128;
+
+/// The upstream's id for a request as its answer's headers name it
+/// (Anthropic `request-id`, OpenAI `x-request-id`); visible ASCII only.
+pub fn upstream_request_id(headers: &http::HeaderMap) -> String {
+    ["request-id", "x-request-id"]
+        .iter()
+        .find_map(|name| headers.get(*name))
+        .and_then(|v| v.to_str().ok())
+        .map(clean_id)
+        .unwrap_or_default()
+}
+
+fn clean_id(id: &str) -> String {
+    id.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(MAX_UPSTREAM_ID)
+        .collect()
 }
 
 impl Meter {
@@ -159,10 +182,16 @@ impl Meter {
             package_id: self.package_id,
             // The sink stamps the journal's node.
             node_id: String::new(),
+            upstream_request_id: if self.upstream_request_id.is_empty() {
+                observed.upstream_id.as_deref().map(clean_id).unwrap_or_default()
+            } else {
+                std::mem::take(&mut self.upstream_request_id)
+            },
         };
         if self.access_log {
-            self.access_line(&record.model, &record.error_class, usage)
-                .emit();
+            let mut line = self.access_line(&record.model, &record.error_class, usage);
+            line.upstream_request_id = &record.upstream_request_id;
+            line.emit();
         }
         self.sink.report(record);
     }
@@ -186,6 +215,7 @@ impl Meter {
             first_byte: self.ttfb,
             stream: self.stream,
             tokens,
+            upstream_request_id: &self.upstream_request_id,
         }
     }
 }

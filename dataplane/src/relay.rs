@@ -157,6 +157,7 @@ impl Relay {
                         first_byte: None,
                         stream: false,
                         tokens: Default::default(),
+                        upstream_request_id: "",
                     }
                     .emit();
                 }
@@ -452,6 +453,7 @@ impl Relay {
             && response.status().is_success();
         let (mut head, mut body) = response.into_parts();
         let mut meter = self.meter(exchange, account.id, head.status.as_u16());
+        meter.upstream_request_id = crate::meter::upstream_request_id(&head.headers);
         meter.lease = Some(lease);
         // Wait for the first bytes: they tell whether the body is gzip
         // even when no header says so, and they time the first byte.
@@ -522,6 +524,7 @@ impl Relay {
         let (endpoint, request_id, started) =
             (exchange.endpoint, exchange.request_id, exchange.started);
         let mut meter = self.meter(exchange, account_id, head.status.as_u16());
+        meter.upstream_request_id = crate::meter::upstream_request_id(&head.headers);
         meter.ttfb = Some(started.elapsed());
         let mut tap = UsageTap::new(usage_format(endpoint), None);
         tap.feed(&body);
@@ -559,6 +562,7 @@ impl Relay {
             spending: self.spending.clone(),
             metrics: self.metrics.clone(),
             access_log: self.access_log,
+            upstream_request_id: String::new(),
         }
     }
 

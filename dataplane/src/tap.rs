@@ -40,6 +40,9 @@ pub struct Observed {
     pub error: Option<String>,
     /// A Responses `id`, which a later `previous_response_id` names.
     pub response_id: Option<String>,
+    /// The upstream's id for the answer, when the body names it (Gemini's
+    /// `responseId`).
+    pub upstream_id: Option<String>,
 }
 
 impl Observed {
@@ -201,6 +204,9 @@ impl Observed {
                     return;
                 }
                 self.set_model(&inner.model_version);
+                if self.upstream_id.is_none() {
+                    self.upstream_id = inner.response_id.0.as_deref().map(str::to_string);
+                }
                 if let Some(u) = inner.usage_metadata.get() {
                     self.gemini_usage(u);
                 }
@@ -242,6 +248,9 @@ impl Observed {
             }
             UsageFormat::Gemini => {
                 self.set_model(&inner.model_version);
+                if self.upstream_id.is_none() {
+                    self.upstream_id = inner.response_id.0.as_deref().map(str::to_string);
+                }
                 if let Some(u) = inner.usage_metadata.get() {
                     self.gemini_usage(u);
                 }

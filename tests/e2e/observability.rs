@@ -432,3 +432,47 @@ async fn the_dashboard_and_alerts_query_only_metrics_that_exist() {
     );
     e.process.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_log_keeps_the_upstreams_id_and_either_id_finds_it() {
+    let mock = MockUpstream::start().await;
+    let e = start_with(&[]).await;
+    e.admin
+        .create_account("quoted", &mock.url(), "sk-ant-q")
+        .await;
+    let key = e.user_key("quoting").await;
+    let url = format!("{}/v1/messages", e.proxy);
+    let reply = eventually("the key is served", Duration::from_secs(10), async || {
+        let reply = e
+            .http
+            .send(
+                "POST",
+                &url,
+                &[("x-api-key", &key)],
+                Some(&plain_body("hi")),
+            )
+            .await;
+        (reply.status == 200)
+            .then_some(reply)
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    let ours = reply.headers["x-request-id"].to_str().unwrap().to_string();
+    let row = e.admin.wait_for_log(&ours, Duration::from_secs(10)).await;
+    let theirs = row["upstream_request_id"].as_str().unwrap().to_string();
+    assert!(theirs.starts_with("req_mock_"), "{row}");
+    for id in [&ours, &theirs] {
+        let page = e
+            .admin
+            .expect("GET", &format!("/request-logs?request_id={id}"), None, 200)
+            .await;
+        assert_eq!(page["total"], 1, "{id}: {page}");
+        assert_eq!(page["items"][0]["request_id"], ours.as_str());
+    }
+    let none = e
+        .admin
+        .expect("GET", "/request-logs?request_id=req_unknown", None, 200)
+        .await;
+    assert_eq!(none["total"], 0);
+    e.process.stop().await;
+}

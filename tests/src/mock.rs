@@ -775,13 +775,20 @@ pub fn gemini_events(model: &str) -> Vec<String> {
         .collect()
 }
 
+/// A fresh id for each answer, as Anthropic's `request-id` header carries one.
+fn upstream_request_id() -> hyper::header::HeaderValue {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("req_mock_{n:06}").parse().expect("header")
+}
+
 fn json_response(status: StatusCode, body: Value) -> Response<MockBody> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert("content-type", "application/json".parse().expect("header"));
     resp.headers_mut()
-        .insert("request-id", "req_mock".parse().expect("header"));
+        .insert("request-id", upstream_request_id());
     resp
 }
 
@@ -893,6 +900,6 @@ fn sse_response(
         "text/event-stream; charset=utf-8".parse().expect("header"),
     );
     resp.headers_mut()
-        .insert("request-id", "req_mock".parse().expect("header"));
+        .insert("request-id", upstream_request_id());
     resp
 }

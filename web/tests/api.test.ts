@@ -151,9 +151,9 @@ describe('query strings', () => {
 
   it('passes request-log filters and paging', async () => {
     fetchMock.mockResolvedValue(json(200, { items: [], total: 0, page: 2, page_size: 20 }))
-    await listRequestLogs({ user_id: 3, model: 'claude-sonnet-4-5', from: '2025-01-01T00:00:00.000Z' }, 2, 20)
+    await listRequestLogs({ request_id: 'req_9', user_id: 3, model: 'claude-sonnet-4-5', from: '2025-01-01T00:00:00.000Z' }, 2, 20)
     expect(fetchMock.mock.calls[0][0]).toBe(
-      '/api/v1/request-logs?user_id=3&model=claude-sonnet-4-5&from=2025-01-01T00%3A00%3A00.000Z&page=2&page_size=20',
+      '/api/v1/request-logs?request_id=req_9&user_id=3&model=claude-sonnet-4-5&from=2025-01-01T00%3A00%3A00.000Z&page=2&page_size=20',
     )
   })
 

@@ -40,9 +40,9 @@ describe('account credentials', () => {
 
 describe('request-log filters in the URL', () => {
   it('reads filters and paging, ignoring bad values', () => {
-    const s = stateFromQuery({ api_key_id: '7', user_id: 'x', status_code: '429', model: ' m ', page: '3', page_size: '20', from: 'nope' })
+    const s = stateFromQuery({ request_id: ' req_01 ', api_key_id: '7', user_id: 'x', status_code: '429', model: ' m ', page: '3', page_size: '20', from: 'nope' })
     expect(s).toEqual({
-      filter: { user_id: undefined, api_key_id: 7, account_id: undefined, model: 'm', status_code: 429, from: undefined, to: undefined },
+      filter: { request_id: 'req_01', user_id: undefined, api_key_id: 7, account_id: undefined, model: 'm', status_code: 429, from: undefined, to: undefined },
       page: 3,
       pageSize: 20,
     })

@@ -16,6 +16,8 @@ use crate::store::{ConsistencyReport, RerateReport};
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LogParams {
+    /// One request: aiproxy's id (`x-request-id`) or the upstream's.
+    pub(crate) request_id: Option<String>,
     /// Admins: one user's requests (users always see their own).
     pub(crate) user_id: Option<i64>,
     pub(crate) api_key_id: Option<i64>,
@@ -36,6 +38,7 @@ pub struct LogParams {
 impl LogParams {
     pub(crate) fn split(self) -> (Option<Grouping>, LogQuery) {
         let query = LogQuery {
+            request_id: self.request_id,
             user_id: self.user_id,
             api_key_id: self.api_key_id,
             account_id: self.account_id,

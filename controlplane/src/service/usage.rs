@@ -17,6 +17,7 @@ use crate::store::{
 /// Which request logs to read.
 #[derive(Debug, Clone, Default)]
 pub struct LogQuery {
+    pub request_id: Option<String>,
     pub user_id: Option<i64>,
     pub api_key_id: Option<i64>,
     pub account_id: Option<i64>,
@@ -74,7 +75,7 @@ pub struct RerateRequest {
 const EXPORT_MAX_ROWS: u32 = 100_000;
 
 /// The columns of the CSV export, in order.
-const COLUMNS: [&str; 24] = [
+const COLUMNS: [&str; 25] = [
     "request_id",
     "created_at",
     "user_id",
@@ -99,6 +100,7 @@ const COLUMNS: [&str; 24] = [
     "stream",
     "error_class",
     "usage_source",
+    "upstream_request_id",
 ];
 
 /// What a user's own logs and usage never show: what the operator paid,
@@ -110,6 +112,10 @@ impl LogQuery {
     /// whatever they ask for, and never filter by account.
     fn filter(self, actor: &Actor) -> RequestLogFilter {
         RequestLogFilter {
+            request_id: self
+                .request_id
+                .map(|id| id.trim().to_string())
+                .filter(|id| !id.is_empty()),
             user_id: actor.listing_scope(self.user_id),
             api_key_id: self.api_key_id,
             account_id: if actor.is_admin() {
@@ -197,6 +203,7 @@ impl Services {
                     r.stream.to_string(),
                     r.error_class.clone(),
                     r.usage_source.clone(),
+                    r.upstream_request_id.clone(),
                 ];
                 let line: Vec<String> = COLUMNS
                     .iter()

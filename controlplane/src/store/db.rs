@@ -283,6 +283,11 @@ const MYSQL_MIGRATIONS: &[EmbeddedMigration] = &[
         "hardening",
         include_str!("../../../migrations/mysql/0006_hardening.sql"),
     ),
+    (
+        7,
+        "observability",
+        include_str!("../../../migrations/mysql/0007_observability.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
     (
@@ -314,6 +319,11 @@ const SQLITE_MIGRATIONS: &[EmbeddedMigration] = &[
         6,
         "hardening",
         include_str!("../../../migrations/sqlite/0006_hardening.sql"),
+    ),
+    (
+        7,
+        "observability",
+        include_str!("../../../migrations/sqlite/0007_observability.sql"),
     ),
 ];
 

@@ -177,6 +177,7 @@ fn usage_row(request_id: &str, user_id: i64, key_id: i64, account_id: i64) -> Us
         usage_source: "reported".into(),
         created_at: Utc::now(),
         package_id: None,
+        upstream_request_id: String::new(),
     }
 }
 
@@ -363,6 +364,33 @@ on_every_backend!(ingestion_is_idempotent_and_updates_totals, |store| {
     assert_eq!(daily.len(), 1);
     assert_eq!(daily[0].request_count, 4);
     assert_eq!(daily[0].total_cost, dec("0.0000006"));
+});
+
+on_every_backend!(a_request_is_found_by_its_id_or_the_upstreams, |store| {
+    let u = user(store, "quoting").await;
+    let k = key(store, u.id, &"cd".repeat(32)).await;
+    let a = account(store).await;
+    // One request, found by aiproxy's id or by the upstream's.
+    let quoted = UsageRow {
+        upstream_request_id: "req_011CVgPq7xyz".into(),
+        ..usage_row("req-quoted", u.id, k.id, a.id)
+    };
+    store.ingest_usage(&[quoted], utc()).await.unwrap();
+    for id in ["req-quoted", "req_011CVgPq7xyz"] {
+        let (found, total) = store
+            .list_request_logs(&RequestLogFilter {
+                request_id: Some(id.into()),
+                page: 1,
+                page_size: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(total, 1, "{id}");
+        assert_eq!(found[0].request_id, "req-quoted");
+        assert_eq!(found[0].upstream_request_id, "req_011CVgPq7xyz");
+    }
+
 });
 
 on_every_backend!(prices_seed_once, |store| {

@@ -40,6 +40,8 @@ pub struct UsageRow {
     /// The package the node admitted the request against; `None` when the
     /// key bills on its own or the user has no packages.
     pub package_id: Option<i64>,
+    /// The upstream's own id for the request; empty when it named none.
+    pub upstream_request_id: String,
 }
 
 /// A token count as the database holds it.
@@ -98,6 +100,9 @@ pub struct RequestLog {
     pub error_class: String,
     pub usage_source: String,
     pub created_at: DateTime<Utc>,
+    /// The upstream's own id for the request, to quote to the provider;
+    /// empty when it named none.
+    pub upstream_request_id: String,
 }
 
 /// The operator's side of a request: who served it and what it cost them.
@@ -133,12 +138,15 @@ impl_from_row!(RequestLog, |r| {
         error_class: r.try_get("error_class")?,
         usage_source: r.try_get("usage_source")?,
         created_at: r.try_get("created_at")?,
+        upstream_request_id: r.try_get("upstream_request_id")?,
     })
 });
 
 /// Filters of `GET /request-logs`; every field is optional.
 #[derive(Debug, Clone, Default)]
 pub struct RequestLogFilter {
+    /// aiproxy's request id or the upstream's.
+    pub request_id: Option<String>,
     pub user_id: Option<i64>,
     pub api_key_id: Option<i64>,
     pub account_id: Option<i64>,
@@ -170,9 +178,9 @@ const UPSERT_DAILY: Dialect = Dialect {
 const LOG_COLUMNS: &str = "INSERT INTO request_logs (request_id, user_id, api_key_id, account_id, node_id, model, platform, \
      endpoint, status_code, input_tokens, output_tokens, cache_creation_tokens, cache_creation_1h_tokens, cache_read_tokens, \
      total_tokens, upstream_cost, cost, price_version, duration_ms, ttfb_ms, stream, session_hash, error_class, usage_source, \
-     created_at, package_id) ";
+     created_at, package_id, upstream_request_id) ";
 
-/// Rows per multi-row INSERT (26 values each, well under either backend's limit).
+/// Rows per multi-row INSERT (27 values each, well under either backend's limit).
 const INSERT_CHUNK: usize = 200;
 
 /// Sums of one group of requests, written with one statement.
@@ -328,7 +336,8 @@ impl Store {
                         .push_bind(row.error_class.as_str())
                         .push_bind(row.usage_source.as_str())
                         .push_bind(row.created_at)
-                        .push_bind(*payer);
+                        .push_bind(*payer)
+                        .push_bind(row.upstream_request_id.as_str());
                 });
                 q.build().execute(&mut *tx).await?;
             }
@@ -437,8 +446,8 @@ impl Store {
             let mut select = QueryBuilder::new(
                 "SELECT id, request_id, user_id, api_key_id, account_id, node_id, model, platform, endpoint, status_code, \
                  input_tokens, output_tokens, cache_creation_tokens, cache_creation_1h_tokens, cache_read_tokens, total_tokens, \
-                 upstream_cost, cost, price_version, duration_ms, ttfb_ms, stream, error_class, usage_source, created_at \
-                 FROM request_logs WHERE 1 = 1",
+                 upstream_cost, cost, price_version, duration_ms, ttfb_ms, stream, error_class, usage_source, created_at, \
+                 upstream_request_id FROM request_logs WHERE 1 = 1",
             );
             push_filters(&mut select, f);
             select.push(" ORDER BY created_at DESC, id DESC LIMIT ");
@@ -460,6 +469,13 @@ where
     &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
     DateTime<Utc>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
 {
+    if let Some(v) = &f.request_id {
+        q.push(" AND (request_id = ")
+            .push_bind(v.as_str())
+            .push(" OR upstream_request_id = ")
+            .push_bind(v.as_str())
+            .push(")");
+    }
     if let Some(v) = f.user_id {
         q.push(" AND user_id = ").push_bind(v);
     }

@@ -22,6 +22,9 @@ pub struct Message<'a> {
     #[serde(rename = "modelVersion")]
     pub model_version: Text<'a>,
     pub id: Text<'a>,
+    /// Gemini's id for the answer.
+    #[serde(rename = "responseId")]
+    pub response_id: Text<'a>,
     pub usage: Object<Counts>,
     /// Gemini's usage.
     #[serde(rename = "usageMetadata")]

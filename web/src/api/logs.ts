@@ -4,6 +4,7 @@ import type { LogFilter, RequestLogPage, UsageGroup, UsageResponse } from './typ
 
 function filterQuery(f: LogFilter): Query {
   return {
+    request_id: f.request_id,
     user_id: f.user_id,
     api_key_id: f.api_key_id,
     account_id: f.account_id,

@@ -1322,6 +1322,11 @@ export interface components {
             usage_source: string;
             /** Format: date-time */
             created_at: string;
+            /**
+             * @description The upstream's own id for the request, to quote to the provider;
+             *     empty when it named none.
+             */
+            upstream_request_id: string;
         };
         RerateModel: {
             /** Format: int64 */
@@ -4133,6 +4138,8 @@ export interface operations {
     usage_list: {
         parameters: {
             query?: {
+                /** @description One request: aiproxy's id (`x-request-id`) or the upstream's. */
+                request_id?: string;
                 /** @description Admins: one user's requests (users always see their own). */
                 user_id?: number;
                 api_key_id?: number;
@@ -4227,6 +4234,8 @@ export interface operations {
     usage_export: {
         parameters: {
             query?: {
+                /** @description One request: aiproxy's id (`x-request-id`) or the upstream's. */
+                request_id?: string;
                 /** @description Admins: one user's requests (users always see their own). */
                 user_id?: number;
                 api_key_id?: number;
@@ -5377,6 +5386,8 @@ export interface operations {
     usage_totals: {
         parameters: {
             query?: {
+                /** @description One request: aiproxy's id (`x-request-id`) or the upstream's. */
+                request_id?: string;
                 /** @description Admins: one user's requests (users always see their own). */
                 user_id?: number;
                 api_key_id?: number;

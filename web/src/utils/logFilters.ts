@@ -31,6 +31,7 @@ export function stateFromQuery(q: LocationQuery): LogPageState {
   const size = positiveInt(q.page_size)
   return {
     filter: {
+      request_id: first(q.request_id)?.trim() || undefined,
       user_id: positiveInt(q.user_id),
       api_key_id: positiveInt(q.api_key_id),
       account_id: positiveInt(q.account_id),

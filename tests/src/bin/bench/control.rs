@@ -94,6 +94,7 @@ async fn ingestion(store: &Store, records: usize) -> f64 {
             usage_source: "reported".into(),
             created_at: now,
             package_id: None,
+            upstream_request_id: String::new(),
         })
         .collect();
     let tz = chrono::FixedOffset::east_opt(0).expect("UTC");
