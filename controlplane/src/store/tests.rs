@@ -390,7 +390,6 @@ on_every_backend!(a_request_is_found_by_its_id_or_the_upstreams, |store| {
         assert_eq!(found[0].request_id, "req-quoted");
         assert_eq!(found[0].upstream_request_id, "req_011CVgPq7xyz");
     }
-
 });
 
 on_every_backend!(prices_seed_once, |store| {
