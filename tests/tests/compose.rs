@@ -8,7 +8,8 @@
 //! which git ignores and which never overwrites; nginx's configuration passes
 //! `nginx -t`. The split deployment keeps its shape: planes started in order
 //! of health, only nginx published, data planes with a volume and time to
-//! drain, and no secret written in the file.
+//! drain, and no secret written in the file. Every plane says where it
+//! serves its metrics, and no metrics port is published.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +24,11 @@ const LOCAL_IMAGE: &str = "aiproxy:local";
 
 /// The only images pulled from a registry: official images, pinned.
 const PINNED_IMAGES: [&str; 3] = ["mariadb:11.4", "redis:7.4-alpine", "nginx:1.28-alpine"];
+
+/// The metrics port of the all-in-one and the control plane; a data plane
+/// serves on the next (src/main.rs).
+const CONTROLPLANE_METRICS: u16 = aiproxy_shared::config::METRICS_PORT;
+const DATAPLANE_METRICS: u16 = CONTROLPLANE_METRICS + 1;
 
 /// Environment variables whose values are secrets wherever they appear.
 fn is_secret(name: &str) -> bool {
@@ -254,14 +260,19 @@ fn mounts(service: &Value) -> Vec<Mount> {
         .collect()
 }
 
-/// The container ports a service publishes.
+/// The container ports a service publishes. Compose writes a mapping bound
+/// to an address in the short syntax (`127.0.0.1:9464:9464/tcp`).
 fn published(service: &Value) -> BTreeSet<u64> {
     let Some(list) = service["ports"].as_array() else {
         return BTreeSet::new();
     };
     list.iter()
         .map(|p| match p {
-            Value::String(s) => s.rsplit(':').next().unwrap().parse().unwrap(),
+            Value::String(s) => {
+                let target = s.rsplit(':').next().unwrap();
+                let port = target.split_once('/').map_or(target, |(port, _)| port);
+                port.parse().unwrap_or_else(|e| panic!("port {s}: {e}"))
+            }
             long => text(&long["target"]).parse().unwrap(),
         })
         .collect()
@@ -285,6 +296,22 @@ fn seconds(duration: &str) -> u64 {
     }
     assert!(number.is_empty(), "a duration needs a unit: {duration}");
     total
+}
+
+/// The plane `name` serves its metrics on `port` of every interface, for
+/// containers on its networks, and no service publishes that port.
+fn assert_metrics_unpublished(services: &serde_json::Map<String, Value>, name: &str, port: u16) {
+    assert_eq!(
+        text(&services[name]["environment"]["AIPROXY_METRICS_LISTEN"]),
+        format!("0.0.0.0:{port}"),
+        "{name}: AIPROXY_METRICS_LISTEN"
+    );
+    for (other, service) in services {
+        assert!(
+            !published(service).contains(&u64::from(port)),
+            "{other} publishes the metrics port {port} of {name}"
+        );
+    }
 }
 
 fn depends_healthy(service: &Value, on: &str) -> bool {
@@ -483,8 +510,9 @@ fn the_all_in_one_keeps_its_data_and_drains() {
     let config = config("all-in-one", &dir("all-in-one").join(".env.example"));
     let services = services(&config);
     assert_eq!(services.len(), 1, "one service");
-    let (_, node) = services.iter().next().unwrap();
+    let (name, node) = services.iter().next().unwrap();
     assert!(node.get("command").is_none(), "no command: both planes");
+    assert_metrics_unpublished(services, name, CONTROLPLANE_METRICS);
     assert_eq!(published(node), BTreeSet::from([8080, 8090]));
     data_volume(&config, node, "all-in-one");
     assert!(seconds(node["stop_grace_period"].as_str().unwrap()) >= 60);
@@ -582,6 +610,7 @@ fn the_split_deployment_keeps_its_shape() {
         .as_str()
         .expect("the edge network's range");
     assert_eq!(env(cp, "AIPROXY_TRUSTED_PROXIES"), edge);
+    assert_metrics_unpublished(services, cp_name, CONTROLPLANE_METRICS);
 
     // Data planes: after a healthy control plane, the same token and Redis,
     // each its own name and volume, and time to drain.
@@ -596,6 +625,7 @@ fn the_split_deployment_keeps_its_shape() {
         assert_eq!(env(dp, "AIPROXY_NODE_TOKEN"), env(cp, "AIPROXY_NODE_TOKEN"));
         assert_eq!(env(dp, "AIPROXY_REDIS_URL"), env(cp, "AIPROXY_REDIS_URL"));
         assert!(names.insert(env(dp, "AIPROXY_NODE_ID")), "{name}: node id");
+        assert_metrics_unpublished(services, name, DATAPLANE_METRICS);
         assert!(
             volumes.insert(data_volume(&config, dp, name)),
             "{name}: volume"

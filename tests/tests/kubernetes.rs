@@ -5,6 +5,10 @@
 //! drain before they are killed and keep their usage journal on a claim of
 //! their own, a gRPC port that only aiproxy's pods reach, hardened containers
 //! on pinned images, and secrets that reach a container only from a Secret.
+//! Every plane serves its metrics on a named port of its own, which a
+//! Service exposes and the NetworkPolicies admit from other namespaces; the
+//! optional ServiceMonitor component renders with the production overlay
+//! and scrapes each plane once, under the job names the alert rules expect.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,10 +58,18 @@ struct Rendered {
 }
 
 fn render(overlay: &str) -> Rendered {
-    let dir = repo().join("deploy/kubernetes/overlays").join(overlay);
+    render_dir(
+        &repo().join("deploy/kubernetes/overlays").join(overlay),
+        overlay,
+    )
+}
+
+/// `kubectl kustomize` on the kustomization in `dir`, called `overlay` in
+/// messages.
+fn render_dir(dir: &Path, overlay: &str) -> Rendered {
     let out = Command::new("kubectl")
         .arg("kustomize")
-        .arg(&dir)
+        .arg(dir)
         .output()
         .unwrap_or_else(|e| {
             panic!("cannot run kubectl: {e} (it renders the manifests; .ci/run installs it)")
@@ -72,6 +84,54 @@ fn render(overlay: &str) -> Rendered {
     let objects = to_json(file.path());
     assert!(!objects.is_empty(), "{overlay} renders nothing");
     Rendered { file, objects }
+}
+
+/// Runs kubernetes-validate's strict schemas over `file`, which holds
+/// `count` objects, for every release in `KUBERNETES_VERSIONS`.
+fn validate(file: &Path, count: usize, what: &str) {
+    let mut cmd = Command::new(venv().join("bin/kubernetes-validate"));
+    cmd.arg("--strict");
+    for version in KUBERNETES_VERSIONS {
+        cmd.args(["--kubernetes-version", version]);
+    }
+    let out = cmd.arg(file).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    let passed = said
+        .lines()
+        .filter(|l| l.starts_with("INFO ") && l.contains(" passed for resource "))
+        .count();
+    // A kind it has no schema for is only a warning there: not here.
+    let other: Vec<&str> = said
+        .lines()
+        .filter(|l| !(l.starts_with("INFO ") && l.contains(" passed for resource ")))
+        .collect();
+    assert!(
+        out.status.success() && other.is_empty() && passed == count * KUBERNETES_VERSIONS.len(),
+        "{what}: {passed} of {} checks ({count} objects, Kubernetes {}) passed:\n{}{}",
+        count * KUBERNETES_VERSIONS.len(),
+        KUBERNETES_VERSIONS.join(" and "),
+        other.join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `to` as a path relative to the directory `from`: Kustomize takes no
+/// absolute path to a resource or a component.
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let (from, to) = (from.canonicalize().unwrap(), to.canonicalize().unwrap());
+    let common = from
+        .components()
+        .zip(to.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let mut out = PathBuf::new();
+    for _ in from.components().skip(common) {
+        out.push("..");
+    }
+    for part in to.components().skip(common) {
+        out.push(part);
+    }
+    out
 }
 
 /// `target/tmp/kubernetes-validate`: a venv with `tests/kubernetes/requirements.txt`
@@ -311,6 +371,30 @@ fn mount_holding<'a>(container: &'a Value, path: &str) -> Option<&'a Value> {
         .max_by_key(|m| dir(m).len())
 }
 
+/// Whether a NetworkPolicy's ingress rule admits `port` of `container`
+/// (a rule without ports admits every port).
+fn covers(container: &Value, rule: &Value, port: u64) -> bool {
+    let ports = array(&rule["ports"]);
+    ports.is_empty()
+        || ports.iter().any(|p| {
+            let from = container_port(container, p.get("port").unwrap_or(&Value::Null));
+            let to = p["endPort"].as_u64().unwrap_or(from);
+            (from..=to).contains(&port)
+        })
+}
+
+/// The metrics port `aiproxy` serves on by default for a role (src/main.rs):
+/// `METRICS_PORT` for the all-in-one and the control plane, the next for a
+/// data plane, so that both fit on one host.
+fn metrics_port(role: Option<&str>) -> u64 {
+    let port = u64::from(aiproxy_shared::config::METRICS_PORT);
+    match role {
+        None | Some("controlplane") => port,
+        Some("dataplane") => port + 1,
+        Some(other) => panic!("no metrics port known for the role {other}"),
+    }
+}
+
 /// A Service named `name` picks the pods of `workload` and forwards `port`
 /// to the container port `target`.
 fn assert_service(objects: &[Value], name: &str, workload: &Value, port: u64, target: u64) {
@@ -338,33 +422,7 @@ fn assert_service(objects: &[Value], name: &str, workload: &Value, port: u64, ta
 fn every_overlay_renders_and_passes_the_schemas() {
     for overlay in OVERLAYS {
         let rendered = render(overlay);
-        let mut cmd = Command::new(venv().join("bin/kubernetes-validate"));
-        cmd.arg("--strict");
-        for version in KUBERNETES_VERSIONS {
-            cmd.args(["--kubernetes-version", version]);
-        }
-        let out = cmd.arg(rendered.file.path()).output().unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        let passed = said
-            .lines()
-            .filter(|l| l.starts_with("INFO ") && l.contains(" passed for resource "))
-            .count();
-        // A kind it has no schema for is only a warning there: not here.
-        let other: Vec<&str> = said
-            .lines()
-            .filter(|l| !(l.starts_with("INFO ") && l.contains(" passed for resource ")))
-            .collect();
-        assert!(
-            out.status.success()
-                && other.is_empty()
-                && passed == rendered.objects.len() * KUBERNETES_VERSIONS.len(),
-            "{overlay}: {passed} of {} checks ({} objects, Kubernetes {}) passed:\n{}{}",
-            rendered.objects.len() * KUBERNETES_VERSIONS.len(),
-            rendered.objects.len(),
-            KUBERNETES_VERSIONS.join(" and "),
-            other.join("\n"),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        validate(rendered.file.path(), rendered.objects.len(), overlay);
     }
 }
 
@@ -551,15 +609,7 @@ fn the_control_plane_is_replicated_and_its_grpc_port_closed_to_others() {
         !policies.is_empty(),
         "no NetworkPolicy covers the control plane"
     );
-    let covers = |rule: &Value, port: u64| {
-        let ports = array(&rule["ports"]);
-        ports.is_empty()
-            || ports.iter().any(|p| {
-                let from = container_port(cp, p.get("port").unwrap_or(&Value::Null));
-                let to = p["endPort"].as_u64().unwrap_or(from);
-                (from..=to).contains(&port)
-            })
-    };
+    let covers = |rule: &Value, port: u64| covers(cp, rule, port);
     let mut grpc_from_dataplanes = false;
     let mut admin_open = false;
     for policy in &policies {
@@ -892,4 +942,360 @@ fn secret_sources(objects: &[Value], pod: &Value, container: &Value, what: &str)
         "{what}: sees secrets it does not use: {unused:?}"
     );
     used
+}
+
+// ---- metrics ------------------------------------------------------------
+
+/// Fields of a ServiceMonitor's spec and of one of its endpoints
+/// (monitoring.coreos.com/v1); anything else is a mistake.
+const SERVICE_MONITOR_FIELDS: [&str; 16] = [
+    "attachMetadata",
+    "bodySizeLimit",
+    "endpoints",
+    "jobLabel",
+    "keepDroppedTargets",
+    "labelLimit",
+    "labelNameLengthLimit",
+    "labelValueLengthLimit",
+    "namespaceSelector",
+    "podTargetLabels",
+    "sampleLimit",
+    "scrapeClass",
+    "scrapeProtocols",
+    "selector",
+    "targetLabels",
+    "targetLimit",
+];
+const SERVICE_MONITOR_ENDPOINT_FIELDS: [&str; 21] = [
+    "authorization",
+    "basicAuth",
+    "bearerTokenSecret",
+    "enableHttp2",
+    "filterRunning",
+    "followRedirects",
+    "honorLabels",
+    "honorTimestamps",
+    "interval",
+    "metricRelabelings",
+    "oauth2",
+    "params",
+    "path",
+    "port",
+    "proxyUrl",
+    "relabelings",
+    "scheme",
+    "scrapeTimeout",
+    "targetPort",
+    "tlsConfig",
+    "trackTimestampsStaleness",
+];
+
+/// The job names deploy/observability's rules and dashboard expect, and the
+/// role whose pods each one scrapes.
+const METRICS_JOBS: [(&str, &str); 2] = [
+    ("aiproxy-controlplane", "controlplane"),
+    ("aiproxy-dataplane", "dataplane"),
+];
+
+/// A Prometheus duration as a ServiceMonitor takes it (`30s`, `1m30s`).
+fn is_duration(text: &str) -> bool {
+    let mut digits = false;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let n = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if n == 0 {
+            return false;
+        }
+        rest = &rest[n..];
+        let unit = ["ms", "y", "w", "d", "h", "m", "s"]
+            .into_iter()
+            .find(|u| rest.starts_with(u));
+        let Some(unit) = unit else {
+            return false;
+        };
+        rest = &rest[unit.len()..];
+        digits = true;
+    }
+    digits
+}
+
+fn keys(value: &Value) -> Vec<&str> {
+    value
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k.as_str())
+        .collect()
+}
+
+#[test]
+fn every_plane_serves_metrics_on_a_port_of_its_own() {
+    for overlay in OVERLAYS {
+        let rendered = render(overlay);
+        let objects = &rendered.objects;
+        for workload in workloads(objects) {
+            let what = format!("{overlay}: {}", kind_name(workload));
+            let container = &pod(workload)["containers"][0];
+            let port = metrics_port(role(workload));
+
+            // A named port, which Services and ServiceMonitors refer to.
+            let named = array(&container["ports"])
+                .iter()
+                .find(|p| p["name"] == "metrics");
+            assert_eq!(
+                named.and_then(|p| p["containerPort"].as_u64()),
+                Some(port),
+                "{what}: no container port `metrics` {port}"
+            );
+            // Said in so many words, on every interface of the pod.
+            assert_eq!(
+                env(objects, container).get("AIPROXY_METRICS_LISTEN"),
+                Some(&Value::from(format!("0.0.0.0:{port}"))),
+                "{what}: AIPROXY_METRICS_LISTEN"
+            );
+
+            // A Service over these pods exposes it, under the same name and
+            // number.
+            let exposing: Vec<&Value> = of_kind(objects, "Service")
+                .filter(|s| labels_pick(&s["spec"]["selector"], pod_labels(workload)))
+                .filter(|s| {
+                    array(&s["spec"]["ports"])
+                        .iter()
+                        .any(|p| p["name"] == "metrics")
+                })
+                .collect();
+            assert!(
+                !exposing.is_empty(),
+                "{what}: no Service has a port `metrics`"
+            );
+            for service in exposing {
+                let entry = array(&service["spec"]["ports"])
+                    .iter()
+                    .find(|p| p["name"] == "metrics")
+                    .unwrap();
+                assert!(
+                    entry["port"] == port
+                        && container_port(
+                            container,
+                            entry.get("targetPort").unwrap_or(&entry["port"])
+                        ) == port,
+                    "{what}: {} forwards `metrics` as {entry}, not {port} to {port}",
+                    kind_name(service)
+                );
+            }
+
+            // The NetworkPolicies over these pods (if any: without one every
+            // port is open) admit the port from other namespaces, where
+            // Prometheus usually runs.
+            let policies: Vec<&Value> = of_kind(objects, "NetworkPolicy")
+                .filter(|p| selects(&p["spec"]["podSelector"], pod_labels(workload)))
+                .filter(|p| array(&p["spec"]["policyTypes"]).contains(&"Ingress".into()))
+                .collect();
+            if policies.is_empty() {
+                continue;
+            }
+            let admitted = policies
+                .iter()
+                .flat_map(|p| array(&p["spec"]["ingress"]))
+                .filter(|rule| covers(container, rule, port))
+                .any(|rule| {
+                    let peers = array(&rule["from"]);
+                    peers.is_empty()
+                        || peers
+                            .iter()
+                            .any(|peer| peer.get("namespaceSelector").is_some())
+                });
+            assert!(
+                admitted,
+                "{what}: no NetworkPolicy admits {port} from pods of other namespaces"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_servicemonitor_component_scrapes_each_plane_once_as_its_job() {
+    let production = render("production");
+    let namespaces: BTreeSet<&str> = of_kind(&production.objects, "Service")
+        .map(|s| s["metadata"]["namespace"].as_str().unwrap())
+        .collect();
+    assert_eq!(namespaces.len(), 1, "the Services share a namespace");
+    let namespace = namespaces.into_iter().next().unwrap();
+
+    // The production overlay with the component, as its README shows it:
+    // an overlay of its own here, which gives the ServiceMonitors the
+    // namespace the production overlay would.
+    let tmp = tempfile::tempdir().unwrap();
+    let kubernetes = relative(tmp.path(), &repo().join("deploy/kubernetes"));
+    std::fs::write(
+        tmp.path().join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\n\
+             kind: Kustomization\n\
+             namespace: {namespace}\n\
+             resources:\n  - {}\n\
+             components:\n  - {}\n",
+            kubernetes.join("overlays/production").display(),
+            kubernetes.join("components/servicemonitor").display()
+        ),
+    )
+    .unwrap();
+    let rendered = render_dir(tmp.path(), "production with components/servicemonitor");
+    let (monitors, others): (Vec<&Value>, Vec<&Value>) = rendered
+        .objects
+        .iter()
+        .partition(|o| o["kind"] == "ServiceMonitor");
+
+    // What is not a ServiceMonitor passes the schemas (kubernetes-validate
+    // has none for a CRD), and is what the production overlay makes alone:
+    // the component adds its ServiceMonitors and changes nothing else.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let stream: String = others.iter().map(|o| format!("---\n{o}\n")).collect();
+    std::fs::write(file.path(), stream).unwrap();
+    validate(
+        file.path(),
+        others.len(),
+        "production with components/servicemonitor",
+    );
+    let as_text = |objects: &[&Value]| -> BTreeSet<String> {
+        objects.iter().map(|o| o.to_string()).collect()
+    };
+    let alone: Vec<&Value> = production.objects.iter().collect();
+    assert!(
+        as_text(&others) == as_text(&alone),
+        "the component changes objects other than its ServiceMonitors"
+    );
+
+    // Each ServiceMonitor's shape, as its CRD would check it.
+    let objects = &rendered.objects;
+    let mut jobs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut scraped: BTreeMap<String, usize> = BTreeMap::new();
+    for monitor in &monitors {
+        let what = kind_name(monitor);
+        assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1", "{what}");
+        for key in keys(monitor) {
+            assert!(
+                ["apiVersion", "kind", "metadata", "spec"].contains(&key),
+                "{what}: unknown field {key}"
+            );
+        }
+        assert_eq!(
+            monitor["metadata"]["namespace"], namespace,
+            "{what}: not beside the Services"
+        );
+        let spec = &monitor["spec"];
+        for key in keys(spec) {
+            assert!(
+                SERVICE_MONITOR_FIELDS.contains(&key),
+                "{what}: unknown field spec.{key}"
+            );
+        }
+        // Its own namespace, where the Services are.
+        let within = &spec["namespaceSelector"];
+        assert!(
+            within.is_null() || array(&within["matchNames"]) == [Value::from(namespace)],
+            "{what}: namespaceSelector {within}"
+        );
+        let selector = &spec["selector"];
+        assert!(
+            selector["matchLabels"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}: selects Services by no label"
+        );
+        let endpoints = array(&spec["endpoints"]);
+        assert!(!endpoints.is_empty(), "{what}: no endpoints");
+
+        // The job label: a Service label's value if `jobLabel` names one,
+        // else the Service's name; no relabelling may change it.
+        for endpoint in endpoints {
+            for key in keys(endpoint) {
+                assert!(
+                    SERVICE_MONITOR_ENDPOINT_FIELDS.contains(&key),
+                    "{what}: unknown field in an endpoint: {key}"
+                );
+            }
+            let port = endpoint["port"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{what}: an endpoint names no Service port"));
+            assert_eq!(
+                endpoint.get("path").unwrap_or(&"/metrics".into()),
+                "/metrics",
+                "{what}: path"
+            );
+            assert!(
+                endpoint.get("scheme").is_none_or(|s| s == "http"),
+                "{what}: scheme"
+            );
+            for field in ["interval", "scrapeTimeout"] {
+                if let Some(d) = endpoint.get(field) {
+                    assert!(d.as_str().is_some_and(is_duration), "{what}: {field} {d}");
+                }
+            }
+            for relabeling in array(&endpoint["relabelings"]) {
+                assert_ne!(relabeling["targetLabel"], "job", "{what}: relabels the job");
+            }
+
+            // Every Service it selects whose port it names: a target set.
+            let services = of_kind(objects, "Service").filter(|s| {
+                s["metadata"]["namespace"] == namespace
+                    && selects(selector, &s["metadata"]["labels"])
+            });
+            for service in services {
+                let Some(entry) = array(&service["spec"]["ports"])
+                    .iter()
+                    .find(|p| p["name"] == port)
+                else {
+                    continue;
+                };
+                let job = match spec["jobLabel"].as_str() {
+                    Some(label) => service["metadata"]["labels"][label]
+                        .as_str()
+                        .unwrap_or_else(|| {
+                            panic!("{what}: {} has no label {label}", kind_name(service))
+                        })
+                        .to_string(),
+                    None => service["metadata"]["name"].as_str().unwrap().to_string(),
+                };
+                // The pods behind it, and the port it reaches on them.
+                for workload in workloads(objects)
+                    .filter(|w| labels_pick(&service["spec"]["selector"], pod_labels(w)))
+                {
+                    let container = &pod(workload)["containers"][0];
+                    let target = entry.get("targetPort").unwrap_or(&entry["port"]);
+                    assert_eq!(
+                        container_port(container, target),
+                        metrics_port(role(workload)),
+                        "{what}: {} port {port} does not reach the metrics of {}",
+                        kind_name(service),
+                        kind_name(workload)
+                    );
+                    jobs.entry(job.clone())
+                        .or_default()
+                        .push(role(workload).unwrap_or("all-in-one").to_string());
+                    *scraped.entry(kind_name(workload)).or_default() += 1;
+                }
+            }
+        }
+    }
+
+    // Each plane's pods are scraped once, as the job the rules expect.
+    let expected: BTreeMap<String, Vec<String>> = METRICS_JOBS
+        .iter()
+        .map(|(job, role)| (job.to_string(), vec![role.to_string()]))
+        .collect();
+    assert_eq!(jobs, expected, "jobs and the roles they scrape");
+    for workload in workloads(objects) {
+        assert_eq!(
+            scraped.get(&kind_name(workload)),
+            Some(&1),
+            "{} is not scraped exactly once",
+            kind_name(workload)
+        );
+    }
+    assert_eq!(
+        monitors.len(),
+        METRICS_JOBS.len(),
+        "one ServiceMonitor a plane"
+    );
 }
