@@ -92,13 +92,6 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(e),
     };
-    aiproxy_shared::telemetry::init(config.log_format);
-    if !matches!(
-        command,
-        Some(Command::Ctl { .. } | Command::Migrate | Command::Reseal { .. })
-    ) {
-        fit_connection_limits(&mut config, command.as_ref());
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,6 +102,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let service = match command {
+        Some(Command::Controlplane) => "aiproxy-controlplane",
+        Some(Command::Dataplane) => "aiproxy-dataplane",
+        _ => "aiproxy",
+    };
+    // The trace exporter's client runs on the runtime, which outlives it.
+    let _telemetry = {
+        let _inside = runtime.enter();
+        match aiproxy_shared::telemetry::init(config.log_format, service) {
+            Ok(telemetry) => telemetry,
+            Err(e) => return config_error(ConfigError::Invalid(e)),
+        }
+    };
+    if !matches!(
+        command,
+        Some(Command::Ctl { .. } | Command::Migrate | Command::Reseal { .. })
+    ) {
+        fit_connection_limits(&mut config, command.as_ref());
+    }
     let result = match command {
         None => all_in_one(config, &runtime),
         Some(command) => runtime.block_on(async {

@@ -185,7 +185,7 @@ pub fn router(state: Services) -> Router {
         .fallback(crate::console::serve)
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
-            crate::metrics::count_admin_requests,
+            crate::metrics::observe_admin_request,
         ))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .with_state(state)

@@ -301,15 +301,28 @@ impl NodeService for NodeApi {
             .into_iter()
             .map(|r| usage_row(&batch.node_id, r))
             .collect::<Result<Vec<_>, _>>()?;
-        let outcome = self
-            .services
-            .store
-            .ingest_usage(&rows, self.services.billing_tz)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, node_id = %batch.node_id, "usage ingestion failed");
-                Status::unavailable("usage ingestion failed; retry")
-            })?;
+        let span = aiproxy_shared::traced_span!(
+            "ingest_usage",
+            node = batch.node_id.as_str(),
+            records = rows.len(),
+            inserted = tracing::field::Empty,
+            duplicates = tracing::field::Empty,
+        );
+        let outcome = tracing::Instrument::instrument(
+            self.services
+                .store
+                .ingest_usage(&rows, self.services.billing_tz),
+            span.clone(),
+        )
+        .await
+        .inspect(|o| {
+            span.record("inserted", o.inserted)
+                .record("duplicates", o.duplicates);
+        })
+        .map_err(|e| {
+            tracing::error!(error = %e, node_id = %batch.node_id, "usage ingestion failed");
+            Status::unavailable("usage ingestion failed; retry")
+        })?;
         tracing::debug!(node_id = %batch.node_id, inserted = outcome.inserted, duplicates = outcome.duplicates, "usage ingested");
         let now = chrono::Utc::now();
         self.services.metrics.ingested(

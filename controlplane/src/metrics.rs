@@ -210,8 +210,9 @@ impl Collector for Holdings {
     }
 }
 
-/// Counts each admin request by its route template.
-pub async fn count_admin_requests(
+/// Counts each admin request by its route template, in a trace span of its
+/// own when traces are exported.
+pub async fn observe_admin_request(
     axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
     matched: Option<axum::extract::MatchedPath>,
     req: axum::extract::Request,
@@ -223,7 +224,15 @@ pub async fn count_admin_requests(
         None if req.uri().path().starts_with("/api") => "unmatched".into(),
         None => "console".into(),
     };
-    let response = next.run(req).await;
+    let span = aiproxy_shared::traced_span!(
+        "admin",
+        route = route.as_str(),
+        method = method.as_str(),
+        status = tracing::field::Empty,
+    );
+    aiproxy_shared::telemetry::continue_trace(&span, req.headers());
+    let response = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.record("status", response.status().as_u16());
     metrics.admin_request(route, &method, response.status().as_u16());
     response
 }

@@ -127,7 +127,18 @@ impl Publisher {
         let current = self.inner.latest.borrow().as_ref().map(|s| s.version);
         if current != Some(version) {
             let started = std::time::Instant::now();
-            let snapshot = self.build(version).await?;
+            let span = aiproxy_shared::traced_span!(
+                "build_snapshot",
+                version,
+                accounts = tracing::field::Empty,
+                api_keys = tracing::field::Empty,
+                bytes = tracing::field::Empty,
+            );
+            let snapshot =
+                tracing::Instrument::instrument(self.build(version), span.clone()).await?;
+            span.record("accounts", snapshot.accounts.len())
+                .record("api_keys", snapshot.api_keys.len())
+                .record("bytes", prost::Message::encoded_len(&snapshot));
             self.inner
                 .metrics
                 .snapshot_built(started.elapsed(), prost::Message::encoded_len(&snapshot));

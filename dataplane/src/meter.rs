@@ -47,6 +47,8 @@ pub struct Meter {
     pub access_log: bool,
     /// The upstream's own id for the request, from its answer's headers.
     pub upstream_request_id: String,
+    /// The request's trace span, ended with the meter.
+    pub span: tracing::Span,
 }
 
 /// Longest upstream request id kept.
@@ -97,6 +99,10 @@ impl Meter {
                 error_class = "upstream_incomplete".into();
             }
         }
+        self.span
+            .record("account_id", self.account_id)
+            .record("status", self.status)
+            .record("error_class", counted_class.unwrap_or(&error_class));
         self.metrics.finished(&crate::metrics::Finished {
             endpoint: self.endpoint,
             platform: self.platform.as_str(),
@@ -183,11 +189,21 @@ impl Meter {
             // The sink stamps the journal's node.
             node_id: String::new(),
             upstream_request_id: if self.upstream_request_id.is_empty() {
-                observed.upstream_id.as_deref().map(clean_id).unwrap_or_default()
+                observed
+                    .upstream_id
+                    .as_deref()
+                    .map(clean_id)
+                    .unwrap_or_default()
             } else {
                 std::mem::take(&mut self.upstream_request_id)
             },
         };
+        self.span
+            .record("input_tokens", usage.input)
+            .record("output_tokens", usage.output)
+            .record("cache_creation_tokens", usage.cache_creation)
+            .record("cache_read_tokens", usage.cache_read)
+            .record("upstream_request_id", record.upstream_request_id.as_str());
         if self.access_log {
             let mut line = self.access_line(&record.model, &record.error_class, usage);
             line.upstream_request_id = &record.upstream_request_id;

@@ -138,11 +138,37 @@ impl Relay {
         req: Request<Incoming>,
         request_id: &HeaderValue,
     ) -> Response<RelayBody> {
+        use tracing::Instrument;
+        use tracing::field::Empty;
         let started = Instant::now();
         let mut caller = (0, 0);
-        match self.relay(&endpoint, req, request_id, &mut caller).await {
+        // The request's span lasts until its answer ends (the meter holds it).
+        let span = aiproxy_shared::traced_span!(
+            "relay",
+            request_id = request_id.to_str().unwrap_or_default(),
+            endpoint = endpoint.name(),
+            key_id = Empty,
+            user_id = Empty,
+            model = Empty,
+            account_id = Empty,
+            status = Empty,
+            error_class = Empty,
+            input_tokens = Empty,
+            output_tokens = Empty,
+            cache_creation_tokens = Empty,
+            cache_read_tokens = Empty,
+            upstream_request_id = Empty,
+        );
+        aiproxy_shared::telemetry::continue_trace(&span, req.headers());
+        let relayed = self
+            .relay(&endpoint, req, request_id, &mut caller)
+            .instrument(span.clone())
+            .await;
+        match relayed {
             Ok(resp) => resp,
             Err(e) => {
+                span.record("status", e.status.as_u16())
+                    .record("error_class", e.class);
                 if self.access_log {
                     crate::access::Line {
                         request_id: request_id.to_str().unwrap_or_default(),
@@ -189,6 +215,9 @@ impl Relay {
         let (parts, body) = req.into_parts();
         let caller = authenticate(&snapshot, &parts.headers, parts.uri.query(), now_ms)?;
         *who = (caller.key.id, caller.user.id);
+        tracing::Span::current()
+            .record("key_id", caller.key.id)
+            .record("user_id", caller.user.id);
         match self.sink.availability() {
             Ok(()) => {}
             Err(Unavailable::Full) => return Err(RelayError::journal_full()),
@@ -210,6 +239,7 @@ impl Relay {
         )
         .await?;
         let parsed = request::parse(endpoint, &parts.headers, body, &caller.key.client_filter)?;
+        tracing::Span::current().record("model", parsed.model.as_str());
         if !model_allowed(&caller.key, &parsed.model) {
             return Err(RelayError::model_not_allowed());
         }
@@ -244,7 +274,11 @@ impl Relay {
             pool: endpoint.name(),
             now_ms,
         };
-        let (mut account, mut lease) = match self.scheduler.acquire(&snapshot, &ask).await {
+        let scheduling = aiproxy_shared::traced_span!("schedule");
+        let picked =
+            tracing::Instrument::instrument(self.scheduler.acquire(&snapshot, &ask), scheduling)
+                .await;
+        let (mut account, mut lease) = match picked {
             Ok(picked) => picked,
             Err(e) => {
                 // Later requests of a key over its rate are refused before
@@ -270,7 +304,24 @@ impl Relay {
         for attempt in 1..=self.max_attempts {
             tried.push(account.id);
             let mut report = None;
-            let mark = match self.call(&account, &outgoing, &snapshot.settings).await {
+            let attempt_span = aiproxy_shared::traced_span!(
+                "attempt",
+                attempt,
+                account_id = account.id,
+                status = tracing::field::Empty,
+            );
+            let called = tracing::Instrument::instrument(
+                self.call(&account, &outgoing, &snapshot.settings),
+                attempt_span.clone(),
+            )
+            .await;
+            if let Called::Answered(response) = &called {
+                attempt_span.record("status", response.status().as_u16());
+            } else if let Called::Refused { head, .. } = &called {
+                attempt_span.record("status", head.status.as_u16());
+            }
+            drop(attempt_span);
+            let mark = match called {
                 Called::Answered(response) => {
                     let attempt = Attempt {
                         response,
@@ -563,6 +614,7 @@ impl Relay {
             metrics: self.metrics.clone(),
             access_log: self.access_log,
             upstream_request_id: String::new(),
+            span: tracing::Span::current(),
         }
     }
 

@@ -476,3 +476,91 @@ async fn a_request_log_keeps_the_upstreams_id_and_either_id_finds_it() {
     assert_eq!(none["total"], 0);
     e.process.stop().await;
 }
+
+#[tokio::test]
+async fn traces_go_to_the_otlp_collector_and_continue_the_clients_trace() {
+    let collector = aiproxy_tests::otlp::Collector::start().await;
+    let mock = MockUpstream::start().await;
+    let e = start_with(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+    ])
+    .await;
+    e.admin
+        .create_account("traced", &mock.url(), "sk-ant-t")
+        .await;
+    let key = e.user_key("traced").await;
+    let url = format!("{}/v1/messages", e.proxy);
+    eventually("the key is served", Duration::from_secs(10), async || {
+        let reply = e
+            .http
+            .send(
+                "POST",
+                &url,
+                &[("x-api-key", &key)],
+                Some(&plain_body("hi")),
+            )
+            .await;
+        (reply.status == 200).then_some(()).ok_or(reply.text())
+    })
+    .await;
+    let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let reply = e
+        .http
+        .send(
+            "POST",
+            &url,
+            &[
+                ("x-api-key", &key),
+                (
+                    "traceparent",
+                    &format!("00-{client_trace}-{client_span}-01"),
+                ),
+            ],
+            Some(&plain_body("traced")),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let request_id = reply.headers["x-request-id"].to_str().unwrap().to_string();
+
+    let spans = eventually("the spans arrive", Duration::from_secs(20), async || {
+        let spans = collector.spans();
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+        let have = |n: &str| names.contains(&n);
+        (spans
+            .iter()
+            .any(|s| s.trace_id == client_trace && s.name == "relay")
+            && have("ingest_usage")
+            && have("build_snapshot")
+            && have("admin"))
+        .then_some(spans.clone())
+        .ok_or(format!("{names:?}"))
+    })
+    .await;
+    let relay = spans
+        .iter()
+        .find(|s| s.trace_id == client_trace && s.name == "relay")
+        .unwrap();
+    assert_eq!(
+        relay.parent_span_id, client_span,
+        "the client's trace goes on"
+    );
+    assert_eq!(relay.service, "aiproxy");
+    assert_eq!(relay.attribute("request_id"), Some(request_id.as_str()));
+    assert_eq!(relay.attribute("model"), Some("claude-sonnet-4-5"));
+    assert_eq!(relay.attribute("status"), Some("200"));
+    assert_eq!(relay.attribute("input_tokens"), Some("25"));
+    assert!(relay.attribute("key_id").is_some() && relay.attribute("account_id").is_some());
+    for child in ["schedule", "attempt"] {
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.name == child && s.parent_span_id == relay.span_id),
+            "no {child} span under the request's"
+        );
+    }
+    let admin = spans.iter().find(|s| s.name == "admin").unwrap();
+    assert!(admin.attribute("route").is_some(), "{admin:?}");
+    e.process.stop().await;
+}

@@ -8,5 +8,6 @@
 pub mod client;
 pub mod harness;
 pub mod mock;
+pub mod otlp;
 pub mod prometheus;
 pub mod proxies;
