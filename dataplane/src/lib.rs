@@ -142,6 +142,7 @@ pub async fn start(
     let scheduler = Arc::new(scheduler::Scheduler::new(
         settings.state.clone(),
         &settings.node_id,
+        settings.metrics.clone(),
     ));
     tracker.spawn(
         scheduler
@@ -156,7 +157,9 @@ pub async fn start(
         cancel.clone(),
     ));
 
+    let scheduling = scheduler.clone();
     let holdings = metrics::Holdings {
+        scheduling: Arc::new(move || (scheduling.leases_in_use(), scheduling.waiting())),
         snapshot: snapshot.clone(),
         journal: journal.clone(),
         state: settings.state.clone(),

@@ -71,6 +71,12 @@ pub struct Metrics {
     first_byte: Family<PlatformLabels, Histogram, fn() -> Histogram>,
     tokens: Family<TokenLabels, Counter>,
     failovers: Family<PlatformLabels, Counter>,
+    store_calls: Family<CallLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    call: &'static str,
 }
 
 impl Default for Metrics {
@@ -81,6 +87,7 @@ impl Default for Metrics {
             first_byte: Family::new_with_constructor(step_histogram),
             tokens: Family::default(),
             failovers: Family::default(),
+            store_calls: Family::new_with_constructor(step_histogram),
         }
     }
 }
@@ -125,6 +132,19 @@ impl Metrics {
             "Upstream attempts that failed over to another account",
             self.failovers.clone(),
         );
+        registry.register_with_unit(
+            "state_store_call",
+            "Time of each call to the state store (Redis, or this node's memory)",
+            Unit::Seconds,
+            self.store_calls.clone(),
+        );
+    }
+
+    /// One state-store call of kind `call` took `took`.
+    pub fn store_call(&self, call: &'static str, took: Duration) {
+        self.store_calls
+            .get_or_create(&CallLabels { call })
+            .observe(took.as_secs_f64());
     }
 
     pub fn finished(&self, done: &Finished<'_>) {
@@ -181,6 +201,8 @@ impl Metrics {
 /// What the node holds, read at each scrape.
 #[derive(Clone)]
 pub struct Holdings {
+    /// Leases held and requests waiting, from the scheduler.
+    pub(crate) scheduling: Arc<dyn Fn() -> (usize, u64) + Send + Sync>,
     pub(crate) snapshot: Arc<SnapshotHolder>,
     pub(crate) journal: Arc<Journal>,
     pub(crate) state: Arc<dyn StateStore>,
@@ -217,6 +239,21 @@ impl Collector for Holdings {
             "Usage on disk not yet delivered to the control plane",
             Some(&Unit::Bytes),
             self.journal.pending_bytes() as f64,
+        )?;
+        let (leases, waiting) = (self.scheduling)();
+        gauge(
+            &mut encoder,
+            "leases_in_use",
+            "Account leases this node's requests hold (requests in flight upstream)",
+            None,
+            leases as f64,
+        )?;
+        gauge(
+            &mut encoder,
+            "requests_waiting",
+            "Requests waiting for a free account",
+            None,
+            waiting as f64,
         )?;
         gauge(
             &mut encoder,

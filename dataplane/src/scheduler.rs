@@ -34,6 +34,26 @@ pub(crate) struct Scheduler {
     released: Notify,
     lease_prefix: String,
     next_lease: AtomicU64,
+    /// Requests waiting for a free account now.
+    waiting: AtomicU64,
+    /// Times each state-store call.
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Counts a request among the waiting while it lives.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What a request asks of the scheduler.
@@ -108,7 +128,10 @@ impl Drop for Lease {
                 bind: bind.as_ref(),
                 mark: mark.as_ref(),
             };
-            if let Err(e) = scheduler.store.release(&end).await {
+            let started = Instant::now();
+            let released = scheduler.store.release(&end).await;
+            scheduler.metrics.store_call("release", started.elapsed());
+            if let Err(e) = released {
                 tracing::warn!(error = %e, "could not give back a lease; it lapses after concurrency_ttl");
             }
             scheduler.released.notify_waiters();
@@ -133,7 +156,11 @@ fn log_switch(switch: Option<Switch>, to: i64, session: Option<&str>) {
 }
 
 impl Scheduler {
-    pub fn new(store: Arc<dyn StateStore>, node_id: &str) -> Self {
+    pub fn new(
+        store: Arc<dyn StateStore>,
+        node_id: &str,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         // Unique across nodes and restarts of one node.
         let lease_prefix = format!("{node_id}:{}", aiproxy_shared::keys::random_hex(4));
         Scheduler {
@@ -142,6 +169,8 @@ impl Scheduler {
             released: Notify::new(),
             lease_prefix,
             next_lease: AtomicU64::new(0),
+            waiting: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -210,6 +239,16 @@ impl Scheduler {
         snapshot.accounts.iter().find(|a| a.id == id).cloned()
     }
 
+    /// Leases this node's requests hold now.
+    pub(crate) fn leases_in_use(&self) -> usize {
+        self.live.locked().len()
+    }
+
+    /// Requests waiting for a free account now.
+    pub(crate) fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     fn hold(self: &Arc<Self>, held: Held) -> Lease {
         self.live.locked().insert(held.lease.clone(), held.clone());
         Lease {
@@ -247,8 +286,12 @@ impl Scheduler {
         };
         let deadline = Instant::now() + wait_timeout;
         let mut req = Self::request(&snapshot.settings, ask, &lease, &candidates, queue);
+        let mut waiting = None;
         loop {
-            let outcome = self.store.schedule(&req).await.map_err(|e| {
+            let started = Instant::now();
+            let outcome = self.store.schedule(&req).await;
+            self.metrics.store_call("schedule", started.elapsed());
+            let outcome = outcome.map_err(|e| {
                 tracing::error!(error = %e, "state store failed");
                 RelayError::no_account()
             })?;
@@ -283,6 +326,7 @@ impl Scheduler {
                         }
                         return Err(RelayError::accounts_busy());
                     }
+                    waiting.get_or_insert_with(|| Waiting::new(&self.waiting));
                     tokio::select! {
                         _ = self.released.notified() => {}
                         _ = tokio::time::sleep(WAIT_POLL.min(left)) => {}
@@ -313,7 +357,9 @@ impl Scheduler {
             account_id: lease.held.account_id,
             mark,
         });
+        let started = Instant::now();
         let outcome = self.store.schedule(&req).await;
+        self.metrics.store_call("fail_over", started.elapsed());
         let picked = match outcome {
             Ok(Outcome::Picked {
                 account_id,
@@ -363,7 +409,10 @@ impl Scheduler {
                 continue;
             }
             let ttl = settings.borrow().lease_ttl.as_millis() as u64;
-            if let Err(e) = self.store.renew(&held, now_ms(), ttl).await {
+            let started = Instant::now();
+            let renewed = self.store.renew(&held, now_ms(), ttl).await;
+            self.metrics.store_call("renew", started.elapsed());
+            if let Err(e) = renewed {
                 tracing::warn!(error = %e, leases = held.len(), "could not renew leases");
             }
         }
@@ -483,7 +532,7 @@ mod tests {
     }
 
     fn scheduler(store: Arc<dyn StateStore>) -> Arc<Scheduler> {
-        Arc::new(Scheduler::new(store, "node"))
+        Arc::new(Scheduler::new(store, "node", Default::default()))
     }
 
     fn ask<'a>(key: &'a KeyEntry, user: &'a UserEntry) -> Ask<'a> {

@@ -132,6 +132,22 @@ async fn the_metrics_count_what_was_relayed_and_refused() {
     );
     assert!(value(&after, "aiproxy_snapshot_version", &[]).unwrap() >= 1.0);
     assert_eq!(
+        value(&after, "aiproxy_leases_in_use", &[]),
+        Some(0.0),
+        "all given back"
+    );
+    assert_eq!(value(&after, "aiproxy_requests_waiting", &[]), Some(0.0));
+    assert!(
+        value(
+            &after,
+            "aiproxy_state_store_call_seconds_count",
+            &[("call", "schedule")]
+        )
+        .unwrap()
+            >= 3.0,
+        "{text}"
+    );
+    assert_eq!(
         value(&after, "aiproxy_state_store_fallback", &[]),
         Some(0.0)
     );
