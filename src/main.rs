@@ -335,6 +335,7 @@ fn dataplane_settings(
         state,
         metrics,
         access_log: config.access_log,
+        build: VERSION.to_string(),
     }
 }
 

@@ -33,6 +33,37 @@ pub struct NodeStatus {
     /// Entries of the applied snapshot the node left out, with reasons.
     pub dropped: Vec<String>,
     pub last_seen: chrono::DateTime<chrono::Utc>,
+    /// Its last report, once it sent one.
+    pub report: Option<NodeReportView>,
+}
+
+/// What a node last reported of itself.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct NodeReportView {
+    /// The aiproxy release and commit it runs.
+    pub build: String,
+    /// Since the control plane last spoke to it, when it reported.
+    pub snapshot_age_ms: u64,
+    /// Requests holding an account lease.
+    pub requests_in_flight: u64,
+    /// Requests waiting for a free account.
+    pub requests_waiting: u64,
+    /// Usage on its disk not yet delivered.
+    pub journal_pending_bytes: u64,
+    pub reported_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl NodeStatus {
+    fn new(node_id: &str) -> Self {
+        NodeStatus {
+            node_id: node_id.to_string(),
+            applied_version: 0,
+            last_error: String::new(),
+            dropped: Vec::new(),
+            last_seen: chrono::Utc::now(),
+            report: None,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -179,13 +210,7 @@ impl NodeService for NodeApi {
         let mut nodes = self.services.nodes.locked();
         let entry = nodes
             .entry(ack.node_id.clone())
-            .or_insert_with(|| NodeStatus {
-                node_id: ack.node_id.clone(),
-                applied_version: 0,
-                last_error: String::new(),
-                dropped: Vec::new(),
-                last_seen: chrono::Utc::now(),
-            });
+            .or_insert_with(|| NodeStatus::new(&ack.node_id));
         entry.last_seen = chrono::Utc::now();
         if ack.applied {
             entry.applied_version = ack.version;
@@ -195,6 +220,37 @@ impl NodeService for NodeApi {
             entry.last_error = ack.error;
         }
         Ok(Response::new(pb::AckResponse {}))
+    }
+
+    async fn report_node(
+        &self,
+        request: Request<pb::NodeReport>,
+    ) -> Result<Response<pb::NodeReportAck>, Status> {
+        let report = request.into_inner();
+        if report.node_id.is_empty() || report.node_id.chars().count() > MAX_NODE_ID {
+            return Err(Status::invalid_argument(
+                "node_id must be 1 to 128 characters",
+            ));
+        }
+        let now = chrono::Utc::now();
+        let mut nodes = self.services.nodes.locked();
+        let entry = nodes
+            .entry(report.node_id.clone())
+            .or_insert_with(|| NodeStatus::new(&report.node_id));
+        entry.last_seen = now;
+        // What it serves from, also after this control plane restarted.
+        if report.snapshot_version != 0 {
+            entry.applied_version = report.snapshot_version;
+        }
+        entry.report = Some(NodeReportView {
+            build: report.build.chars().take(128).collect(),
+            snapshot_age_ms: report.snapshot_age_ms,
+            requests_in_flight: report.requests_in_flight,
+            requests_waiting: report.requests_waiting,
+            journal_pending_bytes: report.journal_pending_bytes,
+            reported_at: now,
+        });
+        Ok(Response::new(pb::NodeReportAck {}))
     }
 
     async fn refresh_account(

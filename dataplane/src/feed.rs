@@ -221,6 +221,13 @@ mod tests {
         ) -> Result<Response<pb::AccountStateAck>, Status> {
             Err(Status::unimplemented("not in this test"))
         }
+
+        async fn report_node(
+            &self,
+            _: Request<pb::NodeReport>,
+        ) -> Result<Response<pb::NodeReportAck>, Status> {
+            Err(Status::unimplemented("not in this test"))
+        }
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ pub(crate) mod meter;
 pub mod metrics;
 pub(crate) mod models;
 pub(crate) mod relay;
+pub(crate) mod report;
 pub(crate) mod request;
 pub(crate) mod response;
 pub(crate) mod routes;
@@ -79,6 +80,8 @@ pub struct Settings {
     pub metrics: Arc<metrics::Metrics>,
     /// One `aiproxy::access` log line per request.
     pub access_log: bool,
+    /// The release and commit this node runs, as it reports them.
+    pub build: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +167,13 @@ pub async fn start(
         journal: journal.clone(),
         state: settings.state.clone(),
     };
+    tracker.spawn(report::run(
+        client.clone(),
+        settings.node_id.clone(),
+        settings.build.clone(),
+        holdings.clone(),
+        cancel.clone(),
+    ));
     let (sink, queue) = UsageSink::new(journal.clone());
     let reporter_stop = CancellationToken::new();
     let reporter = tracker.spawn(usage::run_reporter(

@@ -580,3 +580,35 @@ async fn traces_go_to_the_otlp_collector_and_continue_the_clients_trace() {
     assert!(admin.attribute("route").is_some(), "{admin:?}");
     e.process.stop().await;
 }
+
+#[tokio::test]
+async fn each_node_reports_its_build_snapshot_age_load_and_backlog() {
+    let e = start_with(&[]).await;
+    let version = std::process::Command::new(crate::bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let node = eventually("the node reports", Duration::from_secs(15), async || {
+        let nodes = e.admin.expect("GET", "/nodes", None, 200).await;
+        let node = nodes["items"][0].clone();
+        (!node["report"].is_null())
+            .then_some(node)
+            .ok_or(nodes.to_string())
+    })
+    .await;
+    let report = &node["report"];
+    assert!(
+        version.ends_with(report["build"].as_str().unwrap()),
+        "{version} vs {report}"
+    );
+    assert!(
+        report["snapshot_age_ms"].as_u64().unwrap() < 60_000,
+        "{report}"
+    );
+    assert_eq!(report["requests_in_flight"], 0);
+    assert_eq!(report["requests_waiting"], 0);
+    assert!(report["journal_pending_bytes"].is_u64(), "{report}");
+    assert!(node["applied_version"].as_u64().unwrap() >= 1, "{node}");
+    e.process.stop().await;
+}

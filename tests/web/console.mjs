@@ -176,8 +176,16 @@ for (let i = 0; i < 40; i++) {
 await expectVisible(page.locator(`[data-testid="log-row-${requestId}"]`), 'the request in request logs')
 await page.locator(`[data-testid="log-row-${requestId}"]`).click()
 await expectVisible(id('log-detail'), 'the log detail')
+const upstreamId = (await id('log-upstream-request-id').innerText()).trim()
+if (!upstreamId.startsWith('req_mock_')) throw new Error(`no upstream request id in the detail: ${upstreamId}`)
 await shot('request-log-detail')
 await page.keyboard.press('Escape')
+// The upstream's id finds the request.
+await id('logs-filter-request-id').fill(upstreamId)
+await id('logs-filter-apply').click()
+await expectVisible(page.locator(`[data-testid="log-row-${requestId}"]`), 'the request found by the upstream id')
+if ((await page.locator('[data-testid^="log-row-"]').count()) !== 1) throw new Error('the search by upstream id found other requests')
+await id('logs-filter-clear').click()
 
 // ... and on the dashboard.
 await nav('dashboard')
@@ -206,6 +214,10 @@ for (const tab of ['concurrency', 'unavailable', 'rate-limited']) {
   await id(`cache-tab-${tab}`).click()
   await shot(`cache-${tab}`)
 }
+// The data planes, with what each reports of itself.
+await id('cache-tab-nodes').click()
+await expectVisible(page.locator('[data-testid^="cache-node-load-"]').first(), "a data plane's load")
+await shot('cache-nodes')
 
 await nav('settings')
 await shot('settings')

@@ -16,6 +16,7 @@ import {
   formatInt,
   formatMoney,
   formatMs,
+  formatBytes,
   formatPercent,
   formatPrice,
   formatRelative,
@@ -172,6 +173,11 @@ describe('durations', () => {
 
   it('formats milliseconds', () => {
     expect(formatMs(850)).toBe('850 ms')
+    expect(formatBytes(0)).toBe('0 B')
+    expect(formatBytes(512)).toBe('512 B')
+    expect(formatBytes(1536)).toBe('1.5 KiB')
+    expect(formatBytes(12 * 1024 * 1024)).toBe('12 MiB')
+    expect(formatBytes(undefined)).toBe('—')
     expect(formatMs(1250)).toBe('1.25 s')
     expect(formatMs(12_500)).toBe('12.5 s')
   })

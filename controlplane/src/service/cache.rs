@@ -133,6 +133,9 @@ pub struct NodeView {
     /// fenced off), with reasons.
     pub dropped: Vec<String>,
     pub last_seen: DateTime<Utc>,
+    /// What it last reported of itself (release, snapshot age, load,
+    /// undelivered usage); absent until its first report.
+    pub report: Option<crate::grpc::NodeReportView>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -366,6 +369,7 @@ impl Services {
                 last_error: n.last_error,
                 dropped: n.dropped,
                 last_seen: n.last_seen,
+                report: n.report,
             })
             .collect();
         Ok(NodeList {

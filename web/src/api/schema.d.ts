@@ -1131,6 +1131,33 @@ export interface components {
             items: components["schemas"]["NodeView"][];
             total: number;
         };
+        /** @description What a node last reported of itself. */
+        NodeReportView: {
+            /** @description The aiproxy release and commit it runs. */
+            build: string;
+            /**
+             * Format: uint64
+             * @description Since the control plane last spoke to it, when it reported.
+             */
+            snapshot_age_ms: number;
+            /**
+             * Format: uint64
+             * @description Requests holding an account lease.
+             */
+            requests_in_flight: number;
+            /**
+             * Format: uint64
+             * @description Requests waiting for a free account.
+             */
+            requests_waiting: number;
+            /**
+             * Format: uint64
+             * @description Usage on its disk not yet delivered.
+             */
+            journal_pending_bytes: number;
+            /** Format: date-time */
+            reported_at: string;
+        };
         /** @description A data plane watching this control plane. */
         NodeView: {
             node_id: string;
@@ -1147,6 +1174,7 @@ export interface components {
             dropped: string[];
             /** Format: date-time */
             last_seen: string;
+            report?: null | components["schemas"]["NodeReportView"];
         };
         Package: {
             /** Format: int64 */

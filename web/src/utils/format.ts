@@ -159,6 +159,19 @@ export function formatDuration(seconds: number | null | undefined, units = 2): s
   return out.join(' ')
 }
 
+/** "0 B", "512 B", "1.5 KiB", "12 MiB", "3.25 GiB". */
+export function formatBytes(n: number | null | undefined): string {
+  if (n === null || n === undefined || !Number.isFinite(n) || n < 0) return DASH
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB']
+  let value = n
+  let unit = 0
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024
+    unit += 1
+  }
+  return unit === 0 ? `${Math.round(value)} B` : `${trimmed(value, value < 10 ? 2 : 1)} ${units[unit]}`
+}
+
 /** "850 ms", "1.25 s", "12.5 s". */
 export function formatMs(ms: number | null | undefined): string {
   if (ms === null || ms === undefined || !Number.isFinite(ms)) return DASH
