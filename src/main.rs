@@ -402,7 +402,7 @@ fn all_in_one(config: Config, runtime: &tokio::runtime::Runtime) -> Result<(), F
         let dp_cancel = CancellationToken::new();
         let dp_tasks = TaskTracker::new();
         let url = format!("http://{}", loopback_if_unspecified(cp.grpc_addr));
-        let metrics = Arc::new(aiproxy_dataplane::metrics::Metrics::default());
+        let metrics = Arc::new(dataplane_metrics(&config, METRICS_PORT)?);
         metrics.register(&mut registry);
         let dp = aiproxy_dataplane::start(
             dataplane_settings(&config, url, None, node_token, state, 0, metrics),
@@ -508,7 +508,7 @@ async fn dataplane(config: Config) -> Result<(), Failure> {
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut registry = metrics_registry();
-    let metrics = Arc::new(aiproxy_dataplane::metrics::Metrics::default());
+    let metrics = Arc::new(dataplane_metrics(&config, METRICS_PORT + 1)?);
     metrics.register(&mut registry);
     let dp = aiproxy_dataplane::start(
         dataplane_settings(
@@ -599,6 +599,22 @@ async fn reseal(config: Config, previous_key_file: &Path) -> Result<(), Failure>
             done.failed
         )))
     }
+}
+
+/// The relay's metrics, recording nothing when metrics are off.
+fn dataplane_metrics(
+    config: &Config,
+    default_port: u16,
+) -> Result<aiproxy_dataplane::metrics::Metrics, Failure> {
+    Ok(
+        match config
+            .metrics_listen(default_port)
+            .map_err(Failure::Config)?
+        {
+            Some(_) => aiproxy_dataplane::metrics::Metrics::default(),
+            None => aiproxy_dataplane::metrics::Metrics::off(),
+        },
+    )
 }
 
 /// Every metric's name starts `aiproxy_`.

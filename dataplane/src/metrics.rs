@@ -64,8 +64,10 @@ pub struct Finished<'a> {
     pub first_byte: Option<Duration>,
 }
 
-/// The counters and histograms requests update.
+/// The counters and histograms requests update; with metrics off
+/// (`AIPROXY_METRICS_LISTEN=off`) nothing is recorded.
 pub struct Metrics {
+    enabled: bool,
     requests: Family<RequestLabels, Counter>,
     duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     first_byte: Family<PlatformLabels, Histogram, fn() -> Histogram>,
@@ -82,6 +84,7 @@ struct CallLabels {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
+            enabled: true,
             requests: Family::default(),
             duration: Family::new_with_constructor(request_histogram),
             first_byte: Family::new_with_constructor(step_histogram),
@@ -103,6 +106,14 @@ fn status_class(status: u16) -> &'static str {
 }
 
 impl Metrics {
+    /// Metrics that record nothing: no listener would ever read them.
+    pub fn off() -> Self {
+        Metrics {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
     /// Registers the families (they stay shared with `self`).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -142,12 +153,18 @@ impl Metrics {
 
     /// One state-store call of kind `call` took `took`.
     pub fn store_call(&self, call: &'static str, took: Duration) {
+        if !self.enabled {
+            return;
+        }
         self.store_calls
             .get_or_create(&CallLabels { call })
             .observe(took.as_secs_f64());
     }
 
     pub fn finished(&self, done: &Finished<'_>) {
+        if !self.enabled {
+            return;
+        }
         self.requests
             .get_or_create(&RequestLabels {
                 endpoint: done.endpoint,
@@ -172,6 +189,9 @@ impl Metrics {
 
     /// Tokens of one request; `model` is a price-table name or `None`.
     pub fn tokens(&self, model: Option<&str>, usage: &aiproxy_shared::pricing::TokenUsage) {
+        if !self.enabled {
+            return;
+        }
         let model = model.unwrap_or("other");
         for (kind, count) in [
             ("input", usage.input),
@@ -192,6 +212,9 @@ impl Metrics {
     }
 
     pub fn failover(&self, platform: &'static str) {
+        if !self.enabled {
+            return;
+        }
         self.failovers
             .get_or_create(&PlatformLabels { platform })
             .inc();
@@ -308,5 +331,44 @@ impl Collector for Holdings {
             ConstGauge::new(count as f64).encode(metric.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(metrics: &Metrics) -> String {
+        let mut registry = Registry::with_prefix("aiproxy");
+        metrics.register(&mut registry);
+        metrics.finished(&Finished {
+            endpoint: "/v1/messages",
+            platform: "anthropic",
+            status: 200,
+            error_class: "",
+            duration: Duration::from_millis(3),
+            first_byte: Some(Duration::from_millis(1)),
+        });
+        metrics.failover("anthropic");
+        aiproxy_shared::metrics::render(&registry)
+    }
+
+    #[test]
+    fn metrics_off_record_nothing() {
+        let on = served(&Metrics::default());
+        assert!(on.contains("aiproxy_requests_total{"), "{on}");
+        assert!(on.contains("aiproxy_failovers_total{"), "{on}");
+        let off = served(&Metrics::off());
+        assert!(!off.contains("aiproxy_requests_total{"), "{off}");
+        assert!(!off.contains("aiproxy_failovers_total{"), "{off}");
+    }
+
+    #[test]
+    fn status_classes_cover_every_status() {
+        assert_eq!(status_class(101), "1xx");
+        assert_eq!(status_class(204), "2xx");
+        assert_eq!(status_class(304), "3xx");
+        assert_eq!(status_class(429), "4xx");
+        assert_eq!(status_class(529), "5xx");
     }
 }

@@ -239,9 +239,10 @@ fn targets(url: &str, keys: &[String; 3]) -> (Target, Target, Target) {
 async fn start_all_in_one(
     bin: &std::path::Path,
     upstream: &str,
+    extra: &[(&'static str, &str)],
 ) -> (Process, tempfile::TempDir, [String; 3]) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let env = vec![
+    let mut env = vec![
         ("AIPROXY_DATA_DIR", dir.path().display().to_string()),
         ("AIPROXY_ADMIN_PASSWORD", ADMIN_PASSWORD.to_string()),
         ("AIPROXY_PROXY_LISTEN", "127.0.0.1:0".to_string()),
@@ -249,6 +250,7 @@ async fn start_all_in_one(
         ("AIPROXY_GRPC_LISTEN", "127.0.0.1:0".to_string()),
         ("AIPROXY_LOG_FORMAT", "json".to_string()),
     ];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
     let p = spawn_aiproxy(
         bin,
         &[],
@@ -279,7 +281,7 @@ async fn profile(bin: &std::path::Path, secs: u64, record: bool, split: bool) {
         let (dp, cp, dir, keys) = start_split(bin, &upstream, redis_reachable().await).await;
         (dp, Some(cp), dir, keys)
     } else {
-        let (p, dir, keys) = start_all_in_one(bin, &upstream).await;
+        let (p, dir, keys) = start_all_in_one(bin, &upstream, &[]).await;
         (p, None, dir, keys)
     };
     let (fast, _, hold) = targets(&p.url("proxy"), &keys);
@@ -369,7 +371,7 @@ async fn quick(bin: &std::path::Path, n: usize) {
         Some(1),
     )
     .await;
-    let (p, _dir, keys) = start_all_in_one(bin, &upstream).await;
+    let (p, _dir, keys) = start_all_in_one(bin, &upstream, &[]).await;
     let (fast, stream, _) = targets(&p.url("proxy"), &keys);
     let direct_at = |key: &str| Target {
         url: upstream.clone(),
@@ -566,11 +568,31 @@ async fn run(args: &[String]) {
     });
 
     // aiproxy all-in-one, in-memory state.
-    let (p, dir, keys) = start_all_in_one(&bin, &upstream).await;
+    let (p, dir, keys) = start_all_in_one(&bin, &upstream, &[]).await;
     let (f, s, h) = targets(&p.url("proxy"), &keys);
     let pid = p.pid();
     arms.push(Arm {
         name: "aiproxy all-in-one (memory)".into(),
+        fast: f,
+        stream: s,
+        hold: h,
+        pids: vec![pid],
+        redis: None,
+        samples: vec![],
+        peer: false,
+        _keep: Keep::Processes(vec![p], dir),
+    });
+
+    // The same without metrics and access log: what observing costs.
+    let quiet = [
+        ("AIPROXY_METRICS_LISTEN", "off"),
+        ("AIPROXY_ACCESS_LOG", "false"),
+    ];
+    let (p, dir, keys) = start_all_in_one(&bin, &upstream, &quiet).await;
+    let (f, s, h) = targets(&p.url("proxy"), &keys);
+    let pid = p.pid();
+    arms.push(Arm {
+        name: "aiproxy all-in-one, no metrics or access log".into(),
         fast: f,
         stream: s,
         hold: h,
@@ -780,6 +802,23 @@ async fn run(args: &[String]) {
 
     let control = control::run(plan.smoke, &bin).await;
     let mut report = report(&arms, &rows, &memory, plan, &control);
+    // What metrics and the access log cost: the all-in-one with and without.
+    let cpu_of = |name: &str| {
+        arms.iter()
+            .zip(&rows)
+            .find(|(a, _)| a.name == name)
+            .and_then(|(_, r)| r.cpu_us)
+    };
+    if let (Some(on), Some(off)) = (
+        cpu_of("aiproxy all-in-one (memory)"),
+        cpu_of("aiproxy all-in-one, no metrics or access log"),
+    ) {
+        let _ = writeln!(
+            report,
+            "\nMetrics and access log: {on:.1} µs of CPU per request with them, {off:.1} µs without ({:+.1} µs).",
+            on - off
+        );
+    }
     // aiproxy's figure is its lower arm's; the floor is not aiproxy.
     let ours = arms
         .iter()
