@@ -444,6 +444,16 @@ async fn a_full_disk_stops_serving_until_usage_can_be_kept_and_loses_nothing() {
         }
     }
     assert_eq!(refused, 5, "a full disk never stopped serving");
+    // The load balancer is told too.
+    let ready = http
+        .send("GET", &format!("{}/readyz", dp.url("proxy")), &[], None)
+        .await;
+    assert_eq!(ready.status, 503);
+    assert!(
+        ready.text().contains("usage journal unavailable"),
+        "{}",
+        ready.text()
+    );
 
     // Room again: serving resumes by itself.
     disk.free();
