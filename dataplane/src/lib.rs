@@ -166,7 +166,9 @@ pub async fn start(
         snapshot: snapshot.clone(),
         journal: journal.clone(),
         state: settings.state.clone(),
+        marks: Default::default(),
     };
+    tracker.spawn(metrics::watch_marks(holdings.clone(), cancel.clone()));
     tracker.spawn(report::run(
         client.clone(),
         settings.node_id.clone(),

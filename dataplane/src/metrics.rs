@@ -5,7 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aiproxy_shared::state::StateStore;
+use std::collections::HashMap;
+
+use aiproxy_shared::state::{MarkKind, StateStore};
+use aiproxy_shared::sync::LockExt;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -229,6 +232,38 @@ pub struct Holdings {
     pub(crate) snapshot: Arc<SnapshotHolder>,
     pub(crate) journal: Arc<Journal>,
     pub(crate) state: Arc<dyn StateStore>,
+    /// Accounts marked in the state store, as last read.
+    pub(crate) marks: Arc<std::sync::Mutex<HashMap<i64, MarkKind>>>,
+}
+
+/// How often the marks are read for the accounts gauge.
+const MARKS_EVERY: Duration = Duration::from_secs(15);
+
+/// Keeps `holdings.marks` current (one state-store read per interval, not
+/// one per scrape), until cancelled.
+pub async fn watch_marks(holdings: Holdings, cancel: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(MARKS_EVERY);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        match holdings.state.marks(now_ms).await {
+            Ok(marks) => {
+                let mut by_account = HashMap::new();
+                for mark in marks {
+                    // A rate limit says more than a passing failure.
+                    let kind = by_account.entry(mark.account_id).or_insert(mark.kind);
+                    if mark.kind == MarkKind::RateLimited {
+                        *kind = MarkKind::RateLimited;
+                    }
+                }
+                *holdings.marks.locked() = by_account;
+            }
+            Err(e) => tracing::debug!(error = %e, "account marks not read for the metrics"),
+        }
+    }
 }
 
 impl std::fmt::Debug for Holdings {
@@ -305,13 +340,19 @@ impl Collector for Holdings {
             snapshot.version as f64,
         )?;
         let now_ms = chrono::Utc::now().timestamp_millis();
+        let marks = self.marks.locked().clone();
         let mut counts: std::collections::BTreeMap<(&'static str, &'static str), u64> =
             Default::default();
         for account in &snapshot.accounts {
+            let mark = marks.get(&account.id);
             let state = if !account.schedulable {
                 "unschedulable"
-            } else if account.rate_limit_reset_at_ms > now_ms {
+            } else if account.rate_limit_reset_at_ms > now_ms
+                || mark == Some(&MarkKind::RateLimited)
+            {
                 "rate_limited"
+            } else if mark == Some(&MarkKind::Unavailable) {
+                "unavailable"
             } else {
                 "usable"
             };

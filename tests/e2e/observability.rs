@@ -438,6 +438,22 @@ async fn the_dashboard_and_alerts_query_only_metrics_that_exist() {
         },
     )
     .await;
+    // The failing account is marked, and the gauge says so within a read.
+    eventually(
+        "the account shows as unavailable",
+        Duration::from_secs(25),
+        async || {
+            let (text, samples) = scrape(&e).await;
+            (value(
+                &samples,
+                "aiproxy_accounts",
+                &[("account_type", "claude-api"), ("state", "unavailable")],
+            ) == Some(1.0))
+            .then_some(())
+            .ok_or(text)
+        },
+    )
+    .await;
     let exported = sample_names(&text);
     let queried = queried_names();
     assert!(queried.len() >= 15, "{queried:?}");

@@ -779,10 +779,12 @@ async fn run(args: &[String]) {
         ];
         for &n in plan.held {
             // Each held stream takes two descriptors in the relay (client and
-            // upstream side) and one here; leave room for everything else.
+            // upstream side) and one here; leave room for everything else,
+            // and stay under the connection cap the relay fits under the
+            // same limit (it keeps 256 descriptors and its admin port's 1,024).
             let room = procs::fd_limit(std::process::id())
                 .min(procs::fd_limit(pid))
-                .saturating_sub(procs::open_fds(pid) + 300)
+                .saturating_sub(procs::open_fds(pid) + 1_400)
                 / 2;
             let n = n.min(room);
             let client = Client::new();
