@@ -66,16 +66,6 @@ impl Default for Metrics {
     }
 }
 
-fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
-
 impl Metrics {
     /// Registers everything (shared with `self`).
     pub fn register(&self, registry: &mut Registry) {
@@ -155,7 +145,7 @@ impl Metrics {
             .get_or_create(&AdminLabels {
                 route,
                 method,
-                status_class: status_class(status),
+                status_class: aiproxy_shared::metrics::status_class(status),
             })
             .inc();
     }

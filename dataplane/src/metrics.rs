@@ -98,16 +98,6 @@ impl Default for Metrics {
     }
 }
 
-fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
-
 impl Metrics {
     /// Metrics that record nothing: no listener would ever read them.
     pub fn off() -> Self {
@@ -172,7 +162,7 @@ impl Metrics {
             .get_or_create(&RequestLabels {
                 endpoint: done.endpoint,
                 platform: done.platform,
-                status_class: status_class(done.status),
+                status_class: aiproxy_shared::metrics::status_class(done.status),
                 error_class: done.error_class.to_string(),
             })
             .inc();
@@ -402,14 +392,5 @@ mod tests {
         let off = served(&Metrics::off());
         assert!(!off.contains("aiproxy_requests_total{"), "{off}");
         assert!(!off.contains("aiproxy_failovers_total{"), "{off}");
-    }
-
-    #[test]
-    fn status_classes_cover_every_status() {
-        assert_eq!(status_class(101), "1xx");
-        assert_eq!(status_class(204), "2xx");
-        assert_eq!(status_class(304), "3xx");
-        assert_eq!(status_class(429), "4xx");
-        assert_eq!(status_class(529), "5xx");
     }
 }

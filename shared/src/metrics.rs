@@ -28,6 +28,17 @@ pub fn step_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.0001, 4.0, 11)
 }
 
+/// An HTTP status as the label value metrics use (`2xx`, `4xx`, …).
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
 /// Everything registered, as the scrape answer.
 pub fn render(registry: &Registry) -> String {
     let mut text = String::new();
@@ -92,5 +103,21 @@ pub async fn serve(
                 _ = cancel.cancelled() => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_classes_cover_every_status() {
+        for (status, class) in [
+            (101, "1xx"),
+            (204, "2xx"),
+            (304, "3xx"),
+            (429, "4xx"),
+            (529, "5xx"),
+        ] {
+            assert_eq!(super::status_class(status), class);
+        }
     }
 }

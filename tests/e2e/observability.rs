@@ -8,6 +8,24 @@ use aiproxy_tests::prometheus::{Sample, parse, value};
 use crate::embedded::start_with;
 use crate::scheduling::plain_body;
 
+/// Sends a plain message with `key` until it is served (the key reaches
+/// the relay with a snapshot); the answer.
+async fn until_served(e: &crate::embedded::Embedded, key: &str) -> aiproxy_tests::client::Reply {
+    let url = format!("{}/v1/messages", e.proxy);
+    eventually("the key is served", Duration::from_secs(10), async || {
+        let reply = e
+            .http
+            .send("POST", &url, &[("x-api-key", key)], Some(&plain_body("hi")))
+            .await;
+        if reply.status == 200 {
+            Ok(reply)
+        } else {
+            Err(reply.text())
+        }
+    })
+    .await
+}
+
 async fn scrape(e: &crate::embedded::Embedded) -> (String, Vec<Sample>) {
     let reply = e
         .http
@@ -43,11 +61,7 @@ async fn the_metrics_count_what_was_relayed_and_refused() {
             .send("POST", &url, &[("x-api-key", key)], Some(&plain_body("hi")))
             .await
     };
-    eventually("the key is served", Duration::from_secs(10), async || {
-        let reply = send(&key).await;
-        (reply.status == 200).then_some(()).ok_or(reply.text())
-    })
-    .await;
+    until_served(&e, &key).await;
     let (_, before) = scrape(&e).await;
     let served = |s: &[Sample]| {
         value(
@@ -258,11 +272,7 @@ async fn each_request_leaves_one_access_line_and_its_warnings_name_it() {
             .send("POST", &url, &[("x-api-key", key)], Some(&plain_body("hi")))
             .await
     };
-    eventually("the key is served", Duration::from_secs(10), async || {
-        let reply = send(&key).await;
-        (reply.status == 200).then_some(()).ok_or(reply.text())
-    })
-    .await;
+    until_served(&e, &key).await;
     let mut served = Vec::new();
     for _ in 0..6 {
         let reply = send(&key).await;
@@ -473,22 +483,7 @@ async fn a_request_log_keeps_the_upstreams_id_and_either_id_finds_it() {
         .create_account("quoted", &mock.url(), "sk-ant-q")
         .await;
     let key = e.user_key("quoting").await;
-    let url = format!("{}/v1/messages", e.proxy);
-    let reply = eventually("the key is served", Duration::from_secs(10), async || {
-        let reply = e
-            .http
-            .send(
-                "POST",
-                &url,
-                &[("x-api-key", &key)],
-                Some(&plain_body("hi")),
-            )
-            .await;
-        (reply.status == 200)
-            .then_some(reply)
-            .ok_or_else(|| "not yet".to_string())
-    })
-    .await;
+    let reply = until_served(&e, &key).await;
     let ours = reply.headers["x-request-id"].to_str().unwrap().to_string();
     let row = e.admin.wait_for_log(&ours, Duration::from_secs(10)).await;
     let theirs = row["upstream_request_id"].as_str().unwrap().to_string();
@@ -523,19 +518,7 @@ async fn traces_go_to_the_otlp_collector_and_continue_the_clients_trace() {
         .await;
     let key = e.user_key("traced").await;
     let url = format!("{}/v1/messages", e.proxy);
-    eventually("the key is served", Duration::from_secs(10), async || {
-        let reply = e
-            .http
-            .send(
-                "POST",
-                &url,
-                &[("x-api-key", &key)],
-                Some(&plain_body("hi")),
-            )
-            .await;
-        (reply.status == 200).then_some(()).ok_or(reply.text())
-    })
-    .await;
+    until_served(&e, &key).await;
     let client_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
     let reply = e
