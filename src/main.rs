@@ -402,7 +402,10 @@ fn all_in_one(config: Config, runtime: &tokio::runtime::Runtime) -> Result<(), F
         let dp_cancel = CancellationToken::new();
         let dp_tasks = TaskTracker::new();
         let url = format!("http://{}", loopback_if_unspecified(cp.grpc_addr));
-        let metrics = Arc::new(dataplane_metrics(&config, METRICS_PORT)?);
+        let metrics_at = config
+            .metrics_listen(METRICS_PORT)
+            .map_err(Failure::Config)?;
+        let metrics = Arc::new(dataplane_metrics(metrics_at));
         metrics.register(&mut registry);
         let dp = aiproxy_dataplane::start(
             dataplane_settings(&config, url, None, node_token, state, 0, metrics),
@@ -411,7 +414,7 @@ fn all_in_one(config: Config, runtime: &tokio::runtime::Runtime) -> Result<(), F
         )
         .await?;
         registry.register_collector(Box::new(dp.holdings));
-        serve_metrics(&config, METRICS_PORT, registry, &dp_cancel, &dp_tasks).await?;
+        serve_metrics(metrics_at, registry, &dp_cancel, &dp_tasks).await?;
         announce("proxy", dp.proxy_addr);
 
         aiproxy_shared::shutdown::signal().await;
@@ -474,7 +477,10 @@ async fn controlplane(config: Config) -> Result<(), Failure> {
     announce("admin", cp.admin_addr);
     announce("grpc", cp.grpc_addr);
     registry.register_collector(Box::new(cp.holdings.clone()));
-    serve_metrics(&config, METRICS_PORT, registry, &cancel, &tasks).await?;
+    let metrics_at = config
+        .metrics_listen(METRICS_PORT)
+        .map_err(Failure::Config)?;
+    serve_metrics(metrics_at, registry, &cancel, &tasks).await?;
     aiproxy_shared::shutdown::signal().await;
     cancel.cancel();
     tasks.close();
@@ -508,7 +514,10 @@ async fn dataplane(config: Config) -> Result<(), Failure> {
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
     let mut registry = metrics_registry();
-    let metrics = Arc::new(dataplane_metrics(&config, METRICS_PORT + 1)?);
+    let metrics_at = config
+        .metrics_listen(METRICS_PORT + 1)
+        .map_err(Failure::Config)?;
+    let metrics = Arc::new(dataplane_metrics(metrics_at));
     metrics.register(&mut registry);
     let dp = aiproxy_dataplane::start(
         dataplane_settings(
@@ -525,7 +534,7 @@ async fn dataplane(config: Config) -> Result<(), Failure> {
     )
     .await?;
     registry.register_collector(Box::new(dp.holdings));
-    serve_metrics(&config, METRICS_PORT + 1, registry, &cancel, &tasks).await?;
+    serve_metrics(metrics_at, registry, &cancel, &tasks).await?;
     announce("proxy", dp.proxy_addr);
     aiproxy_shared::shutdown::signal().await;
     cancel.cancel();
@@ -547,23 +556,16 @@ async fn migrate(config: Config) -> Result<(), Failure> {
 
 async fn reseal(config: Config, previous_key_file: &Path) -> Result<(), Failure> {
     use aiproxy_controlplane::crypto::Sealer;
+    // A key that is missing or unreadable is a configuration mistake.
     let read_key = |path: &Path| -> Result<String, Failure> {
-        let key = std::fs::read_to_string(path)
-            .map_err(|source| {
-                Failure::Config(ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })
-            })?
-            .trim()
-            .to_string();
-        if key.len() < aiproxy_shared::config::MIN_SECRET_KEY_LEN {
-            return Err(Failure::Config(ConfigError::Invalid(format!(
-                "{} is too short to be a secret key",
+        match read_secret(path, "secret key") {
+            Ok(Some(key)) => Ok(key.expose().to_string()),
+            Ok(None) => Err(Failure::Config(ConfigError::Invalid(format!(
+                "{} does not exist",
                 path.display()
-            ))));
+            )))),
+            Err(e) => Err(Failure::Config(ConfigError::Invalid(e.to_string()))),
         }
-        Ok(key)
     };
     let current = match &config.secret_key {
         Some(key) => key.expose().to_string(),
@@ -601,20 +603,12 @@ async fn reseal(config: Config, previous_key_file: &Path) -> Result<(), Failure>
     }
 }
 
-/// The relay's metrics, recording nothing when metrics are off.
-fn dataplane_metrics(
-    config: &Config,
-    default_port: u16,
-) -> Result<aiproxy_dataplane::metrics::Metrics, Failure> {
-    Ok(
-        match config
-            .metrics_listen(default_port)
-            .map_err(Failure::Config)?
-        {
-            Some(_) => aiproxy_dataplane::metrics::Metrics::default(),
-            None => aiproxy_dataplane::metrics::Metrics::off(),
-        },
-    )
+/// The relay's metrics, recording nothing when no listener serves them.
+fn dataplane_metrics(at: Option<SocketAddr>) -> aiproxy_dataplane::metrics::Metrics {
+    match at {
+        Some(_) => aiproxy_dataplane::metrics::Metrics::default(),
+        None => aiproxy_dataplane::metrics::Metrics::off(),
+    }
 }
 
 /// Every metric's name starts `aiproxy_`.
@@ -622,29 +616,25 @@ fn metrics_registry() -> prometheus_client::registry::Registry {
     prometheus_client::registry::Registry::with_prefix("aiproxy")
 }
 
-/// Serves `registry` at `listen.metrics` (`default_port` when unset) until
-/// `cancel`, unless metrics are off.
+/// Serves `registry` at `at` until `cancel`; nothing when metrics are off.
 async fn serve_metrics(
-    config: &Config,
-    default_port: u16,
+    at: Option<SocketAddr>,
     registry: prometheus_client::registry::Registry,
     cancel: &CancellationToken,
     tasks: &TaskTracker,
 ) -> Result<(), Failure> {
-    let Some(addr) = config
-        .metrics_listen(default_port)
-        .map_err(Failure::Config)?
-    else {
+    let Some(addr) = at else {
         return Ok(());
     };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
     announce("metrics", listener.local_addr()?);
-    let (cancel, tracker) = (cancel.clone(), tasks.clone());
-    tasks.spawn(async move {
-        aiproxy_shared::metrics::serve(listener, Arc::new(registry), cancel, &tracker).await;
-    });
+    tasks.spawn(aiproxy_shared::metrics::serve(
+        listener,
+        Arc::new(registry),
+        cancel.clone(),
+    ));
     Ok(())
 }
 
@@ -677,15 +667,22 @@ fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot create data directory {}: {e}", dir.display()))
 }
 
-/// A secret read from the data dir, or created there with mode 0600.
-fn load_or_create_secret(path: &Path, what: &str) -> anyhow::Result<Secret> {
+/// A secret kept in a file, trimmed; `None` when the file does not exist.
+fn read_secret(path: &Path, what: &str) -> anyhow::Result<Option<Secret>> {
     match std::fs::read_to_string(path) {
         Ok(s) if s.trim().len() >= aiproxy_shared::config::MIN_SECRET_KEY_LEN => {
-            return Ok(Secret::new(s.trim()));
+            Ok(Some(Secret::new(s.trim())))
         }
         Ok(_) => anyhow::bail!("{} is too short to be a {what}", path.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    }
+}
+
+/// A secret read from the data dir, or created there with mode 0600.
+fn load_or_create_secret(path: &Path, what: &str) -> anyhow::Result<Secret> {
+    if let Some(secret) = read_secret(path, what)? {
+        return Ok(secret);
     }
     let key = aiproxy_shared::keys::random_hex(32);
     let mut options = std::fs::OpenOptions::new();

@@ -228,9 +228,9 @@ impl NodeService for NodeApi {
     ) -> Result<Response<pb::NodeReportAck>, Status> {
         let report = request.into_inner();
         if report.node_id.is_empty() || report.node_id.chars().count() > MAX_NODE_ID {
-            return Err(Status::invalid_argument(
-                "node_id must be 1 to 128 characters",
-            ));
+            return Err(Status::invalid_argument(format!(
+                "node_id must be 1 to {MAX_NODE_ID} characters"
+            )));
         }
         let now = chrono::Utc::now();
         let mut nodes = self.services.nodes.locked();

@@ -168,7 +168,9 @@ pub async fn start(
         state: settings.state.clone(),
         marks: Default::default(),
     };
-    tracker.spawn(metrics::watch_marks(holdings.clone(), cancel.clone()));
+    if settings.metrics.enabled() {
+        tracker.spawn(metrics::watch_marks(holdings.clone(), cancel.clone()));
+    }
     tracker.spawn(report::run(
         client.clone(),
         settings.node_id.clone(),

@@ -75,6 +75,7 @@ fn clean_id(id: &str) -> String {
 impl Meter {
     /// Emits the record. `ended` is false when the client went away first.
     pub fn finish(mut self, observed: &Observed, ended: bool) {
+        let duration = self.started.elapsed();
         // A Responses id opens a session for the request that will name it
         // as `previous_response_id`, on this account.
         if let (Some(id), Some(lease)) = (&observed.response_id, self.lease.as_mut()) {
@@ -108,13 +109,19 @@ impl Meter {
             platform: self.platform.as_str(),
             status: self.status,
             error_class: counted_class.unwrap_or(&error_class),
-            duration: self.started.elapsed(),
+            duration,
             first_byte: self.ttfb,
         });
         if !self.billed {
             if self.access_log {
-                self.access_line(&self.requested_model, &error_class, Default::default())
-                    .emit();
+                self.access_line(
+                    &self.requested_model,
+                    &error_class,
+                    duration,
+                    Default::default(),
+                    &self.upstream_request_id,
+                )
+                .emit();
             }
             return;
         }
@@ -174,7 +181,7 @@ impl Meter {
             cache_creation_1h_tokens: usage.cache_creation_1h,
             upstream_cost: upstream_cost.to_string(),
             cost: cost.to_string(),
-            duration_ms: self.started.elapsed().as_millis().min(u32::MAX as u128) as u32,
+            duration_ms: duration.as_millis().min(u32::MAX as u128) as u32,
             ttfb_ms: self
                 .ttfb
                 .map(|d| d.as_millis().min(u32::MAX as u128) as u32)
@@ -205,9 +212,14 @@ impl Meter {
             .record("cache_read_tokens", usage.cache_read)
             .record("upstream_request_id", record.upstream_request_id.as_str());
         if self.access_log {
-            let mut line = self.access_line(&record.model, &record.error_class, usage);
-            line.upstream_request_id = &record.upstream_request_id;
-            line.emit();
+            self.access_line(
+                &record.model,
+                &record.error_class,
+                duration,
+                usage,
+                &record.upstream_request_id,
+            )
+            .emit();
         }
         self.sink.report(record);
     }
@@ -216,7 +228,9 @@ impl Meter {
         &'a self,
         model: &'a str,
         error_class: &'a str,
+        duration: Duration,
         tokens: aiproxy_shared::pricing::TokenUsage,
+        upstream_request_id: &'a str,
     ) -> crate::access::Line<'a> {
         crate::access::Line {
             request_id: &self.request_id,
@@ -227,11 +241,11 @@ impl Meter {
             model,
             status: self.status,
             error_class,
-            duration: self.started.elapsed(),
+            duration,
             first_byte: self.ttfb,
             stream: self.stream,
             tokens,
-            upstream_request_id: &self.upstream_request_id,
+            upstream_request_id,
         }
     }
 }

@@ -99,6 +99,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Whether anything is recorded (and so worth gathering for a scrape).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     /// Metrics that record nothing: no listener would ever read them.
     pub fn off() -> Self {
         Metrics {

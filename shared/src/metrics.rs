@@ -6,12 +6,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
+use std::time::Duration;
+
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// The OpenMetrics text format, which Prometheus reads.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -70,40 +70,32 @@ fn answer(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>>
     response
 }
 
-/// Serves `registry` on `listener` until `cancel`.
-pub async fn serve(
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    cancel: CancellationToken,
-    tasks: &TaskTracker,
-) {
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener cannot accept");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = cancel.cancelled() => return,
-        };
-        let registry = registry.clone();
-        let cancel = cancel.clone();
-        tasks.spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+/// Scrapes come from a few Prometheus servers: a small cap and the usual
+/// read deadlines keep the port from holding what the relay needs.
+const LIMITS: crate::serve::Limits = crate::serve::Limits {
+    max_connections: 64,
+    header_read_timeout: Duration::from_secs(10),
+    keepalive_timeout: Duration::from_secs(75),
+};
+
+/// Serves `registry` on `listener` until `cancel`, through the same server
+/// loop as the other ports (connection cap, deadlines, descriptor reserve).
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, cancel: CancellationToken) {
+    let drain = crate::serve::serve(
+        listener,
+        LIMITS,
+        move |_peer| {
+            let registry = registry.clone();
+            hyper::service::service_fn(move |req: Request<Incoming>| {
                 let answer = answer(&registry, &req);
                 async move { Ok::<_, Infallible>(answer) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                _ = cancel.cancelled() => {}
-            }
-        });
-    }
+            })
+        },
+        cancel,
+    )
+    .await;
+    // A scrape in flight at shutdown is worth nothing: close at once.
+    drain.finish(Duration::ZERO, |_| {}).await;
 }
 
 #[cfg(test)]

@@ -45,7 +45,8 @@ impl Drop for Telemetry {
     }
 }
 
-/// Where traces go, from the standard variables; `None` when they are off.
+/// Whether traces are exported, from the standard variables; an error for
+/// an exporter or protocol this build does not speak.
 fn otlp_wanted(get: impl Fn(&str) -> Option<String>) -> Result<bool, String> {
     if get("OTEL_TRACES_EXPORTER").is_some_and(|e| e.trim() == "none")
         || get("OTEL_SDK_DISABLED").is_some_and(|d| d.trim().eq_ignore_ascii_case("true"))
